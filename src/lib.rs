@@ -13,3 +13,11 @@
 //! - [`app`]: wiring; the one place that knows startup and shutdown order.
 
 pub mod journal;
+pub mod api;
+pub mod app;
+pub mod catalog;
+pub mod config;
+pub mod encode;
+pub mod metrics;
+pub mod pipeline;
+pub mod sink;

@@ -1,1 +1,404 @@
-//! Delivery streams (placeholder).
+//! Delivery streams: their definitions, the control-plane operations on them, and persistence
+//! of API-created streams under `<data dir>/streams/<name>/stream.json`.
+//!
+//! The catalog owns each stream's running pipeline. It speaks in domain errors
+//! ([`CatalogError`]); turning those into HTTP answers is the api's job alone.
+
+pub mod definition;
+pub mod prefix;
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::{Context, StartError, StreamRuntime};
+use definition::{Destination, FieldError, S3Destination, StreamDefinition, StreamName};
+
+/// Where a stream was declared. Config-file streams are read-only over the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    Config,
+    Api,
+}
+
+/// How the stream was created, echoed by Describe.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DestinationShape {
+    ExtendedS3,
+    /// Created with the older `S3DestinationConfiguration`.
+    S3,
+}
+
+/// What Describe shows and what is persisted for API-created streams.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StreamRecord {
+    pub name: String,
+    pub version: u64,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+    pub shape: DestinationShape,
+    pub destination: S3Destination,
+}
+
+pub struct StreamEntry {
+    pub name: StreamName,
+    pub origin: Origin,
+    record: Mutex<StreamRecord>,
+    pub runtime: StreamRuntime,
+}
+
+impl StreamEntry {
+    pub fn record(&self) -> StreamRecord {
+        self.record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("Delivery stream {0} not found.")]
+    NotFound(String),
+    #[error("{0}")]
+    InUse(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("Current delivery stream version {current} does not match {given}.")]
+    VersionMismatch { current: u64, given: String },
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl CatalogError {
+    fn invalid(errors: Vec<FieldError>) -> Self {
+        CatalogError::Invalid(
+            errors
+                .iter()
+                .map(|e| format!("{}: {}", e.field.api_name(), e.message))
+                .collect::<Vec<_>>()
+                .join("; "),
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{path}: {message}")]
+    Persisted { path: PathBuf, message: String },
+    #[error("stream {name} is declared in the config file and was also created over the API ({path}); remove one")]
+    Conflict { name: String, path: PathBuf },
+    #[error(transparent)]
+    Start(#[from] StartError),
+}
+
+pub struct Catalog {
+    ctx: Arc<Context>,
+    streams_dir: PathBuf,
+    streams: RwLock<BTreeMap<StreamName, Arc<StreamEntry>>>,
+    /// Names whose deletion is still draining; they cannot be re-created until it ends.
+    deleting: Arc<Mutex<HashSet<StreamName>>>,
+    region: String,
+}
+
+const STREAM_FILE: &str = "stream.json";
+
+impl Catalog {
+    /// Loads API-created streams from the data dir and the config file's streams, replaying
+    /// each one's journal before returning.
+    pub async fn open(
+        ctx: Arc<Context>,
+        data_dir: &Path,
+        configured: &[(StreamName, S3Destination)],
+    ) -> Result<Catalog, OpenError> {
+        let streams_dir = data_dir.join("streams");
+        std::fs::create_dir_all(&streams_dir).map_err(|e| OpenError::Persisted {
+            path: streams_dir.clone(),
+            message: e.to_string(),
+        })?;
+        let region = std::env::var("AWS_REGION").unwrap_or_else(|_| "us-east-1".into());
+        let catalog = Catalog {
+            ctx,
+            streams_dir,
+            streams: RwLock::new(BTreeMap::new()),
+            deleting: Arc::default(),
+            region,
+        };
+        let now = crate::pipeline::now_ms();
+        let mut persisted = Vec::new();
+        let mut orphans = Vec::new();
+        let entries = std::fs::read_dir(&catalog.streams_dir).map_err(|e| OpenError::Persisted {
+            path: catalog.streams_dir.clone(),
+            message: e.to_string(),
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path().join(STREAM_FILE);
+            match std::fs::read(&path) {
+                Ok(bytes) => {
+                    let record: StreamRecord =
+                        serde_json::from_slice(&bytes).map_err(|e| OpenError::Persisted {
+                            path: path.clone(),
+                            message: e.to_string(),
+                        })?;
+                    persisted.push((path, record));
+                }
+                Err(_) => orphans.push(entry.file_name()),
+            }
+        }
+        for (name, dest) in configured {
+            if let Some((path, _)) = persisted.iter().find(|(_, r)| r.name == name.as_str()) {
+                return Err(OpenError::Conflict {
+                    name: name.to_string(),
+                    path: path.clone(),
+                });
+            }
+            let record = StreamRecord {
+                name: name.to_string(),
+                version: 1,
+                created_ms: now,
+                updated_ms: now,
+                shape: DestinationShape::ExtendedS3,
+                destination: dest.clone(),
+            };
+            catalog.start_stream(record, Origin::Config).await?;
+        }
+        for (path, record) in persisted {
+            catalog
+                .start_stream(record, Origin::Api)
+                .await
+                .map_err(|e| match e {
+                    OpenError::Persisted { message, .. } => OpenError::Persisted { path, message },
+                    other => other,
+                })?;
+        }
+        for name in orphans {
+            let name = name.to_string_lossy();
+            if !catalog
+                .streams
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .any(|k| k.as_str() == name)
+            {
+                tracing::warn!(stream = %name, "a journal directory exists for a stream that is not defined; its undelivered records stay there until the stream is declared again");
+            }
+        }
+        Ok(catalog)
+    }
+
+    async fn start_stream(&self, record: StreamRecord, origin: Origin) -> Result<(), OpenError> {
+        let invalid = |message: String| OpenError::Persisted {
+            path: self.streams_dir.join(&record.name),
+            message,
+        };
+        let name = StreamName::parse(&record.name).map_err(invalid)?;
+        let destination = definition::validate(&record.destination)
+            .map_err(|e| invalid(CatalogError::invalid(e).to_string()))?;
+        let runtime = StreamRuntime::start(
+            self.ctx.clone(),
+            &self.streams_dir.join(name.as_str()),
+            Arc::new(StreamDefinition {
+                name: name.clone(),
+                version: record.version,
+                destination,
+            }),
+        )
+        .await?;
+        let entry = Arc::new(StreamEntry {
+            name: name.clone(),
+            origin,
+            record: Mutex::new(record),
+            runtime,
+        });
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name, entry);
+        Ok(())
+    }
+
+    pub fn arn(&self, name: &str) -> String {
+        format!(
+            "arn:aws:firehose:{}:000000000000:deliverystream/{name}",
+            self.region
+        )
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<StreamEntry>, CatalogError> {
+        let streams = self.streams.read().unwrap_or_else(|p| p.into_inner());
+        streams
+            .iter()
+            .find(|(k, _)| k.as_str() == name)
+            .map(|(_, v)| v.clone())
+            .ok_or_else(|| CatalogError::NotFound(name.to_owned()))
+    }
+
+    pub fn list(&self) -> Vec<Arc<StreamEntry>> {
+        self.streams
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    pub async fn create(
+        &self,
+        name: &str,
+        shape: DestinationShape,
+        destination: S3Destination,
+    ) -> Result<(), CatalogError> {
+        let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
+        definition::validate(&destination).map_err(CatalogError::invalid)?;
+        if self.get(name.as_str()).is_ok()
+            || self
+                .deleting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(&name)
+        {
+            return Err(CatalogError::InUse(format!(
+                "Firehose {name} under account 000000000000 already exists."
+            )));
+        }
+        let now = crate::pipeline::now_ms();
+        let record = StreamRecord {
+            name: name.to_string(),
+            version: 1,
+            created_ms: now,
+            updated_ms: now,
+            shape,
+            destination,
+        };
+        // Persist first: a stream that was acknowledged must come back after a restart.
+        self.persist(&record)?;
+        self.start_stream(record, Origin::Api)
+            .await
+            .map_err(|e| CatalogError::Internal(e.to_string()))
+    }
+
+    pub fn update(
+        &self,
+        name: &str,
+        current_version: &str,
+        destination_id: &str,
+        update: S3Destination,
+    ) -> Result<(), CatalogError> {
+        let entry = self.get(name)?;
+        if entry.origin == Origin::Config {
+            return Err(CatalogError::Invalid(format!(
+                "Delivery stream {name} is defined in the config file and cannot be changed over the API."
+            )));
+        }
+        if destination_id != DESTINATION_ID {
+            return Err(CatalogError::Invalid(format!(
+                "DestinationId {destination_id} not found; this stream's destination is {DESTINATION_ID}."
+            )));
+        }
+        let mut record = entry.record.lock().unwrap_or_else(|p| p.into_inner());
+        if current_version != record.version.to_string() {
+            return Err(CatalogError::VersionMismatch {
+                current: record.version,
+                given: current_version.to_owned(),
+            });
+        }
+        let mut merged = record.destination.clone();
+        merged.apply_update(update);
+        let destination: Destination =
+            definition::validate(&merged).map_err(CatalogError::invalid)?;
+        let mut next = record.clone();
+        next.destination = merged;
+        next.version += 1;
+        next.updated_ms = crate::pipeline::now_ms();
+        self.persist(&next)?;
+        entry.runtime.update(Arc::new(StreamDefinition {
+            name: entry.name.clone(),
+            version: next.version,
+            destination,
+        }));
+        *record = next;
+        Ok(())
+    }
+
+    /// Removes the stream from the API at once; its buffered records are still delivered in
+    /// the background, after which its directory is removed.
+    pub fn delete(&self, name: &str) -> Result<(), CatalogError> {
+        let entry = self.get(name)?;
+        if entry.origin == Origin::Config {
+            return Err(CatalogError::Invalid(format!(
+                "Delivery stream {name} is defined in the config file and cannot be deleted over the API."
+            )));
+        }
+        let dir = self.streams_dir.join(entry.name.as_str());
+        std::fs::remove_file(dir.join(STREAM_FILE)).map_err(|e| {
+            CatalogError::Internal(format!("cannot remove stream definition: {e}"))
+        })?;
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&entry.name);
+        self.deleting
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.name.clone());
+        let ctx = self.ctx.clone();
+        let deleting = self.deleting.clone();
+        self.ctx.tracker.spawn(async move {
+            entry.runtime.close().await;
+            if ctx.abandon.is_cancelled() {
+                // Shutdown gave up on some uploads: keep the journal for the next start.
+                return;
+            }
+            if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
+                tracing::warn!(stream = %entry.name, error = %e, "cannot remove deleted stream's directory");
+            }
+            ctx.metrics.forget_stream(entry.name.as_str());
+            deleting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&entry.name);
+            tracing::info!(stream = %entry.name, "delivery stream deleted");
+        });
+        Ok(())
+    }
+
+    fn persist(&self, record: &StreamRecord) -> Result<(), CatalogError> {
+        let dir = self.streams_dir.join(&record.name);
+        let io = |e: std::io::Error| {
+            CatalogError::Internal(format!("cannot persist stream {}: {e}", record.name))
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let tmp = dir.join("stream.json.tmp");
+        let bytes = serde_json::to_vec_pretty(record)
+            .map_err(|e| CatalogError::Internal(e.to_string()))?;
+        std::fs::write(&tmp, bytes).map_err(io)?;
+        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::rename(&tmp, dir.join(STREAM_FILE)).map_err(io)?;
+        std::fs::File::open(&dir).and_then(|f| f.sync_all()).map_err(io)?;
+        Ok(())
+    }
+
+    /// Stops every stream: each delivers what it holds (or leaves it in its journal if
+    /// shutdown gives up), in parallel.
+    pub async fn close(&self) {
+        let entries = self.list();
+        futures::future::join_all(entries.iter().map(|e| e.runtime.close())).await;
+    }
+
+    /// Sets gauges that are computed rather than counted, just before a scrape.
+    pub fn refresh_gauges(&self) {
+        let now = crate::pipeline::now_ms();
+        for entry in self.list() {
+            entry
+                .runtime
+                .shared()
+                .metrics
+                .freshness_seconds
+                .set(entry.runtime.freshness_seconds(now) as i64);
+        }
+    }
+}
+
+pub const DESTINATION_ID: &str = "destinationId-000000000001";

@@ -1,1 +1,531 @@
-//! Write-ahead log (placeholder; being written).
+//! The per-delivery-stream write-ahead log.
+//!
+//! Owns one directory of segment files and nothing else. It stores three kinds of entries:
+//! records (arrival time + bytes) at consecutive [`Position`]s, seals (a half-open position range
+//! plus opaque caller metadata: one batch to deliver) and commits (the seal starting at a
+//! position has been delivered). [`Journal::open`] replays what is still needed: records not
+//! covered by a committed seal, and seals without a commit.
+//!
+//! It must never know about streams, HTTP, object stores or what the seal metadata means, and
+//! it must never acknowledge anything itself: a record is durable only once [`Journal::sync`]
+//! returned `Ok`, and the caller acknowledges after that. It is used from one thread (the
+//! stream's group-commit thread), so nothing here locks or blocks on other threads.
+//!
+//! Layers, bottom up: [`frame`] (length + CRC + kind around a payload), [`entry`] (what the
+//! payload of each kind means), [`segment`] (file naming and listing), [`replay`] (reading a
+//! directory back), and this file (the write path, rolling and release).
+//!
+//! Crash safety rests on four rules: only the last segment may end in a torn frame, and open
+//! cuts it off before writing anything; a segment is fsynced before the next one is created;
+//! the directory is fsynced after segment files are created or deleted; and open never appends
+//! after a torn tail.
+
+mod entry;
+mod error;
+mod frame;
+mod replay;
+mod segment;
+
+#[cfg(test)]
+mod proptests;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+pub use error::{OpenError, WriteError};
+
+/// Position of a record in the journal: consecutive, starting at 0 for a new journal, never
+/// reused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Position(pub u64);
+
+impl Position {
+    pub fn next(self) -> Position {
+        Position(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0, f)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JournalOptions {
+    /// Roll to a new segment once the active one holds at least this many bytes. Checked before
+    /// each append, so one large append can make a segment bigger than this.
+    pub segment_bytes: u64,
+    /// `false`: `sync()` only hands bytes to the OS (survives a process crash, not power loss),
+    /// and no file or directory is ever fsynced.
+    pub fsync: bool,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            segment_bytes: 64 << 20,
+            fsync: true,
+        }
+    }
+}
+
+/// A record to append.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub arrival_ms: u64,
+    pub data: &'a [u8],
+}
+
+/// A batch: positions `start..end` plus opaque metadata (the caller's object key material).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Seal {
+    pub start: Position,
+    /// Exclusive.
+    pub end: Position,
+    pub meta: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedRecord {
+    pub position: Position,
+    pub arrival_ms: u64,
+    /// Shares one buffer with the other records of the same append.
+    pub data: bytes::Bytes,
+}
+
+/// What [`Journal::open`] found still needed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Replay {
+    /// Every record not covered by a committed seal, in position order (includes records inside
+    /// pending seals). Records of released segments are gone even if nothing committed them.
+    pub records: Vec<ReplayedRecord>,
+    /// Seals without a commit, in position order. A seal whose records were released (the
+    /// caller passed a `low` above its start) is still listed, with its records missing.
+    pub pending_seals: Vec<Seal>,
+}
+
+/// Buffered bytes are written out once the buffer reaches this, even before `sync`, so memory
+/// stays bounded when the caller appends a lot between syncs.
+const FLUSH_BYTES: usize = 8 << 20;
+/// A buffer grown beyond this by one huge append is shrunk back after it is written.
+const RETAINED_BUFFER: usize = 4 * FLUSH_BYTES;
+const LOCK_FILE: &str = "LOCK";
+
+/// The segment being appended to.
+struct Active {
+    first: Position,
+    path: PathBuf,
+    file: File,
+    /// Bytes handed to the OS.
+    written: u64,
+    /// Bytes known durable (or, without fsync, handed to the OS by `sync`).
+    synced: u64,
+}
+
+struct Closed {
+    first: Position,
+    /// `next_position` when the segment was closed: all its records are below this.
+    end: Position,
+    path: PathBuf,
+    bytes: u64,
+}
+
+/// An open journal. Dropping it discards appends not yet written by `sync` (like a crash);
+/// call [`Journal::sync`] before dropping to keep them.
+pub struct Journal {
+    dir: PathBuf,
+    opts: JournalOptions,
+    /// Held for the journal's lifetime so two journals never write one directory.
+    _lock: File,
+    closed: VecDeque<Closed>,
+    closed_bytes: u64,
+    active: Active,
+    /// Serialized frames not yet handed to the OS; reused across syncs.
+    buf: Vec<u8>,
+    next: Position,
+    /// Set when a write or fsync failed: what reached the disk is then unknown.
+    failed: bool,
+}
+
+impl fmt::Debug for Journal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Journal")
+            .field("dir", &self.dir)
+            .field("next", &self.next)
+            .field("segments", &self.segment_count())
+            .field("failed", &self.failed)
+            .finish_non_exhaustive()
+    }
+}
+
+fn open_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError {
+    let path = path.to_path_buf();
+    move |source| OpenError::Io { op, path, source }
+}
+
+fn write_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
+    let path = path.to_path_buf();
+    move |source| WriteError::Io { op, path, source }
+}
+
+fn push_header(buf: &mut Vec<u8>, first: Position) {
+    let start = frame::begin(buf, entry::KIND_HEADER);
+    entry::encode_header(buf, first);
+    frame::finish(buf, start);
+}
+
+impl Journal {
+    /// Opens (creating the directory if needed) and replays. A torn / CRC-failing tail of the
+    /// LAST segment is cut off (logged with `tracing::warn`); corruption anywhere else is an
+    /// [`OpenError::Corrupt`]. Appends then go to a fresh segment, except when the last segment
+    /// holds no records (its name is the next position), which is reused after the cut.
+    pub fn open(dir: &Path, opts: JournalOptions) -> Result<(Journal, Replay), OpenError> {
+        let existed = dir.is_dir();
+        fs::create_dir_all(dir).map_err(open_io("create directory", dir))?;
+        if !existed
+            && opts.fsync
+            && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
+        {
+            segment::sync_dir(parent).map_err(open_io("fsync directory", parent))?;
+        }
+        let lock = lock_dir(dir)?;
+
+        let listed = segment::list(dir).map_err(open_io("list directory", dir))?;
+        let scan = replay::scan(&listed)?;
+        if let Some(last) = scan.segments.last()
+            && let Some(damage) = last.damage
+        {
+            tracing::warn!(
+                path = %last.path.display(),
+                valid_bytes = last.valid_len,
+                file_bytes = last.file_len,
+                damage = damage.describe(),
+                "cutting the torn tail off the journal's last segment"
+            );
+            // Cut for real (not just skip) so the tail can never be read as part of a
+            // non-last segment, nor be followed by new frames.
+            let file = OpenOptions::new()
+                .write(true)
+                .open(&last.path)
+                .map_err(open_io("open", &last.path))?;
+            file.set_len(last.valid_len)
+                .map_err(open_io("truncate", &last.path))?;
+            if opts.fsync {
+                file.sync_all().map_err(open_io("fsync", &last.path))?;
+            }
+        }
+        let replay = replay::load(&scan)?;
+        let next = scan.next;
+
+        // A last segment without records would collide with a fresh one by name.
+        let reuse_last = scan.segments.last().is_some_and(|s| s.first == next);
+        let closed_count = scan.segments.len() - usize::from(reuse_last);
+        let mut closed = VecDeque::with_capacity(closed_count);
+        for (i, seg) in scan.segments.iter().take(closed_count).enumerate() {
+            closed.push_back(Closed {
+                first: seg.first,
+                end: scan.segments.get(i + 1).map_or(next, |s| s.first),
+                path: seg.path.clone(),
+                bytes: seg.valid_len,
+            });
+        }
+        let closed_bytes = closed.iter().map(|c| c.bytes).sum();
+
+        let mut buf = Vec::new();
+        let active = match scan.segments.last() {
+            Some(last) if reuse_last => {
+                let file = OpenOptions::new()
+                    .append(true)
+                    .open(&last.path)
+                    .map_err(open_io("open", &last.path))?;
+                if last.valid_len == 0 {
+                    push_header(&mut buf, next);
+                }
+                Active {
+                    first: next,
+                    path: last.path.clone(),
+                    file,
+                    written: last.valid_len,
+                    synced: last.valid_len,
+                }
+            }
+            _ => {
+                let path = dir.join(segment::file_name(next));
+                let file = create_segment(&path).map_err(open_io("create", &path))?;
+                if opts.fsync {
+                    segment::sync_dir(dir).map_err(open_io("fsync directory", dir))?;
+                }
+                push_header(&mut buf, next);
+                Active {
+                    first: next,
+                    path,
+                    file,
+                    written: 0,
+                    synced: 0,
+                }
+            }
+        };
+
+        let journal = Journal {
+            dir: dir.to_path_buf(),
+            opts,
+            _lock: lock,
+            closed,
+            closed_bytes,
+            active,
+            buf,
+            next,
+            failed: false,
+        };
+        tracing::debug!(
+            dir = %dir.display(),
+            next = next.0,
+            segments = journal.segment_count(),
+            records = replay.records.len(),
+            pending_seals = replay.pending_seals.len(),
+            "journal opened"
+        );
+        Ok((journal, replay))
+    }
+
+    /// Buffers records at consecutive positions and returns the first one. Not durable until
+    /// [`sync`](Self::sync). An empty slice is a no-op that returns
+    /// [`next_position`](Self::next_position).
+    pub fn append_records(&mut self, records: &[RecordRef<'_>]) -> Result<Position, WriteError> {
+        self.check_usable()?;
+        if records.is_empty() {
+            return Ok(self.next);
+        }
+        let payload_len = entry::records_payload_len(records).unwrap_or(u64::MAX);
+        self.check_size(payload_len)?;
+        self.roll_if_full()?;
+        let first = self.next;
+        // Checked against MAX_PAYLOAD (u32) above, so this fits in usize.
+        self.buf.reserve(frame::HEADER_LEN + payload_len as usize);
+        let start = frame::begin(&mut self.buf, entry::KIND_RECORDS);
+        entry::encode_records(&mut self.buf, first, records);
+        frame::finish(&mut self.buf, start);
+        self.next = Position(first.0 + records.len() as u64);
+        self.flush_if_large()?;
+        Ok(first)
+    }
+
+    /// Buffers a seal. It must be non-empty and end at or before `next_position`.
+    pub fn append_seal(&mut self, seal: &Seal) -> Result<(), WriteError> {
+        self.check_usable()?;
+        if seal.start >= seal.end || seal.end > self.next {
+            return Err(WriteError::InvalidSeal {
+                dir: self.dir.clone(),
+                start: seal.start,
+                end: seal.end,
+                next: self.next,
+            });
+        }
+        self.check_size(entry::seal_payload_len(seal))?;
+        self.roll_if_full()?;
+        let start = frame::begin(&mut self.buf, entry::KIND_SEAL);
+        entry::encode_seal(&mut self.buf, seal);
+        frame::finish(&mut self.buf, start);
+        self.flush_if_large()
+    }
+
+    /// Buffers a commit of the seal starting at `start`. A commit naming no known seal is
+    /// ignored by replay.
+    pub fn append_commit(&mut self, start: Position) -> Result<(), WriteError> {
+        self.check_usable()?;
+        self.roll_if_full()?;
+        let frame_start = frame::begin(&mut self.buf, entry::KIND_COMMIT);
+        entry::encode_commit(&mut self.buf, start);
+        frame::finish(&mut self.buf, frame_start);
+        self.flush_if_large()
+    }
+
+    /// Makes everything appended so far durable: one write of the buffered frames, then
+    /// `fdatasync` if `opts.fsync`. After an error the journal refuses further writes
+    /// ([`WriteError::Failed`]) and must be reopened.
+    pub fn sync(&mut self) -> Result<(), WriteError> {
+        self.check_usable()?;
+        let result = self.write_buffer().and_then(|()| self.sync_active());
+        self.fail_on_err(result)
+    }
+
+    /// Deletes closed segments none of whose records is at or above `low` (the lowest position
+    /// still needed). The active segment is never deleted. `low` must not exceed the start of
+    /// any seal that is not committed durably, or that seal's records are lost.
+    pub fn release(&mut self, low: Position) -> Result<(), WriteError> {
+        let mut removed = false;
+        let mut result = Ok(());
+        while let Some(seg) = self.closed.front() {
+            if seg.end > low {
+                break;
+            }
+            match fs::remove_file(&seg.path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    result = Err(write_io("delete", &seg.path)(e));
+                    break;
+                }
+            }
+            tracing::debug!(path = %seg.path.display(), first = seg.first.0, end = seg.end.0, "released journal segment");
+            self.closed_bytes -= seg.bytes;
+            self.closed.pop_front();
+            removed = true;
+        }
+        if removed && self.opts.fsync {
+            let synced = segment::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir));
+            result = result.and(synced);
+        }
+        result
+    }
+
+    /// Bytes across live segments, including appended bytes still buffered in memory.
+    pub fn disk_bytes(&self) -> u64 {
+        self.closed_bytes + self.active.written + self.buf.len() as u64
+    }
+
+    /// The position the next appended record will get.
+    pub fn next_position(&self) -> Position {
+        self.next
+    }
+
+    /// Live segment files, the active one included.
+    pub fn segment_count(&self) -> usize {
+        self.closed.len() + 1
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn check_usable(&self) -> Result<(), WriteError> {
+        if self.failed {
+            return Err(WriteError::Failed {
+                dir: self.dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_size(&self, payload_len: u64) -> Result<(), WriteError> {
+        if payload_len > frame::MAX_PAYLOAD {
+            return Err(WriteError::TooLarge {
+                dir: self.dir.clone(),
+                bytes: payload_len,
+                max: frame::MAX_PAYLOAD,
+            });
+        }
+        Ok(())
+    }
+
+    fn fail_on_err<T>(&mut self, result: Result<T, WriteError>) -> Result<T, WriteError> {
+        if result.is_err() {
+            self.failed = true;
+        }
+        result
+    }
+
+    fn flush_if_large(&mut self) -> Result<(), WriteError> {
+        if self.buf.len() < FLUSH_BYTES {
+            return Ok(());
+        }
+        let result = self.write_buffer();
+        self.fail_on_err(result)
+    }
+
+    fn roll_if_full(&mut self) -> Result<(), WriteError> {
+        let size = self.active.written + self.buf.len() as u64;
+        // Without records since it was created, the active segment has the name a new one
+        // would get; it keeps growing until records arrive.
+        if size < self.opts.segment_bytes || self.active.first == self.next {
+            return Ok(());
+        }
+        let result = self.roll();
+        self.fail_on_err(result)
+    }
+
+    fn roll(&mut self) -> Result<(), WriteError> {
+        self.write_buffer()?;
+        // Durable before its successor exists, so only the last segment can ever be torn.
+        let path = self.dir.join(segment::file_name(self.next));
+        let file = create_segment(&path).map_err(write_io("create", &path))?;
+        if self.opts.fsync {
+            segment::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir))?;
+        }
+        let fresh = Active {
+            first: self.next,
+            path,
+            file,
+            written: 0,
+            synced: 0,
+        };
+        let old = std::mem::replace(&mut self.active, fresh);
+        self.closed_bytes += old.written;
+        self.closed.push_back(Closed {
+            first: old.first,
+            end: self.next,
+            path: old.path,
+            bytes: old.written,
+        });
+        push_header(&mut self.buf, self.next);
+        Ok(())
+    }
+
+    fn write_buffer(&mut self) -> Result<(), WriteError> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        self.active
+            .file
+            .write_all(&self.buf)
+            .map_err(write_io("write", &self.active.path))?;
+        self.active.written += self.buf.len() as u64;
+        self.buf.clear();
+        if self.buf.capacity() > RETAINED_BUFFER {
+            self.buf.shrink_to(FLUSH_BYTES);
+        }
+        Ok(())
+    }
+
+    fn sync_active(&mut self) -> Result<(), WriteError> {
+        if self.opts.fsync && self.active.synced < self.active.written {
+            self.active
+                .file
+                .sync_data()
+                .map_err(write_io("fsync", &self.active.path))?;
+        }
+        self.active.synced = self.active.written;
+        Ok(())
+    }
+}
+
+fn create_segment(path: &Path) -> io::Result<File> {
+    OpenOptions::new().append(true).create_new(true).open(path)
+}
+
+fn lock_dir(dir: &Path) -> Result<File, OpenError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(open_io("create lock file", &path))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(TryLockError::WouldBlock) => Err(OpenError::Locked {
+            path: dir.to_path_buf(),
+        }),
+        Err(TryLockError::Error(source)) => Err(OpenError::Io {
+            op: "lock",
+            path,
+            source,
+        }),
+    }
+}

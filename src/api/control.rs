@@ -1,0 +1,217 @@
+//! Control plane: `CreateDeliveryStream`, `DescribeDeliveryStream`, `ListDeliveryStreams`,
+//! `DeleteDeliveryStream`, `UpdateDestination`, in Firehose's JSON shapes.
+
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+use super::error::{ApiError, from_json_error};
+use crate::catalog::definition::S3Destination;
+use crate::catalog::{Catalog, DESTINATION_ID, DestinationShape, StreamEntry};
+
+fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| from_json_error(&e))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct CreateIn {
+    delivery_stream_name: String,
+    delivery_stream_type: Option<String>,
+    extended_s3_destination_configuration: Option<S3Destination>,
+    #[serde(rename = "S3DestinationConfiguration")]
+    s3_destination_configuration: Option<S3Destination>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+/// Accepted and ignored: they configure AWS services spillway does not run.
+const CREATE_IGNORED: &[&str] = &["Tags", "DeliveryStreamEncryptionConfigurationInput"];
+
+pub async fn create(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let input: CreateIn = parse(body)?;
+    match input.delivery_stream_type.as_deref() {
+        None | Some("DirectPut") => {}
+        Some(other) => {
+            return Err(ApiError::invalid(format!(
+                "DeliveryStreamType {other} is not supported; spillway accepts DirectPut streams only."
+            )));
+        }
+    }
+    if let Some(key) = input
+        .other
+        .iter()
+        .find(|(k, v)| !CREATE_IGNORED.contains(&k.as_str()) && !v.is_null())
+        .map(|(k, _)| k)
+    {
+        return Err(ApiError::invalid(format!(
+            "{key} is not supported; spillway delivers to S3 destinations only (ExtendedS3DestinationConfiguration or S3DestinationConfiguration)."
+        )));
+    }
+    let (shape, destination) = match (
+        input.extended_s3_destination_configuration,
+        input.s3_destination_configuration,
+    ) {
+        (Some(d), None) => (DestinationShape::ExtendedS3, d),
+        (None, Some(d)) => (DestinationShape::S3, d),
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "ExtendedS3DestinationConfiguration (or S3DestinationConfiguration) is required.",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "Give only one of ExtendedS3DestinationConfiguration and S3DestinationConfiguration.",
+            ));
+        }
+    };
+    catalog
+        .create(&input.delivery_stream_name, shape, destination)
+        .await?;
+    Ok(json!({ "DeliveryStreamARN": catalog.arn(&input.delivery_stream_name) })
+        .to_string()
+        .into_bytes())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct NameIn {
+    delivery_stream_name: String,
+}
+
+pub fn describe(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let input: NameIn = parse(body)?;
+    let entry = catalog.get(&input.delivery_stream_name)?;
+    Ok(json!({ "DeliveryStreamDescription": description(catalog, &entry) })
+        .to_string()
+        .into_bytes())
+}
+
+fn description(catalog: &Catalog, entry: &StreamEntry) -> Value {
+    let record = entry.record();
+    let d = &record.destination;
+    let mut s3 = json!({
+        "RoleARN": d.role_arn.clone().unwrap_or_default(),
+        "BucketARN": d.bucket_arn,
+        "Prefix": d.prefix.clone().unwrap_or_default(),
+        "ErrorOutputPrefix": d.error_output_prefix.clone().unwrap_or_default(),
+        "BufferingHints": d.buffering_hints,
+        "CompressionFormat": d.compression_format,
+        "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+        "CloudWatchLoggingOptions": { "Enabled": false },
+    });
+    let mut destination = json!({ "DestinationId": DESTINATION_ID });
+    if record.shape == DestinationShape::ExtendedS3 {
+        let mut extended = s3.clone();
+        extended["S3BackupMode"] = json!("Disabled");
+        destination["ExtendedS3DestinationDescription"] = extended;
+    }
+    // Firehose describes an extended destination in both shapes; older clients read this one.
+    if let Some(map) = s3.as_object_mut() {
+        map.remove("CloudWatchLoggingOptions");
+    }
+    destination["S3DestinationDescription"] = s3;
+    json!({
+        "DeliveryStreamName": record.name,
+        "DeliveryStreamARN": catalog.arn(&record.name),
+        "DeliveryStreamStatus": "ACTIVE",
+        "DeliveryStreamType": "DirectPut",
+        "DeliveryStreamEncryptionConfiguration": { "Status": "DISABLED" },
+        "VersionId": record.version.to_string(),
+        "CreateTimestamp": record.created_ms as f64 / 1000.0,
+        "LastUpdateTimestamp": record.updated_ms as f64 / 1000.0,
+        "Destinations": [destination],
+        "HasMoreDestinations": false,
+    })
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "PascalCase")]
+struct ListIn {
+    limit: Option<i64>,
+    delivery_stream_type: Option<String>,
+    exclusive_start_delivery_stream_name: Option<String>,
+}
+
+pub fn list(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let input: ListIn = if body.iter().all(u8::is_ascii_whitespace) {
+        ListIn::default()
+    } else {
+        parse(body)?
+    };
+    let limit = input.limit.unwrap_or(10);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "Limit must be between 1 and 10000, got {limit}."
+        )));
+    }
+    let names: Vec<String> = match input.delivery_stream_type.as_deref() {
+        None | Some("DirectPut") => catalog
+            .list()
+            .into_iter()
+            .map(|e| e.name.to_string())
+            .filter(|n| match &input.exclusive_start_delivery_stream_name {
+                Some(start) => n.as_str() > start.as_str(),
+                None => true,
+            })
+            .collect(),
+        Some(_) => Vec::new(),
+    };
+    let more = names.len() > limit as usize;
+    let page: Vec<_> = names.into_iter().take(limit as usize).collect();
+    Ok(
+        json!({ "DeliveryStreamNames": page, "HasMoreDeliveryStreams": more })
+            .to_string()
+            .into_bytes(),
+    )
+}
+
+pub fn delete(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let input: NameIn = parse(body)?;
+    catalog.delete(&input.delivery_stream_name)?;
+    Ok(b"{}".to_vec())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UpdateIn {
+    delivery_stream_name: String,
+    current_delivery_stream_version_id: String,
+    destination_id: String,
+    extended_s3_destination_update: Option<S3Destination>,
+    #[serde(rename = "S3DestinationUpdate")]
+    s3_destination_update: Option<S3Destination>,
+    #[serde(flatten)]
+    other: Map<String, Value>,
+}
+
+pub fn update(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let input: UpdateIn = parse(body)?;
+    if let Some(key) = input.other.iter().find(|(_, v)| !v.is_null()).map(|(k, _)| k) {
+        return Err(ApiError::invalid(format!(
+            "{key} is not supported; spillway updates S3 destinations only."
+        )));
+    }
+    let update = match (
+        input.extended_s3_destination_update,
+        input.s3_destination_update,
+    ) {
+        (Some(u), None) | (None, Some(u)) => u,
+        (None, None) => {
+            return Err(ApiError::invalid(
+                "ExtendedS3DestinationUpdate (or S3DestinationUpdate) is required.",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                "Give only one of ExtendedS3DestinationUpdate and S3DestinationUpdate.",
+            ));
+        }
+    };
+    catalog.update(
+        &input.delivery_stream_name,
+        &input.current_delivery_stream_version_id,
+        &input.destination_id,
+        update,
+    )?;
+    Ok(b"{}".to_vec())
+}

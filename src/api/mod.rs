@@ -1,0 +1,183 @@
+//! The HTTP edge: accepts connections, routes `POST /` by `X-Amz-Target` to the Firehose
+//! operations (JSON 1.1), and serves `/healthz`, `/readyz` and `/metrics`. It parses and
+//! answers; it never buffers records itself nor knows how they are stored.
+
+mod control;
+mod data;
+pub mod error;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::Catalog;
+use crate::metrics::Metrics;
+use error::{ApiError, ErrorKind};
+
+pub use data::{MAX_RECORD_BYTES, MAX_RECORDS, MAX_REQUEST_BYTES};
+
+/// Largest body read: 4 MiB of records grows by a third in base64, plus JSON around it.
+const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
+const TARGET_PREFIX: &str = "Firehose_20150804.";
+const JSON: &str = "application/x-amz-json-1.1";
+
+pub struct Api {
+    pub catalog: Arc<Catalog>,
+    pub metrics: Arc<Metrics>,
+    /// False until the journal has replayed and while draining at shutdown.
+    pub ready: AtomicBool,
+}
+
+/// Serves until `stop` is cancelled, then stops accepting and waits (up to `drain`) for the
+/// requests in flight to be answered.
+pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: CancellationToken, drain: Duration) {
+    let graceful = GracefulShutdown::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stop.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let api = api.clone();
+        let service = service_fn(move |req| {
+            let api = api.clone();
+            async move { Ok::<_, Infallible>(handle(&api, req).await) }
+        });
+        let conn = http1::Builder::new()
+            .keep_alive(true)
+            .serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        // Tracked by `graceful`, which shutdown awaits below.
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(drain) => tracing::warn!("some connections were still open after the drain timeout"),
+    }
+}
+
+async fn handle(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/") => firehose(api, req).await,
+        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") => {
+            if api.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => {
+            api.catalog.refresh_gauges();
+            let mut resp = Response::new(Full::new(Bytes::from(api.metrics.render())));
+            resp.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            resp
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// Operation names as metric labels: a fixed set, so labels stay bounded.
+const OPERATIONS: &[&str] = &[
+    "PutRecord",
+    "PutRecordBatch",
+    "CreateDeliveryStream",
+    "DescribeDeliveryStream",
+    "ListDeliveryStreams",
+    "DeleteDeliveryStream",
+    "UpdateDestination",
+];
+
+async fn firehose(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let operation = req
+        .headers()
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.strip_prefix(TARGET_PREFIX))
+        .and_then(|op| OPERATIONS.iter().find(|known| **known == op).copied());
+    let started = Instant::now();
+    let result = match operation {
+        None => Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            "Missing or unknown X-Amz-Target; expected Firehose_20150804.<Operation>.",
+        )),
+        Some(op) => match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+            Err(_) => Err(ApiError::invalid(format!(
+                "Request body is larger than {MAX_BODY_BYTES} bytes or was cut off."
+            ))),
+            Ok(body) => dispatch(api, op, &body.to_bytes()).await,
+        },
+    };
+    let label = operation.unwrap_or("unknown");
+    let (status, body, outcome) = match result {
+        Ok(body) => (StatusCode::OK, body, "ok"),
+        Err(e) => {
+            tracing::debug!(operation = label, error = e.kind.aws_type(), message = %e.message, "request refused");
+            (e.kind.status(), e.body(), e.kind.aws_type())
+        }
+    };
+    api.metrics
+        .api_request(label, outcome, started.elapsed().as_secs_f64());
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    if outcome != "ok" {
+        headers.insert("x-amzn-errortype", HeaderValue::from_static(outcome));
+    }
+    if let Ok(id) = HeaderValue::from_str(&format!("{:032x}", rand::random::<u128>())) {
+        headers.insert("x-amzn-requestid", id);
+    }
+    resp
+}
+
+async fn dispatch(api: &Api, operation: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let catalog = &api.catalog;
+    match operation {
+        "PutRecord" => data::put_record(catalog, body).await,
+        "PutRecordBatch" => data::put_record_batch(catalog, body).await,
+        "CreateDeliveryStream" => control::create(catalog, body).await,
+        "DescribeDeliveryStream" => control::describe(catalog, body),
+        "ListDeliveryStreams" => control::list(catalog, body),
+        "DeleteDeliveryStream" => control::delete(catalog, body),
+        "UpdateDestination" => control::update(catalog, body),
+        _ => Err(ApiError::new(
+            ErrorKind::UnknownOperation,
+            format!("Unknown operation {operation}."),
+        )),
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *resp.status_mut() = status;
+    resp
+}

@@ -1,0 +1,496 @@
+//! Command line + TOML file -> validated [`Settings`].
+//!
+//! Raw serde structs mirror the file (unknown keys are errors, defaults are documented with
+//! units); [`Settings::load`] checks everything once and reports every problem together, each
+//! with its path in the file. Code past startup never sees the raw structs.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::catalog::definition::{self, BufferingHints, S3Destination, StreamName};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
+pub const DEFAULT_DATA_DIR: &str = "spillway-data";
+const MIB: u64 = 1024 * 1024;
+
+/// spillway: a self-hosted, Firehose-compatible delivery daemon.
+///
+/// Accepts the Amazon Data Firehose API (PutRecord, PutRecordBatch, CreateDeliveryStream, ...)
+/// over HTTP, journals every record to disk before acknowledging it, and delivers buffered
+/// objects to S3, an S3-compatible server (MinIO) or a local directory.
+#[derive(Debug, Parser)]
+#[command(version)]
+pub struct Cli {
+    /// TOML configuration file (see the README's configuration reference). Without it,
+    /// spillway runs with built-in defaults and a local directory store under the data dir.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Address to serve the Firehose API, /metrics and /healthz on [default: 127.0.0.1:4573].
+    /// Overrides `listen` in the config file.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Directory for the journal, API-created streams and the local object store
+    /// [default: ./spillway-data]. Overrides `data_dir` in the config file.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Log format: `text` (human-readable, the default) or `json`. Overrides `log_format`.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file, as written.
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    listen: Option<String>,
+    data_dir: Option<PathBuf>,
+    log_format: Option<LogFormat>,
+    /// tracing filter directive, e.g. "info" or "spillway=debug"; RUST_LOG wins when set.
+    log_level: Option<String>,
+    /// How long SIGTERM waits for uploads before leaving the rest to the journal. Seconds; 60.
+    shutdown_timeout_seconds: Option<u64>,
+    #[serde(default)]
+    journal: RawJournal,
+    #[serde(default)]
+    buffer: RawBuffer,
+    #[serde(default)]
+    upload: RawUpload,
+    #[serde(default)]
+    object_store: RawObjectStore,
+    #[serde(default, rename = "stream")]
+    streams: Vec<RawStream>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    /// `true` (default): a record is fsync'd (group commit) before its 200. `false`: written to
+    /// the OS only; a machine crash may lose the last acknowledged records, a process crash not.
+    fsync: Option<bool>,
+    /// Segment file size before rolling to a new one. MiB; 64.
+    segment_mib: Option<u64>,
+    /// Cap on journal bytes across all streams; past it ingest is throttled. MiB; 4096.
+    max_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBuffer {
+    /// Cap on record bytes held in memory across all streams; past it ingest is throttled. MiB; 256.
+    max_memory_mib: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpload {
+    /// Uploads in flight at once per stream. 4.
+    concurrency: Option<usize>,
+    /// Objects at least this large are uploaded in parts. MiB; 16.
+    multipart_threshold_mib: Option<u64>,
+    /// Part size for multipart uploads (S3's minimum is 5). MiB; 8.
+    part_size_mib: Option<u64>,
+    /// First retry delay after a failed upload; doubles up to the maximum, with jitter. Ms; 200.
+    retry_initial_ms: Option<u64>,
+    /// Longest retry delay. Ms; 30000.
+    retry_max_ms: Option<u64>,
+    /// gzip level (1 fastest .. 9 smallest) for GZIP streams. 1.
+    gzip_level: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawObjectStore {
+    /// `local` (default): bucket B is the directory `<local_root>/B`. `s3`: bucket B is the S3
+    /// bucket B at `endpoint` (or AWS), credentials from below or the AWS_* environment.
+    kind: Option<String>,
+    local_root: Option<PathBuf>,
+    endpoint: Option<String>,
+    region: Option<String>,
+    access_key_id: Option<String>,
+    secret_access_key: Option<String>,
+    allow_http: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawStream {
+    name: String,
+    bucket_arn: Option<String>,
+    role_arn: Option<String>,
+    prefix: Option<String>,
+    error_output_prefix: Option<String>,
+    compression_format: Option<String>,
+    buffering_hints: Option<RawBufferingHints>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBufferingHints {
+    size_in_mbs: Option<i64>,
+    interval_in_seconds: Option<i64>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Validated settings.
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub shutdown_timeout: Duration,
+    pub journal: JournalSettings,
+    pub max_memory_bytes: u64,
+    pub upload: UploadSettings,
+    pub store: StoreSettings,
+    /// Streams declared in the file: read-only over the API.
+    pub streams: Vec<(StreamName, S3Destination)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JournalSettings {
+    pub fsync: bool,
+    pub segment_bytes: u64,
+    pub max_bytes: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct UploadSettings {
+    pub concurrency: usize,
+    pub multipart_threshold: u64,
+    pub part_size: u64,
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    pub gzip_level: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum StoreSettings {
+    Local { root: PathBuf },
+    S3(S3Settings),
+}
+
+/// Each `None` falls back to the standard AWS environment variables.
+#[derive(Clone, Debug, Default)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub allow_http: Option<bool>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{}: {} problem(s):\n  {}", .path.display(), .problems.len(), .problems.join("\n  "))]
+    Invalid {
+        path: PathBuf,
+        problems: Vec<String>,
+    },
+}
+
+impl Settings {
+    /// Reads the file named by `--config` (if any), then applies the flags on top.
+    pub fn load(cli: &Cli) -> Result<Settings, ConfigError> {
+        let (raw, path) = match &cli.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                let raw: RawConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })?;
+                (raw, path.clone())
+            }
+            None => (RawConfig::default(), PathBuf::from("(command line)")),
+        };
+        validate(raw, cli).map_err(|problems| ConfigError::Invalid { path, problems })
+    }
+
+    /// Parses config text with no flags: for `check-config`-style validation and tests.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Settings, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        let cli = Cli {
+            config: None,
+            listen: None,
+            data_dir: None,
+            log_format: None,
+        };
+        validate(raw, &cli).map_err(|problems| ConfigError::Invalid {
+            path: path.to_owned(),
+            problems,
+        })
+    }
+}
+
+fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
+    let mut problems = Vec::new();
+
+    let listen = match (cli.listen, raw.listen.as_deref()) {
+        (Some(addr), _) => Some(addr),
+        (None, text) => {
+            let text = text.unwrap_or(DEFAULT_LISTEN);
+            text.parse::<SocketAddr>()
+                .map_err(|e| problems.push(format!("listen: {text:?} is not an address: {e}")))
+                .ok()
+        }
+    };
+    let data_dir = cli
+        .data_dir
+        .clone()
+        .or(raw.data_dir)
+        .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+
+    let mut positive = |path: &str, value: Option<u64>, default: u64| -> u64 {
+        let v = value.unwrap_or(default);
+        if v == 0 {
+            problems.push(format!("{path}: must be greater than 0"));
+        }
+        v
+    };
+    let journal = JournalSettings {
+        fsync: raw.journal.fsync.unwrap_or(true),
+        segment_bytes: positive("journal.segment_mib", raw.journal.segment_mib, 64) * MIB,
+        max_bytes: positive("journal.max_mib", raw.journal.max_mib, 4096) * MIB,
+    };
+    let max_memory_bytes = positive("buffer.max_memory_mib", raw.buffer.max_memory_mib, 256) * MIB;
+    let upload = UploadSettings {
+        concurrency: positive(
+            "upload.concurrency",
+            raw.upload.concurrency.map(|c| c as u64),
+            4,
+        ) as usize,
+        multipart_threshold: positive(
+            "upload.multipart_threshold_mib",
+            raw.upload.multipart_threshold_mib,
+            16,
+        ) * MIB,
+        part_size: raw.upload.part_size_mib.unwrap_or(8) * MIB,
+        retry_initial: Duration::from_millis(positive(
+            "upload.retry_initial_ms",
+            raw.upload.retry_initial_ms,
+            200,
+        )),
+        retry_max: Duration::from_millis(positive(
+            "upload.retry_max_ms",
+            raw.upload.retry_max_ms,
+            30_000,
+        )),
+        gzip_level: raw.upload.gzip_level.unwrap_or(1),
+    };
+    let shutdown_timeout = Duration::from_secs(raw.shutdown_timeout_seconds.unwrap_or(60));
+    if !(5 * MIB..=5 * 1024 * MIB).contains(&upload.part_size) {
+        problems.push("upload.part_size_mib: must be between 5 and 5120 (S3's part limits)".into());
+    }
+    if !(1..=9).contains(&upload.gzip_level) {
+        problems.push(format!(
+            "upload.gzip_level: must be between 1 and 9, got {}",
+            upload.gzip_level
+        ));
+    }
+    if upload.retry_max < upload.retry_initial {
+        problems.push("upload.retry_max_ms: must be at least upload.retry_initial_ms".into());
+    }
+
+    let os = raw.object_store;
+    let store = match os.kind.as_deref().unwrap_or("local") {
+        "local" => {
+            for (set, key) in [
+                (os.endpoint.is_some(), "endpoint"),
+                (os.region.is_some(), "region"),
+                (os.access_key_id.is_some(), "access_key_id"),
+                (os.secret_access_key.is_some(), "secret_access_key"),
+                (os.allow_http.is_some(), "allow_http"),
+            ] {
+                if set {
+                    problems.push(format!(
+                        "object_store.{key}: only applies with kind = \"s3\""
+                    ));
+                }
+            }
+            Some(StoreSettings::Local {
+                root: os.local_root.unwrap_or_else(|| data_dir.join("buckets")),
+            })
+        }
+        "s3" => {
+            if os.local_root.is_some() {
+                problems.push("object_store.local_root: only applies with kind = \"local\"".into());
+            }
+            Some(StoreSettings::S3(S3Settings {
+                endpoint: os.endpoint,
+                region: os.region,
+                access_key_id: os.access_key_id,
+                secret_access_key: os.secret_access_key,
+                allow_http: os.allow_http,
+            }))
+        }
+        other => {
+            problems.push(format!(
+                "object_store.kind: must be \"local\" or \"s3\", got {other:?}"
+            ));
+            None
+        }
+    };
+
+    let mut streams = Vec::new();
+    for (i, s) in raw.streams.into_iter().enumerate() {
+        let at = format!("stream[{i}]");
+        let name = match StreamName::parse(&s.name) {
+            Ok(n) => n,
+            Err(m) => {
+                problems.push(format!("{at}.name: {m}"));
+                continue;
+            }
+        };
+        if streams.iter().any(|(n, _)| n == &name) {
+            problems.push(format!("{at}.name: stream {name} is declared twice"));
+            continue;
+        }
+        let dest = S3Destination {
+            role_arn: s.role_arn,
+            bucket_arn: s.bucket_arn,
+            prefix: s.prefix,
+            error_output_prefix: s.error_output_prefix,
+            buffering_hints: s.buffering_hints.map(|h| BufferingHints {
+                size_in_mbs: h.size_in_mbs,
+                interval_in_seconds: h.interval_in_seconds,
+            }),
+            compression_format: s.compression_format,
+            other: Default::default(),
+        };
+        match definition::validate(&dest) {
+            Ok(_) => streams.push((name, dest)),
+            Err(errors) => {
+                for e in errors {
+                    problems.push(format!(
+                        "{at}.{} (stream {name}): {}",
+                        e.field.config_name(),
+                        e.message
+                    ));
+                }
+            }
+        }
+    }
+
+    match (listen, store) {
+        (Some(listen), Some(store)) if problems.is_empty() => Ok(Settings {
+            listen,
+            data_dir,
+            log_format: cli
+                .log_format
+                .or(raw.log_format)
+                .unwrap_or(LogFormat::Text),
+            log_level: raw.log_level.unwrap_or_else(|| "info".into()),
+            shutdown_timeout,
+            journal,
+            max_memory_bytes,
+            upload,
+            store,
+            streams,
+        }),
+        _ => Err(problems),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Settings, ConfigError> {
+        Settings::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_the_documented_defaults() {
+        let s = parse("").unwrap();
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert!(s.journal.fsync);
+        assert_eq!(s.max_memory_bytes, 256 * MIB);
+        assert!(
+            matches!(s.store, StoreSettings::Local { ref root } if root == Path::new("spillway-data/buckets"))
+        );
+    }
+
+    #[test]
+    fn all_problems_are_reported_together_with_paths() {
+        let err = parse(
+            r#"
+listen = "nowhere"
+[upload]
+gzip_level = 12
+[object_store]
+kind = "local"
+endpoint = "http://x"
+[[stream]]
+name = "a"
+bucket_arn = "arn:aws:s3:::bucket-a"
+buffering_hints = { size_in_mbs = 200 }
+[[stream]]
+name = "a/b"
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "listen:",
+            "upload.gzip_level",
+            "object_store.endpoint",
+            "stream[0].buffering_hints.size_in_mbs (stream a)",
+            "stream[1].name",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = parse("[journal]\nfsynk = false\n").unwrap_err().to_string();
+        assert!(err.contains("fsynk"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let cli = Cli::try_parse_from([
+            "spillway",
+            "--listen",
+            "127.0.0.1:9999",
+            "--data-dir",
+            "/tmp/x",
+        ])
+        .unwrap();
+        let s = validate(
+            toml::from_str("listen = \"0.0.0.0:1\"\ndata_dir = \"/y\"").unwrap(),
+            &cli,
+        )
+        .unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(s.data_dir, PathBuf::from("/tmp/x"));
+    }
+}

@@ -1,0 +1,56 @@
+//! Errors of the journal, one enum per operation family. Every message names the file or
+//! directory involved; the underlying I/O error is the `source`.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::Position;
+
+/// Failure of [`Journal::open`](super::Journal::open).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("journal: cannot {op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// Damage that is not a torn tail of the last segment: an operator has to look.
+    #[error("journal: {} is corrupt at byte {offset}: {reason}", path.display())]
+    Corrupt {
+        path: PathBuf,
+        offset: u64,
+        reason: String,
+    },
+    #[error("journal: directory {} is already open (lock file held)", path.display())]
+    Locked { path: PathBuf },
+}
+
+/// Failure of an append, `sync` or `release`.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("journal: cannot {op} {}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// An earlier write or fsync failed, so what reached the disk is unknown; the journal
+    /// refuses further writes until it is reopened (which replays and cuts any torn tail).
+    #[error("journal: {} failed an earlier write and must be reopened", dir.display())]
+    Failed { dir: PathBuf },
+    #[error("journal: {}: an entry of {bytes} bytes exceeds the limit of {max} bytes", dir.display())]
+    TooLarge { dir: PathBuf, bytes: u64, max: u64 },
+    #[error(
+        "journal: {}: invalid seal {start}..{end} (must be non-empty and end at or before the next position {next})",
+        dir.display()
+    )]
+    InvalidSeal {
+        dir: PathBuf,
+        start: Position,
+        end: Position,
+        next: Position,
+    },
+}

@@ -1,0 +1,275 @@
+//! Every metric spillway exports, registered once in one registry and rendered for `/metrics`.
+//!
+//! Names carry the `spillway_` prefix and their unit; labels are bounded (stream, operation,
+//! outcome), never a record id or a partition value. Per-stream handles are resolved once in
+//! [`StreamMetrics`] so the ingest hot path does no label hashing.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    api_requests: IntCounterVec,
+    api_request_seconds: HistogramVec,
+    incoming_records: IntCounterVec,
+    incoming_bytes: IntCounterVec,
+    incoming_put_requests: IntCounterVec,
+    throttled_records: IntCounterVec,
+    delivered_records: IntCounterVec,
+    delivered_bytes: IntCounterVec,
+    objects_written: IntCounterVec,
+    object_bytes: IntCounterVec,
+    upload_failures: IntCounterVec,
+    upload_retries: IntCounterVec,
+    upload_seconds: HistogramVec,
+    buffered_bytes: IntGaugeVec,
+    journal_bytes: IntGaugeVec,
+    freshness_seconds: IntGaugeVec,
+    memory_reserved_bytes: IntGauge,
+}
+
+/// The handles one delivery stream updates, resolved once.
+#[derive(Clone)]
+pub struct StreamMetrics {
+    pub incoming_records: IntCounter,
+    pub incoming_bytes: IntCounter,
+    pub incoming_put_requests: IntCounter,
+    pub throttled_records: IntCounter,
+    pub delivered_records: IntCounter,
+    pub delivered_bytes: IntCounter,
+    pub objects_written: IntCounter,
+    pub object_bytes: IntCounter,
+    pub upload_failures: IntCounter,
+    pub upload_retries: IntCounter,
+    pub upload_seconds: Histogram,
+    pub buffered_bytes: IntGauge,
+    pub journal_bytes: IntGauge,
+    pub freshness_seconds: IntGauge,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels)
+        .expect("metric definitions are static and valid");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("each metric is registered once");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels)
+        .expect("metric definitions are static and valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
+}
+
+fn histogram(
+    registry: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("metric definitions are static and valid");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("each metric is registered once");
+    h
+}
+
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let memory_reserved_bytes = IntGauge::new(
+            "spillway_memory_reserved_bytes",
+            "Bytes of record data held in memory across all streams (buffered or being uploaded).",
+        )
+        .expect("static metric definition");
+        r.register(Box::new(memory_reserved_bytes.clone()))
+            .expect("registered once");
+        Metrics {
+            api_requests: counter(
+                &r,
+                "spillway_api_requests_total",
+                "Firehose API requests by operation and outcome (ok or the AWS error type).",
+                &["operation", "outcome"],
+            ),
+            api_request_seconds: histogram(
+                &r,
+                "spillway_api_request_duration_seconds",
+                "Firehose API request latency, from body read to response.",
+                &["operation"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            incoming_records: counter(
+                &r,
+                "spillway_incoming_records_total",
+                "Records accepted (acknowledged) per stream.",
+                &["stream"],
+            ),
+            incoming_bytes: counter(
+                &r,
+                "spillway_incoming_bytes_total",
+                "Decoded payload bytes accepted per stream.",
+                &["stream"],
+            ),
+            incoming_put_requests: counter(
+                &r,
+                "spillway_incoming_put_requests_total",
+                "PutRecord and PutRecordBatch requests that accepted at least one record.",
+                &["stream"],
+            ),
+            throttled_records: counter(
+                &r,
+                "spillway_throttled_records_total",
+                "Records refused with ServiceUnavailableException (memory, journal or queue full).",
+                &["stream"],
+            ),
+            delivered_records: counter(
+                &r,
+                "spillway_delivered_records_total",
+                "Records delivered to the destination (their object was written).",
+                &["stream"],
+            ),
+            delivered_bytes: counter(
+                &r,
+                "spillway_delivered_bytes_total",
+                "Payload bytes delivered to the destination, before compression.",
+                &["stream"],
+            ),
+            objects_written: counter(
+                &r,
+                "spillway_objects_written_total",
+                "Objects written to the destination.",
+                &["stream"],
+            ),
+            object_bytes: counter(
+                &r,
+                "spillway_object_bytes_total",
+                "Bytes of objects written to the destination, after compression.",
+                &["stream"],
+            ),
+            upload_failures: counter(
+                &r,
+                "spillway_upload_failures_total",
+                "Failed object upload attempts.",
+                &["stream"],
+            ),
+            upload_retries: counter(
+                &r,
+                "spillway_upload_retries_total",
+                "Upload attempts that were retries of a failed attempt.",
+                &["stream"],
+            ),
+            upload_seconds: histogram(
+                &r,
+                "spillway_upload_duration_seconds",
+                "Latency of successful object uploads (the last attempt).",
+                &["stream"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            buffered_bytes: gauge(
+                &r,
+                "spillway_buffered_bytes",
+                "Record bytes accepted but not yet delivered (open buffer plus uploads in flight).",
+                &["stream"],
+            ),
+            journal_bytes: gauge(
+                &r,
+                "spillway_journal_bytes",
+                "Bytes of the stream's write-ahead log on disk.",
+                &["stream"],
+            ),
+            freshness_seconds: gauge(
+                &r,
+                "spillway_data_freshness_seconds",
+                "Age of the oldest record not yet delivered (0 when none is waiting).",
+                &["stream"],
+            ),
+            memory_reserved_bytes,
+            registry: r,
+        }
+    }
+
+    pub fn stream(&self, stream: &str) -> StreamMetrics {
+        let l = &[stream];
+        StreamMetrics {
+            incoming_records: self.incoming_records.with_label_values(l),
+            incoming_bytes: self.incoming_bytes.with_label_values(l),
+            incoming_put_requests: self.incoming_put_requests.with_label_values(l),
+            throttled_records: self.throttled_records.with_label_values(l),
+            delivered_records: self.delivered_records.with_label_values(l),
+            delivered_bytes: self.delivered_bytes.with_label_values(l),
+            objects_written: self.objects_written.with_label_values(l),
+            object_bytes: self.object_bytes.with_label_values(l),
+            upload_failures: self.upload_failures.with_label_values(l),
+            upload_retries: self.upload_retries.with_label_values(l),
+            upload_seconds: self.upload_seconds.with_label_values(l),
+            buffered_bytes: self.buffered_bytes.with_label_values(l),
+            journal_bytes: self.journal_bytes.with_label_values(l),
+            freshness_seconds: self.freshness_seconds.with_label_values(l),
+        }
+    }
+
+    /// Drops a deleted stream's series so they do not linger at their last value.
+    pub fn forget_stream(&self, stream: &str) {
+        let l = &[stream];
+        for vec in [
+            &self.incoming_records,
+            &self.incoming_bytes,
+            &self.incoming_put_requests,
+            &self.throttled_records,
+            &self.delivered_records,
+            &self.delivered_bytes,
+            &self.objects_written,
+            &self.object_bytes,
+            &self.upload_failures,
+            &self.upload_retries,
+        ] {
+            let _ = vec.remove_label_values(l);
+        }
+        for vec in [
+            &self.buffered_bytes,
+            &self.journal_bytes,
+            &self.freshness_seconds,
+        ] {
+            let _ = vec.remove_label_values(l);
+        }
+        let _ = self.upload_seconds.remove_label_values(l);
+    }
+
+    pub fn api_request(&self, operation: &str, outcome: &str, seconds: f64) {
+        self.api_requests
+            .with_label_values(&[operation, outcome])
+            .inc();
+        self.api_request_seconds
+            .with_label_values(&[operation])
+            .observe(seconds);
+    }
+
+    pub fn memory_reserved(&self) -> &IntGauge {
+        &self.memory_reserved_bytes
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding our own registry into a Vec cannot fail.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}

@@ -1,0 +1,432 @@
+//! The stream's pipeline task: fills the open buffer with durable records, seals it when it
+//! reaches the size hint or its oldest record reaches the interval, and runs each sealed batch
+//! through seal -> encode -> upload -> commit. End of input seals whatever is open and waits for
+//! every upload before stopping the journal.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::time::Instant;
+
+use crate::catalog::definition::StreamDefinition;
+use crate::catalog::prefix;
+use crate::encode;
+use crate::journal::{Position, Replay, Seal};
+use crate::sink::{self, ObjectPlan, UploadOutcome};
+
+use super::Shared;
+use super::group_commit::{Appended, JournalOp};
+
+/// A sealed run of records: positions `start..end`, all held in memory.
+struct Batch {
+    start: Position,
+    end: Position,
+    records: Vec<Bytes>,
+    bytes: u64,
+    oldest_ms: u64,
+}
+
+struct Delivered {
+    start: Position,
+    /// False when shutdown abandoned the batch: it stays pending in the journal.
+    landed: bool,
+}
+
+#[derive(Default)]
+struct OpenBuffer {
+    start: Option<Position>,
+    records: Vec<Bytes>,
+    bytes: u64,
+    oldest_ms: u64,
+    deadline: Option<Instant>,
+}
+
+pub struct Batcher {
+    shared: Arc<Shared>,
+    ops: mpsc::Sender<JournalOp>,
+    definition_rx: watch::Receiver<Arc<StreamDefinition>>,
+    definition: Arc<StreamDefinition>,
+    open: OpenBuffer,
+    /// Batches sealed but not yet landed: start -> (oldest arrival ms, bytes).
+    in_flight: BTreeMap<Position, (u64, u64)>,
+    next: Position,
+    /// Set once a batch is left undelivered: the journal must then keep everything from it on.
+    holding: bool,
+    uploads: Arc<Semaphore>,
+    delivered_tx: mpsc::UnboundedSender<Delivered>,
+    delivered_rx: mpsc::UnboundedReceiver<Delivered>,
+}
+
+impl Batcher {
+    pub fn new(
+        shared: Arc<Shared>,
+        ops: mpsc::Sender<JournalOp>,
+        definition_rx: watch::Receiver<Arc<StreamDefinition>>,
+        next: Position,
+    ) -> Self {
+        let definition = definition_rx.borrow().clone();
+        let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
+        let uploads = Arc::new(Semaphore::new(shared.ctx.upload.concurrency));
+        Batcher {
+            shared,
+            ops,
+            definition_rx,
+            definition,
+            open: OpenBuffer::default(),
+            in_flight: BTreeMap::new(),
+            next,
+            holding: false,
+            uploads,
+            delivered_tx,
+            delivered_rx,
+        }
+    }
+
+    pub async fn run(mut self, replay: Replay, mut input: mpsc::UnboundedReceiver<Appended>) {
+        self.resume(replay).await;
+        loop {
+            let deadline = self.open.deadline;
+            tokio::select! {
+                appended = input.recv() => match appended {
+                    Some(a) => {
+                        self.accept(a).await;
+                        // Take everything already waiting before looking at timers, so an
+                        // interval of 0 still gathers what arrived together.
+                        while let Ok(a) = input.try_recv() {
+                            self.accept(a).await;
+                        }
+                    }
+                    None => break,
+                },
+                Some(done) = self.delivered_rx.recv() => self.landed(done),
+                _ = sleep_until(deadline), if deadline.is_some() => self.seal_open().await,
+                Ok(()) = self.definition_rx.changed() => {
+                    // Records buffered under the old settings leave under them.
+                    self.seal_open().await;
+                    self.definition = self.definition_rx.borrow_and_update().clone();
+                }
+            }
+        }
+        self.seal_open().await;
+        while !self.in_flight.is_empty() {
+            match self.delivered_rx.recv().await {
+                Some(done) => self.landed(done),
+                None => break,
+            }
+        }
+        let _ = self.ops.send(JournalOp::Stop).await;
+    }
+
+    /// Re-delivers batches sealed before a restart under their recorded keys, and buffers
+    /// the records that were never sealed.
+    async fn resume(&mut self, replay: Replay) {
+        let mut records = replay.records.into_iter().peekable();
+        for seal in replay.pending_seals {
+            let mut batch = Batch {
+                start: seal.start,
+                end: seal.end,
+                records: Vec::new(),
+                bytes: 0,
+                oldest_ms: u64::MAX,
+            };
+            while let Some(r) = records.next_if(|r| r.position < seal.end) {
+                if r.position < seal.start {
+                    continue;
+                }
+                batch.bytes += r.data.len() as u64;
+                batch.oldest_ms = batch.oldest_ms.min(r.arrival_ms);
+                batch.records.push(r.data);
+            }
+            self.shared.ctx.memory.force_reserve(batch.bytes);
+            match ObjectPlan::from_meta(&seal.meta) {
+                Ok(plan) => self.dispatch(batch, plan, false).await,
+                Err(e) => tracing::error!(
+                    stream = %self.shared.name,
+                    start = %seal.start,
+                    error = %e,
+                    "unreadable seal in the journal; its records stay there undelivered"
+                ),
+            }
+        }
+        for r in records {
+            self.shared.ctx.memory.force_reserve(r.data.len() as u64);
+            self.push(r.position, r.arrival_ms, r.data);
+            if self.open.bytes >= self.definition.destination.buffer_bytes {
+                self.seal_open().await;
+            }
+        }
+        self.publish_gauges();
+    }
+
+    async fn accept(&mut self, appended: Appended) {
+        let limit = self.seal_threshold();
+        let mut position = appended.first;
+        for data in appended.records {
+            self.push(position, appended.arrival_ms, data);
+            position = position.next();
+            if self.open.bytes >= limit {
+                self.seal_open().await;
+            }
+        }
+        self.publish_gauges();
+    }
+
+    fn seal_threshold(&self) -> u64 {
+        let hint = self.definition.destination.buffer_bytes;
+        let ctx = &self.shared.ctx;
+        if ctx.memory.under_pressure() {
+            hint.min((ctx.memory.cap() / 8).max(1))
+        } else {
+            hint
+        }
+    }
+
+    fn push(&mut self, position: Position, arrival_ms: u64, data: Bytes) {
+        let open = &mut self.open;
+        if open.start.is_none() {
+            open.start = Some(position);
+            open.oldest_ms = arrival_ms;
+            let waited = Duration::from_millis(super::now_ms().saturating_sub(arrival_ms));
+            let interval = self.definition.destination.buffer_interval;
+            open.deadline = Some(Instant::now() + interval.saturating_sub(waited));
+        }
+        open.bytes += data.len() as u64;
+        open.records.push(data);
+        self.next = position.next();
+    }
+
+    async fn seal_open(&mut self) {
+        let Some(start) = self.open.start else {
+            return;
+        };
+        let open = std::mem::take(&mut self.open);
+        let batch = Batch {
+            start,
+            end: self.next,
+            records: open.records,
+            bytes: open.bytes,
+            oldest_ms: open.oldest_ms,
+        };
+        let plan = self.plan(&batch);
+        self.dispatch(batch, plan, true).await;
+        self.publish_gauges();
+    }
+
+    /// Names the object. The name is recorded in the seal, so a replay reuses it exactly.
+    fn plan(&self, batch: &Batch) -> ObjectPlan {
+        let def = &self.definition;
+        let dest = &def.destination;
+        let at: DateTime<Utc> =
+            DateTime::from_timestamp_millis(batch.oldest_ms as i64).unwrap_or_default();
+        let rendered = dest.prefix.render(at, None, &mut rand::rng());
+        let unique = unique_id(self.shared.incarnation, batch.start);
+        let key = format!(
+            "{}{}",
+            prefix::object_name(&rendered, def.name.as_str(), def.version, at, &unique),
+            dest.compression.suffix()
+        );
+        ObjectPlan {
+            bucket: dest.bucket.as_str().to_owned(),
+            key,
+            compression: dest.compression,
+        }
+    }
+
+    /// Starts delivering a batch once an upload slot is free.
+    async fn dispatch(&mut self, batch: Batch, plan: ObjectPlan, needs_seal: bool) {
+        let permit = match self.uploads.clone().acquire_owned().await {
+            Ok(p) => p,
+            // The semaphore is never closed.
+            Err(_) => return,
+        };
+        self.in_flight
+            .insert(batch.start, (batch.oldest_ms, batch.bytes));
+        let seal = if needs_seal {
+            let seal = Seal {
+                start: batch.start,
+                end: batch.end,
+                meta: plan.to_meta(),
+            };
+            let (reply, answer) = oneshot::channel();
+            let op = JournalOp::Seal {
+                seal: seal.clone(),
+                reply,
+            };
+            // Sent from here rather than from the upload task so seals reach the journal in
+            // position order. The journal thread never waits on this task, so this cannot deadlock.
+            if self.ops.send(op).await.is_err() {
+                return;
+            }
+            Some((seal, answer))
+        } else {
+            None
+        };
+        let shared = self.shared.clone();
+        let ops = self.ops.clone();
+        let delivered = self.delivered_tx.clone();
+        self.shared.ctx.tracker.spawn(async move {
+            let start = batch.start;
+            let landed = deliver(&shared, &ops, batch, plan, seal).await;
+            if landed {
+                let _ = ops.send(JournalOp::Commit { start }).await;
+            }
+            let _ = delivered.send(Delivered { start, landed });
+            drop(permit);
+        });
+    }
+
+    fn landed(&mut self, done: Delivered) {
+        if let Some((_, bytes)) = self.in_flight.remove(&done.start) {
+            let ctx = &self.shared.ctx;
+            ctx.memory.release(bytes);
+            ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
+        }
+        self.holding |= !done.landed;
+        if self.holding {
+            self.publish_gauges();
+            return;
+        }
+        let low = [
+            self.in_flight.keys().next().copied(),
+            self.open.start,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(self.next);
+        // Best effort: a skipped release is covered by the next one.
+        let _ = self.ops.try_send(JournalOp::Release { low });
+        self.publish_gauges();
+    }
+
+    fn publish_gauges(&self) {
+        let in_flight_bytes: u64 = self.in_flight.values().map(|(_, b)| b).sum();
+        self.shared
+            .metrics
+            .buffered_bytes
+            .set((self.open.bytes + in_flight_bytes) as i64);
+        let oldest = self
+            .in_flight
+            .values()
+            .map(|(ms, _)| *ms)
+            .chain(self.open.start.map(|_| self.open.oldest_ms))
+            .min()
+            .unwrap_or(0);
+        self.shared
+            .oldest_pending_ms
+            .store(oldest, Ordering::Release);
+    }
+}
+
+/// Seal (unless replaying one), encode, upload. Returns false only when shutdown abandoned the
+/// batch; its seal stays pending in the journal and the next start re-delivers it.
+async fn deliver(
+    shared: &Shared,
+    ops: &mpsc::Sender<JournalOp>,
+    batch: Batch,
+    plan: ObjectPlan,
+    seal: Option<(Seal, oneshot::Receiver<Result<(), String>>)>,
+) -> bool {
+    let ctx = &shared.ctx;
+    if let Some((seal, mut answer)) = seal {
+        // The first attempt was queued by the batcher, in position order; retries come from here.
+        let mut delay = ctx.upload.retry_initial;
+        loop {
+            match answer.await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::error!(stream = %shared.name, error = %e, "journal seal failed; retrying")
+                }
+                Err(_) => return false,
+            }
+            if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+                return false;
+            }
+            let (reply, next) = oneshot::channel();
+            if ops
+                .send(JournalOp::Seal {
+                    seal: seal.clone(),
+                    reply,
+                })
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            answer = next;
+        }
+    }
+
+    let record_count = batch.records.len() as u64;
+    let payload_bytes = batch.bytes;
+    let level = ctx.upload.gzip_level;
+    let compression = plan.compression;
+    let body = match tokio::task::spawn_blocking(move || {
+        encode::encode(compression, level, batch.records)
+    })
+    .await
+    {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => {
+            tracing::error!(stream = %shared.name, error = %e, "encoding failed; batch left in the journal");
+            return false;
+        }
+        Err(e) => {
+            tracing::error!(stream = %shared.name, error = %e, "encoder task failed; batch left in the journal");
+            return false;
+        }
+    };
+    let object_bytes = encode::len(&body);
+    match sink::upload(shared, &plan, body).await {
+        UploadOutcome::Landed => {
+            let m = &shared.metrics;
+            m.objects_written.inc();
+            m.object_bytes.inc_by(object_bytes);
+            m.delivered_records.inc_by(record_count);
+            m.delivered_bytes.inc_by(payload_bytes);
+            tracing::debug!(stream = %shared.name, key = %plan.key, records = record_count, bytes = object_bytes, "object written");
+            true
+        }
+        UploadOutcome::Abandoned => {
+            tracing::warn!(stream = %shared.name, key = %plan.key, "upload abandoned at shutdown; the journal will deliver it on the next start");
+            false
+        }
+    }
+}
+
+/// UUID-shaped and derived from the journal position, so a replayed batch gets the same name.
+fn unique_id(incarnation: u64, start: Position) -> String {
+    let v = ((incarnation as u128) << 64) | start.0 as u128;
+    format!(
+        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+        (v >> 96) as u32,
+        (v >> 80) as u16,
+        (v >> 64) as u16,
+        (v >> 48) as u16,
+        v & 0xffff_ffff_ffff
+    )
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unique_ids_are_uuid_shaped_and_positional() {
+        let a = unique_id(0x0123_4567_89ab_cdef, Position(1));
+        assert_eq!(a, "01234567-89ab-cdef-0000-000000000001");
+        assert_ne!(a, unique_id(0x0123_4567_89ab_cdef, Position(2)));
+    }
+}

@@ -1,0 +1,178 @@
+//! The one thread that writes a stream's journal. It takes every operation waiting in its
+//! queue, writes them all, syncs once (group commit: one fsync serves every waiting request),
+//! then answers each request and hands the now-durable records to the pipeline.
+//!
+//! It never waits on the pipeline: the hand-off channel is unbounded in count but bounded in
+//! bytes by the memory budget that ingest reserved before sending, so the journal thread can
+//! always make progress and the pipeline can always wait on it without a cycle.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::journal::{Journal, Position, RecordRef, Seal};
+
+use super::Shared;
+
+/// How many queued operations one group commit takes at most, so a flood of appends cannot
+/// delay every answer behind one enormous write.
+const MAX_OPS_PER_COMMIT: usize = 256;
+
+pub enum JournalOp {
+    Append {
+        arrival_ms: u64,
+        records: Vec<Bytes>,
+        reply: oneshot::Sender<Result<Position, AppendRefused>>,
+    },
+    /// Make a batch's boundaries and object key durable before it is uploaded.
+    Seal {
+        seal: Seal,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// The object for the seal starting here landed. Not synced on its own: if it is lost, a
+    /// replay rewrites the same key, which overwrites rather than duplicates.
+    Commit { start: Position },
+    /// Nothing below `low` is needed any more.
+    Release { low: Position },
+    /// No more appends: the pipeline sees the end of its input.
+    EndInput,
+    /// Everything is delivered or abandoned: sync and stop.
+    Stop,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppendRefused {
+    #[error("the stream is shutting down")]
+    Closed,
+    #[error("journal write failed: {0}")]
+    Io(String),
+}
+
+/// Records that are durable, in the order they were appended.
+pub struct Appended {
+    pub first: Position,
+    pub arrival_ms: u64,
+    pub records: Vec<Bytes>,
+}
+
+pub fn run(
+    mut journal: Journal,
+    mut ops: mpsc::Receiver<JournalOp>,
+    to_pipeline: mpsc::UnboundedSender<Appended>,
+    shared: Arc<Shared>,
+) {
+    let stream = shared.name.clone();
+    let mut to_pipeline = Some(to_pipeline);
+    let mut accounted_bytes = 0u64;
+    let mut batch = Vec::with_capacity(MAX_OPS_PER_COMMIT);
+    loop {
+        let Some(first) = ops.blocking_recv() else {
+            break;
+        };
+        batch.push(first);
+        while batch.len() < MAX_OPS_PER_COMMIT {
+            match ops.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+
+        let mut appends = Vec::new();
+        let mut seals = Vec::new();
+        let mut stop = false;
+        let mut write_error: Option<String> = None;
+        for op in batch.drain(..) {
+            match op {
+                JournalOp::Append {
+                    arrival_ms,
+                    records,
+                    reply,
+                } => {
+                    if to_pipeline.is_none() {
+                        let _ = reply.send(Err(AppendRefused::Closed));
+                        continue;
+                    }
+                    let refs: Vec<RecordRef<'_>> = records
+                        .iter()
+                        .map(|data| RecordRef { arrival_ms, data })
+                        .collect();
+                    match journal.append_records(&refs) {
+                        Ok(first) => appends.push((first, arrival_ms, records, reply)),
+                        Err(e) => {
+                            let _ = reply.send(Err(AppendRefused::Io(e.to_string())));
+                        }
+                    }
+                }
+                JournalOp::Seal { seal, reply } => match journal.append_seal(&seal) {
+                    Ok(()) => seals.push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                },
+                JournalOp::Commit { start } => {
+                    if let Err(e) = journal.append_commit(start) {
+                        tracing::warn!(stream = %stream, error = %e, "journal commit entry not written; a restart would re-upload that object under the same key");
+                    }
+                }
+                JournalOp::Release { low } => {
+                    if let Err(e) = journal.release(low) {
+                        tracing::warn!(stream = %stream, error = %e, "journal segments not released");
+                    }
+                }
+                JournalOp::EndInput => to_pipeline = None,
+                JournalOp::Stop => stop = true,
+            }
+        }
+
+        if let Err(e) = journal.sync() {
+            tracing::error!(stream = %stream, error = %e, "journal sync failed");
+            write_error = Some(e.to_string());
+        }
+        for (first, arrival_ms, records, reply) in appends {
+            if let Some(e) = &write_error {
+                let _ = reply.send(Err(AppendRefused::Io(e.clone())));
+                continue;
+            }
+            // Hand over before answering, so a record the producer saw acknowledged is
+            // already on its way to the buffer when a shutdown begins.
+            if let Some(tx) = &to_pipeline {
+                let _ = tx.send(Appended {
+                    first,
+                    arrival_ms,
+                    records,
+                });
+            }
+            let _ = reply.send(Ok(first));
+        }
+        for reply in seals {
+            let _ = reply.send(match &write_error {
+                Some(e) => Err(e.clone()),
+                None => Ok(()),
+            });
+        }
+
+        let bytes = journal.disk_bytes();
+        if bytes >= accounted_bytes {
+            shared
+                .ctx
+                .journal_total
+                .fetch_add(bytes - accounted_bytes, Ordering::AcqRel);
+        } else {
+            shared
+                .ctx
+                .journal_total
+                .fetch_sub(accounted_bytes - bytes, Ordering::AcqRel);
+        }
+        accounted_bytes = bytes;
+        shared.metrics.journal_bytes.set(bytes as i64);
+        if stop {
+            break;
+        }
+    }
+    shared
+        .ctx
+        .journal_total
+        .fetch_sub(accounted_bytes, Ordering::AcqRel);
+}

@@ -1,0 +1,303 @@
+//! Per delivery stream: journal every accepted record (group commit), buffer durable records
+//! until the size or age hint, seal the buffer into a batch with a deterministic object key,
+//! and hand the batch to the sink; once it lands, commit it and release the journal.
+//!
+//! The pipeline never computes byte offsets (the journal's business) nor talks HTTP (the
+//! api's). Backpressure: ingest reserves memory before journaling and is throttled past the cap.
+
+mod batcher;
+pub mod budget;
+mod group_commit;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::catalog::definition::{StreamDefinition, StreamName};
+use crate::config::{JournalSettings, UploadSettings};
+use crate::journal::{Journal, JournalOptions, Position};
+use crate::metrics::{Metrics, StreamMetrics};
+use crate::sink::Stores;
+
+pub use budget::MemoryBudget;
+use group_commit::{AppendRefused, JournalOp};
+
+/// Operations waiting for one stream's journal thread; past this, ingest is throttled.
+const JOURNAL_QUEUE: usize = 1024;
+
+/// What every stream shares: caps, stores, metrics, and the task tracker shutdown waits on.
+pub struct Context {
+    pub metrics: Arc<Metrics>,
+    pub memory: MemoryBudget,
+    /// Journal bytes across all streams, against `journal.max_bytes`.
+    pub journal_total: AtomicU64,
+    pub journal: JournalSettings,
+    pub upload: UploadSettings,
+    pub stores: Stores,
+    pub tracker: TaskTracker,
+    /// Cancelled when shutdown gives up waiting for uploads; the journal keeps what is left.
+    pub abandon: CancellationToken,
+}
+
+/// One stream's state shared by its journal thread, pipeline task and uploads.
+pub struct Shared {
+    pub name: StreamName,
+    /// Random per journal, persisted beside it: keeps record ids and object names unique
+    /// across streams, replicas and re-creations of a stream with the same name.
+    pub incarnation: u64,
+    pub metrics: StreamMetrics,
+    pub ctx: Arc<Context>,
+    /// Arrival time (ms since the epoch) of the oldest record not yet delivered; 0 if none.
+    oldest_pending_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn record_id(&self, position: Position) -> String {
+        format!("{:016x}{:016x}", self.incarnation, position.0)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot prepare stream directory {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open journal in {path}: {message}")]
+    Journal { path: PathBuf, message: String },
+}
+
+/// Why a put accepted nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum PutError {
+    #[error("{0}")]
+    Throttled(&'static str),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+/// A put that accepted `accepted` records (a prefix of those offered) at consecutive positions
+/// from `first`; the rest were refused for lack of memory and should be retried.
+pub struct PutOutcome {
+    pub first: Position,
+    pub accepted: usize,
+}
+
+/// A running stream: the handle the catalog keeps.
+pub struct StreamRuntime {
+    shared: Arc<Shared>,
+    ops: mpsc::Sender<JournalOp>,
+    definition: watch::Sender<Arc<StreamDefinition>>,
+    finished: watch::Receiver<bool>,
+}
+
+impl StreamRuntime {
+    /// Opens and replays the stream's journal, then starts its journal thread and pipeline.
+    /// Replayed records are buffered (or re-uploaded under their sealed keys) before this returns.
+    pub async fn start(
+        ctx: Arc<Context>,
+        dir: &Path,
+        definition: Arc<StreamDefinition>,
+    ) -> Result<StreamRuntime, StartError> {
+        let dir = dir.to_path_buf();
+        let opts = JournalOptions {
+            segment_bytes: ctx.journal.segment_bytes,
+            fsync: ctx.journal.fsync,
+        };
+        let journal_dir = dir.join("journal");
+        let opened = tokio::task::spawn_blocking({
+            let dir = dir.clone();
+            move || -> Result<_, StartError> {
+                let incarnation = read_or_create_incarnation(&dir)?;
+                let (journal, replay) =
+                    Journal::open(&journal_dir, opts).map_err(|e| StartError::Journal {
+                        path: journal_dir.clone(),
+                        message: e.to_string(),
+                    })?;
+                Ok((incarnation, journal, replay))
+            }
+        })
+        .await
+        .map_err(|e| StartError::Journal {
+            path: dir.clone(),
+            message: format!("journal open task failed: {e}"),
+        })?;
+        let (incarnation, journal, replay) = opened?;
+
+        let name = definition.name.clone();
+        let shared = Arc::new(Shared {
+            metrics: ctx.metrics.stream(name.as_str()),
+            name,
+            incarnation,
+            ctx: ctx.clone(),
+            oldest_pending_ms: AtomicU64::new(0),
+        });
+        let (ops_tx, ops_rx) = mpsc::channel(JOURNAL_QUEUE);
+        let (appended_tx, appended_rx) = mpsc::unbounded_channel();
+        let (def_tx, def_rx) = watch::channel(definition);
+        let (finished_tx, finished_rx) = watch::channel(false);
+        let next_position = journal.next_position();
+        if !replay.records.is_empty() {
+            tracing::info!(
+                stream = %shared.name,
+                records = replay.records.len(),
+                pending_objects = replay.pending_seals.len(),
+                "replaying journal"
+            );
+        }
+
+        ctx.tracker.spawn_blocking({
+            let shared = shared.clone();
+            move || group_commit::run(journal, ops_rx, appended_tx, shared)
+        });
+        let batcher = batcher::Batcher::new(shared.clone(), ops_tx.clone(), def_rx, next_position);
+        ctx.tracker.spawn(async move {
+            batcher.run(replay, appended_rx).await;
+            let _ = finished_tx.send(true);
+        });
+
+        Ok(StreamRuntime {
+            shared,
+            ops: ops_tx,
+            definition: def_tx,
+            finished: finished_rx,
+        })
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    /// Journals as many of `records` as memory allows (in order) and returns once they are
+    /// durable. Records past the first refused one are not accepted.
+    pub async fn put(&self, arrival_ms: u64, records: Vec<Bytes>) -> Result<PutOutcome, PutError> {
+        let ctx = &self.shared.ctx;
+        let metrics = &self.shared.metrics;
+        let offered = records.len();
+        if ctx.journal_total.load(Ordering::Acquire) >= ctx.journal.max_bytes {
+            metrics.throttled_records.inc_by(offered as u64);
+            return Err(PutError::Throttled(
+                "journal is at its size cap; the destination is behind, retry later",
+            ));
+        }
+        let mut accepted = 0;
+        let mut reserved = 0u64;
+        for r in &records {
+            let size = r.len() as u64;
+            if !ctx.memory.try_reserve(size) {
+                break;
+            }
+            reserved += size;
+            accepted += 1;
+        }
+        if accepted == 0 {
+            metrics.throttled_records.inc_by(offered as u64);
+            return Err(PutError::Throttled(
+                "memory buffer is at its cap; retry later",
+            ));
+        }
+        let mut records = records;
+        records.truncate(accepted);
+        let (reply, answer) = oneshot::channel();
+        let op = JournalOp::Append {
+            arrival_ms,
+            records,
+            reply,
+        };
+        let refuse = |e: PutError| {
+            ctx.memory.release(reserved);
+            metrics.throttled_records.inc_by(offered as u64);
+            Err(e)
+        };
+        if self.ops.try_send(op).is_err() {
+            return refuse(PutError::Throttled(
+                "journal queue is full; retry later",
+            ));
+        }
+        match answer.await {
+            Ok(Ok(first)) => {
+                ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
+                metrics.incoming_records.inc_by(accepted as u64);
+                metrics.incoming_bytes.inc_by(reserved);
+                metrics.incoming_put_requests.inc();
+                if accepted < offered {
+                    metrics
+                        .throttled_records
+                        .inc_by((offered - accepted) as u64);
+                }
+                Ok(PutOutcome { first, accepted })
+            }
+            Ok(Err(AppendRefused::Closed)) | Err(_) => refuse(PutError::Unavailable(
+                "the delivery stream is shutting down".into(),
+            )),
+            Ok(Err(AppendRefused::Io(e))) => {
+                tracing::error!(stream = %self.shared.name, error = %e, "journal append failed");
+                refuse(PutError::Unavailable(
+                    "the journal could not store the records".into(),
+                ))
+            }
+        }
+    }
+
+    /// New settings apply to the next batch; the open buffer is sealed under the old ones.
+    pub fn update(&self, definition: Arc<StreamDefinition>) {
+        self.definition.send_replace(definition);
+    }
+
+    /// Stops accepting, delivers everything buffered, waits for uploads (or for shutdown to
+    /// give up on them), and stops the journal.
+    pub async fn close(&self) {
+        let _ = self.ops.send(JournalOp::EndInput).await;
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|done| *done).await;
+    }
+
+    /// Seconds since the oldest undelivered record arrived; 0 when nothing waits.
+    pub fn freshness_seconds(&self, now_ms: u64) -> u64 {
+        match self.shared.oldest_pending_ms.load(Ordering::Acquire) {
+            0 => 0,
+            oldest => now_ms.saturating_sub(oldest) / 1000,
+        }
+    }
+}
+
+fn read_or_create_incarnation(dir: &Path) -> Result<u64, StartError> {
+    let err = |source| StartError::Dir {
+        path: dir.to_path_buf(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let path = dir.join("incarnation");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => u64::from_str_radix(text.trim(), 16).map_err(|e| {
+            err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {e}", path.display()),
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let id: u64 = rand::random();
+            let tmp = dir.join("incarnation.tmp");
+            std::fs::write(&tmp, format!("{id:016x}\n")).map_err(err)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(err)?;
+            std::fs::rename(&tmp, &path).map_err(err)?;
+            Ok(id)
+        }
+        Err(e) => Err(err(e)),
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,343 @@
+//! Object bytes -> object store. Resolves a bucket to a store (a local directory or S3), uploads
+//! under the key the pipeline sealed (multipart when large), and retries with capped
+//! exponential backoff and jitter until the object lands or shutdown gives up. Never drops data:
+//! an abandoned batch stays in the journal.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use object_store::aws::AmazonS3Builder;
+use object_store::local::LocalFileSystem;
+use object_store::path::Path as ObjectPath;
+use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::definition::Compression;
+use crate::config::{S3Settings, StoreSettings, UploadSettings};
+use crate::encode::Body;
+use crate::pipeline::Shared;
+
+/// Where one sealed batch goes. Serialized into the journal's seal entry, so a replay writes
+/// the same object (same bucket, same key, same encoding) rather than a second copy.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ObjectPlan {
+    pub bucket: String,
+    pub key: String,
+    #[serde(with = "compression_name")]
+    pub compression: Compression,
+}
+
+mod compression_name {
+    use super::Compression;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(c: &Compression, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(c.api_name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
+        match String::deserialize(d)?.as_str() {
+            "UNCOMPRESSED" => Ok(Compression::Uncompressed),
+            "GZIP" => Ok(Compression::Gzip),
+            other => Err(serde::de::Error::custom(format!(
+                "unknown compression {other}"
+            ))),
+        }
+    }
+}
+
+impl ObjectPlan {
+    pub fn to_meta(&self) -> Vec<u8> {
+        // Serializing a struct of strings to JSON cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    pub fn from_meta(meta: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(meta)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open bucket {bucket}: {message}")]
+pub struct StoreError {
+    bucket: String,
+    message: String,
+}
+
+/// Buckets resolved to object stores, built once each.
+pub struct Stores {
+    settings: StoreSettings,
+    cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+}
+
+impl Stores {
+    pub fn new(settings: StoreSettings) -> Self {
+        Stores {
+            settings,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match &self.settings {
+            StoreSettings::Local { root } => format!("local directory {}", root.display()),
+            StoreSettings::S3(s3) => format!(
+                "S3 at {}",
+                s3.endpoint
+                    .clone()
+                    .or_else(s3_endpoint_from_env)
+                    .unwrap_or_else(|| "AWS".into())
+            ),
+        }
+    }
+
+    pub fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(store) = cache.get(bucket) {
+            return Ok(store.clone());
+        }
+        let err = |message: String| StoreError {
+            bucket: bucket.to_owned(),
+            message,
+        };
+        let store: Arc<dyn ObjectStore> = match &self.settings {
+            StoreSettings::Local { root } => {
+                let dir = root.join(bucket);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|e| err(format!("{}: {e}", dir.display())))?;
+                Arc::new(
+                    LocalFileSystem::new_with_prefix(&dir)
+                        .map_err(|e| err(e.to_string()))?
+                        .with_automatic_cleanup(true),
+                )
+            }
+            StoreSettings::S3(s3) => Arc::new(s3_store(s3, bucket).map_err(err)?),
+        };
+        cache.insert(bucket.to_owned(), store.clone());
+        Ok(store)
+    }
+}
+
+fn s3_endpoint_from_env() -> Option<String> {
+    std::env::var("AWS_ENDPOINT_URL_S3")
+        .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
+        .ok()
+        .filter(|s| !s.is_empty())
+}
+
+fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3, String> {
+    // The environment first (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ALLOW_HTTP, ...), then the
+    // config file's values on top.
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let endpoint = s3.endpoint.clone().or_else(s3_endpoint_from_env);
+    if let Some(endpoint) = &endpoint {
+        b = b.with_endpoint(endpoint);
+        // Plain-http endpoints (a local MinIO) are what the user asked for by writing http://.
+        if endpoint.starts_with("http://") && s3.allow_http != Some(false) {
+            b = b.with_allow_http(true);
+        }
+    }
+    if std::env::var("AWS_REGION").is_err()
+        && std::env::var("AWS_DEFAULT_REGION").is_err()
+        && s3.region.is_none()
+    {
+        b = b.with_region("us-east-1");
+    }
+    if let Some(region) = &s3.region {
+        b = b.with_region(region);
+    }
+    if let Some(key) = &s3.access_key_id {
+        b = b.with_access_key_id(key);
+    }
+    if let Some(secret) = &s3.secret_access_key {
+        b = b.with_secret_access_key(secret);
+    }
+    if let Some(allow) = s3.allow_http {
+        b = b.with_allow_http(allow);
+    }
+    b.with_retry(RetryConfig {
+        // spillway's own loop retries forever with metrics; the client's retries only
+        // smooth over a single dropped connection.
+        max_retries: 1,
+        retry_timeout: Duration::from_secs(30),
+        ..Default::default()
+    })
+    .with_client_options(
+        ClientOptions::new()
+            .with_connect_timeout(Duration::from_secs(5))
+            .with_timeout(Duration::from_secs(120)),
+    )
+    .build()
+    .map_err(|e| e.to_string())
+}
+
+pub enum UploadOutcome {
+    Landed,
+    /// Shutdown gave up waiting; the batch stays in the journal.
+    Abandoned,
+}
+
+/// Uploads until the object lands (or shutdown abandons it), counting failures and retries.
+pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOutcome {
+    let ctx = &shared.ctx;
+    let settings = &ctx.upload;
+    let path = ObjectPath::from(plan.key.as_str());
+    let size = crate::encode::len(&body);
+    let payload: PutPayload = body.into_iter().collect();
+    let mut delay = settings.retry_initial;
+    let mut attempt = 0u32;
+    loop {
+        let store = match ctx.stores.bucket(&plan.bucket) {
+            Ok(store) => store,
+            Err(e) => {
+                shared.metrics.upload_failures.inc();
+                tracing::warn!(stream = %shared.name, error = %e, "object store unavailable; will retry");
+                if !backoff(&mut delay, settings, &ctx.abandon).await {
+                    return UploadOutcome::Abandoned;
+                }
+                continue;
+            }
+        };
+        if attempt > 0 {
+            shared.metrics.upload_retries.inc();
+        }
+        attempt += 1;
+        let started = Instant::now();
+        let result = tokio::select! {
+            r = put(store.as_ref(), &path, payload.clone(), size, settings) => r,
+            _ = ctx.abandon.cancelled() => return UploadOutcome::Abandoned,
+        };
+        match result {
+            Ok(()) => {
+                shared
+                    .metrics
+                    .upload_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                return UploadOutcome::Landed;
+            }
+            Err(e) => {
+                shared.metrics.upload_failures.inc();
+                tracing::warn!(
+                    stream = %shared.name,
+                    bucket = %plan.bucket,
+                    key = %plan.key,
+                    attempt,
+                    error = %e,
+                    "upload failed; will retry"
+                );
+                if !backoff(&mut delay, settings, &ctx.abandon).await {
+                    return UploadOutcome::Abandoned;
+                }
+            }
+        }
+    }
+}
+
+async fn put(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    payload: PutPayload,
+    size: u64,
+    settings: &UploadSettings,
+) -> object_store::Result<()> {
+    if size < settings.multipart_threshold {
+        store.put(path, payload).await?;
+        return Ok(());
+    }
+    let mut upload = store.put_multipart(path).await?;
+    let result = async {
+        for part in parts(&payload, settings.part_size as usize) {
+            upload.put_part(part).await?;
+        }
+        upload.complete().await
+    }
+    .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let _ = upload.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Regroups the body's chunks into parts of `part_size` bytes (the last may be smaller).
+fn parts(payload: &PutPayload, part_size: usize) -> Vec<PutPayload> {
+    let mut out = Vec::new();
+    let mut current: Vec<Bytes> = Vec::new();
+    let mut current_len = 0;
+    for chunk in payload.iter() {
+        let mut chunk = chunk.clone();
+        while !chunk.is_empty() {
+            let take = (part_size - current_len).min(chunk.len());
+            current.push(chunk.split_to(take));
+            current_len += take;
+            if current_len == part_size {
+                out.push(std::mem::take(&mut current).into_iter().collect());
+                current_len = 0;
+            }
+        }
+    }
+    if current_len > 0 {
+        out.push(current.into_iter().collect());
+    }
+    out
+}
+
+/// Sleeps the current delay with jitter, then doubles it up to the cap. False if shutdown
+/// abandoned the wait.
+pub async fn backoff(
+    delay: &mut Duration,
+    settings: &UploadSettings,
+    abandon: &CancellationToken,
+) -> bool {
+    // Full jitter over the upper half keeps retries from many streams from marching in step.
+    let jittered = delay.mul_f64(rand::rng().random_range(0.5..=1.0));
+    *delay = (*delay * 2).min(settings.retry_max);
+    tokio::select! {
+        _ = tokio::time::sleep(jittered) => true,
+        _ = abandon.cancelled() => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_split_exactly() {
+        let payload: PutPayload = vec![
+            Bytes::from(vec![1u8; 7]),
+            Bytes::from(vec![2u8; 3]),
+            Bytes::from(vec![3u8; 6]),
+        ]
+        .into_iter()
+        .collect();
+        let sizes: Vec<usize> = parts(&payload, 5)
+            .iter()
+            .map(|p| p.content_length())
+            .collect();
+        assert_eq!(sizes, [5, 5, 5, 1]);
+        let all: Vec<u8> = parts(&payload, 5)
+            .iter()
+            .flat_map(|p| p.iter().flat_map(|b| b.to_vec()).collect::<Vec<_>>())
+            .collect();
+        assert_eq!(&all[..7], &[1u8; 7]);
+    }
+
+    #[test]
+    fn plans_round_trip_through_the_journal_meta() {
+        let p = ObjectPlan {
+            bucket: "b-1".into(),
+            key: "2026/01/01/00/s-1-x.gz".into(),
+            compression: Compression::Gzip,
+        };
+        let back = ObjectPlan::from_meta(&p.to_meta()).unwrap();
+        assert_eq!(back.key, p.key);
+        assert_eq!(back.compression, Compression::Gzip);
+    }
+}
