@@ -24,10 +24,12 @@ const RECORD_PREFIX_LEN: usize = 8 + 4;
 
 /// Payload size of a records entry; `None` on arithmetic overflow.
 pub(super) fn records_payload_len(records: &[RecordRef<'_>]) -> Option<u64> {
-    records.iter().try_fold(RECORDS_PREFIX_LEN as u64, |acc, r| {
-        acc.checked_add(RECORD_PREFIX_LEN as u64)?
-            .checked_add(r.data.len() as u64)
-    })
+    records
+        .iter()
+        .try_fold(RECORDS_PREFIX_LEN as u64, |acc, r| {
+            acc.checked_add(RECORD_PREFIX_LEN as u64)?
+                .checked_add(r.data.len() as u64)
+        })
 }
 
 pub(super) fn seal_payload_len(seal: &Seal) -> u64 {
@@ -214,19 +216,36 @@ mod tests {
     fn entries_roundtrip() {
         let mut buf = Vec::new();
         encode_header(&mut buf, Position(42));
-        assert_eq!(decode(KIND_HEADER, &buf), Ok(Entry::Header { first: Position(42) }));
+        assert_eq!(
+            decode(KIND_HEADER, &buf),
+            Ok(Entry::Header {
+                first: Position(42)
+            })
+        );
 
         let records = [
-            RecordRef { arrival_ms: 5, data: b"abc" },
-            RecordRef { arrival_ms: 6, data: b"" },
-            RecordRef { arrival_ms: 7, data: b"zz" },
+            RecordRef {
+                arrival_ms: 5,
+                data: b"abc",
+            },
+            RecordRef {
+                arrival_ms: 6,
+                data: b"",
+            },
+            RecordRef {
+                arrival_ms: 7,
+                data: b"zz",
+            },
         ];
         buf.clear();
         encode_records(&mut buf, Position(9), &records);
         assert_eq!(records_payload_len(&records), Some(buf.len() as u64));
         assert_eq!(
             decode(KIND_RECORDS, &buf),
-            Ok(Entry::Records { first: Position(9), count: 3 })
+            Ok(Entry::Records {
+                first: Position(9),
+                count: 3
+            })
         );
         let (first, iter) = RecordsIter::new(&buf).expect("valid records entry");
         assert_eq!(first, Position(9));
@@ -234,13 +253,20 @@ mod tests {
             .map(|item| item.map(|(arrival, range)| (arrival, &buf[range])))
             .collect::<Result<_, _>>()
             .expect("valid records entry");
-        assert_eq!(decoded, vec![(5, &b"abc"[..]), (6, &b""[..]), (7, &b"zz"[..])]);
+        assert_eq!(
+            decoded,
+            vec![(5, &b"abc"[..]), (6, &b""[..]), (7, &b"zz"[..])]
+        );
         assert!(decode(KIND_RECORDS, &buf[..buf.len() - 1]).is_err());
         let mut longer = buf.clone();
         longer.push(0);
         assert!(decode(KIND_RECORDS, &longer).is_err());
 
-        let seal = Seal { start: Position(1), end: Position(4), meta: b"key".to_vec() };
+        let seal = Seal {
+            start: Position(1),
+            end: Position(4),
+            meta: b"key".to_vec(),
+        };
         buf.clear();
         encode_seal(&mut buf, &seal);
         assert_eq!(seal_payload_len(&seal), buf.len() as u64);
@@ -248,7 +274,12 @@ mod tests {
 
         buf.clear();
         encode_commit(&mut buf, Position(77));
-        assert_eq!(decode(KIND_COMMIT, &buf), Ok(Entry::Commit { start: Position(77) }));
+        assert_eq!(
+            decode(KIND_COMMIT, &buf),
+            Ok(Entry::Commit {
+                start: Position(77)
+            })
+        );
         assert!(decode(9, &buf).is_err());
     }
 }

@@ -1,5 +1,6 @@
 //! Errors of the journal, one enum per operation family. Every message names the file or
-//! directory involved; the underlying I/O error is the `source`.
+//! directory involved. I/O errors include the OS error in the message (callers log and forward
+//! `to_string()`), so it is kept in a `cause` field rather than exposed again as `source()`.
 
 use std::io;
 use std::path::PathBuf;
@@ -9,12 +10,11 @@ use super::Position;
 /// Failure of [`Journal::open`](super::Journal::open).
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
-    #[error("journal: cannot {op} {}", path.display())]
+    #[error("journal: cannot {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// Damage that is not a torn tail of the last segment: an operator has to look.
     #[error("journal: {} is corrupt at byte {offset}: {reason}", path.display())]
@@ -30,12 +30,11 @@ pub enum OpenError {
 /// Failure of an append, `sync` or `release`.
 #[derive(Debug, thiserror::Error)]
 pub enum WriteError {
-    #[error("journal: cannot {op} {}", path.display())]
+    #[error("journal: cannot {op} {}: {cause}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
     /// An earlier write or fsync failed, so what reached the disk is unknown; the journal
     /// refuses further writes until it is reopened (which replays and cuts any torn tail).

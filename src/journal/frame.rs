@@ -163,14 +163,20 @@ mod tests {
 
         let first_two = (2 * HEADER_LEN + 5) as u64;
         let (frames, end, offset) = read_all(&bytes[..bytes.len() - 1]);
-        assert_eq!((frames.len(), end, offset), (2, Next::Damaged(Damage::TruncatedPayload), first_two));
+        assert_eq!(
+            (frames.len(), end, offset),
+            (2, Next::Damaged(Damage::TruncatedPayload), first_two)
+        );
         let (_, end, _) = read_all(&bytes[..first_two as usize + 3]);
         assert_eq!(end, Next::Damaged(Damage::TruncatedHeader));
 
         let mut flipped = bytes.clone();
         flipped[first_two as usize + HEADER_LEN + 10] ^= 0x40;
         let (frames, end, offset) = read_all(&flipped);
-        assert_eq!((frames.len(), end, offset), (2, Next::Damaged(Damage::CrcMismatch), first_two));
+        assert_eq!(
+            (frames.len(), end, offset),
+            (2, Next::Damaged(Damage::CrcMismatch), first_two)
+        );
 
         // A zero-filled tail (what some file systems leave after a crash) is not a valid frame.
         let mut zeroed = bytes.clone();

@@ -166,12 +166,12 @@ impl fmt::Debug for Journal {
 
 fn open_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> OpenError {
     let path = path.to_path_buf();
-    move |source| OpenError::Io { op, path, source }
+    move |cause| OpenError::Io { op, path, cause }
 }
 
 fn write_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteError {
     let path = path.to_path_buf();
-    move |source| WriteError::Io { op, path, source }
+    move |cause| WriteError::Io { op, path, cause }
 }
 
 fn push_header(buf: &mut Vec<u8>, first: Position) {
@@ -359,8 +359,6 @@ impl Journal {
     /// still needed). The active segment is never deleted. `low` must not exceed the start of
     /// any seal that is not committed durably, or that seal's records are lost.
     pub fn release(&mut self, low: Position) -> Result<(), WriteError> {
-        let mut removed = false;
-        let mut result = Ok(());
         while let Some(seg) = self.closed.front() {
             if seg.end > low {
                 break;
@@ -368,21 +366,24 @@ impl Journal {
             match fs::remove_file(&seg.path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => {
-                    result = Err(write_io("delete", &seg.path)(e));
-                    break;
-                }
+                Err(e) => return Err(write_io("delete", &seg.path)(e)),
             }
-            tracing::debug!(path = %seg.path.display(), first = seg.first.0, end = seg.end.0, "released journal segment");
+            // One directory fsync per deletion: unlinks must reach the disk oldest first, or a
+            // crash could leave an older segment next to a gap, which open reports as corrupt.
+            // Segments are large, so this is rare.
+            if self.opts.fsync {
+                segment::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir))?;
+            }
+            tracing::debug!(
+                path = %seg.path.display(),
+                first = seg.first.0,
+                end = seg.end.0,
+                "released journal segment"
+            );
             self.closed_bytes -= seg.bytes;
             self.closed.pop_front();
-            removed = true;
         }
-        if removed && self.opts.fsync {
-            let synced = segment::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir));
-            result = result.and(synced);
-        }
-        result
+        Ok(())
     }
 
     /// Bytes across live segments, including appended bytes still buffered in memory.
@@ -453,6 +454,7 @@ impl Journal {
     fn roll(&mut self) -> Result<(), WriteError> {
         self.write_buffer()?;
         // Durable before its successor exists, so only the last segment can ever be torn.
+        self.sync_active()?;
         let path = self.dir.join(segment::file_name(self.next));
         let file = create_segment(&path).map_err(write_io("create", &path))?;
         if self.opts.fsync {
@@ -522,10 +524,10 @@ fn lock_dir(dir: &Path) -> Result<File, OpenError> {
         Err(TryLockError::WouldBlock) => Err(OpenError::Locked {
             path: dir.to_path_buf(),
         }),
-        Err(TryLockError::Error(source)) => Err(OpenError::Io {
+        Err(TryLockError::Error(cause)) => Err(OpenError::Io {
             op: "lock",
             path,
-            source,
+            cause,
         }),
     }
 }

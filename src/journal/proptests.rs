@@ -20,7 +20,10 @@ enum Op {
     /// (length, content seed) per record.
     Append(Vec<(usize, u32)>),
     /// Seal up to this many of the oldest unsealed records.
-    Seal { take: u64, meta_len: usize },
+    Seal {
+        take: u64,
+        meta_len: usize,
+    },
     /// Commit the pending seal at this index (modulo their number).
     Commit(usize),
     Sync,
@@ -66,6 +69,9 @@ fn data(seed: u32, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// (position, arrival_ms, bytes) of a record.
+type Row = (u64, u64, Vec<u8>);
 
 #[derive(Clone, Debug)]
 enum Logged {
@@ -131,7 +137,7 @@ struct Model {
 }
 
 impl Model {
-    fn expected(&self, k: usize) -> (u64, Vec<(u64, u64, Vec<u8>)>, Vec<Seal>) {
+    fn expected(&self, k: usize) -> (u64, Vec<Row>, Vec<Seal>) {
         let state = State::of(&self.log[..k]);
         let records = (0..state.next)
             .filter(|&p| !state.covered(p))
@@ -187,8 +193,12 @@ fn open(dir: &Path) -> (Journal, Replay) {
 
 /// Finds the log prefix (at least the synced one) that explains `replay`, then makes it the
 /// model's whole, durable log.
-fn check_reopen(model: &mut Model, journal: &Journal, replay: &Replay) -> Result<(), TestCaseError> {
-    let got: Vec<(u64, u64, Vec<u8>)> = replay
+fn check_reopen(
+    model: &mut Model,
+    journal: &Journal,
+    replay: &Replay,
+) -> Result<(), TestCaseError> {
+    let got: Vec<Row> = replay
         .records
         .iter()
         .map(|r| (r.position.0, r.arrival_ms, r.data.to_vec()))
@@ -235,7 +245,8 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let j = journal.as_mut().expect("journal is open between ops");
         match op {
             Op::Append(specs) => {
-                let datas: Vec<Vec<u8>> = specs.iter().map(|&(len, seed)| data(seed, len)).collect();
+                let datas: Vec<Vec<u8>> =
+                    specs.iter().map(|&(len, seed)| data(seed, len)).collect();
                 let first = j.next_position().0;
                 let refs: Vec<RecordRef<'_>> = datas
                     .iter()
@@ -286,7 +297,11 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 prop_assert!(j.segment_count() <= before);
                 prop_assert_eq!(j.segment_count(), segment::list(&dir).expect("list").len());
             }
-            Op::Crash { write_first, keep, flip } => {
+            Op::Crash {
+                write_first,
+                keep,
+                flip,
+            } => {
                 if write_first {
                     j.sync().expect("write before the crash");
                 }

@@ -56,7 +56,7 @@ fn corrupt(path: &std::path::Path, offset: u64, reason: impl Into<String>) -> Op
 
 fn io_error(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Error) -> OpenError {
     let path = path.to_path_buf();
-    move |source| OpenError::Io { op, path, source }
+    move |cause| OpenError::Io { op, path, cause }
 }
 
 /// First pass over `segments` (sorted by first position).
@@ -99,9 +99,14 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 Next::Damaged(d) => return Err(corrupt(path, offset, d.describe())),
                 Next::Frame { kind } => kind,
             };
-            let entry = entry::decode(kind, &payload).map_err(|reason| corrupt(path, offset, reason))?;
+            let entry =
+                entry::decode(kind, &payload).map_err(|reason| corrupt(path, offset, reason))?;
             if !saw_header && !matches!(entry, Entry::Header { .. }) {
-                return Err(corrupt(path, offset, "segment does not start with a header"));
+                return Err(corrupt(
+                    path,
+                    offset,
+                    "segment does not start with a header",
+                ));
             }
             match entry {
                 Entry::Header { first: named } => {
@@ -231,14 +236,15 @@ pub(super) fn load(scan: &Scan) -> Result<Replay, OpenError> {
         let payload = read_payload(&mut file, loc);
         open_file = Some((loc.segment, file));
         let payload = payload.map_err(|e| match e {
-            ReadPayloadError::Io(source) => OpenError::Io {
+            ReadPayloadError::Io(cause) => OpenError::Io {
                 op: "read",
                 path: path.clone(),
-                source,
+                cause,
             },
             ReadPayloadError::Changed(reason) => corrupt(path, loc.frame_offset, reason),
         })?;
-        let (_, iter) = RecordsIter::new(&payload).map_err(|r| corrupt(path, loc.frame_offset, r))?;
+        let (_, iter) =
+            RecordsIter::new(&payload).map_err(|r| corrupt(path, loc.frame_offset, r))?;
         for (i, item) in iter.enumerate() {
             let (arrival_ms, range) = item.map_err(|r| corrupt(path, loc.frame_offset, r))?;
             let position = loc.first.0 + i as u64;
@@ -273,12 +279,17 @@ fn read_payload(file: &mut File, loc: &RecordsLoc) -> Result<Bytes, ReadPayloadE
     file.read_exact(&mut header).map_err(ReadPayloadError::Io)?;
     let (len, crc, kind) = frame::parse_header(&header);
     if len != loc.payload_len || kind != entry::KIND_RECORDS {
-        return Err(ReadPayloadError::Changed("records frame changed since the scan"));
+        return Err(ReadPayloadError::Changed(
+            "records frame changed since the scan",
+        ));
     }
     let mut payload = vec![0u8; len as usize];
-    file.read_exact(&mut payload).map_err(ReadPayloadError::Io)?;
+    file.read_exact(&mut payload)
+        .map_err(ReadPayloadError::Io)?;
     if frame::checksum(kind, &payload) != crc {
-        return Err(ReadPayloadError::Changed("records frame CRC changed since the scan"));
+        return Err(ReadPayloadError::Changed(
+            "records frame CRC changed since the scan",
+        ));
     }
     Ok(Bytes::from(payload))
 }

@@ -101,17 +101,34 @@ fn roundtrip_across_reopen() {
     for fsync in [false, true] {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("nested/stream");
-        let (mut journal, replay) = Journal::open(&dir, JournalOptions { segment_bytes: 1 << 20, fsync }).expect("open");
+        let (mut journal, replay) = Journal::open(
+            &dir,
+            JournalOptions {
+                segment_bytes: 1 << 20,
+                fsync,
+            },
+        )
+        .expect("open");
         assert_eq!(replay, Replay::default());
         assert_eq!(journal.next_position(), Position(0));
         let mut expected = append(&mut journal, &[10, 0, 1024]);
         expected.extend(append(&mut journal, &[5]));
-        assert_eq!(journal.append_records(&[]).expect("empty append"), Position(4));
+        assert_eq!(
+            journal.append_records(&[]).expect("empty append"),
+            Position(4)
+        );
         journal.sync().expect("sync");
         assert_eq!(journal.disk_bytes(), files_bytes(&dir));
         drop(journal);
 
-        let (journal, replay) = Journal::open(&dir, JournalOptions { segment_bytes: 1 << 20, fsync }).expect("reopen");
+        let (journal, replay) = Journal::open(
+            &dir,
+            JournalOptions {
+                segment_bytes: 1 << 20,
+                fsync,
+            },
+        )
+        .expect("reopen");
         assert_eq!(records(&replay), expected);
         assert!(replay.pending_seals.is_empty());
         assert_eq!(journal.next_position(), Position(4));
@@ -174,7 +191,10 @@ fn pending_seals_come_back_in_position_order() {
     journal.sync().expect("sync");
     drop(journal);
     let (_, replay) = open(tmp.path(), 1 << 20);
-    assert_eq!(replay.pending_seals, vec![seal(0, 3, "early"), seal(3, 6, "late")]);
+    assert_eq!(
+        replay.pending_seals,
+        vec![seal(0, 3, "early"), seal(3, 6, "late")]
+    );
     assert_eq!(replay.records.len(), 6);
 }
 
@@ -184,19 +204,33 @@ fn invalid_appends_are_rejected_without_harm() {
     let (mut journal, _) = open(tmp.path(), 1 << 20);
     append(&mut journal, &[1; 3]);
     for bad in [seal(2, 2, ""), seal(2, 1, ""), seal(0, 4, "")] {
-        assert!(matches!(journal.append_seal(&bad), Err(WriteError::InvalidSeal { .. })), "{bad:?}");
+        assert!(
+            matches!(
+                journal.append_seal(&bad),
+                Err(WriteError::InvalidSeal { .. })
+            ),
+            "{bad:?}"
+        );
     }
     journal.append_seal(&seal(0, 3, "ok")).expect("valid seal");
     journal.sync().expect("sync");
-    let err = journal.append_seal(&seal(5, 9, "")).expect_err("beyond next");
-    assert!(err.to_string().contains(&tmp.path().display().to_string()), "{err}");
+    let err = journal
+        .append_seal(&seal(5, 9, ""))
+        .expect_err("beyond next");
+    assert!(
+        err.to_string().contains(&tmp.path().display().to_string()),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_second_open_of_the_same_directory_is_refused() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (journal, _) = open(tmp.path(), 1 << 20);
-    assert!(matches!(Journal::open(tmp.path(), opts(1 << 20)), Err(OpenError::Locked { .. })));
+    assert!(matches!(
+        Journal::open(tmp.path(), opts(1 << 20)),
+        Err(OpenError::Locked { .. })
+    ));
     drop(journal);
     open(tmp.path(), 1 << 20);
 }
@@ -225,7 +259,9 @@ fn rolling_and_release_delete_only_fully_released_segments() {
     assert_eq!(journal.segment_count(), left.len());
     assert_eq!(journal.disk_bytes(), files_bytes(dir));
     // The first live segment still holds position 10, and nothing below it survives.
-    let first_live = segment::parse_file_name(&left[0].file_name().expect("name").to_string_lossy()).expect("segment name");
+    let first_live =
+        segment::parse_file_name(&left[0].file_name().expect("name").to_string_lossy())
+            .expect("segment name");
     assert!(first_live <= Position(10), "{first_live}");
     assert!(first_live > Position(0));
     drop(journal);
@@ -296,7 +332,9 @@ fn seals_and_commits_alone_do_not_roll_into_a_name_clash() {
     let dir = tmp.path();
     let (mut journal, _) = open(dir, 64);
     append(&mut journal, &[100]);
-    journal.append_seal(&seal(0, 1, &"m".repeat(200))).expect("seal");
+    journal
+        .append_seal(&seal(0, 1, &"m".repeat(200)))
+        .expect("seal");
     journal.sync().expect("sync");
     drop(journal);
     let (mut journal, replay) = open(dir, 64);
@@ -367,7 +405,10 @@ fn torn_tail_is_cut_without_losing_synced_entries() {
     for cut in synced_len..full_len {
         let work = tempfile::tempdir().expect("tempdir");
         copy_dir(&source, work.path());
-        let file = fs::OpenOptions::new().write(true).open(work.path().join(&last_name)).expect("open");
+        let file = fs::OpenOptions::new()
+            .write(true)
+            .open(work.path().join(&last_name))
+            .expect("open");
         file.set_len(cut).expect("truncate");
         drop(check(work.path(), &format!("cut at {cut}")));
         cases += 1;
@@ -393,7 +434,15 @@ fn torn_tail_is_cut_without_losing_synced_entries() {
         let (journal, replay) = open(work.path(), 1 << 20);
         let got = records(&replay);
         assert_eq!(got.last(), extra.last(), "{tag}");
-        assert_eq!(got.len(), if replay.pending_seals.is_empty() { n - 2 + 1 } else { n + 1 }, "{tag}");
+        assert_eq!(
+            got.len(),
+            if replay.pending_seals.is_empty() {
+                n - 2 + 1
+            } else {
+                n + 1
+            },
+            "{tag}"
+        );
         assert_eq!(journal.next_position().0 as usize, n + 1, "{tag}");
         cases += 1;
     }
@@ -402,7 +451,10 @@ fn torn_tail_is_cut_without_losing_synced_entries() {
     // A torn tail full of zeros (file size grew, data never landed) is cut too.
     let work = tempfile::tempdir().expect("tempdir");
     copy_dir(&source, work.path());
-    let file = fs::OpenOptions::new().write(true).open(work.path().join(&last_name)).expect("open");
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .open(work.path().join(&last_name))
+        .expect("open");
     file.set_len(full_len + 4096).expect("extend");
     drop(file);
     let (journal, replay) = open(work.path(), 1 << 20);
@@ -434,27 +486,48 @@ fn damage_outside_the_last_segment_is_an_error() {
     fs::write(&path, &bytes).expect("write");
     let err = Journal::open(work.path(), opts(200)).expect_err("corrupt middle segment");
     assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
 
     // A truncated middle segment.
     let work = tempfile::tempdir().expect("tempdir");
     copy_dir(&source, work.path());
     let path = work.path().join(name(1));
     let len = fs::metadata(&path).expect("stat").len();
-    fs::OpenOptions::new().write(true).open(&path).expect("open").set_len(len - 3).expect("truncate");
-    assert!(matches!(Journal::open(work.path(), opts(200)), Err(OpenError::Corrupt { .. })));
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .expect("open")
+        .set_len(len - 3)
+        .expect("truncate");
+    assert!(matches!(
+        Journal::open(work.path(), opts(200)),
+        Err(OpenError::Corrupt { .. })
+    ));
 
     // A missing middle segment.
     let work = tempfile::tempdir().expect("tempdir");
     copy_dir(&source, work.path());
     fs::remove_file(work.path().join(name(2))).expect("remove");
-    assert!(matches!(Journal::open(work.path(), opts(200)), Err(OpenError::Corrupt { .. })));
+    assert!(matches!(
+        Journal::open(work.path(), opts(200)),
+        Err(OpenError::Corrupt { .. })
+    ));
 
     // A file that is not a segment of this format.
     let work = tempfile::tempdir().expect("tempdir");
     copy_dir(&source, work.path());
-    fs::write(work.path().join(segment::file_name(Position(0))), b"not a journal at all").expect("write");
-    assert!(matches!(Journal::open(work.path(), opts(200)), Err(OpenError::Corrupt { .. })));
+    fs::write(
+        work.path().join(segment::file_name(Position(0))),
+        b"not a journal at all",
+    )
+    .expect("write");
+    assert!(matches!(
+        Journal::open(work.path(), opts(200)),
+        Err(OpenError::Corrupt { .. })
+    ));
 
     // The untouched copy still opens.
     let (journal, replay) = open(&source, 200);
@@ -467,6 +540,39 @@ fn a_failed_journal_refuses_writes() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut journal, _) = open(tmp.path(), 1 << 20);
     journal.failed = true;
-    assert!(matches!(journal.append_records(&[RecordRef { arrival_ms: 1, data: b"x" }]), Err(WriteError::Failed { .. })));
+    assert!(matches!(
+        journal.append_records(&[RecordRef {
+            arrival_ms: 1,
+            data: b"x"
+        }]),
+        Err(WriteError::Failed { .. })
+    ));
     assert!(matches!(journal.sync(), Err(WriteError::Failed { .. })));
+}
+
+#[test]
+fn fsync_mode_rolls_releases_and_reopens() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let fsync = JournalOptions {
+        segment_bytes: 300,
+        fsync: true,
+    };
+    let (mut journal, _) = Journal::open(dir, fsync).expect("open");
+    let mut all = Vec::new();
+    for _ in 0..8 {
+        all.extend(append(&mut journal, &[120, 0]));
+        journal.sync().expect("sync");
+    }
+    journal.append_seal(&seal(0, 6, "a")).expect("seal");
+    journal.append_commit(Position(0)).expect("commit");
+    journal.sync().expect("sync");
+    let before = journal.segment_count();
+    journal.release(Position(6)).expect("release");
+    assert!(journal.segment_count() < before);
+    assert_eq!(journal.disk_bytes(), files_bytes(dir));
+    drop(journal);
+    let (journal, replay) = Journal::open(dir, fsync).expect("reopen");
+    assert_eq!(records(&replay), all[6..].to_vec());
+    assert_eq!(journal.next_position(), Position(16));
 }

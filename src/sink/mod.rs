@@ -132,7 +132,14 @@ fn s3_endpoint_from_env() -> Option<String> {
 fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3, String> {
     // The environment first (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ALLOW_HTTP, ...), then the
     // config file's values on top.
-    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // Client options first: setting them later would replace allow_http set below.
+    let mut b = AmazonS3Builder::from_env()
+        .with_client_options(
+            ClientOptions::new()
+                .with_connect_timeout(Duration::from_secs(5))
+                .with_timeout(Duration::from_secs(120)),
+        )
+        .with_bucket_name(bucket);
     let endpoint = s3.endpoint.clone().or_else(s3_endpoint_from_env);
     if let Some(endpoint) = &endpoint {
         b = b.with_endpoint(endpoint);
@@ -166,11 +173,6 @@ fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3
         retry_timeout: Duration::from_secs(30),
         ..Default::default()
     })
-    .with_client_options(
-        ClientOptions::new()
-            .with_connect_timeout(Duration::from_secs(5))
-            .with_timeout(Duration::from_secs(120)),
-    )
     .build()
     .map_err(|e| e.to_string())
 }
@@ -226,7 +228,7 @@ pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOut
                     bucket = %plan.bucket,
                     key = %plan.key,
                     attempt,
-                    error = %e,
+                    error = %chain(&e),
                     "upload failed; will retry"
                 );
                 if !backoff(&mut delay, settings, &ctx.abandon).await {
@@ -284,6 +286,21 @@ fn parts(payload: &PutPayload, part_size: usize) -> Vec<PutPayload> {
     }
     if current_len > 0 {
         out.push(current.into_iter().collect());
+    }
+    out
+}
+
+/// An error with its causes, which object_store keeps in `source()`.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
     }
     out
 }

@@ -1,0 +1,481 @@
+//! Harness for black-box tests: a real S3-protocol server (`s3s-fs`, installed by the test
+//! command) on a loopback port, the real `spillway` binary on `127.0.0.1:0`, the AWS SDK for
+//! Rust to drive it, and an S3 client (object_store) to read back what landed.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use aws_sdk_firehose::Client;
+use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::{
+    BufferingHints, CompressionFormat, ExtendedS3DestinationConfiguration, Record,
+};
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::{ObjectStore, ObjectStoreExt};
+use object_store::aws::{AmazonS3, AmazonS3Builder};
+use tempfile::TempDir;
+
+pub const ACCESS_KEY: &str = "spillway-test";
+pub const SECRET_KEY: &str = "spillway-test-secret";
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+fn s3s_fs_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("S3S_FS") {
+        return PathBuf::from(p);
+    }
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(std::env::var("HOME").unwrap()).join(".cargo"));
+    let p = home.join("bin/s3s-fs");
+    assert!(
+        p.exists(),
+        "s3s-fs not found at {}: run the test command from the README (bash .ci/run), which installs it",
+        p.display()
+    );
+    p
+}
+
+/// An `s3s-fs` server: a real S3 protocol implementation storing objects as files.
+pub struct S3Server {
+    pub root: TempDir,
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl S3Server {
+    pub fn start() -> S3Server {
+        let root = TempDir::new().unwrap();
+        let mut server = S3Server {
+            root,
+            port: free_port(),
+            child: None,
+        };
+        server.resume();
+        server
+    }
+
+    /// (Re)starts the server on the same port and directory.
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none());
+        let child = Command::new(s3s_fs_binary())
+            .args(["--host", "127.0.0.1", "--port", &self.port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(self.root.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start s3s-fs");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "s3s-fs did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server: the destination is unreachable until `resume`.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn create_bucket(&self, bucket: &str) {
+        std::fs::create_dir_all(self.root.path().join(bucket)).unwrap();
+    }
+
+    /// An S3 client for reading back, over the network like any other client.
+    pub fn client(&self, bucket: &str) -> AmazonS3 {
+        AmazonS3Builder::new()
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_bucket_name(bucket)
+            .with_access_key_id(ACCESS_KEY)
+            .with_secret_access_key(SECRET_KEY)
+            .build()
+            .unwrap()
+    }
+
+    /// The `[object_store]` section pointing spillway at this server.
+    pub fn config(&self) -> String {
+        format!(
+            "[object_store]\nkind = \"s3\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n",
+            self.endpoint()
+        )
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Every object in a bucket, sorted by key.
+pub async fn objects(store: &dyn ObjectStore) -> Vec<(String, Bytes)> {
+    let metas: Vec<_> = store.list(None).try_collect().await.unwrap();
+    let mut out = Vec::new();
+    for m in metas {
+        let data = store
+            .get(&m.location)
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        out.push((m.location.to_string(), data));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+pub fn gunzip(data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(data)
+        .read_to_end(&mut out)
+        .expect("valid gzip");
+    out
+}
+
+/// A running daemon with its own data dir, config and captured log.
+pub struct Daemon {
+    pub data_dir: PathBuf,
+    _dir: Option<TempDir>,
+    config: Option<PathBuf>,
+    extra_args: Vec<String>,
+    child: Option<Child>,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts with a config file holding `config` (none if empty) in a fresh data dir.
+    pub fn start(config: &str) -> Daemon {
+        let dir = TempDir::new().unwrap();
+        let data_dir = dir.path().join("data");
+        let config_path = (!config.is_empty()).then(|| {
+            let p = dir.path().join("spillway.toml");
+            std::fs::write(&p, config).unwrap();
+            p
+        });
+        let mut d = Daemon {
+            data_dir,
+            _dir: Some(dir),
+            config: config_path,
+            extra_args: Vec::new(),
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log: Arc::default(),
+        };
+        d.launch(None);
+        d
+    }
+
+    pub fn start_with_args(config: &str, args: &[&str]) -> Daemon {
+        let mut d = Daemon::start_stopped(config);
+        d.extra_args = args.iter().map(|s| s.to_string()).collect();
+        d.launch(None);
+        d
+    }
+
+    fn start_stopped(config: &str) -> Daemon {
+        let dir = TempDir::new().unwrap();
+        let data_dir = dir.path().join("data");
+        let config_path = (!config.is_empty()).then(|| {
+            let p = dir.path().join("spillway.toml");
+            std::fs::write(&p, config).unwrap();
+            p
+        });
+        Daemon {
+            data_dir,
+            _dir: Some(dir),
+            config: config_path,
+            extra_args: Vec::new(),
+            child: None,
+            addr: "127.0.0.1:0".parse().unwrap(),
+            log: Arc::default(),
+        }
+    }
+
+    /// Starts the binary; `listen` keeps the previous port across restarts.
+    fn launch(&mut self, listen: Option<SocketAddr>) {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
+        cmd.arg("--data-dir").arg(&self.data_dir);
+        cmd.arg("--listen")
+            .arg(listen.map_or("127.0.0.1:0".to_string(), |a| a.to_string()));
+        if let Some(c) = &self.config {
+            cmd.arg("--config").arg(c);
+        }
+        cmd.args(&self.extra_args);
+        cmd.env("RUST_LOG", "info,spillway=debug")
+            .env("NO_COLOR", "1")
+            .env_remove("AWS_ENDPOINT_URL")
+            .env_remove("AWS_ENDPOINT_URL_S3")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start spillway");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(at) = line.find("listening on http://") {
+                    let addr = line[at + 20..]
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_string();
+                    let _ = tx.send(addr);
+                }
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        self.child = Some(child);
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => self.addr = addr.parse().expect("listening address"),
+            Err(_) => panic!("spillway did not start; log:\n{}", self.log()),
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The AWS SDK for Rust pointed at the daemon, with the SDK's standard retries.
+    pub fn firehose(&self) -> Client {
+        self.firehose_with_retries(3)
+    }
+
+    pub fn firehose_with_retries(&self, attempts: u32) -> Client {
+        let conf = aws_sdk_firehose::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(self.endpoint())
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .retry_config(
+                aws_sdk_firehose::config::retry::RetryConfig::standard()
+                    .with_max_attempts(attempts),
+            )
+            .build();
+        Client::from_conf(conf)
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.kill().unwrap();
+            c.wait().unwrap();
+        }
+    }
+
+    /// SIGTERM, then waits for the process to exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
+        Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = c.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "no exit after SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        let addr = self.addr;
+        self.launch(Some(addr));
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// A raw HTTP/1.1 request, for inputs no SDK would send.
+    pub fn raw(&self, target: Option<&str>, body: &[u8]) -> (u16, String) {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        let mut req = format!(
+            "POST / HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.addr,
+            body.len()
+        );
+        if let Some(t) = target {
+            req.push_str(&format!("X-Amz-Target: Firehose_20150804.{t}\r\n"));
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes()).unwrap();
+        s.write_all(body).unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    pub fn get(&self, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        )
+        .unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp[9..12].parse().unwrap();
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+
+    /// A sample's value from /metrics, e.g. `metric("spillway_delivered_records_total{stream=\"s\"}")`.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, text) = self.get("/metrics");
+        text.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- spillway log ---\n{}", self.log());
+        }
+    }
+}
+
+/// A stream configuration like the console's defaults, with the given bucket and hints.
+pub fn s3_destination(
+    bucket: &str,
+    size_mib: i32,
+    interval_s: i32,
+) -> aws_sdk_firehose::types::builders::ExtendedS3DestinationConfigurationBuilder {
+    ExtendedS3DestinationConfiguration::builder()
+        .role_arn("arn:aws:iam::000000000000:role/firehose")
+        .bucket_arn(format!("arn:aws:s3:::{bucket}"))
+        .buffering_hints(
+            BufferingHints::builder()
+                .size_in_mbs(size_mib)
+                .interval_in_seconds(interval_s)
+                .build(),
+        )
+        .compression_format(CompressionFormat::Uncompressed)
+}
+
+pub async fn create_stream(
+    client: &Client,
+    name: &str,
+    dest: aws_sdk_firehose::types::builders::ExtendedS3DestinationConfigurationBuilder,
+) {
+    client
+        .create_delivery_stream()
+        .delivery_stream_name(name)
+        .extended_s3_destination_configuration(dest.build().unwrap())
+        .send()
+        .await
+        .expect("create stream");
+}
+
+/// A newline-terminated JSON record carrying a unique id, padded to `size` bytes.
+pub fn record(id: u64, size: usize) -> Vec<u8> {
+    let mut r = format!(r#"{{"id":{id},"pad":""#).into_bytes();
+    let tail = b"\"}\n";
+    while r.len() + tail.len() < size {
+        r.push(b'x');
+    }
+    r.extend_from_slice(tail);
+    r
+}
+
+/// Sends records `ids` in one PutRecordBatch; returns the ids the daemon acknowledged.
+pub async fn put_batch(
+    client: &Client,
+    stream: &str,
+    ids: std::ops::Range<u64>,
+    size: usize,
+) -> Vec<u64> {
+    let records: Vec<Record> = ids
+        .clone()
+        .map(|i| {
+            Record::builder()
+                .data(Blob::new(record(i, size)))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let out = client
+        .put_record_batch()
+        .delivery_stream_name(stream)
+        .set_records(Some(records))
+        .send()
+        .await
+        .expect("put_record_batch");
+    ids.zip(out.request_responses())
+        .filter(|(_, r)| r.record_id().is_some())
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// The ids of every record in the given object bodies (JSON lines with an "id" field).
+pub fn ids_in(bodies: &[Vec<u8>]) -> Vec<u64> {
+    let mut ids = Vec::new();
+    for body in bodies {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: serde_json::Value = serde_json::from_slice(line).expect("JSON line");
+            ids.push(v["id"].as_u64().expect("id"));
+        }
+    }
+    ids
+}
+
+/// Polls `check` until it returns Some or the timeout passes.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return Some(v);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+pub fn path_exists(p: &Path) -> bool {
+    p.exists()
+}

@@ -1,0 +1,272 @@
+//! Delivery end to end: the daemon, driven by the AWS SDK, writes objects to a real S3 server
+//! (s3s-fs over HTTP) or to a local directory. Flush triggers, prefixes, object names, gzip,
+//! UpdateDestination versions and graceful shutdown.
+
+mod common;
+
+use std::time::Duration;
+
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::{
+    BufferingHints, CompressionFormat, ExtendedS3DestinationUpdate, Record,
+};
+use common::*;
+
+const MIB: usize = 1024 * 1024;
+
+fn daemon_for(s3: &S3Server) -> Daemon {
+    Daemon::start(&s3.config())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn size_hint_seals_objects_and_sigterm_flushes_the_rest() {
+    let s3 = S3Server::start();
+    s3.create_bucket("size-bucket");
+    let mut d = daemon_for(&s3);
+    let fh = d.firehose();
+    // A 900 s interval: only the size hint (1 MiB) can seal before shutdown.
+    create_stream(&fh, "sized", s3_destination("size-bucket", 1, 900)).await;
+
+    let mut acked = Vec::new();
+    for i in 0..5u64 {
+        acked.extend(put_batch(&fh, "sized", i * 500..(i + 1) * 500, 1024).await);
+    }
+    assert_eq!(acked.len(), 2500);
+    let store = s3.client("size-bucket");
+    let sealed = wait_for(Duration::from_secs(20), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 2).then_some(objs)
+    })
+    .await
+    .expect("two objects sealed by size");
+    for (key, body) in &sealed {
+        // Sealed as soon as the buffer reaches 1 MiB: one record past it at most.
+        assert!(
+            body.len() >= MIB && body.len() < MIB + 1024,
+            "{key}: {} bytes",
+            body.len()
+        );
+    }
+    // The remaining ~0.4 MiB waits for the interval: nothing more arrives on its own.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(objects(&store).await.len(), 2);
+
+    let status = d.terminate();
+    assert!(status.success(), "exit status {status:?}");
+    let all = objects(&store).await;
+    assert_eq!(all.len(), 3, "SIGTERM flushed the open buffer");
+    let bodies: Vec<Vec<u8>> = all.iter().map(|(_, b)| b.to_vec()).collect();
+    let mut ids = ids_in(&bodies);
+    ids.sort_unstable();
+    assert_eq!(ids, (0..2500).collect::<Vec<_>>(), "every record exactly once");
+    assert!(d.log().contains("stopped"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interval_hint_delivers_small_buffers() {
+    let s3 = S3Server::start();
+    s3.create_bucket("interval-bucket");
+    let d = daemon_for(&s3);
+    let fh = d.firehose();
+    create_stream(&fh, "slow", s3_destination("interval-bucket", 128, 2)).await;
+    create_stream(&fh, "zero", s3_destination("interval-bucket", 128, 0)).await;
+
+    put_batch(&fh, "slow", 0..3, 100).await;
+    put_batch(&fh, "zero", 10..13, 100).await;
+    let store = s3.client("interval-bucket");
+    let started = std::time::Instant::now();
+    let objs = wait_for(Duration::from_secs(15), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 2).then_some(objs)
+    })
+    .await
+    .expect("both streams delivered by their interval");
+    let elapsed = started.elapsed();
+    // Not a timing assertion on speed: the 2 s interval must not fire early.
+    let slow = objs.iter().find(|(k, _)| k.contains("/slow-1-")).unwrap();
+    assert_eq!(ids_in(&[slow.1.to_vec()]), [0, 1, 2]);
+    let zero = objs.iter().find(|(k, _)| k.contains("/zero-1-")).unwrap();
+    assert_eq!(ids_in(&[zero.1.to_vec()]), [10, 11, 12]);
+    assert!(elapsed >= Duration::from_millis(1500), "{elapsed:?}");
+    assert_eq!(
+        d.metric("spillway_delivered_records_total{stream=\"slow\"}"),
+        3.0
+    );
+    assert_eq!(
+        d.metric("spillway_objects_written_total{stream=\"zero\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_names_gzip_and_versions() {
+    let s3 = S3Server::start();
+    s3.create_bucket("named");
+    let d = daemon_for(&s3);
+    let fh = d.firehose();
+    create_stream(
+        &fh,
+        "custom",
+        s3_destination("named", 1, 1)
+            .prefix("events/!{timestamp:yyyy}/m=!{timestamp:MM}/!{firehose:random-string}/")
+            .error_output_prefix("errors/!{firehose:error-output-type}/")
+            .compression_format(CompressionFormat::Gzip),
+    )
+    .await;
+    create_stream(&fh, "plain", s3_destination("named", 1, 1).prefix("plain-")).await;
+    create_stream(&fh, "default", s3_destination("named", 1, 1)).await;
+
+    put_batch(&fh, "custom", 0..50, 200).await;
+    put_batch(&fh, "plain", 100..101, 200).await;
+    put_batch(&fh, "default", 200..201, 200).await;
+    let store = s3.client("named");
+    let objs = wait_for(Duration::from_secs(15), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 3).then_some(objs)
+    })
+    .await
+    .expect("three objects");
+
+    let now = chrono::Utc::now();
+    let (y, m, dd, h) = (
+        now.format("%Y").to_string(),
+        now.format("%m").to_string(),
+        now.format("%d").to_string(),
+        now.format("%H").to_string(),
+    );
+    let custom = objs.iter().find(|(k, _)| k.starts_with("events/")).unwrap();
+    let parts: Vec<&str> = custom.0.split('/').collect();
+    assert_eq!(parts[1], y);
+    assert_eq!(parts[2], format!("m={m}"));
+    assert_eq!(parts[3].len(), 11, "random string: {}", custom.0);
+    assert!(parts[3].chars().all(|c| c.is_ascii_alphanumeric()));
+    let name = parts[4];
+    // <stream>-<version>-<yyyy-MM-dd-HH-mm-ss>-<uuid>.gz
+    assert!(name.starts_with(&format!("custom-1-{y}-{m}-")), "{name}");
+    assert!(name.ends_with(".gz"), "{name}");
+    let uuid = &name["custom-1-yyyy-MM-dd-HH-mm-ss-".len()..name.len() - 3];
+    assert_eq!(uuid.len(), 36, "{uuid}");
+    assert_eq!(uuid.matches('-').count(), 4, "{uuid}");
+    let body = gunzip(&custom.1);
+    assert_eq!(ids_in(&[body]), (0..50).collect::<Vec<_>>());
+
+    // A prefix with no timestamp expression gets the date path appended; no prefix is the date path.
+    assert!(objs.iter().any(|(k, _)| k.starts_with(&format!("plain-{y}/{m}/{dd}/{h}/plain-1-"))));
+    assert!(objs.iter().any(|(k, _)| k.starts_with(&format!("{y}/{m}/{dd}/{h}/default-1-"))));
+
+    // UpdateDestination: version 2 in later names; settings echoed by Describe.
+    fh.update_destination()
+        .delivery_stream_name("plain")
+        .current_delivery_stream_version_id("1")
+        .destination_id("destinationId-000000000001")
+        .extended_s3_destination_update(
+            ExtendedS3DestinationUpdate::builder()
+                .prefix("v2/")
+                .compression_format(CompressionFormat::Gzip)
+                .buffering_hints(
+                    BufferingHints::builder()
+                        .size_in_mbs(2)
+                        .interval_in_seconds(1)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let desc = fh
+        .describe_delivery_stream()
+        .delivery_stream_name("plain")
+        .send()
+        .await
+        .unwrap();
+    let desc = desc.delivery_stream_description().unwrap();
+    assert_eq!(desc.version_id(), "2");
+    let ext = desc.destinations()[0]
+        .extended_s3_destination_description()
+        .unwrap();
+    assert_eq!(ext.prefix(), Some("v2/"));
+    assert_eq!(ext.compression_format(), &CompressionFormat::Gzip);
+    assert_eq!(ext.buffering_hints().unwrap().size_in_mbs(), Some(2));
+
+    fh.put_record()
+        .delivery_stream_name("plain")
+        .record(Record::builder().data(Blob::new(record(300, 100))).build().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let v2 = wait_for(Duration::from_secs(15), || async {
+        objects(&store)
+            .await
+            .into_iter()
+            .find(|(k, _)| k.starts_with("v2/"))
+    })
+    .await
+    .expect("object under the updated prefix");
+    assert!(v2.0.contains("/plain-2-"), "{}", v2.0);
+    assert!(v2.0.ends_with(".gz"), "{}", v2.0);
+    assert_eq!(ids_in(&[gunzip(&v2.1)]), [300]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_directory_store_with_no_config() {
+    // The README's first command: no config file at all.
+    let mut d = Daemon::start("");
+    let fh = d.firehose();
+    create_stream(&fh, "local", s3_destination("my-bucket", 1, 1)).await;
+    let acked = put_batch(&fh, "local", 0..20, 300).await;
+    assert_eq!(acked.len(), 20);
+    let bucket_dir = d.data_dir.join("buckets/my-bucket");
+    let files = wait_for(Duration::from_secs(15), || async {
+        let files: Vec<_> = walk(&bucket_dir);
+        (!files.is_empty()).then_some(files)
+    })
+    .await
+    .expect("an object file in the local bucket directory");
+    assert_eq!(files.len(), 1);
+    let bodies: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+    assert_eq!(ids_in(&bodies), (0..20).collect::<Vec<_>>());
+    assert!(d.terminate().success());
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_objects_use_multipart_upload() {
+    let s3 = S3Server::start();
+    s3.create_bucket("big");
+    // A 6 MiB buffer with a 5 MiB multipart threshold and 5 MiB parts: two parts.
+    let d = Daemon::start(&format!(
+        "{}\n[upload]\nmultipart_threshold_mib = 5\npart_size_mib = 5\n",
+        s3.config()
+    ));
+    let fh = d.firehose();
+    create_stream(&fh, "big", s3_destination("big", 6, 900)).await;
+    for i in 0..13u64 {
+        put_batch(&fh, "big", i * 500..(i + 1) * 500, 1024).await;
+    }
+    let store = s3.client("big");
+    let objs = wait_for(Duration::from_secs(30), || async {
+        let objs = objects(&store).await;
+        (!objs.is_empty()).then_some(objs)
+    })
+    .await
+    .expect("a sealed 6 MiB object");
+    assert_eq!(objs.len(), 1);
+    assert!(objs[0].1.len() >= 6 * MIB);
+    let ids = ids_in(&[objs[0].1.to_vec()]);
+    assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
+}
