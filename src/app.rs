@@ -30,8 +30,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
     let lock_path = data_dir.join("spillway.lock");
-    let lock = File::create(&lock_path)
-        .with_context(|| format!("cannot open {}", lock_path.display()))?;
+    let lock =
+        File::create(&lock_path).with_context(|| format!("cannot open {}", lock_path.display()))?;
     // Two daemons on one journal would interleave writes; the lock ends with the process.
     lock.try_lock().map_err(|_| {
         anyhow::anyhow!(
@@ -71,7 +71,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, api.clone(), stop.clone(), DRAIN));
     api.ready.store(true, Ordering::Release);
-    tracing::info!(streams = catalog.list().len(), "listening on http://{local}");
+    tracing::info!(
+        streams = catalog.list().len(),
+        "listening on http://{local}"
+    );
 
     shutdown_signal().await;
     tracing::info!("shutting down: no new requests; flushing every stream");
@@ -83,7 +86,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let timeout = settings.shutdown_timeout;
     let give_up = tokio::spawn(async move {
         tokio::time::sleep(timeout).await;
-        tracing::warn!("shutdown timeout reached: undelivered batches stay in the journal for the next start");
+        tracing::warn!(
+            "shutdown timeout reached: undelivered batches stay in the journal for the next start"
+        );
         abandon.cancel();
     });
     catalog.close().await;

@@ -402,10 +402,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         (Some(listen), Some(store)) if problems.is_empty() => Ok(Settings {
             listen,
             data_dir,
-            log_format: cli
-                .log_format
-                .or(raw.log_format)
-                .unwrap_or(LogFormat::Text),
+            log_format: cli.log_format.or(raw.log_format).unwrap_or(LogFormat::Text),
             log_level: raw.log_level.unwrap_or_else(|| "info".into()),
             shutdown_timeout,
             journal,

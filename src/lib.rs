@@ -12,12 +12,12 @@
 //! - [`metrics`]: every metric, registered once; rendered for `/metrics`.
 //! - [`app`]: wiring; the one place that knows startup and shutdown order.
 
-pub mod journal;
 pub mod api;
 pub mod app;
 pub mod catalog;
 pub mod config;
 pub mod encode;
+pub mod journal;
 pub mod metrics;
 pub mod pipeline;
 pub mod sink;

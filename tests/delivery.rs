@@ -58,7 +58,11 @@ async fn size_hint_seals_objects_and_sigterm_flushes_the_rest() {
     let bodies: Vec<Vec<u8>> = all.iter().map(|(_, b)| b.to_vec()).collect();
     let mut ids = ids_in(&bodies);
     ids.sort_unstable();
-    assert_eq!(ids, (0..2500).collect::<Vec<_>>(), "every record exactly once");
+    assert_eq!(
+        ids,
+        (0..2500).collect::<Vec<_>>(),
+        "every record exactly once"
+    );
     assert!(d.log().contains("stopped"));
 }
 
@@ -151,8 +155,14 @@ async fn prefixes_names_gzip_and_versions() {
     assert_eq!(ids_in(&[body]), (0..50).collect::<Vec<_>>());
 
     // A prefix with no timestamp expression gets the date path appended; no prefix is the date path.
-    assert!(objs.iter().any(|(k, _)| k.starts_with(&format!("plain-{y}/{m}/{dd}/{h}/plain-1-"))));
-    assert!(objs.iter().any(|(k, _)| k.starts_with(&format!("{y}/{m}/{dd}/{h}/default-1-"))));
+    assert!(
+        objs.iter()
+            .any(|(k, _)| k.starts_with(&format!("plain-{y}/{m}/{dd}/{h}/plain-1-")))
+    );
+    assert!(
+        objs.iter()
+            .any(|(k, _)| k.starts_with(&format!("{y}/{m}/{dd}/{h}/default-1-")))
+    );
 
     // UpdateDestination: version 2 in later names; settings echoed by Describe.
     fh.update_destination()
@@ -191,7 +201,12 @@ async fn prefixes_names_gzip_and_versions() {
 
     fh.put_record()
         .delivery_stream_name("plain")
-        .record(Record::builder().data(Blob::new(record(300, 100))).build().unwrap())
+        .record(
+            Record::builder()
+                .data(Blob::new(record(300, 100)))
+                .build()
+                .unwrap(),
+        )
         .send()
         .await
         .unwrap();

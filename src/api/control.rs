@@ -67,9 +67,11 @@ pub async fn create(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError>
     catalog
         .create(&input.delivery_stream_name, shape, destination)
         .await?;
-    Ok(json!({ "DeliveryStreamARN": catalog.arn(&input.delivery_stream_name) })
-        .to_string()
-        .into_bytes())
+    Ok(
+        json!({ "DeliveryStreamARN": catalog.arn(&input.delivery_stream_name) })
+            .to_string()
+            .into_bytes(),
+    )
 }
 
 #[derive(Deserialize)]
@@ -81,9 +83,11 @@ struct NameIn {
 pub fn describe(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let input: NameIn = parse(body)?;
     let entry = catalog.get(&input.delivery_stream_name)?;
-    Ok(json!({ "DeliveryStreamDescription": description(catalog, &entry) })
-        .to_string()
-        .into_bytes())
+    Ok(
+        json!({ "DeliveryStreamDescription": description(catalog, &entry) })
+            .to_string()
+            .into_bytes(),
+    )
 }
 
 fn description(catalog: &Catalog, entry: &StreamEntry) -> Value {
@@ -186,7 +190,12 @@ struct UpdateIn {
 
 pub fn update(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let input: UpdateIn = parse(body)?;
-    if let Some(key) = input.other.iter().find(|(_, v)| !v.is_null()).map(|(k, _)| k) {
+    if let Some(key) = input
+        .other
+        .iter()
+        .find(|(_, v)| !v.is_null())
+        .map(|(k, _)| k)
+    {
         return Err(ApiError::invalid(format!(
             "{key} is not supported; spillway updates S3 destinations only."
         )));

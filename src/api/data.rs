@@ -185,7 +185,10 @@ mod tests {
     #[test]
     fn record_limit_is_exact() {
         let ok = STANDARD.encode(vec![b'x'; MAX_RECORD_BYTES]);
-        assert_eq!(decode(&[rec(&ok)], "Records").unwrap()[0].len(), MAX_RECORD_BYTES);
+        assert_eq!(
+            decode(&[rec(&ok)], "Records").unwrap()[0].len(),
+            MAX_RECORD_BYTES
+        );
         let over = STANDARD.encode(vec![b'x'; MAX_RECORD_BYTES + 1]);
         let e = decode(&[rec(&over)], "Records").unwrap_err();
         assert!(e.message.contains("Records[0].Data"), "{}", e.message);

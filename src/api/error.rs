@@ -97,9 +97,10 @@ pub fn from_json_error(e: &serde_json::Error) -> ApiError {
     use serde_json::error::Category;
     let text = e.to_string();
     match e.classify() {
-        Category::Data if text.starts_with("missing field") => {
-            ApiError::new(ErrorKind::Validation, format!("1 validation error detected: {text}"))
-        }
+        Category::Data if text.starts_with("missing field") => ApiError::new(
+            ErrorKind::Validation,
+            format!("1 validation error detected: {text}"),
+        ),
         _ => ApiError::new(
             ErrorKind::Serialization,
             format!("request body is not a valid request for this operation: {text}"),

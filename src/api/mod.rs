@@ -129,7 +129,10 @@ async fn firehose(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
             ErrorKind::UnknownOperation,
             "Missing or unknown X-Amz-Target; expected Firehose_20150804.<Operation>.",
         )),
-        Some(op) => match Limited::new(req.into_body(), MAX_BODY_BYTES).collect().await {
+        Some(op) => match Limited::new(req.into_body(), MAX_BODY_BYTES)
+            .collect()
+            .await
+        {
             Err(_) => Err(ApiError::invalid(format!(
                 "Request body is larger than {MAX_BODY_BYTES} bytes or was cut off."
             ))),

@@ -88,7 +88,9 @@ impl CatalogError {
 pub enum OpenError {
     #[error("{path}: {message}")]
     Persisted { path: PathBuf, message: String },
-    #[error("stream {name} is declared in the config file and was also created over the API ({path}); remove one")]
+    #[error(
+        "stream {name} is declared in the config file and was also created over the API ({path}); remove one"
+    )]
     Conflict { name: String, path: PathBuf },
     #[error(transparent)]
     Start(#[from] StartError),
@@ -129,10 +131,11 @@ impl Catalog {
         let now = crate::pipeline::now_ms();
         let mut persisted = Vec::new();
         let mut orphans = Vec::new();
-        let entries = std::fs::read_dir(&catalog.streams_dir).map_err(|e| OpenError::Persisted {
-            path: catalog.streams_dir.clone(),
-            message: e.to_string(),
-        })?;
+        let entries =
+            std::fs::read_dir(&catalog.streams_dir).map_err(|e| OpenError::Persisted {
+                path: catalog.streams_dir.clone(),
+                message: e.to_string(),
+            })?;
         for entry in entries.flatten() {
             let path = entry.path().join(STREAM_FILE);
             match std::fs::read(&path) {
@@ -332,9 +335,8 @@ impl Catalog {
             )));
         }
         let dir = self.streams_dir.join(entry.name.as_str());
-        std::fs::remove_file(dir.join(STREAM_FILE)).map_err(|e| {
-            CatalogError::Internal(format!("cannot remove stream definition: {e}"))
-        })?;
+        std::fs::remove_file(dir.join(STREAM_FILE))
+            .map_err(|e| CatalogError::Internal(format!("cannot remove stream definition: {e}")))?;
         self.streams
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -371,12 +373,16 @@ impl Catalog {
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
         let tmp = dir.join("stream.json.tmp");
-        let bytes = serde_json::to_vec_pretty(record)
-            .map_err(|e| CatalogError::Internal(e.to_string()))?;
+        let bytes =
+            serde_json::to_vec_pretty(record).map_err(|e| CatalogError::Internal(e.to_string()))?;
         std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::File::open(&tmp).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         std::fs::rename(&tmp, dir.join(STREAM_FILE)).map_err(io)?;
-        std::fs::File::open(&dir).and_then(|f| f.sync_all()).map_err(io)?;
+        std::fs::File::open(&dir)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
         Ok(())
     }
 

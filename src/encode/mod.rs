@@ -13,7 +13,11 @@ use crate::catalog::definition::Compression;
 /// Object bytes as a list of chunks, so uncompressed objects are uploaded without a copy.
 pub type Body = Vec<Bytes>;
 
-pub fn encode(compression: Compression, gzip_level: u32, records: Vec<Bytes>) -> std::io::Result<Body> {
+pub fn encode(
+    compression: Compression,
+    gzip_level: u32,
+    records: Vec<Bytes>,
+) -> std::io::Result<Body> {
     match compression {
         Compression::Uncompressed => Ok(records),
         Compression::Gzip => {
@@ -42,7 +46,10 @@ mod tests {
         let body = encode(
             Compression::Uncompressed,
             1,
-            vec![Bytes::from_static(b"{\"a\":1}\n"), Bytes::from_static(b"{\"a\":2}")],
+            vec![
+                Bytes::from_static(b"{\"a\":1}\n"),
+                Bytes::from_static(b"{\"a\":2}"),
+            ],
         )
         .unwrap();
         assert_eq!(body.concat(), b"{\"a\":1}\n{\"a\":2}");

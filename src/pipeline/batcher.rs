@@ -291,14 +291,11 @@ impl Batcher {
             self.publish_gauges();
             return;
         }
-        let low = [
-            self.in_flight.keys().next().copied(),
-            self.open.start,
-        ]
-        .into_iter()
-        .flatten()
-        .min()
-        .unwrap_or(self.next);
+        let low = [self.in_flight.keys().next().copied(), self.open.start]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(self.next);
         // Best effort: a skipped release is covered by the next one.
         let _ = self.ops.try_send(JournalOp::Release { low });
         self.publish_gauges();

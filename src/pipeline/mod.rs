@@ -216,9 +216,7 @@ impl StreamRuntime {
             Err(e)
         };
         if self.ops.try_send(op).is_err() {
-            return refuse(PutError::Throttled(
-                "journal queue is full; retry later",
-            ));
+            return refuse(PutError::Throttled("journal queue is full; retry later"));
         }
         match answer.await {
             Ok(Ok(first)) => {

@@ -1,0 +1,250 @@
+//! The durability promises end to end: acknowledged means durable, delivered exactly once
+//! across `kill -9` and restart, and an unreachable destination loses nothing.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::*;
+
+/// Counts how often each record id appears across every object in the bucket.
+async fn delivered_counts(s3: &S3Server, bucket: &str) -> HashMap<u64, usize> {
+    let bodies: Vec<Vec<u8>> = objects(&s3.client(bucket))
+        .await
+        .into_iter()
+        .map(|(_, b)| b.to_vec())
+        .collect();
+    let mut counts = HashMap::new();
+    for id in ids_in(&bodies) {
+        *counts.entry(id).or_default() += 1;
+    }
+    counts
+}
+
+fn assert_exactly_once(counts: &HashMap<u64, usize>, acked: &[u64]) {
+    let dups: Vec<_> = counts.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dups.is_empty(), "duplicated records: {dups:?}");
+    let lost: Vec<_> = acked.iter().filter(|id| !counts.contains_key(id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} acknowledged records lost, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_under_load_then_restart_delivers_every_ack_exactly_once() {
+    let s3 = S3Server::start();
+    s3.create_bucket("crash");
+    let mut d = Daemon::start(&s3.config());
+    let fh = d.firehose_with_retries(1);
+    // Small objects (1 MiB or 1 s) so uploads and commits are in flight when the kill lands.
+    create_stream(&fh, "crash", s3_destination("crash", 1, 1)).await;
+
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut producers = Vec::new();
+    for p in 0..4u64 {
+        let fh = fh.clone();
+        let acked = acked.clone();
+        producers.push(tokio::spawn(async move {
+            let mut next = p * 1_000_000;
+            for _ in 0..400 {
+                let ids = next..next + 200;
+                next += 200;
+                let records: Vec<_> = ids
+                    .clone()
+                    .map(|i| {
+                        aws_sdk_firehose::types::Record::builder()
+                            .data(aws_sdk_firehose::primitives::Blob::new(record(i, 512)))
+                            .build()
+                            .unwrap()
+                    })
+                    .collect();
+                match fh
+                    .put_record_batch()
+                    .delivery_stream_name("crash")
+                    .set_records(Some(records))
+                    .send()
+                    .await
+                {
+                    Ok(out) => {
+                        let mut acked = acked.lock().unwrap();
+                        for (id, r) in ids.zip(out.request_responses()) {
+                            if r.record_id().is_some() {
+                                acked.push(id);
+                            }
+                        }
+                    }
+                    // The daemon is gone: everything not acknowledged may or may not land.
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    // Let objects land and commits happen, then kill mid-stream.
+    let landed = wait_for(Duration::from_secs(30), || async {
+        (d.metric("spillway_objects_written_total{stream=\"crash\"}") >= 3.0).then_some(())
+    })
+    .await;
+    assert!(
+        landed.is_some(),
+        "objects were being written before the kill"
+    );
+    d.kill9();
+    for p in producers {
+        p.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 1000, "load ran: {} acked", acked.len());
+
+    d.restart();
+    let all_there = wait_for(Duration::from_secs(60), || async {
+        let counts = delivered_counts(&s3, "crash").await;
+        acked
+            .iter()
+            .all(|id| counts.contains_key(id))
+            .then_some(counts)
+    })
+    .await;
+    let counts = all_there
+        .unwrap_or_else(|| panic!("not every acknowledged record was delivered after restart"));
+    assert_exactly_once(&counts, &acked);
+    assert!(d.terminate().success());
+    assert_exactly_once(&delivered_counts(&s3, "crash").await, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destination_outage_then_crash_then_recovery_loses_nothing() {
+    let mut s3 = S3Server::start();
+    s3.create_bucket("outage");
+    let config = format!(
+        "{}\n[upload]\nretry_initial_ms = 50\nretry_max_ms = 300\n",
+        s3.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "outage", s3_destination("outage", 1, 1)).await;
+
+    s3.stop();
+    let mut acked = Vec::new();
+    for i in 0..6u64 {
+        acked.extend(put_batch(&fh, "outage", i * 500..(i + 1) * 500, 1024).await);
+    }
+    assert_eq!(acked.len(), 3000, "the journal accepts while S3 is down");
+
+    // The outage is visible: failed uploads, growing freshness, a backlog of buffered bytes.
+    let seen = wait_for(Duration::from_secs(20), || async {
+        let failures = d.metric("spillway_upload_failures_total{stream=\"outage\"}");
+        let retries = d.metric("spillway_upload_retries_total{stream=\"outage\"}");
+        let fresh = d.metric("spillway_data_freshness_seconds{stream=\"outage\"}");
+        (failures >= 2.0 && retries >= 1.0 && fresh >= 2.0).then_some(())
+    })
+    .await;
+    assert!(seen.is_some(), "outage metrics:\n{}", d.get("/metrics").1);
+    assert!(d.metric("spillway_buffered_bytes{stream=\"outage\"}") >= 3000.0 * 1024.0);
+    assert!(d.log().contains("upload failed; will retry"));
+
+    // Half the outage recovers while running, then the daemon dies with uploads pending.
+    s3.resume();
+    let some = wait_for(Duration::from_secs(20), || async {
+        (d.metric("spillway_objects_written_total{stream=\"outage\"}") >= 1.0).then_some(())
+    })
+    .await;
+    assert!(some.is_some());
+    s3.stop();
+    acked.extend(put_batch(&fh, "outage", 10_000..10_500, 1024).await);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    d.kill9();
+
+    s3.resume();
+    d.restart();
+    let counts = wait_for(Duration::from_secs(60), || async {
+        let counts = delivered_counts(&s3, "outage").await;
+        acked
+            .iter()
+            .all(|id| counts.contains_key(id))
+            .then_some(counts)
+    })
+    .await
+    .expect("every acknowledged record delivered after recovery");
+    assert_exactly_once(&counts, &acked);
+    assert_eq!(counts.len(), acked.len());
+    assert!(d.terminate().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_gives_up_on_a_dead_destination_but_keeps_the_data() {
+    let mut s3 = S3Server::start();
+    s3.create_bucket("late");
+    let config = format!(
+        "shutdown_timeout_seconds = 2\n{}\n[upload]\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        s3.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "late", s3_destination("late", 1, 900)).await;
+    s3.stop();
+    let acked = put_batch(&fh, "late", 0..300, 1024).await;
+    assert_eq!(acked.len(), 300);
+    let status = d.terminate();
+    assert!(status.success(), "{status:?}");
+    assert!(d.log().contains("shutdown timeout reached"));
+
+    s3.resume();
+    d.restart();
+    let counts = wait_for(Duration::from_secs(30), || async {
+        let counts = delivered_counts(&s3, "late").await;
+        (counts.len() == 300).then_some(counts)
+    })
+    .await
+    .expect("the journal delivered what shutdown could not");
+    assert_exactly_once(&counts, &acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_after_an_unacknowledged_upload_overwrites_instead_of_duplicating() {
+    let s3 = S3Server::start();
+    s3.create_bucket("replay");
+    let proxy = HoldingProxy::start(s3.port);
+    let mut d = Daemon::start(&proxy.config());
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "replay", s3_destination("replay", 1, 1)).await;
+
+    // The object reaches S3, but the daemon never hears back: no commit can be recorded.
+    proxy.set_hold(true);
+    let acked = put_batch(&fh, "replay", 0..100, 256).await;
+    assert_eq!(acked.len(), 100);
+    let landed = wait_for(Duration::from_secs(20), || async {
+        let objs = objects(&s3.client("replay")).await;
+        (!objs.is_empty()).then_some(objs)
+    })
+    .await
+    .expect("the upload reached the server");
+    assert_eq!(landed.len(), 1);
+    assert_eq!(
+        d.metric("spillway_objects_written_total{stream=\"replay\"}"),
+        0.0
+    );
+    d.kill9();
+
+    // The restarted daemon replays the sealed batch under the same key: one object, not two.
+    proxy.set_hold(false);
+    d.restart();
+    let rewritten = wait_for(Duration::from_secs(20), || async {
+        (d.metric("spillway_objects_written_total{stream=\"replay\"}") >= 1.0).then_some(())
+    })
+    .await;
+    assert!(rewritten.is_some(), "replayed batch uploaded again");
+    let objs = objects(&s3.client("replay")).await;
+    assert_eq!(
+        objs.len(),
+        1,
+        "{:?}",
+        objs.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    assert_eq!(objs[0].0, landed[0].0);
+    assert_exactly_once(&delivered_counts(&s3, "replay").await, &acked);
+}
