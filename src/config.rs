@@ -89,7 +89,7 @@ struct RawJournal {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
-    /// Cap on record bytes held in memory across all streams; past it ingest is throttled. MiB; 256.
+    /// Cap on record bytes held in memory across all streams; past it ingest is throttled. MiB; 64.
     max_memory_mib: Option<u64>,
 }
 
@@ -279,7 +279,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         segment_bytes: positive("journal.segment_mib", raw.journal.segment_mib, 64) * MIB,
         max_bytes: positive("journal.max_mib", raw.journal.max_mib, 4096) * MIB,
     };
-    let max_memory_bytes = positive("buffer.max_memory_mib", raw.buffer.max_memory_mib, 256) * MIB;
+    let max_memory_bytes = positive("buffer.max_memory_mib", raw.buffer.max_memory_mib, 64) * MIB;
     let upload = UploadSettings {
         concurrency: positive(
             "upload.concurrency",
@@ -429,7 +429,7 @@ mod tests {
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(s.journal.fsync);
-        assert_eq!(s.max_memory_bytes, 256 * MIB);
+        assert_eq!(s.max_memory_bytes, 64 * MIB);
         assert!(
             matches!(s.store, StoreSettings::Local { ref root } if root == Path::new("spillway-data/buckets"))
         );
