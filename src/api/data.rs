@@ -11,7 +11,7 @@ use serde::Deserialize;
 
 use super::error::{ApiError, ErrorKind, from_json_error};
 use crate::catalog::Catalog;
-use crate::pipeline::{PutError, now_ms};
+use crate::pipeline::now_ms;
 
 pub const MAX_RECORDS: usize = 500;
 pub const MAX_RECORD_BYTES: usize = 1_024_000;
@@ -43,10 +43,8 @@ pub async fn put_record(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiEr
     let input: PutRecordIn<'_> = serde_json::from_slice(body).map_err(|e| from_json_error(&e))?;
     let records = decode(std::slice::from_ref(&input.record), "Record.Data")?;
     let entry = catalog.get(&input.name)?;
+    // A put that accepts nothing is an error, so the one record was accepted.
     let outcome = entry.runtime.put(now_ms(), records).await?;
-    if outcome.accepted == 0 {
-        return Err(PutError::Throttled("memory buffer is at its cap; retry later").into());
-    }
     let id = entry.runtime.shared().record_id(outcome.first);
     Ok(format!(r#"{{"RecordId":"{id}","Encrypted":false}}"#).into_bytes())
 }

@@ -102,6 +102,8 @@ pub struct Catalog {
     streams: RwLock<BTreeMap<StreamName, Arc<StreamEntry>>>,
     /// Names whose deletion is still draining; they cannot be re-created until it ends.
     deleting: Arc<Mutex<HashSet<StreamName>>>,
+    /// Serializes creations, so two creates of one name cannot both pass the existence check.
+    creating: tokio::sync::Mutex<()>,
     region: String,
 }
 
@@ -126,6 +128,7 @@ impl Catalog {
             streams_dir,
             streams: RwLock::new(BTreeMap::new()),
             deleting: Arc::default(),
+            creating: tokio::sync::Mutex::new(()),
             region,
         };
         let now = crate::pipeline::now_ms();
@@ -255,6 +258,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
         definition::validate(&destination).map_err(CatalogError::invalid)?;
+        let _creating = self.creating.lock().await;
         if self.get(name.as_str()).is_ok()
             || self
                 .deleting

@@ -127,6 +127,13 @@ impl Batcher {
     async fn resume(&mut self, replay: Replay) {
         let mut records = replay.records.into_iter().peekable();
         for seal in replay.pending_seals {
+            // Seals are written in position order, so no record should precede a pending seal
+            // unsealed; if one does, it becomes a batch of its own rather than being dropped.
+            while let Some(r) = records.next_if(|r| r.position < seal.start) {
+                self.shared.ctx.memory.force_reserve(r.data.len() as u64);
+                self.push(r.position, r.arrival_ms, r.data);
+            }
+            self.seal_open().await;
             let mut batch = Batch {
                 start: seal.start,
                 end: seal.end,
@@ -135,22 +142,26 @@ impl Batcher {
                 oldest_ms: u64::MAX,
             };
             while let Some(r) = records.next_if(|r| r.position < seal.end) {
-                if r.position < seal.start {
-                    continue;
-                }
                 batch.bytes += r.data.len() as u64;
                 batch.oldest_ms = batch.oldest_ms.min(r.arrival_ms);
                 batch.records.push(r.data);
             }
-            self.shared.ctx.memory.force_reserve(batch.bytes);
+            self.next = self.next.max(seal.end);
             match ObjectPlan::from_meta(&seal.meta) {
-                Ok(plan) => self.dispatch(batch, plan, false).await,
-                Err(e) => tracing::error!(
-                    stream = %self.shared.name,
-                    start = %seal.start,
-                    error = %e,
-                    "unreadable seal in the journal; its records stay there undelivered"
-                ),
+                Ok(plan) => {
+                    self.shared.ctx.memory.force_reserve(batch.bytes);
+                    self.dispatch(batch, plan, false).await;
+                }
+                Err(e) => {
+                    // Keep the journal from releasing these records; an operator can recover them.
+                    self.holding = true;
+                    tracing::error!(
+                        stream = %self.shared.name,
+                        start = %seal.start,
+                        error = %e,
+                        "unreadable seal in the journal; its records stay there undelivered"
+                    );
+                }
             }
         }
         for r in records {
