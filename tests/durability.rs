@@ -248,3 +248,55 @@ async fn replay_after_an_unacknowledged_upload_overwrites_instead_of_duplicating
     assert_eq!(objs[0].0, landed[0].0);
     assert_exactly_once(&delivered_counts(&s3, "replay").await, &acked);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_interrupted_by_kill_9_still_delivers_what_was_acknowledged() {
+    let mut s3 = S3Server::start();
+    s3.create_bucket("gone");
+    let config = format!(
+        "{}\n[upload]\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        s3.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "doomed", s3_destination("gone", 1, 900)).await;
+    s3.stop();
+    let acked = put_batch(&fh, "doomed", 0..200, 512).await;
+    fh.delete_delivery_stream()
+        .delivery_stream_name("doomed")
+        .send()
+        .await
+        .unwrap();
+    // The drain cannot finish while S3 is down; the daemon dies in the middle of it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    d.kill9();
+
+    s3.resume();
+    d.restart();
+    let fh = d.firehose_with_retries(1);
+    let counts = wait_for(Duration::from_secs(30), || async {
+        let counts = delivered_counts(&s3, "gone").await;
+        (counts.len() == acked.len()).then_some(counts)
+    })
+    .await
+    .expect("the resumed drain delivered the deleted stream's records");
+    assert_exactly_once(&counts, &acked);
+    let names = fh.list_delivery_streams().send().await.unwrap();
+    assert!(names.delivery_stream_names().is_empty());
+    // Once drained, the name is free and the directory gone.
+    let recreated = wait_for(Duration::from_secs(10), || {
+        let fh = fh.clone();
+        async move {
+            fh.create_delivery_stream()
+                .delivery_stream_name("doomed")
+                .extended_s3_destination_configuration(
+                    s3_destination("gone", 1, 60).build().unwrap(),
+                )
+                .send()
+                .await
+                .ok()
+        }
+    })
+    .await;
+    assert!(recreated.is_some());
+}

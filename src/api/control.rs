@@ -169,9 +169,9 @@ pub fn list(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     )
 }
 
-pub fn delete(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn delete(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let input: NameIn = parse(body)?;
-    catalog.delete(&input.delivery_stream_name)?;
+    catalog.delete(&input.delivery_stream_name).await?;
     Ok(b"{}".to_vec())
 }
 
@@ -188,7 +188,7 @@ struct UpdateIn {
     other: Map<String, Value>,
 }
 
-pub fn update(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn update(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     let input: UpdateIn = parse(body)?;
     if let Some(key) = input
         .other
@@ -216,11 +216,13 @@ pub fn update(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
             ));
         }
     };
-    catalog.update(
-        &input.delivery_stream_name,
-        &input.current_delivery_stream_version_id,
-        &input.destination_id,
-        update,
-    )?;
+    catalog
+        .update(
+            &input.delivery_stream_name,
+            &input.current_delivery_stream_version_id,
+            &input.destination_id,
+            update,
+        )
+        .await?;
     Ok(b"{}".to_vec())
 }

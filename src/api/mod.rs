@@ -170,8 +170,8 @@ async fn dispatch(api: &Api, operation: &str, body: &[u8]) -> Result<Vec<u8>, Ap
         "CreateDeliveryStream" => control::create(catalog, body).await,
         "DescribeDeliveryStream" => control::describe(catalog, body),
         "ListDeliveryStreams" => control::list(catalog, body),
-        "DeleteDeliveryStream" => control::delete(catalog, body),
-        "UpdateDestination" => control::update(catalog, body),
+        "DeleteDeliveryStream" => control::delete(catalog, body).await,
+        "UpdateDestination" => control::update(catalog, body).await,
         _ => Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!("Unknown operation {operation}."),

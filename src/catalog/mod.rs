@@ -102,12 +102,15 @@ pub struct Catalog {
     streams: RwLock<BTreeMap<StreamName, Arc<StreamEntry>>>,
     /// Names whose deletion is still draining; they cannot be re-created until it ends.
     deleting: Arc<Mutex<HashSet<StreamName>>>,
-    /// Serializes creations, so two creates of one name cannot both pass the existence check.
-    creating: tokio::sync::Mutex<()>,
+    /// Serializes create, update and delete, so none of them can interleave on one name.
+    control: tokio::sync::Mutex<()>,
     region: String,
 }
 
 const STREAM_FILE: &str = "stream.json";
+/// A deleted stream's definition, kept until its buffered records are delivered, so a crash
+/// during the drain resumes it instead of stranding acknowledged records.
+const DELETING_FILE: &str = "deleting.json";
 
 impl Catalog {
     /// Loads API-created streams from the data dir and the config file's streams, replaying
@@ -128,29 +131,40 @@ impl Catalog {
             streams_dir,
             streams: RwLock::new(BTreeMap::new()),
             deleting: Arc::default(),
-            creating: tokio::sync::Mutex::new(()),
+            control: tokio::sync::Mutex::new(()),
             region,
         };
         let now = crate::pipeline::now_ms();
         let mut persisted = Vec::new();
+        let mut draining = Vec::new();
         let mut orphans = Vec::new();
         let entries =
             std::fs::read_dir(&catalog.streams_dir).map_err(|e| OpenError::Persisted {
                 path: catalog.streams_dir.clone(),
                 message: e.to_string(),
             })?;
+        let read_record = |path: &Path| -> Result<Option<StreamRecord>, OpenError> {
+            match std::fs::read(path) {
+                Ok(bytes) => {
+                    serde_json::from_slice(&bytes)
+                        .map(Some)
+                        .map_err(|e| OpenError::Persisted {
+                            path: path.to_owned(),
+                            message: e.to_string(),
+                        })
+                }
+                Err(_) => Ok(None),
+            }
+        };
         for entry in entries.flatten() {
             let path = entry.path().join(STREAM_FILE);
-            match std::fs::read(&path) {
-                Ok(bytes) => {
-                    let record: StreamRecord =
-                        serde_json::from_slice(&bytes).map_err(|e| OpenError::Persisted {
-                            path: path.clone(),
-                            message: e.to_string(),
-                        })?;
-                    persisted.push((path, record));
-                }
-                Err(_) => orphans.push(entry.file_name()),
+            let marker = entry.path().join(DELETING_FILE);
+            if let Some(record) = read_record(&path)? {
+                persisted.push((path, record));
+            } else if let Some(record) = read_record(&marker)? {
+                draining.push(record);
+            } else {
+                orphans.push(entry.file_name());
             }
         }
         for (name, dest) in configured {
@@ -179,6 +193,12 @@ impl Catalog {
                     other => other,
                 })?;
         }
+        for record in draining {
+            let name = record.name.clone();
+            tracing::info!(stream = %name, "resuming the drain of a deleted delivery stream");
+            let entry = catalog.start_entry(record, Origin::Api).await?;
+            catalog.drain_deleted(entry);
+        }
         for name in orphans {
             let name = name.to_string_lossy();
             if !catalog
@@ -195,6 +215,19 @@ impl Catalog {
     }
 
     async fn start_stream(&self, record: StreamRecord, origin: Origin) -> Result<(), OpenError> {
+        let entry = self.start_entry(record, origin).await?;
+        self.streams
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(entry.name.clone(), entry);
+        Ok(())
+    }
+
+    async fn start_entry(
+        &self,
+        record: StreamRecord,
+        origin: Origin,
+    ) -> Result<Arc<StreamEntry>, OpenError> {
         let invalid = |message: String| OpenError::Persisted {
             path: self.streams_dir.join(&record.name),
             message,
@@ -212,17 +245,12 @@ impl Catalog {
             }),
         )
         .await?;
-        let entry = Arc::new(StreamEntry {
-            name: name.clone(),
+        Ok(Arc::new(StreamEntry {
+            name,
             origin,
             record: Mutex::new(record),
             runtime,
-        });
-        self.streams
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(name, entry);
-        Ok(())
+        }))
     }
 
     pub fn arn(&self, name: &str) -> String {
@@ -258,7 +286,7 @@ impl Catalog {
     ) -> Result<(), CatalogError> {
         let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
         definition::validate(&destination).map_err(CatalogError::invalid)?;
-        let _creating = self.creating.lock().await;
+        let _control = self.control.lock().await;
         if self.get(name.as_str()).is_ok()
             || self
                 .deleting
@@ -286,13 +314,14 @@ impl Catalog {
             .map_err(|e| CatalogError::Internal(e.to_string()))
     }
 
-    pub fn update(
+    pub async fn update(
         &self,
         name: &str,
         current_version: &str,
         destination_id: &str,
         update: S3Destination,
     ) -> Result<(), CatalogError> {
+        let _control = self.control.lock().await;
         let entry = self.get(name)?;
         if entry.origin == Origin::Config {
             return Err(CatalogError::Invalid(format!(
@@ -331,7 +360,8 @@ impl Catalog {
 
     /// Removes the stream from the API at once; its buffered records are still delivered in
     /// the background, after which its directory is removed.
-    pub fn delete(&self, name: &str) -> Result<(), CatalogError> {
+    pub async fn delete(&self, name: &str) -> Result<(), CatalogError> {
+        let _control = self.control.lock().await;
         let entry = self.get(name)?;
         if entry.origin == Origin::Config {
             return Err(CatalogError::Invalid(format!(
@@ -339,22 +369,31 @@ impl Catalog {
             )));
         }
         let dir = self.streams_dir.join(entry.name.as_str());
-        std::fs::remove_file(dir.join(STREAM_FILE))
-            .map_err(|e| CatalogError::Internal(format!("cannot remove stream definition: {e}")))?;
+        let marked = std::fs::rename(dir.join(STREAM_FILE), dir.join(DELETING_FILE))
+            .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+        marked.map_err(|e| CatalogError::Internal(format!("cannot mark stream deleted: {e}")))?;
         self.streams
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&entry.name);
+        self.drain_deleted(entry);
+        Ok(())
+    }
+
+    /// Delivers what a deleted stream still holds, then removes its directory. The name stays
+    /// taken until then.
+    fn drain_deleted(&self, entry: Arc<StreamEntry>) {
         self.deleting
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(entry.name.clone());
+        let dir = self.streams_dir.join(entry.name.as_str());
         let ctx = self.ctx.clone();
         let deleting = self.deleting.clone();
         self.ctx.tracker.spawn(async move {
             entry.runtime.close().await;
             if ctx.abandon.is_cancelled() {
-                // Shutdown gave up on some uploads: keep the journal for the next start.
+                // Shutdown gave up on some uploads: the marker makes the next start finish.
                 return;
             }
             if let Err(e) = tokio::fs::remove_dir_all(&dir).await {
@@ -367,7 +406,6 @@ impl Catalog {
                 .remove(&entry.name);
             tracing::info!(stream = %entry.name, "delivery stream deleted");
         });
-        Ok(())
     }
 
     fn persist(&self, record: &StreamRecord) -> Result<(), CatalogError> {

@@ -147,7 +147,17 @@ impl Batcher {
                 batch.records.push(r.data);
             }
             self.next = self.next.max(seal.end);
+            let complete = batch.records.len() as u64 == seal.end.0 - seal.start.0;
             match ObjectPlan::from_meta(&seal.meta) {
+                // Records of a sealed batch are only released after its commit is durable;
+                // if some are missing anyway, re-uploading would overwrite a complete object
+                // with a partial one under the same key.
+                Ok(plan) if !complete => tracing::error!(
+                    stream = %self.shared.name,
+                    start = %seal.start,
+                    key = %plan.key,
+                    "pending seal with records missing from the journal; not re-uploaded"
+                ),
                 Ok(plan) => {
                     self.shared.ctx.memory.force_reserve(batch.bytes);
                     self.dispatch(batch, plan, false).await;
@@ -171,6 +181,8 @@ impl Batcher {
                 self.seal_open().await;
             }
         }
+        let ctx = &self.shared.ctx;
+        ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
         self.publish_gauges();
     }
 
@@ -271,6 +283,9 @@ impl Batcher {
             // Sent from here rather than from the upload task so seals reach the journal in
             // position order. The journal thread never waits on this task, so this cannot deadlock.
             if self.ops.send(op).await.is_err() {
+                // The journal thread is gone: nothing can be sealed; keep what it holds.
+                self.in_flight.remove(&batch.start);
+                self.holding = true;
                 return;
             }
             Some((seal, answer))

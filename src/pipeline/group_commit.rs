@@ -65,7 +65,13 @@ pub fn run(
 ) {
     let stream = shared.name.clone();
     let mut to_pipeline = Some(to_pipeline);
-    let mut accounted_bytes = 0u64;
+    // A replayed journal counts against the cap from the start, not from its first write.
+    let mut accounted_bytes = journal.disk_bytes();
+    shared
+        .ctx
+        .journal_total
+        .fetch_add(accounted_bytes, Ordering::AcqRel);
+    shared.metrics.journal_bytes.set(accounted_bytes as i64);
     let mut batch = Vec::with_capacity(MAX_OPS_PER_COMMIT);
     loop {
         let Some(first) = ops.blocking_recv() else {
@@ -82,6 +88,11 @@ pub fn run(
         let mut appends = Vec::new();
         let mut seals = Vec::new();
         let mut stop = false;
+        // Input ends after this group's accepted appends are handed over, never before.
+        let mut end_input = false;
+        // Applied only once the group (and so every commit in it) is durable: a release must
+        // never outrun the commit that justifies it.
+        let mut release_to: Option<Position> = None;
         let mut write_error: Option<String> = None;
         for op in batch.drain(..) {
             match op {
@@ -90,7 +101,7 @@ pub fn run(
                     records,
                     reply,
                 } => {
-                    if to_pipeline.is_none() {
+                    if to_pipeline.is_none() || end_input {
                         let _ = reply.send(Err(AppendRefused::Closed));
                         continue;
                     }
@@ -117,11 +128,9 @@ pub fn run(
                     }
                 }
                 JournalOp::Release { low } => {
-                    if let Err(e) = journal.release(low) {
-                        tracing::warn!(stream = %stream, error = %e, "journal segments not released");
-                    }
+                    release_to = Some(release_to.map_or(low, |r| r.max(low)));
                 }
-                JournalOp::EndInput => to_pipeline = None,
+                JournalOp::EndInput => end_input = true,
                 JournalOp::Stop => stop = true,
             }
         }
@@ -151,6 +160,14 @@ pub fn run(
                 Some(e) => Err(e.clone()),
                 None => Ok(()),
             });
+        }
+        if end_input {
+            to_pipeline = None;
+        }
+        if let (Some(low), None) = (release_to, &write_error) {
+            if let Err(e) = journal.release(low) {
+                tracing::warn!(stream = %stream, error = %e, "journal segments not released");
+            }
         }
 
         let bytes = journal.disk_bytes();

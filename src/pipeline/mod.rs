@@ -212,6 +212,7 @@ impl StreamRuntime {
         };
         let refuse = |e: PutError| {
             ctx.memory.release(reserved);
+            ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
             metrics.throttled_records.inc_by(offered as u64);
             Err(e)
         };
