@@ -164,10 +164,10 @@ pub fn run(
         if end_input {
             to_pipeline = None;
         }
-        if let (Some(low), None) = (release_to, &write_error) {
-            if let Err(e) = journal.release(low) {
-                tracing::warn!(stream = %stream, error = %e, "journal segments not released");
-            }
+        if let (Some(low), None) = (release_to, &write_error)
+            && let Err(e) = journal.release(low)
+        {
+            tracing::warn!(stream = %stream, error = %e, "journal segments not released");
         }
 
         let bytes = journal.disk_bytes();
