@@ -96,7 +96,7 @@ struct RawBuffer {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawUpload {
-    /// Uploads in flight at once per stream. 4.
+    /// Uploads in flight at once per stream. 8.
     concurrency: Option<usize>,
     /// Objects at least this large are uploaded in parts. MiB; 16.
     multipart_threshold_mib: Option<u64>,
@@ -122,6 +122,9 @@ struct RawObjectStore {
     access_key_id: Option<String>,
     secret_access_key: Option<String>,
     allow_http: Option<bool>,
+    /// Put each object's SHA-256 in the request signature. Costs a hash of every byte; TLS
+    /// already protects integrity on the wire. false.
+    sign_payload: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -192,6 +195,7 @@ pub struct S3Settings {
     pub access_key_id: Option<String>,
     pub secret_access_key: Option<String>,
     pub allow_http: Option<bool>,
+    pub sign_payload: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -284,7 +288,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         concurrency: positive(
             "upload.concurrency",
             raw.upload.concurrency.map(|c| c as u64),
-            4,
+            8,
         ) as usize,
         multipart_threshold: positive(
             "upload.multipart_threshold_mib",
@@ -327,6 +331,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                 (os.access_key_id.is_some(), "access_key_id"),
                 (os.secret_access_key.is_some(), "secret_access_key"),
                 (os.allow_http.is_some(), "allow_http"),
+                (os.sign_payload.is_some(), "sign_payload"),
             ] {
                 if set {
                     problems.push(format!(
@@ -348,6 +353,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                 access_key_id: os.access_key_id,
                 secret_access_key: os.secret_access_key,
                 allow_http: os.allow_http,
+                sign_payload: os.sign_payload.unwrap_or(false),
             }))
         }
         other => {

@@ -26,6 +26,7 @@ pub struct Metrics {
     upload_seconds: HistogramVec,
     buffered_bytes: IntGaugeVec,
     journal_bytes: IntGaugeVec,
+    journal_sync_seconds: HistogramVec,
     freshness_seconds: IntGaugeVec,
     memory_reserved_bytes: IntGauge,
 }
@@ -46,6 +47,7 @@ pub struct StreamMetrics {
     pub upload_seconds: Histogram,
     pub buffered_bytes: IntGauge,
     pub journal_bytes: IntGauge,
+    pub journal_sync_seconds: Histogram,
     pub freshness_seconds: IntGauge,
 }
 
@@ -195,6 +197,13 @@ impl Metrics {
                 "Bytes of the stream's write-ahead log on disk.",
                 &["stream"],
             ),
+            journal_sync_seconds: histogram(
+                &r,
+                "spillway_journal_sync_duration_seconds",
+                "Group commits: time to write and fsync one group of journal entries.",
+                &["stream"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
             freshness_seconds: gauge(
                 &r,
                 "spillway_data_freshness_seconds",
@@ -222,6 +231,7 @@ impl Metrics {
             upload_seconds: self.upload_seconds.with_label_values(l),
             buffered_bytes: self.buffered_bytes.with_label_values(l),
             journal_bytes: self.journal_bytes.with_label_values(l),
+            journal_sync_seconds: self.journal_sync_seconds.with_label_values(l),
             freshness_seconds: self.freshness_seconds.with_label_values(l),
         }
     }
@@ -251,6 +261,7 @@ impl Metrics {
             let _ = vec.remove_label_values(l);
         }
         let _ = self.upload_seconds.remove_label_values(l);
+        let _ = self.journal_sync_seconds.remove_label_values(l);
     }
 
     pub fn api_request(&self, operation: &str, outcome: &str, seconds: f64) {

@@ -4,8 +4,7 @@
 
 use std::borrow::Cow;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD;
+use base64_simd::{Out, STANDARD};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
@@ -90,40 +89,38 @@ pub async fn put_record_batch(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>,
 
 /// Decodes every record into one buffer (one allocation per request) and slices it.
 fn decode(records: &[RecordIn<'_>], field: &str) -> Result<Vec<Bytes>, ApiError> {
-    let mut estimate = 0usize;
+    let invalid = |i: usize| {
+        ApiError::invalid(format!(
+            "{} is not valid base64 (standard alphabet, with padding).",
+            record_field(field, i)
+        ))
+    };
+    // Exact sizes first (from length and padding alone), so limits are checked before any
+    // decoding and the whole request decodes into one buffer of the right size.
+    let mut total = 0usize;
     for (i, r) in records.iter().enumerate() {
-        let max = base64::decoded_len_estimate(r.data.len());
-        // The estimate may exceed the true size by 2 bytes; check exactly after decoding.
-        if max > MAX_RECORD_BYTES + 2 {
-            return Err(too_large(field, i, max));
+        let size = STANDARD
+            .decoded_length(r.data.as_bytes())
+            .map_err(|_| invalid(i))?;
+        if size > MAX_RECORD_BYTES {
+            return Err(too_large(field, i, size));
         }
-        estimate += max;
+        total += size;
     }
-    if estimate > MAX_REQUEST_BYTES + 2 * records.len() {
-        return Err(request_too_large(estimate));
+    if total > MAX_REQUEST_BYTES {
+        return Err(request_too_large(total));
     }
-    let mut buf = BytesMut::zeroed(estimate);
+    let mut buf = BytesMut::zeroed(total);
     let mut ends = Vec::with_capacity(records.len());
     let mut at = 0;
     for (i, r) in records.iter().enumerate() {
         let written = STANDARD
-            .decode_slice(r.data.as_bytes(), &mut buf[at..])
-            .map_err(|e| {
-                ApiError::invalid(format!(
-                    "{} is not valid base64: {e}",
-                    record_field(field, i)
-                ))
-            })?;
-        if written > MAX_RECORD_BYTES {
-            return Err(too_large(field, i, written));
-        }
+            .decode(r.data.as_bytes(), Out::from_slice(&mut buf[at..]))
+            .map_err(|_| invalid(i))?
+            .len();
         at += written;
         ends.push(at);
     }
-    if at > MAX_REQUEST_BYTES {
-        return Err(request_too_large(at));
-    }
-    buf.truncate(at);
     let mut all = buf.freeze();
     let mut out = Vec::with_capacity(records.len());
     let mut start = 0;
@@ -164,6 +161,8 @@ fn request_too_large(size: usize) -> ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD;
 
     fn rec(data: &str) -> RecordIn<'_> {
         RecordIn {

@@ -135,7 +135,13 @@ pub fn run(
             }
         }
 
-        if let Err(e) = journal.sync() {
+        let started = std::time::Instant::now();
+        let synced = journal.sync();
+        shared
+            .metrics
+            .journal_sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        if let Err(e) = synced {
             tracing::error!(stream = %stream, error = %e, "journal sync failed");
             write_error = Some(e.to_string());
         }

@@ -166,6 +166,7 @@ fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3
     if let Some(allow) = s3.allow_http {
         b = b.with_allow_http(allow);
     }
+    b = b.with_unsigned_payload(!s3.sign_payload);
     b.with_retry(RetryConfig {
         // spillway's own loop retries forever with metrics; the client's retries only
         // smooth over a single dropped connection.
