@@ -14,7 +14,7 @@ example() {
   ' README.md
 }
 
-for name in run cli boto3 config; do
+for name in run cli boto3 config bench; do
   [ -n "$(example "$name")" ] || { echo "README has no '$name' example"; exit 1; }
 done
 
@@ -27,6 +27,7 @@ bash -c "$(example run)" >"$log" 2>&1 &
 launcher=$!
 cleanup() {
   pkill -TERM -f 'target/release/spillway$' 2>/dev/null || true
+  pkill -TERM -f 'spillway --data-dir /tmp/spillway-bench' 2>/dev/null || true
   kill "$launcher" 2>/dev/null || true
   rm -rf spillway-data
 }
@@ -59,4 +60,12 @@ wait "$launcher" || { cat "$log"; echo "daemon did not exit 0"; exit 1; }
 grep -q "stopped" "$log" || { cat "$log"; echo "no clean stop in the log"; exit 1; }
 lines=$(find spillway-data/buckets/game-data -name '*.gz' -print0 | xargs -0 zcat | wc -l)
 [ "$lines" -eq 103 ] || { echo "expected 103 delivered records, found $lines"; exit 1; }
-echo "README examples: 3 passed, 0 failed"
+rm -rf spillway-data
+
+echo "== README: benchmark command (load generator against a fresh daemon)"
+bench_out=$(bash -euo pipefail -c "$(example bench)" 2>&1)
+echo "$bench_out" | tail -14
+echo "$bench_out" | grep -q "payload MiB/s" || { echo "no benchmark result"; exit 1; }
+echo "$bench_out" | grep -Eq "delivered after +[0-9.]+ s" || { echo "not everything was delivered"; exit 1; }
+rm -rf /tmp/spillway-bench
+echo "README examples: 4 passed, 0 failed"
