@@ -40,6 +40,17 @@ pub struct Cli {
     /// Log format: `text` (human-readable, the default) or `json`. Overrides `log_format`.
     #[arg(long, value_name = "FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Where buckets live: `local` (directories under <data dir>/buckets, the default) or `s3`
+    /// (endpoint, region and credentials from the AWS_* environment variables or the file).
+    /// Overrides `object_store.kind`.
+    #[arg(long, value_name = "KIND", env = "SPILLWAY_OBJECT_STORE")]
+    pub object_store: Option<StoreKind>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Local,
+    S3,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -245,6 +256,7 @@ impl Settings {
             listen: None,
             data_dir: None,
             log_format: None,
+            object_store: None,
         };
         validate(raw, &cli).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
@@ -323,7 +335,12 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     }
 
     let os = raw.object_store;
-    let store = match os.kind.as_deref().unwrap_or("local") {
+    let kind = match cli.object_store {
+        Some(StoreKind::Local) => "local",
+        Some(StoreKind::S3) => "s3",
+        None => os.kind.as_deref().unwrap_or("local"),
+    };
+    let store = match kind {
         "local" => {
             for (set, key) in [
                 (os.endpoint.is_some(), "endpoint"),

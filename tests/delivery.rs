@@ -285,3 +285,43 @@ async fn large_objects_use_multipart_upload() {
     let ids = ids_in(&[objs[0].1.to_vec()]);
     assert_eq!(ids, (0..ids.len() as u64).collect::<Vec<_>>());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_from_the_environment_alone_and_json_logs() {
+    let s3 = S3Server::start();
+    s3.create_bucket("env-bucket");
+    // No config file: the store kind from a flag, everything else from AWS_* variables.
+    let d = Daemon::start_with(
+        "",
+        &["--object-store", "s3", "--log-format", "json"],
+        &[
+            ("AWS_ENDPOINT_URL_S3", &s3.endpoint()),
+            ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+            ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+            ("AWS_REGION", "us-east-1"),
+        ],
+    );
+    let fh = d.firehose();
+    create_stream(&fh, "env", s3_destination("env-bucket", 1, 1)).await;
+    put_batch(&fh, "env", 0..5, 100).await;
+    let objs = wait_for(Duration::from_secs(15), || async {
+        let objs = objects(&s3.client("env-bucket")).await;
+        (!objs.is_empty()).then_some(objs)
+    })
+    .await
+    .expect("delivered to the S3 server named by AWS_ENDPOINT_URL_S3");
+    assert_eq!(ids_in(&[objs[0].1.to_vec()]), [0, 1, 2, 3, 4]);
+    let log = d.log();
+    let mut lines = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v["level"].is_string() && v["fields"].is_object(), "{line}");
+        lines += 1;
+    }
+    assert!(lines >= 2, "{log}");
+    assert!(
+        log.contains("\"stream\":\"env\""),
+        "stream name on stream log lines: {log}"
+    );
+}

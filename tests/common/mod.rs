@@ -156,6 +156,7 @@ pub struct Daemon {
     _dir: Option<TempDir>,
     config: Option<PathBuf>,
     extra_args: Vec<String>,
+    extra_env: Vec<(String, String)>,
     child: Option<Child>,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,
@@ -176,6 +177,7 @@ impl Daemon {
             _dir: Some(dir),
             config: config_path,
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             log: Arc::default(),
@@ -184,9 +186,14 @@ impl Daemon {
         d
     }
 
-    pub fn start_with_args(config: &str, args: &[&str]) -> Daemon {
+    /// Starts with extra flags and environment variables.
+    pub fn start_with(config: &str, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let mut d = Daemon::start_stopped(config);
         d.extra_args = args.iter().map(|s| s.to_string()).collect();
+        d.extra_env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         d.launch(None);
         d
     }
@@ -204,6 +211,7 @@ impl Daemon {
             _dir: Some(dir),
             config: config_path,
             extra_args: Vec::new(),
+            extra_env: Vec::new(),
             child: None,
             addr: "127.0.0.1:0".parse().unwrap(),
             log: Arc::default(),
@@ -224,6 +232,8 @@ impl Daemon {
             .env("NO_COLOR", "1")
             .env_remove("AWS_ENDPOINT_URL")
             .env_remove("AWS_ENDPOINT_URL_S3")
+            .env_remove("SPILLWAY_OBJECT_STORE")
+            .envs(self.extra_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start spillway");
@@ -234,11 +244,12 @@ impl Daemon {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
                 if let Some(at) = line.find("listening on http://") {
-                    let addr = line[at + 20..]
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_string();
+                    // Text or JSON logs: the address runs until the first character that
+                    // cannot be part of it.
+                    let addr: String = line[at + 20..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
+                        .collect();
                     let _ = tx.send(addr);
                 }
                 let mut log = log.lock().unwrap();
