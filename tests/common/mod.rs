@@ -165,25 +165,7 @@ pub struct Daemon {
 impl Daemon {
     /// Starts with a config file holding `config` (none if empty) in a fresh data dir.
     pub fn start(config: &str) -> Daemon {
-        let dir = TempDir::new().unwrap();
-        let data_dir = dir.path().join("data");
-        let config_path = (!config.is_empty()).then(|| {
-            let p = dir.path().join("spillway.toml");
-            std::fs::write(&p, config).unwrap();
-            p
-        });
-        let mut d = Daemon {
-            data_dir,
-            _dir: Some(dir),
-            config: config_path,
-            extra_args: Vec::new(),
-            extra_env: Vec::new(),
-            child: None,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            log: Arc::default(),
-        };
-        d.launch(None);
-        d
+        Daemon::start_with(config, &[], &[])
     }
 
     /// Starts with extra flags and environment variables.
@@ -478,72 +460,5 @@ where
             return None;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-pub fn path_exists(p: &Path) -> bool {
-    p.exists()
-}
-
-/// A loopback TCP proxy in front of the S3 server. While `hold` is set, requests still reach
-/// the server (objects land) but answers are held back: the window between "the object is
-/// written" and "the daemon knows it", made as wide as a test needs.
-pub struct HoldingProxy {
-    pub port: u16,
-    pub hold: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl HoldingProxy {
-    pub fn start(target_port: u16) -> HoldingProxy {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let hold = Arc::new(AtomicBool::new(false));
-        let held = hold.clone();
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { break };
-                let Ok(server) = TcpStream::connect(("127.0.0.1", target_port)) else {
-                    continue;
-                };
-                let (mut c_read, mut s_write) =
-                    (client.try_clone().unwrap(), server.try_clone().unwrap());
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                    let _ = s_write.shutdown(std::net::Shutdown::Write);
-                });
-                let (mut s_read, mut c_write) = (server, client);
-                let held = held.clone();
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 64 * 1024];
-                    loop {
-                        let n = match s_read.read(&mut buf) {
-                            Ok(0) | Err(_) => break,
-                            Ok(n) => n,
-                        };
-                        while held.load(Ordering::Acquire) {
-                            std::thread::sleep(Duration::from_millis(10));
-                        }
-                        if c_write.write_all(&buf[..n]).is_err() {
-                            break;
-                        }
-                    }
-                    let _ = c_write.shutdown(std::net::Shutdown::Write);
-                });
-            }
-        });
-        HoldingProxy { port, hold }
-    }
-
-    pub fn set_hold(&self, on: bool) {
-        self.hold.store(on, std::sync::atomic::Ordering::Release);
-    }
-
-    /// The `[object_store]` section pointing spillway at the proxy.
-    pub fn config(&self) -> String {
-        format!(
-            "[object_store]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n",
-            self.port
-        )
     }
 }
