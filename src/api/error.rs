@@ -76,6 +76,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::InUse(_) => ErrorKind::ResourceInUse,
             CatalogError::Invalid(_) => ErrorKind::InvalidArgument,
             CatalogError::VersionMismatch { .. } => ErrorKind::ConcurrentModification,
+            CatalogError::Unavailable(_) => ErrorKind::ServiceUnavailable,
             CatalogError::Internal(detail) => {
                 tracing::error!(error = %detail, "control-plane operation failed");
                 return ApiError::new(ErrorKind::Internal, "internal error; see the daemon's log");

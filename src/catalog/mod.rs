@@ -69,6 +69,8 @@ pub enum CatalogError {
     #[error("Current delivery stream version {current} does not match {given}.")]
     VersionMismatch { current: u64, given: String },
     #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -104,6 +106,8 @@ pub struct Catalog {
     deleting: Arc<Mutex<HashSet<StreamName>>>,
     /// Serializes create, update and delete, so none of them can interleave on one name.
     control: tokio::sync::Mutex<()>,
+    /// Set when shutdown begins: a stream created after that would never be closed.
+    closing: std::sync::atomic::AtomicBool,
     region: String,
 }
 
@@ -132,6 +136,7 @@ impl Catalog {
             streams: RwLock::new(BTreeMap::new()),
             deleting: Arc::default(),
             control: tokio::sync::Mutex::new(()),
+            closing: Default::default(),
             region,
         };
         let now = crate::pipeline::now_ms();
@@ -287,6 +292,11 @@ impl Catalog {
         let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
         definition::validate(&destination).map_err(CatalogError::invalid)?;
         let _control = self.control.lock().await;
+        if self.closing.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(CatalogError::Unavailable(
+                "spillway is shutting down; create the stream after it restarts.".into(),
+            ));
+        }
         if self.get(name.as_str()).is_ok()
             || self
                 .deleting
@@ -431,6 +441,12 @@ impl Catalog {
     /// Stops every stream: each delivers what it holds (or leaves it in its journal if
     /// shutdown gives up), in parallel.
     pub async fn close(&self) {
+        {
+            // Taking the control lock orders this after any create in progress.
+            let _control = self.control.lock().await;
+            self.closing
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
         let entries = self.list();
         futures::future::join_all(entries.iter().map(|e| e.runtime.close())).await;
     }
