@@ -6,15 +6,19 @@
 //! | 1    | records | first position u64, count u32, then per record: arrival_ms u64, len u32, bytes |
 //! | 2    | seal    | start u64, end u64, meta (rest of the payload)                     |
 //! | 3    | commit  | start u64                                                          |
+//! | 4    | padding | zeros (any number); fills a direct-I/O write up to a block boundary |
 
 use std::ops::Range;
 
+use super::aligned::AlignedBuf;
 use super::{Position, RecordRef, Seal};
 
 pub(super) const KIND_HEADER: u8 = 0;
 pub(super) const KIND_RECORDS: u8 = 1;
 pub(super) const KIND_SEAL: u8 = 2;
 pub(super) const KIND_COMMIT: u8 = 3;
+/// Filler that means nothing; replay skips it wherever it appears after the header.
+pub(super) const KIND_PADDING: u8 = 4;
 
 const MAGIC: &[u8; 8] = b"SPWYWAL\0";
 const VERSION: u32 = 1;
@@ -36,7 +40,7 @@ pub(super) fn seal_payload_len(seal: &Seal) -> u64 {
     16 + seal.meta.len() as u64
 }
 
-pub(super) fn encode_header(buf: &mut Vec<u8>, first: Position) {
+pub(super) fn encode_header(buf: &mut AlignedBuf, first: Position) {
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(&VERSION.to_le_bytes());
     buf.extend_from_slice(&first.0.to_le_bytes());
@@ -44,7 +48,7 @@ pub(super) fn encode_header(buf: &mut Vec<u8>, first: Position) {
 
 /// The caller has checked `records_payload_len` against the frame limit, which also bounds the
 /// count and every record length by `u32::MAX`, so the `as u32` casts cannot truncate.
-pub(super) fn encode_records(buf: &mut Vec<u8>, first: Position, records: &[RecordRef<'_>]) {
+pub(super) fn encode_records(buf: &mut AlignedBuf, first: Position, records: &[RecordRef<'_>]) {
     buf.extend_from_slice(&first.0.to_le_bytes());
     buf.extend_from_slice(&(records.len() as u32).to_le_bytes());
     for record in records {
@@ -54,14 +58,18 @@ pub(super) fn encode_records(buf: &mut Vec<u8>, first: Position, records: &[Reco
     }
 }
 
-pub(super) fn encode_seal(buf: &mut Vec<u8>, seal: &Seal) {
+pub(super) fn encode_seal(buf: &mut AlignedBuf, seal: &Seal) {
     buf.extend_from_slice(&seal.start.0.to_le_bytes());
     buf.extend_from_slice(&seal.end.0.to_le_bytes());
     buf.extend_from_slice(&seal.meta);
 }
 
-pub(super) fn encode_commit(buf: &mut Vec<u8>, start: Position) {
+pub(super) fn encode_commit(buf: &mut AlignedBuf, start: Position) {
     buf.extend_from_slice(&start.0.to_le_bytes());
+}
+
+pub(super) fn encode_padding(buf: &mut AlignedBuf, len: usize) {
+    buf.extend_zeros(len);
 }
 
 /// A decoded entry. Records are only described here (position range); their bytes are read
@@ -72,6 +80,7 @@ pub(super) enum Entry {
     Records { first: Position, count: u32 },
     Seal(Seal),
     Commit { start: Position },
+    Padding,
 }
 
 /// Decodes and fully validates a payload (a CRC-valid frame that does not decode means a bug
@@ -116,6 +125,13 @@ pub(super) fn decode(kind: u8, payload: &[u8]) -> Result<Entry, &'static str> {
                 return Err("commit entry has trailing bytes");
             }
             Entry::Commit { start }
+        }
+        KIND_PADDING => {
+            // Only ever written as zeros: anything else under a valid CRC is not ours.
+            if payload.iter().any(|&b| b != 0) {
+                return Err("padding entry holds non-zero bytes");
+            }
+            Entry::Padding
         }
         _ => return Err("unknown entry kind"),
     };
@@ -214,7 +230,7 @@ mod tests {
 
     #[test]
     fn entries_roundtrip() {
-        let mut buf = Vec::new();
+        let mut buf = AlignedBuf::new();
         encode_header(&mut buf, Position(42));
         assert_eq!(
             decode(KIND_HEADER, &buf),
@@ -258,7 +274,7 @@ mod tests {
             vec![(5, &b"abc"[..]), (6, &b""[..]), (7, &b"zz"[..])]
         );
         assert!(decode(KIND_RECORDS, &buf[..buf.len() - 1]).is_err());
-        let mut longer = buf.clone();
+        let mut longer = buf.to_vec();
         longer.push(0);
         assert!(decode(KIND_RECORDS, &longer).is_err());
 
@@ -281,5 +297,52 @@ mod tests {
             })
         );
         assert!(decode(9, &buf).is_err());
+
+        for len in [0, 1, 4087] {
+            buf.clear();
+            encode_padding(&mut buf, len);
+            assert_eq!(buf.len(), len);
+            assert_eq!(decode(KIND_PADDING, &buf), Ok(Entry::Padding));
+            if len > 0 {
+                buf[len / 2] = 1;
+                assert!(decode(KIND_PADDING, &buf).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn padding_frame_roundtrip() {
+        use super::super::frame::{self, Next};
+
+        // A commit, a padding frame, a commit: the padding reads back as a whole, CRC-valid
+        // frame of its kind that decodes to nothing, and the frames around it are intact.
+        let mut buf = AlignedBuf::new();
+        for (kind, len) in [(KIND_COMMIT, 0), (KIND_PADDING, 300), (KIND_COMMIT, 0)] {
+            let start = frame::begin(&mut buf, kind);
+            if kind == KIND_PADDING {
+                encode_padding(&mut buf, len);
+            } else {
+                let at = Position(buf.len() as u64);
+                encode_commit(&mut buf, at);
+            }
+            frame::finish(&mut buf, start);
+        }
+        let mut reader = frame::Reader::new(&buf[..], buf.len() as u64);
+        let mut payload = Vec::new();
+        let mut entries = Vec::new();
+        while let Next::Frame { kind } = reader.next(&mut payload).expect("read") {
+            entries.push(decode(kind, &payload));
+        }
+        assert_eq!(reader.offset(), buf.len() as u64);
+        assert_eq!(
+            entries,
+            vec![
+                Ok(Entry::Commit { start: Position(9) }),
+                Ok(Entry::Padding),
+                Ok(Entry::Commit {
+                    start: Position((9 + 8 + 9 + 300 + 9) as u64)
+                }),
+            ]
+        );
     }
 }

@@ -6,6 +6,8 @@
 
 use std::io::{self, Read};
 
+use super::aligned::AlignedBuf;
+
 /// Bytes before the payload: length, CRC and kind.
 pub(super) const HEADER_LEN: usize = 9;
 
@@ -15,7 +17,7 @@ pub(super) const MAX_PAYLOAD: u64 = u32::MAX as u64;
 /// Starts a frame of `kind` at the end of `buf`; the caller appends the payload, then calls
 /// [`finish`] with the returned offset. Length and CRC are filled in afterwards so the payload
 /// can be serialized straight into `buf` without an intermediate copy.
-pub(super) fn begin(buf: &mut Vec<u8>, kind: u8) -> usize {
+pub(super) fn begin(buf: &mut AlignedBuf, kind: u8) -> usize {
     let start = buf.len();
     buf.extend_from_slice(&[0u8; HEADER_LEN - 1]);
     buf.push(kind);
@@ -130,11 +132,11 @@ mod tests {
     use super::*;
 
     fn frame(kind: u8, payload: &[u8]) -> Vec<u8> {
-        let mut buf = Vec::new();
+        let mut buf = AlignedBuf::new();
         let start = begin(&mut buf, kind);
         buf.extend_from_slice(payload);
         finish(&mut buf, start);
-        buf
+        buf.to_vec()
     }
 
     fn read_all(bytes: &[u8]) -> (Vec<(u8, Vec<u8>)>, Next, u64) {

@@ -13,13 +13,27 @@
 //!
 //! Layers, bottom up: [`frame`] (length + CRC + kind around a payload), [`entry`] (what the
 //! payload of each kind means), [`segment`] (file naming and listing), [`replay`] (reading a
-//! directory back), and this file (the write path, rolling and release).
+//! directory back), and this file (the write path, rolling and release), with [`aligned`] (the
+//! block-aligned write buffer) beside them.
 //!
 //! Crash safety rests on four rules: only the last segment may end in a torn frame, and open
 //! cuts it off before writing anything; a segment is fsynced before the next one is created;
 //! the directory is fsynced after segment files are created or deleted; and open never appends
 //! after a torn tail.
+//!
+//! Direct I/O ([`JournalOptions::direct_io`]) opens segment files with `O_DIRECT`, so writes go
+//! from the write buffer to the device without being copied into the page cache. That needs the
+//! buffer address, the write length and the file offset all to be multiples of 4096 (`BLOCK`):
+//! the buffer is an `AlignedBuf` ([`aligned`]), and before each write the buffered frames are
+//! topped up to a block boundary with a padding frame (kind 4, zeros), so every write starts
+//! where the previous one ended, on a boundary, and files grow in whole blocks. A direct write
+//! never touches a block written before, so a torn one can only damage bytes never synced, and
+//! the rules above hold unchanged. Replay skips padding in either mode, so a directory can
+//! switch between modes across reopens (a reused last segment that ends off a boundary is first
+//! padded to one with a buffered write). Where the file system refuses `O_DIRECT` (`EINVAL`,
+//! e.g. tmpfs on older kernels) the journal warns once and writes buffered.
 
+mod aligned;
 mod entry;
 mod error;
 mod frame;
@@ -37,6 +51,7 @@ use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
+use aligned::{AlignedBuf, BLOCK};
 pub use error::{OpenError, WriteError};
 
 /// Position of a record in the journal: consecutive, starting at 0 for a new journal, never
@@ -64,6 +79,10 @@ pub struct JournalOptions {
     /// `false`: `sync()` only hands bytes to the OS (survives a process crash, not power loss),
     /// and no file or directory is ever fsynced.
     pub fsync: bool,
+    /// Write segment files with `O_DIRECT`, bypassing the page cache (see the module doc).
+    /// Falls back to buffered writes, with a warning, where the file system refuses it; see
+    /// [`Journal::is_direct`].
+    pub direct_io: bool,
 }
 
 impl Default for JournalOptions {
@@ -71,6 +90,7 @@ impl Default for JournalOptions {
         JournalOptions {
             segment_bytes: 64 << 20,
             fsync: true,
+            direct_io: false,
         }
     }
 }
@@ -146,8 +166,12 @@ pub struct Journal {
     closed: VecDeque<Closed>,
     closed_bytes: u64,
     active: Active,
-    /// Serialized frames not yet handed to the OS; reused across syncs.
-    buf: Vec<u8>,
+    /// Serialized frames not yet handed to the OS; reused across syncs. Block-aligned for
+    /// direct writes.
+    buf: AlignedBuf,
+    /// Segment files are open with `O_DIRECT`: every write is padded to whole blocks, and
+    /// `active.written` is always a multiple of [`BLOCK`].
+    direct: bool,
     next: Position,
     /// Set when a write or fsync failed: what reached the disk is then unknown.
     failed: bool,
@@ -159,6 +183,7 @@ impl fmt::Debug for Journal {
             .field("dir", &self.dir)
             .field("next", &self.next)
             .field("segments", &self.segment_count())
+            .field("direct", &self.direct)
             .field("failed", &self.failed)
             .finish_non_exhaustive()
     }
@@ -174,9 +199,27 @@ fn write_io(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> WriteErr
     move |cause| WriteError::Io { op, path, cause }
 }
 
-fn push_header(buf: &mut Vec<u8>, first: Position) {
+fn push_header(buf: &mut AlignedBuf, first: Position) {
     let start = frame::begin(buf, entry::KIND_HEADER);
     entry::encode_header(buf, first);
+    frame::finish(buf, start);
+}
+
+/// Appends a padding frame so that `buf`, written at file offset `offset`, ends on a [`BLOCK`]
+/// boundary; nothing if it does already. A gap too short for a frame header is padded through
+/// to the following boundary.
+fn push_padding(buf: &mut AlignedBuf, offset: u64) {
+    let block = BLOCK as u64;
+    let over = (offset + buf.len() as u64) % block;
+    if over == 0 {
+        return;
+    }
+    let mut gap = (block - over) as usize;
+    if gap < frame::HEADER_LEN {
+        gap += BLOCK;
+    }
+    let start = frame::begin(buf, entry::KIND_PADDING);
+    entry::encode_padding(buf, gap - frame::HEADER_LEN);
     frame::finish(buf, start);
 }
 
@@ -195,6 +238,7 @@ impl Journal {
             segment::sync_dir(parent).map_err(open_io("fsync directory", parent))?;
         }
         let lock = lock_dir(dir)?;
+        let direct = opts.direct_io && direct_supported(dir)?;
 
         let listed = segment::list(dir).map_err(open_io("list directory", dir))?;
         let scan = replay::scan(&listed)?;
@@ -237,27 +281,29 @@ impl Journal {
         }
         let closed_bytes = closed.iter().map(|c| c.bytes).sum();
 
-        let mut buf = Vec::new();
+        let mut buf = AlignedBuf::new();
         let active = match scan.segments.last() {
             Some(last) if reuse_last => {
-                let file = OpenOptions::new()
-                    .append(true)
-                    .open(&last.path)
-                    .map_err(open_io("open", &last.path))?;
-                if last.valid_len == 0 {
+                let mut len = last.valid_len;
+                if direct && !len.is_multiple_of(BLOCK as u64) {
+                    len = pad_tail(&last.path, len, opts.fsync)?;
+                }
+                let file =
+                    open_segment(&last.path, false, direct).map_err(open_io("open", &last.path))?;
+                if len == 0 {
                     push_header(&mut buf, next);
                 }
                 Active {
                     first: next,
                     path: last.path.clone(),
                     file,
-                    written: last.valid_len,
-                    synced: last.valid_len,
+                    written: len,
+                    synced: len,
                 }
             }
             _ => {
                 let path = dir.join(segment::file_name(next));
-                let file = create_segment(&path).map_err(open_io("create", &path))?;
+                let file = open_segment(&path, true, direct).map_err(open_io("create", &path))?;
                 if opts.fsync {
                     segment::sync_dir(dir).map_err(open_io("fsync directory", dir))?;
                 }
@@ -280,12 +326,14 @@ impl Journal {
             closed_bytes,
             active,
             buf,
+            direct,
             next,
             failed: false,
         };
         tracing::debug!(
             dir = %dir.display(),
             next = next.0,
+            direct,
             segments = journal.segment_count(),
             records = replay.records.len(),
             pending_seals = replay.pending_seals.len(),
@@ -386,7 +434,8 @@ impl Journal {
         Ok(())
     }
 
-    /// Bytes across live segments, including appended bytes still buffered in memory.
+    /// Bytes across live segments, including appended bytes still buffered in memory and the
+    /// padding of direct writes (once written).
     pub fn disk_bytes(&self) -> u64 {
         self.closed_bytes + self.active.written + self.buf.len() as u64
     }
@@ -403,6 +452,12 @@ impl Journal {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether segments are written with `O_DIRECT`: asked for in the options and accepted by
+    /// the file system.
+    pub fn is_direct(&self) -> bool {
+        self.direct
     }
 
     fn check_usable(&self) -> Result<(), WriteError> {
@@ -456,7 +511,7 @@ impl Journal {
         // Durable before its successor exists, so only the last segment can ever be torn.
         self.sync_active()?;
         let path = self.dir.join(segment::file_name(self.next));
-        let file = create_segment(&path).map_err(write_io("create", &path))?;
+        let file = open_segment(&path, true, self.direct).map_err(write_io("create", &path))?;
         if self.opts.fsync {
             segment::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir))?;
         }
@@ -483,6 +538,12 @@ impl Journal {
         if self.buf.is_empty() {
             return Ok(());
         }
+        if self.direct {
+            push_padding(&mut self.buf, self.active.written);
+            debug_assert!(self.buf.is_aligned());
+            debug_assert!(self.buf.len().is_multiple_of(BLOCK));
+            debug_assert!(self.active.written.is_multiple_of(BLOCK as u64));
+        }
         self.active
             .file
             .write_all(&self.buf)
@@ -507,8 +568,72 @@ impl Journal {
     }
 }
 
-fn create_segment(path: &Path) -> io::Result<File> {
-    OpenOptions::new().append(true).create_new(true).open(path)
+/// Opens a segment file for appending; `create`: a new one, which must not exist yet.
+fn open_segment(path: &Path, create: bool, direct: bool) -> io::Result<File> {
+    let mut options = OpenOptions::new();
+    options.append(true).create_new(create);
+    if direct {
+        set_direct(&mut options);
+    }
+    options.open(path)
+}
+
+#[cfg(target_os = "linux")]
+fn set_direct(options: &mut OpenOptions) {
+    use std::os::unix::fs::OpenOptionsExt;
+    options.custom_flags(libc::O_DIRECT);
+}
+
+/// Never called: [`direct_supported`] says no on these platforms.
+#[cfg(not(target_os = "linux"))]
+fn set_direct(_options: &mut OpenOptions) {}
+
+/// Whether `dir`'s file system takes `O_DIRECT`, tried on the lock file (a regular file that
+/// exists by now). `EINVAL` (e.g. tmpfs) means no: the journal writes buffered and warns once.
+fn direct_supported(dir: &Path) -> Result<bool, OpenError> {
+    if !cfg!(target_os = "linux") {
+        tracing::warn!(
+            dir = %dir.display(),
+            "O_DIRECT is not supported on this platform; the journal writes through the page cache"
+        );
+        return Ok(false);
+    }
+    let path = dir.join(LOCK_FILE);
+    let mut options = OpenOptions::new();
+    options.read(true);
+    set_direct(&mut options);
+    direct_probed(dir, &path, options.open(&path))
+}
+
+/// [`direct_supported`]'s verdict on its probe `opened`.
+fn direct_probed(dir: &Path, path: &Path, opened: io::Result<File>) -> Result<bool, OpenError> {
+    match opened {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(
+                dir = %dir.display(),
+                "the file system does not support O_DIRECT; the journal writes through the page cache"
+            );
+            Ok(false)
+        }
+        Err(e) => Err(open_io("open with O_DIRECT", path)(e)),
+    }
+}
+
+/// Brings a segment that ends off a block boundary (written buffered, or cut back to a frame
+/// boundary after a crash) to one with a padding frame, so direct writes can follow. Returns
+/// the new length. Written buffered (the offset is not aligned), so like any buffered append
+/// it rewrites the partial last block. Made durable first when fsyncing: a hole in front of
+/// later synced frames would read as a torn tail and cut them off.
+fn pad_tail(path: &Path, len: u64, fsync: bool) -> Result<u64, OpenError> {
+    let mut padding = AlignedBuf::new();
+    push_padding(&mut padding, len);
+    let mut file = open_segment(path, false, false).map_err(open_io("open", path))?;
+    file.write_all(&padding).map_err(open_io("pad", path))?;
+    if fsync {
+        file.sync_data().map_err(open_io("fsync", path))?;
+    }
+    Ok(len + padding.len() as u64)
 }
 
 fn lock_dir(dir: &Path) -> Result<File, OpenError> {

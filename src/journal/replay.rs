@@ -156,6 +156,9 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 Entry::Commit { start } => {
                     scan.commits.insert(start);
                 }
+                // Direct-I/O filler up to a block boundary; the header check above still
+                // requires a header first.
+                Entry::Padding => {}
             }
         }
         scan.segments.push(ScannedSegment {

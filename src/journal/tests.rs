@@ -12,11 +12,63 @@ fn opts(segment_bytes: u64) -> JournalOptions {
     JournalOptions {
         segment_bytes,
         fsync: false,
+        direct_io: false,
     }
 }
 
 fn open(dir: &Path, segment_bytes: u64) -> (Journal, Replay) {
-    Journal::open(dir, opts(segment_bytes)).expect("open journal")
+    open_with(dir, segment_bytes, false)
+}
+
+/// Opens with `direct_io`, and checks the journal really writes direct when the file system
+/// takes `O_DIRECT` (and falls back when it does not).
+fn open_with(dir: &Path, segment_bytes: u64, direct: bool) -> (Journal, Replay) {
+    let opts = JournalOptions {
+        direct_io: direct,
+        ..opts(segment_bytes)
+    };
+    let (journal, replay) = Journal::open(dir, opts).expect("open journal");
+    assert_eq!(journal.is_direct(), direct && fs_supports_direct(dir));
+    (journal, replay)
+}
+
+/// A temporary directory where direct I/O works if the disk takes it: under the repository's
+/// `target/`, since the system's temporary directory may be tmpfs (no `O_DIRECT`).
+pub(super) fn direct_tempdir() -> tempfile::TempDir {
+    let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target");
+    fs::create_dir_all(&base).expect("create target directory");
+    tempfile::tempdir_in(base).expect("tempdir under target")
+}
+
+/// A temporary directory for a test in direct or buffered mode.
+pub(super) fn tempdir_for(direct: bool) -> tempfile::TempDir {
+    if direct {
+        direct_tempdir()
+    } else {
+        tempfile::tempdir().expect("tempdir")
+    }
+}
+
+/// Whether files in `dir` open with `O_DIRECT`, checked without the journal's help.
+#[cfg(target_os = "linux")]
+pub(super) fn fs_supports_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("direct-probe");
+    let supported = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+        .is_ok();
+    // The file can exist even when the open failed (created before the flag is checked).
+    let _ = fs::remove_file(&path);
+    supported
+}
+
+#[cfg(not(target_os = "linux"))]
+pub(super) fn fs_supports_direct(_dir: &Path) -> bool {
+    false
 }
 
 /// (position, arrival, bytes) of every replayed record.
@@ -98,17 +150,19 @@ fn position_basics() {
 
 #[test]
 fn roundtrip_across_reopen() {
-    for fsync in [false, true] {
-        let tmp = tempfile::tempdir().expect("tempdir");
+    for (fsync, direct) in [(false, false), (true, false), (false, true), (true, true)] {
+        let tmp = tempdir_for(direct);
         let dir = tmp.path().join("nested/stream");
         let (mut journal, replay) = Journal::open(
             &dir,
             JournalOptions {
                 segment_bytes: 1 << 20,
                 fsync,
+                direct_io: direct,
             },
         )
         .expect("open");
+        assert_eq!(journal.is_direct(), direct && fs_supports_direct(&dir));
         assert_eq!(replay, Replay::default());
         assert_eq!(journal.next_position(), Position(0));
         let mut expected = append(&mut journal, &[10, 0, 1024]);
@@ -126,6 +180,7 @@ fn roundtrip_across_reopen() {
             JournalOptions {
                 segment_bytes: 1 << 20,
                 fsync,
+                direct_io: direct,
             },
         )
         .expect("reopen");
@@ -237,8 +292,18 @@ fn a_second_open_of_the_same_directory_is_refused() {
 
 #[test]
 fn rolling_and_release_delete_only_fully_released_segments() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    rolling_and_release(false);
+}
+
+#[test]
+fn direct_rolling_and_release_delete_only_fully_released_segments() {
+    rolling_and_release(true);
+}
+
+fn rolling_and_release(direct: bool) {
+    let tmp = tempdir_for(direct);
     let dir = tmp.path();
+    let open = |dir: &Path, segment_bytes| open_with(dir, segment_bytes, direct);
     let (mut journal, _) = open(dir, 256);
     let mut all = Vec::new();
     for _ in 0..20 {
@@ -294,8 +359,18 @@ fn rolling_and_release_delete_only_fully_released_segments() {
 
 #[test]
 fn next_position_survives_reopens_without_records() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    next_position_without_records(false);
+}
+
+#[test]
+fn direct_next_position_survives_reopens_without_records() {
+    next_position_without_records(true);
+}
+
+fn next_position_without_records(direct: bool) {
+    let tmp = tempdir_for(direct);
     let dir = tmp.path();
+    let open = |dir: &Path, segment_bytes| open_with(dir, segment_bytes, direct);
     let (mut journal, _) = open(dir, 1 << 20);
     append(&mut journal, &[4; 5]);
     journal.append_seal(&seal(0, 5, "all")).expect("seal");
@@ -328,8 +403,15 @@ fn next_position_survives_reopens_without_records() {
 
 #[test]
 fn seals_and_commits_alone_do_not_roll_into_a_name_clash() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    for direct in [false, true] {
+        seals_and_commits_alone(direct);
+    }
+}
+
+fn seals_and_commits_alone(direct: bool) {
+    let tmp = tempdir_for(direct);
     let dir = tmp.path();
+    let open = |dir: &Path, segment_bytes| open_with(dir, segment_bytes, direct);
     let (mut journal, _) = open(dir, 64);
     append(&mut journal, &[100]);
     journal
@@ -351,8 +433,15 @@ fn seals_and_commits_alone_do_not_roll_into_a_name_clash() {
 
 #[test]
 fn one_append_larger_than_a_segment_and_the_flush_threshold() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    for direct in [false, true] {
+        one_large_append(direct);
+    }
+}
+
+fn one_large_append(direct: bool) {
+    let tmp = tempdir_for(direct);
     let dir = tmp.path();
+    let open = |dir: &Path, segment_bytes| open_with(dir, segment_bytes, direct);
     let (mut journal, _) = open(dir, 1 << 20);
     let mut expected = append(&mut journal, &[10]);
     expected.extend(append(&mut journal, &[FLUSH_BYTES + 1000, 3]));
@@ -368,8 +457,18 @@ fn one_append_larger_than_a_segment_and_the_flush_threshold() {
 
 #[test]
 fn torn_tail_is_cut_without_losing_synced_entries() {
-    let tmp = tempfile::tempdir().expect("tempdir");
+    torn_tail(false);
+}
+
+#[test]
+fn direct_torn_tail_is_cut_without_losing_synced_entries() {
+    torn_tail(true);
+}
+
+fn torn_tail(direct: bool) {
+    let tmp = tempdir_for(direct);
     let source = tmp.path().join("source");
+    let open = |dir: &Path, segment_bytes| open_with(dir, segment_bytes, direct);
     let (mut journal, _) = open(&source, 1 << 20);
     let mut all = append(&mut journal, &[30, 0, 12]);
     journal.append_seal(&seal(0, 2, "s")).expect("seal");
@@ -383,6 +482,11 @@ fn torn_tail_is_cut_without_losing_synced_entries() {
     drop(journal);
     let full_len = fs::metadata(&last).expect("stat").len();
     let last_name = last.file_name().expect("file name").to_owned();
+    if direct && fs_supports_direct(&source) {
+        // Each sync wrote whole blocks.
+        assert_eq!(synced_len, BLOCK as u64);
+        assert_eq!(full_len, 2 * BLOCK as u64);
+    }
 
     // Whatever happened to the tail, replay is a prefix of what was appended that holds
     // everything synced before the tail, and the commit is all-or-nothing.
@@ -402,8 +506,14 @@ fn torn_tail_is_cut_without_losing_synced_entries() {
 
     let mut rng = StdRng::seed_from_u64(0x5eed);
     let mut cases = 0;
-    for cut in synced_len..full_len {
-        let work = tempfile::tempdir().expect("tempdir");
+    // Every cut through the frames; in direct mode the rest of the block is padding, so a
+    // sample of cuts through it (and its last byte).
+    let cuts = (synced_len..full_len).filter(|cut| {
+        let into = cut - synced_len;
+        !direct || into < 300 || into.is_multiple_of(97) || cut + 1 == full_len
+    });
+    for cut in cuts {
+        let work = tempdir_for(direct);
         copy_dir(&source, work.path());
         let file = fs::OpenOptions::new()
             .write(true)
@@ -414,7 +524,7 @@ fn torn_tail_is_cut_without_losing_synced_entries() {
         cases += 1;
     }
     for _ in 0..40 {
-        let work = tempfile::tempdir().expect("tempdir");
+        let work = tempdir_for(direct);
         copy_dir(&source, work.path());
         let path = work.path().join(&last_name);
         let mut bytes = fs::read(&path).expect("read");
@@ -448,8 +558,19 @@ fn torn_tail_is_cut_without_losing_synced_entries() {
     }
     assert!(cases > 40);
 
+    // A hole of zeros inside the tail with good bytes after it (blocks of one write landing
+    // out of order) is cut at the hole.
+    let work = tempdir_for(direct);
+    copy_dir(&source, work.path());
+    let path = work.path().join(&last_name);
+    let mut bytes = fs::read(&path).expect("read");
+    let hole = synced_len as usize + 10..(synced_len as usize + 522).min(bytes.len() - 1);
+    bytes[hole].fill(0);
+    fs::write(&path, &bytes).expect("write");
+    drop(check(work.path(), "hole"));
+
     // A torn tail full of zeros (file size grew, data never landed) is cut too.
-    let work = tempfile::tempdir().expect("tempdir");
+    let work = tempdir_for(direct);
     copy_dir(&source, work.path());
     let file = fs::OpenOptions::new()
         .write(true)
@@ -557,6 +678,7 @@ fn fsync_mode_rolls_releases_and_reopens() {
     let fsync = JournalOptions {
         segment_bytes: 300,
         fsync: true,
+        direct_io: false,
     };
     let (mut journal, _) = Journal::open(dir, fsync).expect("open");
     let mut all = Vec::new();
@@ -575,4 +697,227 @@ fn fsync_mode_rolls_releases_and_reopens() {
     let (journal, replay) = Journal::open(dir, fsync).expect("reopen");
     assert_eq!(records(&replay), all[6..].to_vec());
     assert_eq!(journal.next_position(), Position(16));
+}
+
+/// Buffers a padding frame of `len` payload bytes, as the direct write path would.
+fn buffer_padding(journal: &mut Journal, len: usize) {
+    let start = frame::begin(&mut journal.buf, entry::KIND_PADDING);
+    entry::encode_padding(&mut journal.buf, len);
+    frame::finish(&mut journal.buf, start);
+}
+
+fn assert_whole_blocks(dir: &Path) {
+    for path in segment_files(dir) {
+        let len = fs::metadata(&path).expect("stat").len();
+        assert_eq!(len % BLOCK as u64, 0, "{} is {len} bytes", path.display());
+    }
+}
+
+#[test]
+fn padding_reaches_the_next_block_boundary() {
+    let block = BLOCK as u64;
+    let mut buf = AlignedBuf::new();
+    let mut payload = Vec::new();
+    for offset in [0, block, 3 * block, 100, block + 4090] {
+        // Every length within 40 bytes of a boundary, and a sample in between.
+        let lens = (0..2 * BLOCK + 40).filter(|len| {
+            let into = len % BLOCK;
+            !(40..=BLOCK - 40).contains(&into) || len.is_multiple_of(331)
+        });
+        for len in lens {
+            buf.clear();
+            buf.extend_zeros(len);
+            buf.push(0xee);
+            let len = len + 1;
+            push_padding(&mut buf, offset);
+            let end = offset + buf.len() as u64;
+            assert_eq!(end % block, 0, "offset {offset} len {len}");
+            let added = buf.len() - len;
+            if (offset + len as u64).is_multiple_of(block) {
+                assert_eq!(added, 0);
+                continue;
+            }
+            assert!(
+                (frame::HEADER_LEN..BLOCK + frame::HEADER_LEN).contains(&added),
+                "offset {offset} len {len}: {added} bytes of padding"
+            );
+            // The padding is one whole, CRC-valid padding frame.
+            let tail = &buf[len..];
+            let mut reader = frame::Reader::new(tail, tail.len() as u64);
+            assert_eq!(
+                reader.next(&mut payload).expect("read"),
+                frame::Next::Frame {
+                    kind: entry::KIND_PADDING
+                }
+            );
+            assert_eq!(
+                entry::decode(entry::KIND_PADDING, &payload),
+                Ok(entry::Entry::Padding)
+            );
+            assert_eq!(reader.next(&mut payload).expect("read"), frame::Next::End);
+        }
+    }
+}
+
+#[test]
+fn replay_skips_padding_between_entries() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let (mut journal, _) = open(dir, 2000);
+    // Right after the header, between records, seals and commits, at the end of closed
+    // segments and of the last one.
+    buffer_padding(&mut journal, 0);
+    let mut all = append(&mut journal, &[10, 3]);
+    buffer_padding(&mut journal, 1);
+    buffer_padding(&mut journal, 4087);
+    all.extend(append(&mut journal, &[700]));
+    journal.append_seal(&seal(0, 2, "a")).expect("seal");
+    buffer_padding(&mut journal, 20);
+    journal.append_commit(Position(0)).expect("commit");
+    journal.sync().expect("sync");
+    for i in 0..6 {
+        buffer_padding(&mut journal, 500 * i);
+        all.extend(append(&mut journal, &[300 * i]));
+        buffer_padding(&mut journal, 9);
+        journal.sync().expect("sync");
+    }
+    journal.append_seal(&seal(2, 5, "b")).expect("seal");
+    buffer_padding(&mut journal, 5000);
+    journal.sync().expect("sync");
+    assert!(journal.segment_count() >= 3);
+    assert_eq!(journal.disk_bytes(), files_bytes(dir));
+    drop(journal);
+
+    let (journal, replay) = open(dir, 2000);
+    assert_eq!(records(&replay), all[2..].to_vec());
+    assert_eq!(replay.pending_seals, vec![seal(2, 5, "b")]);
+    assert_eq!(journal.next_position().0 as usize, all.len());
+}
+
+#[test]
+fn misplaced_or_nonzero_padding_is_corrupt() {
+    // Padding in place of the header.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut buf = AlignedBuf::new();
+    let start = frame::begin(&mut buf, entry::KIND_PADDING);
+    entry::encode_padding(&mut buf, 10);
+    frame::finish(&mut buf, start);
+    push_header(&mut buf, Position(0));
+    fs::write(tmp.path().join(segment::file_name(Position(0))), &buf[..]).expect("write");
+    let err = Journal::open(tmp.path(), opts(1 << 20)).expect_err("padding first");
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+
+    // A CRC-valid padding frame holding something other than zeros, even in the last
+    // segment's tail, is not a torn write.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut journal, _) = open(tmp.path(), 1 << 20);
+    append(&mut journal, &[5]);
+    let start = frame::begin(&mut journal.buf, entry::KIND_PADDING);
+    journal.buf.extend_from_slice(&[0, 0, 1]);
+    frame::finish(&mut journal.buf, start);
+    journal.sync().expect("sync");
+    drop(journal);
+    let err = Journal::open(tmp.path(), opts(1 << 20)).expect_err("non-zero padding");
+    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+}
+
+#[test]
+fn direct_mode_roundtrip_across_reopens_and_mode_switches() {
+    let tmp = direct_tempdir();
+    let dir = tmp.path();
+    let supported = fs_supports_direct(dir);
+    let direct = JournalOptions {
+        segment_bytes: 3 * BLOCK as u64,
+        fsync: true,
+        direct_io: true,
+    };
+    let buffered = JournalOptions {
+        direct_io: false,
+        ..direct
+    };
+    let check_files = |journal: &Journal| {
+        assert_eq!(journal.disk_bytes(), files_bytes(dir));
+        if supported {
+            assert_whole_blocks(dir);
+        }
+    };
+
+    let (mut journal, _) = Journal::open(dir, direct).expect("open");
+    assert_eq!(journal.is_direct(), supported);
+    let mut all = Vec::new();
+    for i in 0..12 {
+        all.extend(append(&mut journal, &[100 * i, 7, 0]));
+        if i % 3 == 0 {
+            // Spans blocks, and the flush of a full segment happens on the next append.
+            all.extend(append(&mut journal, &[6000]));
+        }
+        journal.sync().expect("sync");
+        check_files(&journal);
+    }
+    let segments = journal.segment_count();
+    assert!(segments >= 4, "{segments} segments");
+    journal.append_seal(&seal(0, 10, "a")).expect("seal");
+    journal.append_commit(Position(0)).expect("commit");
+    journal.sync().expect("sync");
+    journal.release(Position(10)).expect("release");
+    assert!(journal.segment_count() < segments);
+    assert_eq!(journal.segment_count(), segment_files(dir).len());
+    check_files(&journal);
+    drop(journal);
+
+    let (journal, replay) = Journal::open(dir, direct).expect("reopen");
+    assert_eq!(records(&replay), all[10..].to_vec());
+    assert!(replay.pending_seals.is_empty());
+    assert_eq!(journal.next_position().0 as usize, all.len());
+    drop(journal);
+
+    // Buffered: the last segment (no records yet) is reused and gets a seal, ending off a
+    // block boundary.
+    let (mut journal, _) = Journal::open(dir, buffered).expect("reopen buffered");
+    assert!(!journal.is_direct());
+    let next = all.len() as u64;
+    journal.append_seal(&seal(10, next, "b")).expect("seal");
+    journal.sync().expect("sync");
+    drop(journal);
+    let last = segment_files(dir).pop().expect("a segment");
+    assert_ne!(fs::metadata(&last).expect("stat").len() % BLOCK as u64, 0);
+
+    // Direct again: the reused segment is padded to a boundary before direct writes follow.
+    let (mut journal, replay) = Journal::open(dir, direct).expect("reopen direct");
+    assert_eq!(replay.pending_seals, vec![seal(10, next, "b")]);
+    assert_eq!(segment_files(dir).pop(), Some(last));
+    check_files(&journal);
+    all.extend(append(&mut journal, &[50, 5000]));
+    journal.sync().expect("sync");
+    check_files(&journal);
+    drop(journal);
+
+    let (mut journal, replay) = Journal::open(dir, direct).expect("reopen direct");
+    assert_eq!(records(&replay), all[10..].to_vec());
+    assert_eq!(replay.pending_seals, vec![seal(10, next, "b")]);
+    journal.append_commit(Position(10)).expect("commit");
+    journal.sync().expect("sync");
+    journal.release(Position(next)).expect("release");
+    check_files(&journal);
+    drop(journal);
+
+    // And the direct-written files read back buffered.
+    let (journal, replay) = Journal::open(dir, buffered).expect("reopen buffered");
+    assert_eq!(records(&replay), all[next as usize..].to_vec());
+    assert!(replay.pending_seals.is_empty());
+    assert_eq!(journal.next_position().0 as usize, all.len());
+}
+
+#[test]
+fn o_direct_refused_with_einval_falls_back_to_buffered() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let path = dir.join(LOCK_FILE);
+    let einval = io::Error::from_raw_os_error(libc::EINVAL);
+    assert!(!direct_probed(dir, &path, Err(einval)).expect("EINVAL is a fallback"));
+    let eacces = io::Error::from_raw_os_error(libc::EACCES);
+    let err = direct_probed(dir, &path, Err(eacces)).expect_err("other errors fail the open");
+    assert!(matches!(err, OpenError::Io { .. }), "{err}");
+    let file = File::create(&path).expect("create");
+    assert!(direct_probed(dir, &path, Ok(file)).expect("opened"));
 }

@@ -109,6 +109,7 @@ impl StreamRuntime {
         let opts = JournalOptions {
             segment_bytes: ctx.journal.segment_bytes,
             fsync: ctx.journal.fsync,
+            direct_io: ctx.journal.direct_io,
         };
         let journal_dir = dir.join("journal");
         let opened = tokio::task::spawn_blocking({
