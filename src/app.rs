@@ -52,6 +52,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         stores,
         tracker: TaskTracker::new(),
         abandon: CancellationToken::new(),
+        encode_slots: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
     });
 
     let catalog = Arc::new(

@@ -389,11 +389,17 @@ async fn deliver(
     let payload_bytes = batch.bytes;
     let level = ctx.upload.gzip_level;
     let compression = plan.compression;
-    let body = match tokio::task::spawn_blocking(move || {
-        encode::encode(compression, level, batch.records)
+    let Ok(slot) = ctx.encode_slots.clone().acquire_owned().await else {
+        // The semaphore is never closed.
+        return false;
+    };
+    let encoded = tokio::task::spawn_blocking(move || {
+        let body = encode::encode(compression, level, batch.records);
+        drop(slot);
+        body
     })
-    .await
-    {
+    .await;
+    let body = match encoded {
         Ok(Ok(body)) => body,
         Ok(Err(e)) => {
             tracing::error!(stream = %shared.name, error = %e, "encoding failed; batch left in the journal");

@@ -42,6 +42,9 @@ pub struct Context {
     pub tracker: TaskTracker,
     /// Cancelled when shutdown gives up waiting for uploads; the journal keeps what is left.
     pub abandon: CancellationToken,
+    /// Encodes running at once, across streams: one per core. More would only add encoder
+    /// state and output buffers to memory without finishing any sooner.
+    pub encode_slots: Arc<tokio::sync::Semaphore>,
 }
 
 /// One stream's state shared by its journal thread, pipeline task and uploads.
