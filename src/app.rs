@@ -45,7 +45,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!(store = %stores.describe(), data_dir = %data_dir.display(), fsync = settings.journal.fsync, "starting");
     let ctx = Arc::new(Context {
         metrics: metrics.clone(),
-        memory: MemoryBudget::new(settings.max_memory_bytes),
+        memory: MemoryBudget::new(settings.max_memory_bytes, metrics.memory_reserved().clone()),
         journal_total: AtomicU64::new(0),
         journal: settings.journal.clone(),
         upload: settings.upload.clone(),

@@ -625,4 +625,10 @@ async fn health_readiness_and_metrics_endpoints() {
         1.0
     );
     assert_eq!(d.metric("spillway_buffered_bytes{stream=\"m\"}"), 0.0);
+    assert_eq!(d.metric("spillway_memory_reserved_bytes"), 0.0);
+    assert!(
+        d.get("/metrics")
+            .1
+            .contains("spillway_memory_reserved_bytes 0")
+    );
 }

@@ -145,6 +145,7 @@ async fn destination_outage_then_crash_then_recovery_loses_nothing() {
     .await;
     assert!(seen.is_some(), "outage metrics:\n{}", d.get("/metrics").1);
     assert!(d.metric("spillway_buffered_bytes{stream=\"outage\"}") >= 3000.0 * 1024.0);
+    assert!(d.metric("spillway_memory_reserved_bytes") >= 3000.0 * 1024.0);
     assert!(d.log().contains("upload failed; will retry"));
 
     // Half the outage recovers while running, then the daemon dies with uploads pending.

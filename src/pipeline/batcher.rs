@@ -181,8 +181,6 @@ impl Batcher {
                 self.seal_open().await;
             }
         }
-        let ctx = &self.shared.ctx;
-        ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
         self.publish_gauges();
     }
 
@@ -308,9 +306,7 @@ impl Batcher {
 
     fn landed(&mut self, done: Delivered) {
         if let Some((_, bytes)) = self.in_flight.remove(&done.start) {
-            let ctx = &self.shared.ctx;
-            ctx.memory.release(bytes);
-            ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
+            self.shared.ctx.memory.release(bytes);
         }
         self.holding |= !done.landed;
         if self.holding {

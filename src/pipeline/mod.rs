@@ -216,7 +216,6 @@ impl StreamRuntime {
         };
         let refuse = |e: PutError| {
             ctx.memory.release(reserved);
-            ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
             metrics.throttled_records.inc_by(offered as u64);
             Err(e)
         };
@@ -225,7 +224,6 @@ impl StreamRuntime {
         }
         match answer.await {
             Ok(Ok(first)) => {
-                ctx.metrics.memory_reserved().set(ctx.memory.used() as i64);
                 metrics.incoming_records.inc_by(accepted as u64);
                 metrics.incoming_bytes.inc_by(reserved);
                 metrics.incoming_put_requests.inc();
