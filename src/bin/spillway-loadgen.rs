@@ -143,6 +143,12 @@ struct Args {
     #[arg(long, value_name = "N")]
     requests: Option<u64>,
 
+    /// Offered load in MiB/s of payload across all connections. Each connection sends on a
+    /// fixed schedule and latency is measured from the scheduled send time, so falling behind
+    /// shows as latency (no coordinated omission). Without it, connections send back to back.
+    #[arg(long, value_name = "MIB_PER_S")]
+    rate: Option<f64>,
+
     /// Seconds of unmeasured load before measuring starts
     #[arg(long, value_name = "SECS", default_value_t = 2)]
     warmup: u64,
@@ -501,6 +507,9 @@ struct Shared {
     plan: Plan,
     /// Tickets handed out for `Plan::Requests`.
     issued: AtomicU64,
+    /// With --rate: when the schedule starts and the gap between one connection's requests.
+    pacing: Option<(Instant, Duration)>,
+    connections: usize,
 }
 
 #[derive(Default)]
@@ -538,8 +547,15 @@ async fn worker(shared: Arc<Shared>, index: usize) -> WorkerStats {
     let mut stats = WorkerStats::default();
     let mut sender: Option<SendRequest<Full<Bytes>>> = None;
     let mut next_body = index % shared.bodies.len();
+    // Connections are staggered across one interval so paced sends do not arrive together.
+    let mut scheduled = shared.pacing.map(|(start, interval)| {
+        start + interval.mul_f64(index as f64 / shared.connections as f64)
+    });
 
     loop {
+        if let Some(at) = scheduled {
+            tokio::time::sleep_until(at).await;
+        }
         // Decide whether to send another request, and whether it is measured by ticket.
         let now = Instant::now();
         let ticketed = match shared.plan {
@@ -596,7 +612,8 @@ async fn worker(shared: Arc<Shared>, index: usize) -> WorkerStats {
             }
 
             let req = api_request(&shared.target, TARGET_PUT_BATCH, body.clone());
-            let start = Instant::now();
+            // Paced: from when the request should have gone out, so a backlog counts.
+            let start = scheduled.map_or_else(Instant::now, |at| at.min(Instant::now()));
             let result = exchange(s, req).await;
             let done = Instant::now();
             let measured = measured_at(done);
@@ -668,6 +685,9 @@ async fn worker(shared: Arc<Shared>, index: usize) -> WorkerStats {
                     break;
                 }
             }
+        }
+        if let (Some(at), Some((_, interval))) = (scheduled.as_mut(), shared.pacing) {
+            *at += interval;
         }
     }
     stats
@@ -866,6 +886,9 @@ async fn run(args: Args) -> Result<()> {
     if args.requests.is_none() && args.duration == 0 {
         bail!("--duration must be at least 1 second (or use --requests)");
     }
+    if args.rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+        bail!("--rate must be a positive number of MiB/s");
+    }
     if args.requests == Some(0) {
         bail!("--requests must be at least 1");
     }
@@ -940,6 +963,14 @@ async fn run(args: Args) -> Result<()> {
         warmup_end,
         plan,
         issued: AtomicU64::new(0),
+        pacing: args.rate.map(|mib_per_s| {
+            // One connection's share of the rate, as the gap between its requests.
+            let request_mib =
+                f64::from(args.batch) * args.record_size as f64 / f64::from(1u32 << 20);
+            let per_connection = mib_per_s / f64::from(args.connections);
+            (start, Duration::from_secs_f64(request_mib / per_connection))
+        }),
+        connections: args.connections as usize,
     });
     match plan {
         Plan::Duration { .. } => eprintln!(
@@ -1016,6 +1047,13 @@ async fn run(args: Args) -> Result<()> {
     };
     row("connections", args.connections.to_string());
     row("record size", format!("{} B", args.record_size));
+    row(
+        "offered rate",
+        args.rate
+            .map_or("as fast as answered (closed loop)".into(), |r| {
+                format!("{r} MiB/s (latency from scheduled send)")
+            }),
+    );
     row("batch", format!("{} records/request", args.batch));
     row(
         "measured",

@@ -4,6 +4,7 @@
 //! an abandoned batch stays in the journal.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,6 +93,17 @@ impl Stores {
                     .or_else(s3_endpoint_from_env)
                     .unwrap_or_else(|| "AWS".into())
             ),
+        }
+    }
+
+    /// For the local store: the object's file and the bucket directory it lives under.
+    fn local_file(&self, bucket: &str, key: &str) -> Option<(PathBuf, PathBuf)> {
+        match &self.settings {
+            StoreSettings::Local { root } => {
+                let dir = root.join(bucket);
+                Some((dir.join(key), dir))
+            }
+            StoreSettings::S3(_) => None,
         }
     }
 
@@ -210,8 +222,15 @@ pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOut
         }
         attempt += 1;
         let started = Instant::now();
+        let local = ctx.stores.local_file(&plan.bucket, &plan.key);
         let result = tokio::select! {
-            r = put(store.as_ref(), &path, payload.clone(), size, settings) => r,
+            r = async {
+                put(store.as_ref(), &path, payload.clone(), size, settings).await?;
+                if let Some((file, bucket_dir)) = local {
+                    make_durable(file, bucket_dir).await?;
+                }
+                Ok::<(), object_store::Error>(())
+            } => r,
             _ = ctx.abandon.cancelled() => return UploadOutcome::Abandoned,
         };
         match result {
@@ -265,6 +284,36 @@ async fn put(
             let _ = upload.abort().await;
             Err(e)
         }
+    }
+}
+
+/// A local object counts as landed only once it is on disk: the journal releases its records
+/// after the commit. object_store's local store writes and renames without fsync, so sync the
+/// file, then every directory from its own up to the bucket's (new directories included).
+/// Syncing each object as it lands also keeps dirty pages from piling up behind the journal's
+/// fsyncs, which on ext4 would otherwise wait for them.
+async fn make_durable(file: PathBuf, bucket_dir: PathBuf) -> object_store::Result<()> {
+    let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        std::fs::File::open(&file)?.sync_data()?;
+        let mut dir = file.parent();
+        while let Some(d) = dir {
+            std::fs::File::open(d)?.sync_all()?;
+            if d == bucket_dir.as_path() {
+                break;
+            }
+            dir = d.parent().filter(|p| p.starts_with(&bucket_dir));
+        }
+        Ok(())
+    })
+    .await;
+    let err = |e: String| object_store::Error::Generic {
+        store: "LocalFileSystem",
+        source: e.into(),
+    };
+    match synced {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(err(format!("fsync after write: {e}"))),
+        Err(e) => Err(err(format!("fsync task failed: {e}"))),
     }
 }
 
