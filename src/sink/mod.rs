@@ -73,6 +73,8 @@ pub struct StoreError {
 pub struct Stores {
     settings: StoreSettings,
     cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// Local directories whose own entry is already durable: synced once, not per object.
+    synced_dirs: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
 }
 
 impl Stores {
@@ -80,6 +82,7 @@ impl Stores {
         Stores {
             settings,
             cache: Mutex::new(HashMap::new()),
+            synced_dirs: Arc::default(),
         }
     }
 
@@ -227,7 +230,7 @@ pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOut
             r = async {
                 put(store.as_ref(), &path, payload.clone(), size, settings).await?;
                 if let Some((file, bucket_dir)) = local {
-                    make_durable(file, bucket_dir).await?;
+                    make_durable(file, bucket_dir, ctx.stores.synced_dirs.clone()).await?;
                 }
                 Ok::<(), object_store::Error>(())
             } => r,
@@ -289,19 +292,39 @@ async fn put(
 
 /// A local object counts as landed only once it is on disk: the journal releases its records
 /// after the commit. object_store's local store writes and renames without fsync, so sync the
-/// file, then every directory from its own up to the bucket's (new directories included).
-/// Syncing each object as it lands also keeps dirty pages from piling up behind the journal's
-/// fsyncs, which on ext4 would otherwise wait for them.
-async fn make_durable(file: PathBuf, bucket_dir: PathBuf) -> object_store::Result<()> {
+/// file and the directory it was renamed into, and once per process each directory above it
+/// up to the bucket's (they only change when a new prefix directory appears). Syncing each
+/// object as it lands also keeps dirty pages from piling up behind the journal's fsyncs, which
+/// on ext4 would otherwise wait for them.
+async fn make_durable(
+    file: PathBuf,
+    bucket_dir: PathBuf,
+    synced_dirs: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
+) -> object_store::Result<()> {
     let synced = tokio::task::spawn_blocking(move || -> std::io::Result<()> {
         std::fs::File::open(&file)?.sync_data()?;
-        let mut dir = file.parent();
-        while let Some(d) = dir {
-            std::fs::File::open(d)?.sync_all()?;
-            if d == bucket_dir.as_path() {
+        let Some(parent) = file.parent() else {
+            return Ok(());
+        };
+        std::fs::File::open(parent)?.sync_all()?;
+        // A directory's own entry lives in its parent: sync each parent once.
+        let mut dir = parent;
+        while dir != bucket_dir.as_path() {
+            let Some(up) = dir.parent().filter(|p| p.starts_with(&bucket_dir)) else {
                 break;
+            };
+            let known = synced_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(dir);
+            if !known {
+                std::fs::File::open(up)?.sync_all()?;
+                synced_dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(dir.to_path_buf());
             }
-            dir = d.parent().filter(|p| p.starts_with(&bucket_dir));
+            dir = up;
         }
         Ok(())
     })
