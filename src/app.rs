@@ -1,13 +1,14 @@
 //! Wiring: the one place that knows the order of startup and shutdown.
 //!
-//! Startup: lock the data dir, open the catalog (which replays every journal), then bind HTTP
-//! and report ready. Shutdown (SIGTERM / SIGINT): not ready, stop accepting, answer requests in
-//! flight, end every stream's input, flush every buffer, wait for uploads (up to the shutdown
-//! timeout, after which the journal keeps the rest), exit 0.
+//! Startup: lock the data dir, bind HTTP (alive, not ready), open the catalog (which replays
+//! every journal), then report ready. Shutdown (SIGTERM / SIGINT): not ready, refuse new records
+//! with ServiceUnavailableException, end every stream's input, flush every buffer, wait for
+//! uploads (up to the shutdown timeout, after which the journal keeps the rest), stop the HTTP
+//! server (answering requests in flight), exit 0.
 
 use std::fs::File;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -41,6 +42,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     })?;
 
     let metrics = Arc::new(Metrics::new());
+    metrics.set_limits(settings.max_memory_bytes, settings.journal.max_bytes);
     let stores = Stores::new(settings.store.clone());
     tracing::info!(store = %stores.describe(), data_dir = %data_dir.display(), fsync = settings.journal.fsync, "starting");
     let ctx = Arc::new(Context {
@@ -57,33 +59,32 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         )),
     });
 
-    let catalog = Arc::new(
-        Catalog::open(ctx.clone(), data_dir, &settings.streams)
-            .await
-            .context("cannot open the delivery streams")?,
-    );
+    // Listen before replaying: /healthz answers during a long replay, /readyz does not yet.
     let listener = TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr().context("no local address")?;
-    let api = Arc::new(Api {
-        catalog: catalog.clone(),
-        metrics,
-        ready: Default::default(),
-    });
+    let api = Arc::new(Api::new(metrics.clone()));
     let stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(listener, api.clone(), stop.clone(), DRAIN));
-    api.ready.store(true, Ordering::Release);
-    tracing::info!(
-        streams = catalog.list().len(),
-        "listening on http://{local}"
-    );
+    tracing::info!("listening on http://{local}; replaying the journal");
+
+    let opened = tokio::select! {
+        opened = Catalog::open(ctx.clone(), data_dir, &settings.streams) => opened,
+        _ = shutdown_signal() => {
+            // Streams that opened already are dropped with their tasks; everything they
+            // acknowledged before is in the journal, which the next start replays again.
+            tracing::info!("stopped during startup");
+            return Ok(());
+        }
+    };
+    let catalog = Arc::new(opened.context("cannot open the delivery streams")?);
+    api.serve_catalog(catalog.clone());
+    tracing::info!(streams = catalog.list().len(), "ready");
 
     shutdown_signal().await;
-    tracing::info!("shutting down: no new requests; flushing every stream");
-    api.ready.store(false, Ordering::Release);
-    stop.cancel();
-    let _ = server.await;
+    tracing::info!("shutting down: not ready, refusing new records; flushing every stream");
+    api.drain();
 
     let abandon = ctx.abandon.clone();
     let timeout = settings.shutdown_timeout;
@@ -98,6 +99,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     ctx.tracker.close();
     ctx.tracker.wait().await;
     give_up.abort();
+    stop.cancel();
+    let _ = server.await;
     tracing::info!("stopped");
     drop(lock);
     Ok(())

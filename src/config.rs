@@ -23,8 +23,10 @@ const MIB: u64 = 1024 * 1024;
 /// over HTTP, journals every record to disk before acknowledging it, and delivers buffered
 /// objects to S3, an S3-compatible server (MinIO) or a local directory.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
     /// TOML configuration file (see the README's configuration reference). Without it,
     /// spillway runs with built-in defaults and a local directory store under the data dir.
     #[arg(long, value_name = "FILE")]
@@ -45,6 +47,27 @@ pub struct Cli {
     /// Overrides `object_store.kind`.
     #[arg(long, value_name = "KIND", env = "SPILLWAY_OBJECT_STORE")]
     pub object_store: Option<StoreKind>,
+}
+
+/// Tools next to the daemon; without one, spillway runs the daemon.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Validate a configuration file without starting: prints what it declares and exits 0,
+    /// or prints every problem (file, field, what is wrong) and exits 2.
+    CheckConfig {
+        /// The TOML file to check.
+        file: PathBuf,
+    },
+    /// GET a URL of a running spillway and exit 0 on a 2xx answer, 1 otherwise: a health check
+    /// for container images without curl.
+    Probe {
+        /// What to fetch (plain http only).
+        #[arg(default_value = "http://127.0.0.1:4573/healthz")]
+        url: String,
+        /// Give up after this many seconds.
+        #[arg(long, default_value_t = 3)]
+        timeout_seconds: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -256,6 +279,7 @@ impl Settings {
             message: e.to_string(),
         })?;
         let cli = Cli {
+            command: None,
             config: None,
             listen: None,
             data_dir: None,

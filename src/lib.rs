@@ -15,6 +15,7 @@
 pub mod api;
 pub mod app;
 pub mod catalog;
+pub mod commands;
 pub mod config;
 pub mod encode;
 pub mod journal;

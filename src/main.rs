@@ -3,11 +3,24 @@
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
 
-use spillway::config::{Cli, LogFormat, Settings};
+use spillway::config::{Cli, Command, LogFormat, Settings};
 
 fn main() -> std::process::ExitCode {
     limit_malloc_arenas();
     let cli = Cli::parse();
+    match &cli.command {
+        Some(Command::CheckConfig { file }) => return spillway::commands::check_config(file),
+        Some(Command::Probe {
+            url,
+            timeout_seconds,
+        }) => {
+            return spillway::commands::probe(
+                url,
+                std::time::Duration::from_secs(*timeout_seconds),
+            );
+        }
+        None => {}
+    }
     let settings = match Settings::load(&cli) {
         Ok(s) => s,
         Err(e) => {

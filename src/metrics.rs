@@ -28,7 +28,12 @@ pub struct Metrics {
     journal_bytes: IntGaugeVec,
     journal_sync_seconds: HistogramVec,
     freshness_seconds: IntGaugeVec,
+    buffer_interval_seconds: IntGaugeVec,
+    buffer_size_bytes: IntGaugeVec,
     memory_reserved_bytes: IntGauge,
+    memory_limit_bytes: IntGauge,
+    journal_limit_bytes: IntGauge,
+    ready: IntGauge,
 }
 
 /// The handles one delivery stream updates, resolved once.
@@ -49,6 +54,8 @@ pub struct StreamMetrics {
     pub journal_bytes: IntGauge,
     pub journal_sync_seconds: Histogram,
     pub freshness_seconds: IntGauge,
+    pub buffer_interval_seconds: IntGauge,
+    pub buffer_size_bytes: IntGauge,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -58,6 +65,14 @@ fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntC
         .register(Box::new(c.clone()))
         .expect("each metric is registered once");
     c
+}
+
+fn single_gauge(registry: &Registry, name: &str, help: &str) -> IntGauge {
+    let g = IntGauge::new(name, help).expect("metric definitions are static and valid");
+    registry
+        .register(Box::new(g.clone()))
+        .expect("each metric is registered once");
+    g
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
@@ -97,13 +112,31 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let r = Registry::new();
-        let memory_reserved_bytes = IntGauge::new(
+        #[cfg(target_os = "linux")]
+        r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))
+        .expect("registered once");
+        let memory_reserved_bytes = single_gauge(
+            &r,
             "spillway_memory_reserved_bytes",
             "Bytes of record data held in memory across all streams (buffered or being uploaded).",
-        )
-        .expect("static metric definition");
-        r.register(Box::new(memory_reserved_bytes.clone()))
-            .expect("registered once");
+        );
+        let memory_limit_bytes = single_gauge(
+            &r,
+            "spillway_memory_limit_bytes",
+            "Cap on spillway_memory_reserved_bytes (buffer.max_memory_mib); ingest is throttled past it.",
+        );
+        let journal_limit_bytes = single_gauge(
+            &r,
+            "spillway_journal_limit_bytes",
+            "Cap on the journal's bytes across all streams (journal.max_mib); ingest is throttled past it.",
+        );
+        let ready = single_gauge(
+            &r,
+            "spillway_ready",
+            "1 while serving; 0 while the journal replays at startup and while draining at shutdown (as /readyz).",
+        );
         Metrics {
             api_requests: counter(
                 &r,
@@ -210,7 +243,22 @@ impl Metrics {
                 "Age of the oldest record not yet delivered (0 when none is waiting).",
                 &["stream"],
             ),
+            buffer_interval_seconds: gauge(
+                &r,
+                "spillway_buffer_interval_seconds",
+                "The stream's BufferingHints.IntervalInSeconds in force.",
+                &["stream"],
+            ),
+            buffer_size_bytes: gauge(
+                &r,
+                "spillway_buffer_size_bytes",
+                "The stream's BufferingHints.SizeInMBs in force, in bytes.",
+                &["stream"],
+            ),
             memory_reserved_bytes,
+            memory_limit_bytes,
+            journal_limit_bytes,
+            ready,
             registry: r,
         }
     }
@@ -233,6 +281,8 @@ impl Metrics {
             journal_bytes: self.journal_bytes.with_label_values(l),
             journal_sync_seconds: self.journal_sync_seconds.with_label_values(l),
             freshness_seconds: self.freshness_seconds.with_label_values(l),
+            buffer_interval_seconds: self.buffer_interval_seconds.with_label_values(l),
+            buffer_size_bytes: self.buffer_size_bytes.with_label_values(l),
         }
     }
 
@@ -257,6 +307,8 @@ impl Metrics {
             &self.buffered_bytes,
             &self.journal_bytes,
             &self.freshness_seconds,
+            &self.buffer_interval_seconds,
+            &self.buffer_size_bytes,
         ] {
             let _ = vec.remove_label_values(l);
         }
@@ -275,6 +327,16 @@ impl Metrics {
 
     pub fn memory_reserved(&self) -> &IntGauge {
         &self.memory_reserved_bytes
+    }
+
+    /// The configured caps, exported so dashboards and alerts can compare against them.
+    pub fn set_limits(&self, memory_bytes: u64, journal_bytes: u64) {
+        self.memory_limit_bytes.set(memory_bytes as i64);
+        self.journal_limit_bytes.set(journal_bytes as i64);
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.set(i64::from(ready));
     }
 
     pub fn render(&self) -> String {

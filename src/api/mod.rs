@@ -7,8 +7,8 @@ mod data;
 pub mod error;
 
 use std::convert::Infallible;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,11 +34,63 @@ const MAX_BODY_BYTES: usize = 6 * 1024 * 1024;
 const TARGET_PREFIX: &str = "Firehose_20150804.";
 const JSON: &str = "application/x-amz-json-1.1";
 
+/// The HTTP server is up from the start: `/healthz` answers while the journal replays and
+/// while draining, so an orchestrator does not kill a daemon that is busy recovering or
+/// flushing. `/readyz` and the Firehose operations follow the phase.
 pub struct Api {
-    pub catalog: Arc<Catalog>,
-    pub metrics: Arc<Metrics>,
-    /// False until the journal has replayed and while draining at shutdown.
-    pub ready: AtomicBool,
+    /// Set once the journal has replayed.
+    catalog: OnceLock<Arc<Catalog>>,
+    metrics: Arc<Metrics>,
+    phase: AtomicU8,
+}
+
+const STARTING: u8 = 0;
+const READY: u8 = 1;
+const DRAINING: u8 = 2;
+
+impl Api {
+    pub fn new(metrics: Arc<Metrics>) -> Api {
+        metrics.set_ready(false);
+        Api {
+            catalog: OnceLock::new(),
+            metrics,
+            phase: AtomicU8::new(STARTING),
+        }
+    }
+
+    /// The journal has replayed: serve the Firehose API.
+    pub fn serve_catalog(&self, catalog: Arc<Catalog>) {
+        let _ = self.catalog.set(catalog);
+        self.phase.store(READY, Ordering::Release);
+        self.metrics.set_ready(true);
+    }
+
+    /// Shutting down: refuse new records and stream changes (with ServiceUnavailableException,
+    /// which SDKs retry, by then on another replica) while buffers flush; reads still work.
+    pub fn drain(&self) {
+        self.phase.store(DRAINING, Ordering::Release);
+        self.metrics.set_ready(false);
+    }
+
+    fn ready(&self) -> bool {
+        self.phase.load(Ordering::Acquire) == READY
+    }
+
+    /// The catalog, if `operation` may run in the current phase.
+    fn catalog_for(&self, operation: &str) -> Result<&Arc<Catalog>, ApiError> {
+        let phase = self.phase.load(Ordering::Acquire);
+        match self.catalog.get() {
+            None => Err(ApiError::new(
+                ErrorKind::ServiceUnavailable,
+                "spillway is starting (replaying its journal); retry shortly.",
+            )),
+            Some(_) if phase == DRAINING && !READ_ONLY.contains(&operation) => Err(ApiError::new(
+                ErrorKind::ServiceUnavailable,
+                "spillway is shutting down and flushing its buffers; send to another instance or retry later.",
+            )),
+            Some(catalog) => Ok(catalog),
+        }
+    }
 }
 
 /// Serves until `stop` is cancelled, then stops accepting and waits (up to `drain`) for the
@@ -86,14 +138,16 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
         (&Method::POST, "/") => firehose(api, req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => {
-            if api.ready.load(Ordering::Acquire) {
+            if api.ready() {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
         (&Method::GET, "/metrics") => {
-            api.catalog.refresh_gauges();
+            if let Some(catalog) = api.catalog.get() {
+                catalog.refresh_gauges();
+            }
             let mut resp = Response::new(Full::new(Bytes::from(api.metrics.render())));
             resp.headers_mut().insert(
                 CONTENT_TYPE,
@@ -115,6 +169,9 @@ const OPERATIONS: &[&str] = &[
     "DeleteDeliveryStream",
     "UpdateDestination",
 ];
+
+/// Operations that change nothing: answered while draining too.
+const READ_ONLY: &[&str] = &["DescribeDeliveryStream", "ListDeliveryStreams"];
 
 async fn firehose(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let operation = req
@@ -163,7 +220,7 @@ async fn firehose(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
 }
 
 async fn dispatch(api: &Api, operation: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let catalog = &api.catalog;
+    let catalog = api.catalog_for(operation)?;
     match operation {
         "PutRecord" => data::put_record(catalog, body).await,
         "PutRecordBatch" => data::put_record_batch(catalog, body).await,

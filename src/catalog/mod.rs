@@ -455,12 +455,17 @@ impl Catalog {
     pub fn refresh_gauges(&self) {
         let now = crate::pipeline::now_ms();
         for entry in self.list() {
-            entry
-                .runtime
-                .shared()
-                .metrics
+            let metrics = &entry.runtime.shared().metrics;
+            metrics
                 .freshness_seconds
                 .set(entry.runtime.freshness_seconds(now) as i64);
+            let destination = &entry.runtime.definition().destination;
+            metrics
+                .buffer_interval_seconds
+                .set(destination.buffer_interval.as_secs() as i64);
+            metrics
+                .buffer_size_bytes
+                .set(destination.buffer_bytes as i64);
         }
     }
 }

@@ -115,9 +115,13 @@ impl StreamRuntime {
             direct_io: ctx.journal.direct_io,
         };
         let journal_dir = dir.join("journal");
+        // The journal's own log lines name their files; the span adds the stream.
+        let span = tracing::info_span!("stream", stream = %definition.name);
         let opened = tokio::task::spawn_blocking({
             let dir = dir.clone();
+            let span = span.clone();
             move || -> Result<_, StartError> {
+                let _in_stream = span.entered();
                 let incarnation = read_or_create_incarnation(&dir)?;
                 let (journal, replay) =
                     Journal::open(&journal_dir, opts).map_err(|e| StartError::Journal {
@@ -158,7 +162,10 @@ impl StreamRuntime {
 
         ctx.tracker.spawn_blocking({
             let shared = shared.clone();
-            move || group_commit::run(journal, ops_rx, appended_tx, shared)
+            move || {
+                let _in_stream = span.entered();
+                group_commit::run(journal, ops_rx, appended_tx, shared)
+            }
         });
         let batcher = batcher::Batcher::new(shared.clone(), ops_tx.clone(), def_rx, next_position);
         ctx.tracker.spawn(async move {
@@ -244,6 +251,11 @@ impl StreamRuntime {
                 ))
             }
         }
+    }
+
+    /// The settings in force.
+    pub fn definition(&self) -> Arc<StreamDefinition> {
+        self.definition.borrow().clone()
     }
 
     /// New settings apply to the next batch; the open buffer is sealed under the old ones.

@@ -200,8 +200,24 @@ impl Daemon {
         }
     }
 
-    /// Starts the binary; `listen` keeps the previous port across restarts.
+    /// Starts the binary and waits until it is ready (its journal replayed); `listen` keeps the
+    /// previous port across restarts.
     fn launch(&mut self, listen: Option<SocketAddr>) {
+        self.launch_unready(listen);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.get("/readyz").0 != 200 {
+            assert!(!self.exited(), "spillway exited; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "spillway never became ready; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Starts the binary and returns once it listens, which is before it is ready.
+    fn launch_unready(&mut self, listen: Option<SocketAddr>) {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_spillway"));
         cmd.arg("--data-dir").arg(&self.data_dir);
         cmd.arg("--listen")
@@ -282,11 +298,35 @@ impl Daemon {
 
     /// SIGTERM, then waits for the process to exit.
     pub fn terminate(&mut self) -> ExitStatus {
-        let mut c = self.child.take().expect("daemon running");
+        self.send_term();
+        self.wait_exit()
+    }
+
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        let addr = self.addr;
+        self.launch(Some(addr));
+    }
+
+    /// Restarts and returns as soon as the daemon listens, usually while it still replays.
+    pub fn restart_unready(&mut self) {
+        assert!(self.child.is_none(), "stop the daemon first");
+        let addr = self.addr;
+        self.launch_unready(Some(addr));
+    }
+
+    /// Sends SIGTERM and returns at once; `wait_exit` collects the exit status.
+    pub fn send_term(&self) {
+        let id = self.child.as_ref().expect("daemon running").id();
         Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
+            .args(["-TERM", &id.to_string()])
             .status()
             .unwrap();
+    }
+
+    /// Waits for the process to exit (after `send_term`).
+    pub fn wait_exit(&mut self) -> ExitStatus {
+        let mut c = self.child.take().expect("daemon running");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Some(status) = c.try_wait().unwrap() {
@@ -297,10 +337,11 @@ impl Daemon {
         }
     }
 
-    pub fn restart(&mut self) {
-        assert!(self.child.is_none(), "stop the daemon first");
-        let addr = self.addr;
-        self.launch(Some(addr));
+    /// Whether the process has exited (without reaping it).
+    pub fn exited(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_none_or(|c| c.try_wait().unwrap().is_some())
     }
 
     pub fn pid(&self) -> u32 {

@@ -1,0 +1,272 @@
+//! What an operator relies on: readiness that follows the journal replay and the drain, the
+//! `check-config` and `probe` commands, the stream's name on its log lines, and the gauges
+//! dashboards and alerts compare against.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use aws_sdk_firehose::error::ProvideErrorMetadata;
+use common::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_spillway");
+
+/// A PutRecordBatch of one record over raw HTTP: (status, AWS error type or "").
+fn raw_put(d: &Daemon, stream: &str) -> (u16, String) {
+    let body =
+        format!(r#"{{"DeliveryStreamName":"{stream}","Records":[{{"Data":"eyJhIjoxfQo="}}]}}"#);
+    let (status, text) = d.raw(Some("PutRecordBatch"), body.as_bytes());
+    let kind = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["__type"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    (status, kind)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_follows_the_replay_and_the_drain() {
+    // A large backlog in the journal: records buffered (128 MiB / 900 s hints), not delivered.
+    let s3 = S3Server::start();
+    s3.create_bucket("ready");
+    let config = format!(
+        "shutdown_timeout_seconds = 3\n[buffer]\nmax_memory_mib = 512\n[upload]\nretry_initial_ms = 50\nretry_max_ms = 200\n{}",
+        s3.config()
+    );
+    let mut d = Daemon::start(&config);
+    assert_eq!(d.metric("spillway_ready"), 1.0);
+    let fh = d.firehose();
+    create_stream(&fh, "ready", s3_destination("ready", 128, 900)).await;
+    let mut acked = 0;
+    for batch in 0..100u64 {
+        let ids = batch * 1000..batch * 1000 + 1000;
+        acked += put_batch_sized(&fh, "ready", ids, 1000).await;
+    }
+    assert_eq!(acked, 100_000);
+    d.kill9();
+
+    // Alive while replaying ~100 MB, but not ready, and refusing records with the error SDKs
+    // retry. Watched from the first moment the daemon listens.
+    d.restart_unready();
+    let mut starting_seen = false;
+    // A put can race readiness and be accepted; those count as acknowledged.
+    let mut acked = acked as u64;
+    loop {
+        // The gauge turns 1 only after /readyz does: a 1 means /readyz answers 200 from then on.
+        let gauge = d.metric("spillway_ready");
+        let (ready, _) = d.get("/readyz");
+        if gauge == 1.0 {
+            assert_eq!(ready, 200);
+        }
+        if ready == 200 {
+            break;
+        }
+        assert_eq!(ready, 503);
+        assert_eq!(d.get("/healthz").0, 200);
+        let (status, kind) = raw_put(&d, "ready");
+        acked += u64::from(status == 200);
+        if d.get("/readyz").0 == 503 {
+            // Still starting when the put was answered.
+            assert_eq!(
+                (status, kind.as_str()),
+                (503, "ServiceUnavailableException")
+            );
+            starting_seen = true;
+        }
+    }
+    assert!(
+        starting_seen,
+        "the replay ended before a request could see it"
+    );
+    assert_eq!(d.metric("spillway_ready"), 1.0);
+    assert_eq!(raw_put(&d, "ready"), (200, String::new()));
+    acked += 1;
+
+    // Draining with the destination down: the shutdown timeout (3 s) keeps it draining.
+    let mut s3 = s3;
+    s3.stop();
+    d.send_term();
+    let until = Instant::now() + Duration::from_secs(1);
+    let mut drain_seen = false;
+    while Instant::now() < until {
+        if d.get("/readyz").0 == 503 {
+            drain_seen = true;
+            assert_eq!(d.get("/healthz").0, 200);
+            assert_eq!(
+                raw_put(&d, "ready"),
+                (503, "ServiceUnavailableException".into())
+            );
+            // Reads still work, and the metrics show the drain.
+            let described = fh
+                .describe_delivery_stream()
+                .delivery_stream_name("ready")
+                .send()
+                .await;
+            assert!(described.is_ok(), "{described:?}");
+            let created = fh
+                .create_delivery_stream()
+                .delivery_stream_name("late")
+                .extended_s3_destination_configuration(
+                    s3_destination("ready", 1, 60).build().unwrap(),
+                )
+                .send()
+                .await
+                .unwrap_err();
+            assert_eq!(created.code(), Some("ServiceUnavailableException"));
+            assert_eq!(d.metric("spillway_ready"), 0.0);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(drain_seen, "readiness never dropped after SIGTERM");
+    let status = d.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(d.log().contains("shutdown timeout reached"));
+
+    // Nothing acknowledged was lost: the next start delivers all of it.
+    s3.resume();
+    d.restart();
+    let delivered = wait_for(Duration::from_secs(60), || async {
+        let n = d.metric("spillway_delivered_records_total{stream=\"ready\"}");
+        (n >= acked as f64).then_some(n)
+    })
+    .await;
+    assert_eq!(delivered, Some(acked as f64));
+}
+
+/// PutRecordBatch of `ids` with records of `size` bytes; returns how many were acknowledged.
+async fn put_batch_sized(
+    fh: &aws_sdk_firehose::Client,
+    stream: &str,
+    ids: std::ops::Range<u64>,
+    size: usize,
+) -> usize {
+    let mut acked = 0;
+    let ids: Vec<u64> = ids.collect();
+    for chunk in ids.chunks(500) {
+        acked += put_batch(fh, stream, chunk[0]..chunk[chunk.len() - 1] + 1, size)
+            .await
+            .len();
+    }
+    acked
+}
+
+#[test]
+fn check_config_reports_what_a_file_declares_or_everything_wrong_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(
+        &good,
+        "listen = \"0.0.0.0:4573\"\n[[stream]]\nname = \"game-events\"\nbucket_arn = \"arn:aws:s3:::game-data\"\ncompression_format = \"GZIP\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("good.toml: ok"), "{text}");
+    assert!(text.contains("game-events: s3://game-data/"), "{text}");
+    assert!(text.contains("0.0.0.0:4573"), "{text}");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[journal]\nsegment_mib = 0\n[[stream]]\nname = \"s\"\nbucket_arn = \"arn:aws:s3:::b-1\"\nprefix = \"!{nope}\"\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("bad.toml"), "{err}");
+    assert!(err.contains("journal.segment_mib"), "{err}");
+    assert!(err.contains("stream[0].prefix"), "{err}");
+
+    let missing = Command::new(BIN)
+        .args(["check-config", "/nonexistent/spillway.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/spillway.toml"));
+}
+
+#[test]
+fn probe_exits_zero_only_on_a_2xx_answer() {
+    let d = Daemon::start("");
+    let probe = |url: String| Command::new(BIN).arg("probe").arg(url).status().unwrap();
+    assert!(probe(format!("http://{}/healthz", d.addr)).success());
+    assert!(probe(format!("http://{}/readyz", d.addr)).success());
+    assert_eq!(probe(format!("http://{}/nope", d.addr)).code(), Some(1));
+    drop(d);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    assert_eq!(
+        probe(format!("http://127.0.0.1:{port}/healthz")).code(),
+        Some(1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_log_line_about_a_stream_names_it_and_gauges_show_the_limits() {
+    let s3 = S3Server::start();
+    s3.create_bucket("logs");
+    let config = format!(
+        "log_format = \"json\"\n[journal]\nmax_mib = 512\nsegment_mib = 1\n[buffer]\nmax_memory_mib = 32\n{}",
+        s3.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose();
+    create_stream(&fh, "named", s3_destination("logs", 1, 7)).await;
+    // Enough to roll and release journal segments (1 MiB each), which logs from the journal.
+    let acked = put_batch_sized(&fh, "named", 0..3000, 1000).await;
+    assert_eq!(acked, 3000);
+    let delivered = wait_for(Duration::from_secs(30), || async {
+        let n = d.metric("spillway_delivered_records_total{stream=\"named\"}");
+        (n == 3000.0).then_some(n)
+    })
+    .await;
+    assert!(delivered.is_some());
+
+    let (_, metrics) = d.get("/metrics");
+    for line in [
+        "spillway_ready 1",
+        "spillway_memory_limit_bytes 33554432",
+        "spillway_journal_limit_bytes 536870912",
+        "spillway_buffer_interval_seconds{stream=\"named\"} 7",
+        "spillway_buffer_size_bytes{stream=\"named\"} 1048576",
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(metrics.contains("process_resident_memory_bytes "));
+    assert!(metrics.contains("process_cpu_seconds_total "));
+
+    d.terminate();
+    let log = d.log();
+    let mut about_streams = 0;
+    let mut journal_lines = 0;
+    for line in log.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let target = v["target"].as_str().unwrap_or_default();
+        // Lines from a stream's journal, pipeline or uploads, as opposed to the daemon's own.
+        let per_stream = ["spillway::journal", "spillway::pipeline", "spillway::sink"]
+            .iter()
+            .any(|t| target.starts_with(t));
+        if !per_stream {
+            continue;
+        }
+        about_streams += 1;
+        journal_lines += usize::from(target.starts_with("spillway::journal"));
+        let named = v["fields"]["stream"] == "named" || v["span"]["stream"] == "named";
+        assert!(named, "no stream on: {line}");
+    }
+    assert!(journal_lines > 0, "no journal line to check:\n{log}");
+    assert!(about_streams >= journal_lines);
+}
