@@ -14,7 +14,7 @@ example() {
   ' README.md
 }
 
-for name in run cli boto3 config bench; do
+for name in run cli boto3 config check-config stack bench; do
   [ -n "$(example "$name")" ] || { echo "README has no '$name' example"; exit 1; }
 done
 
@@ -62,6 +62,16 @@ lines=$(find spillway-data/buckets/game-data -name '*.gz' -print0 | xargs -0 zca
 [ "$lines" -eq 103 ] || { echo "expected 103 delivered records, found $lines"; exit 1; }
 rm -rf spillway-data
 
+echo "== README: check-config"
+checked=$(bash -euo pipefail -c "$(example check-config)" 2>&1)
+echo "$checked" | tail -8
+echo "$checked" | grep -q "examples/minio.toml: ok" || { echo "check-config did not accept the example"; exit 1; }
+echo "$checked" | grep -q "game-events: s3://game-data/" || { echo "check-config did not list the stream"; exit 1; }
+
+echo "== README: local stack command (Docker is not here: the compose file is checked by tests/stack.py)"
+[ "$(example stack)" = "docker compose -f deploy/docker-compose.yml up --build" ] \
+  || { echo "the README's stack command changed; update this check and tests/stack.py"; exit 1; }
+
 echo "== README: benchmark command (load generator against a fresh daemon)"
 # As written, except for a shorter run: 15 s at full speed writes about 3 GiB, which a CI
 # machine's disk may not have to spare. BENCH_SECONDS=15 runs it exactly as in the README.
@@ -75,4 +85,4 @@ echo "$bench_out" | tail -14
 echo "$bench_out" | grep -q "payload MiB/s" || { echo "no benchmark result"; exit 1; }
 echo "$bench_out" | grep -Eq "delivered after +[0-9.]+ s" || { echo "not everything was delivered"; exit 1; }
 rm -rf /tmp/spillway-bench
-echo "README examples: 4 passed, 0 failed"
+echo "README examples: 6 passed, 0 failed"

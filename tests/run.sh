@@ -1,35 +1,58 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs: bash tests/run.sh
-#   1. installs the S3 test server (s3s-fs from crates.io) and the AWS CLI + boto3 (PyPI)
+#   1. installs the S3 test server (s3s-fs from crates.io), Prometheus (Debian) and the AWS
+#      CLI, boto3, PyYAML and kubernetes-validate (PyPI)
 #   2. checks formatting and lints
 #   3. runs unit, property and black-box tests (cargo test)
 #   4. runs every example in the README against a real daemon (tests/readme_examples.sh)
+#   5. checks deploy/ and grafana/ and runs the stack's configurations natively, with a real
+#      Prometheus scraping spillway under load (tests/stack.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$SECONDS
 step() { echo "== [$((SECONDS - started)) s] $*"; }
 
 cargo_bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+s3s_install=""
 if ! "$cargo_bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then
-  step "installing s3s-fs 0.14.1 (S3 test server)"
-  cargo install --locked s3s-fs@0.14.1 --features binary
+  # Built in the background while fmt and clippy run: both compile, but each leaves a core
+  # idle part of the time.
+  step "installing s3s-fs 0.14.1 (S3 test server) in the background"
+  s3s_log=$(mktemp)
+  cargo install --locked s3s-fs@0.14.1 --features binary >"$s3s_log" 2>&1 &
+  s3s_install=$!
 fi
 export S3S_FS="$cargo_bin/s3s-fs"
 
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  step "installing Prometheus and promtool (Debian package)"
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+fi
+
 venv=target/test-venv
-if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c 'import boto3' 2>/dev/null; then
-  step "installing the AWS CLI and boto3 (PyPI) into $venv"
+python_deps=('awscli==1.46.3' 'boto3==1.44.5' 'PyYAML==6.0.3' 'kubernetes-validate==1.37.0')
+if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c 'import boto3, yaml, kubernetes_validate' 2>/dev/null; then
+  step "installing the AWS CLI, boto3, PyYAML and kubernetes-validate (PyPI) into $venv"
   python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check 'awscli==1.46.3' 'boto3==1.44.5' \
-    || "$venv/bin/pip" install --quiet --disable-pip-version-check awscli boto3
+  "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_deps[@]}"
 fi
 
 step "cargo fmt --check"
 cargo fmt --check
 step "cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+if [ -n "$s3s_install" ]; then
+  step "waiting for the s3s-fs install"
+  wait "$s3s_install" || { cat "$s3s_log"; echo "installing s3s-fs failed"; exit 1; }
+fi
 step "cargo test"
 cargo test --locked
 step "README examples"
 PATH="$PWD/$venv/bin:$PATH" bash tests/readme_examples.sh
+step "local stack: compose, Kubernetes, Prometheus and the Grafana dashboard"
+PATH="$PWD/$venv/bin:$PATH" "$venv/bin/python" tests/stack.py
 step "all passed"

@@ -1,0 +1,491 @@
+#!/usr/bin/env python3
+"""The local stack and the Kubernetes manifests, checked without Docker or a cluster.
+
+1. Static: deploy/docker-compose.yml, every file it mounts, the Dockerfile and the Kubernetes
+   manifests agree with each other and with spillway (ports, bucket, stream, credentials,
+   paths, metric names); the manifests validate against the Kubernetes schemas
+   (kubernetes-validate); the alert rules pass `promtool check rules`.
+2. Live: the stack's own configurations run natively. spillway with deploy/spillway/spillway.toml
+   (S3 endpoint, listen address and data dir pointed at this run) against a real S3 server
+   (s3s-fs), Prometheus from Debian with deploy/prometheus/prometheus.yml (targets rewritten),
+   deploy/producer/produce.sh and the load generator sending to it. Then Prometheus's HTTP API
+   must show the series moving, delivered records equal to records sent, every PromQL
+   expression of grafana/spillway.json returning data, and every alert rule evaluating cleanly.
+
+Run by tests/run.sh after the release build: python tests/stack.py
+Needs: target/release/{spillway,spillway-loadgen}, s3s-fs (S3S_FS), prometheus and promtool,
+the AWS CLI and boto3, PyYAML and kubernetes-validate.
+"""
+
+import json
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import urllib.parse
+import urllib.request
+
+import boto3
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEPLOY = os.path.join(ROOT, "deploy")
+RELEASE = os.path.join(ROOT, "target", "release")
+checks = 0
+
+
+def check(ok, what):
+    global checks
+    if not ok:
+        raise SystemExit(f"FAILED: {what}")
+    checks += 1
+
+
+def load_yaml_docs(path):
+    with open(path) as f:
+        return [d for d in yaml.safe_load_all(f) if d]
+
+
+def port_of(addr):
+    return int(addr.rsplit(":", 1)[1])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Static agreement.
+
+
+def compose_checks():
+    compose = load_yaml_docs(os.path.join(DEPLOY, "docker-compose.yml"))[0]
+    services = compose["services"]
+    for name in ["minio", "create-bucket", "spillway", "producer", "prometheus", "grafana"]:
+        check(name in services, f"compose has a {name} service")
+
+    # Every bind mount points at a file in the repo.
+    mounts = {}
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src, dst = vol.split(":")[:2]
+            if src.startswith("."):
+                path = os.path.normpath(os.path.join(DEPLOY, src))
+                check(os.path.isfile(path), f"{name} mounts {src}, which exists")
+                mounts[(name, dst)] = path
+
+    # spillway: its config is mounted where its command says, and agrees with the stack.
+    sp = services["spillway"]
+    cmd = sp["command"]
+    config_in_container = cmd[cmd.index("--config") + 1]
+    config_path = mounts[("spillway", config_in_container)]
+    with open(config_path, "rb") as f:
+        config = tomllib.load(f)
+    listen_port = port_of(config["listen"])
+    check(f"{listen_port}:{listen_port}" in sp["ports"], "spillway publishes its listen port")
+    dockerfile = open(os.path.join(DEPLOY, "Dockerfile")).read()
+    check(f"EXPOSE {listen_port}" in dockerfile, "the Dockerfile exposes the listen port")
+    check(
+        f"http://127.0.0.1:{listen_port}/healthz" in dockerfile,
+        "the image's health check probes /healthz on the listen port",
+    )
+    data_volume = [v for v in sp["volumes"] if not v.startswith(".")][0].split(":")[1]
+    check(config["data_dir"] == data_volume, "the data dir is the mounted volume")
+    check('VOLUME ["/var/lib/spillway"]' in dockerfile, "the image declares the data volume")
+    check(re.search(r"^USER 10001", dockerfile, re.M) is not None, "the image runs as non-root")
+    check(
+        subprocess.run([os.path.join(RELEASE, "spillway"), "check-config", config_path]).returncode
+        == 0,
+        "spillway check-config accepts the stack's config",
+    )
+
+    # MinIO: endpoint, credentials and bucket agree with spillway's config.
+    store = config["object_store"]
+    minio_env = services["minio"]["environment"]
+    check(store["endpoint"] == "http://minio:9000", "spillway's S3 endpoint is the minio service")
+    check(store["access_key_id"] == minio_env["MINIO_ROOT_USER"], "access key = MinIO user")
+    check(
+        store["secret_access_key"] == minio_env["MINIO_ROOT_PASSWORD"],
+        "secret key = MinIO password",
+    )
+    check("9000:9000" in services["minio"]["ports"], "MinIO's API port is published")
+    stream = config["stream"][0]
+    bucket = stream["bucket_arn"].removeprefix("arn:aws:s3:::")
+    mc = " ".join(services["create-bucket"]["command"])
+    check(f"local/{bucket}" in mc, f"create-bucket creates {bucket}")
+    check(
+        f"{minio_env['MINIO_ROOT_USER']} {minio_env['MINIO_ROOT_PASSWORD']}" in mc,
+        "create-bucket logs in with MinIO's credentials",
+    )
+    check(
+        services["spillway"]["depends_on"]["create-bucket"]["condition"]
+        == "service_completed_successfully",
+        "spillway starts after the bucket exists",
+    )
+
+    # The producer sends to spillway's port and to a stream the config declares.
+    penv = services["producer"]["environment"]
+    check(penv["STREAM"] == stream["name"], "the producer sends to the declared stream")
+    check(
+        penv["SPILLWAY_ENDPOINT"] == f"http://spillway:{listen_port}",
+        "the producer sends to spillway's listen port",
+    )
+    check(
+        any(dst.endswith("produce.sh") for (svc, dst) in mounts if svc == "producer"),
+        "the producer script is mounted",
+    )
+
+    # Prometheus: its config and rules are mounted where it looks; it scrapes spillway.
+    pcmd = services["prometheus"]["command"]
+    prom_in_container = [a for a in pcmd if a.startswith("--config.file=")][0].split("=", 1)[1]
+    prom_config_path = mounts[("prometheus", prom_in_container)]
+    prom = load_yaml_docs(prom_config_path)[0]
+    targets = [t for sc in prom["scrape_configs"] for s in sc["static_configs"] for t in s["targets"]]
+    check(targets == [f"spillway:{listen_port}"], "Prometheus scrapes spillway's listen port")
+    for rule_file in prom["rule_files"]:
+        check(("prometheus", rule_file) in mounts, f"rule file {rule_file} is mounted")
+
+    # Grafana: the data source is that Prometheus; the dashboard is where the provider looks.
+    ds = load_yaml_docs(mounts[("grafana", "/etc/grafana/provisioning/datasources/prometheus.yml")])[0]
+    source = ds["datasources"][0]
+    check(source["url"] == "http://prometheus:9090", "Grafana's data source is the prometheus service")
+    check("9090:9090" in services["prometheus"]["ports"], "Prometheus's port is published")
+    provider = load_yaml_docs(mounts[("grafana", "/etc/grafana/provisioning/dashboards/spillway.yml")])[0]
+    dash_dir = provider["providers"][0]["options"]["path"]
+    dash_mounts = [dst for (svc, dst) in mounts if svc == "grafana" and dst.endswith(".json")]
+    check(
+        all(os.path.dirname(d) == dash_dir for d in dash_mounts) and dash_mounts,
+        "the dashboard is mounted in the provider's folder",
+    )
+    dashboard = json.load(open(os.path.join(ROOT, "grafana", "spillway.json")))
+    uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+    check(uids == {source["uid"]}, "every panel queries the provisioned data source")
+    return config, prom_config_path
+
+
+def kubernetes_checks():
+    files = sorted(f for f in os.listdir(os.path.join(DEPLOY, "kubernetes")) if f.endswith(".yaml"))
+    paths = [os.path.join(DEPLOY, "kubernetes", f) for f in files]
+    out = subprocess.run(["kubernetes-validate", "--strict", *paths], capture_output=True, text=True)
+    print(out.stdout + out.stderr, end="")
+    check(out.returncode == 0, "the manifests validate against the Kubernetes schemas")
+    docs = {}
+    for p in paths:
+        for d in load_yaml_docs(p):
+            docs[(d["kind"], d["metadata"]["name"])] = d
+    sts = docs[("StatefulSet", "spillway")]
+    pod = sts["spec"]["template"]
+    labels = pod["metadata"]["labels"]
+    container = pod["spec"]["containers"][0]
+    cm = docs[("ConfigMap", "spillway")]
+    config = tomllib.loads(cm["data"]["spillway.toml"])
+    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
+        f.write(cm["data"]["spillway.toml"])
+        f.flush()
+        check(
+            subprocess.run([os.path.join(RELEASE, "spillway"), "check-config", f.name]).returncode == 0,
+            "spillway check-config accepts the ConfigMap's config",
+        )
+    port = port_of(config["listen"])
+    check(container["ports"][0]["containerPort"] == port, "the container port is the listen port")
+    check(
+        container["args"] == ["--config", "/etc/spillway/spillway.toml"], "spillway reads the ConfigMap"
+    )
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    check(mounts["config"] == "/etc/spillway", "the ConfigMap is mounted at /etc/spillway")
+    check(mounts["data"] == config["data_dir"], "the journal volume is the data dir")
+    check(
+        [v["metadata"]["name"] for v in sts["spec"]["volumeClaimTemplates"]] == ["data"],
+        "each replica gets its own journal volume",
+    )
+    check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness on /healthz")
+    check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness on /readyz")
+    check(
+        pod["spec"]["terminationGracePeriodSeconds"] > config["shutdown_timeout_seconds"],
+        "the grace period outlasts spillway's shutdown timeout",
+    )
+    check(pod["metadata"]["annotations"]["prometheus.io/port"] == str(port), "scrape annotation port")
+    for kind, name in [("Service", "spillway"), ("Service", "spillway-headless")]:
+        sel = docs[(kind, name)]["spec"]["selector"]
+        check(all(labels.get(k) == v for k, v in sel.items()), f"{name} selects the pods")
+    check(sts["spec"]["serviceName"] == "spillway-headless", "the StatefulSet uses the headless service")
+    pdb = docs[("PodDisruptionBudget", "spillway")]["spec"]["selector"]["matchLabels"]
+    check(all(labels.get(k) == v for k, v in pdb.items()), "the PDB selects the pods")
+    hpa = docs[("HorizontalPodAutoscaler", "spillway")]["spec"]["scaleTargetRef"]
+    check((hpa["kind"], hpa["name"]) == ("StatefulSet", "spillway"), "the HPA scales the StatefulSet")
+    sm = docs[("ServiceMonitor", "spillway")]["spec"]
+    svc = docs[("Service", "spillway")]
+    check(
+        all(svc["metadata"]["labels"].get(k) == v for k, v in sm["selector"]["matchLabels"].items()),
+        "the ServiceMonitor selects the spillway service",
+    )
+    check(
+        not all(
+            docs[("Service", "spillway-headless")]["metadata"]["labels"].get(k) == v
+            for k, v in sm["selector"]["matchLabels"].items()
+        ),
+        "the ServiceMonitor does not scrape every pod twice through the headless service",
+    )
+    check(sm["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"], "the ServiceMonitor port exists")
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Live run.
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(what, fn, timeout=60, interval=0.5):
+    deadline = time.time() + timeout
+    while True:
+        try:
+            value = fn()
+            if value:
+                return value
+        except OSError:
+            pass
+        if time.time() > deadline:
+            raise SystemExit(f"FAILED: timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def http_get(url):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return r.status, r.read().decode()
+
+
+class Prometheus:
+    def __init__(self, url):
+        self.url = url
+
+    def query(self, expr):
+        q = urllib.parse.urlencode({"query": expr})
+        _, body = http_get(f"{self.url}/api/v1/query?{q}")
+        out = json.loads(body)
+        if out["status"] != "success":
+            raise SystemExit(f"FAILED: query {expr!r}: {out}")
+        return out["data"]["result"]
+
+    def value(self, expr):
+        result = self.query(expr)
+        return float(result[0]["value"][1]) if result else None
+
+
+def exported_names(metrics_text):
+    return {
+        line.split("{")[0].split(" ")[0]
+        for line in metrics_text.splitlines()
+        if line and not line.startswith("#")
+    }
+
+
+def metric_names(expr):
+    """Metric names an expression reads (spillway's and the process collector's, plus up)."""
+    names = set(re.findall(r"\b(?:spillway|process)_[a-z_]+\b", expr))
+    return names | ({"up"} if re.search(r"\bup\s*\{", expr) else set())
+
+
+def dashboard_exprs(stream):
+    dashboard = json.load(open(os.path.join(ROOT, "grafana", "spillway.json")))
+    for panel in dashboard["panels"]:
+        for t in panel.get("targets", []):
+            expr = t["expr"].replace("$__rate_interval", "1m").replace("$stream", stream)
+            yield panel["title"], expr
+
+
+def alert_rules():
+    rules = load_yaml_docs(os.path.join(DEPLOY, "prometheus", "alerts.yml"))[0]
+    return [r for g in rules["groups"] for r in g["rules"]]
+
+
+def live(config, prom_config_path, work):
+    procs = []
+
+    def start(name, args, **kw):
+        log = open(os.path.join(work, f"{name}.log"), "w")
+        p = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, **kw)
+        procs.append((name, p))
+        return p
+
+    try:
+        run(config, prom_config_path, work, start)
+    except BaseException:
+        for name in ["spillway", "prometheus", "s3s-fs", "producer", "loadgen"]:
+            path = os.path.join(work, f"{name}.log")
+            if os.path.exists(path):
+                print(f"--- {name} log (last 30 lines)")
+                print("".join(open(path).readlines()[-30:]), end="")
+        raise
+    finally:
+        for _, p in reversed(procs):
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+
+
+def run(config, prom_config_path, work, start):
+    store = config["object_store"]
+    stream = config["stream"][0]
+    name = stream["name"]
+    bucket = stream["bucket_arn"].removeprefix("arn:aws:s3:::")
+    interval = stream["buffering_hints"]["interval_in_seconds"]
+
+    # The S3 server stands in for MinIO, with MinIO's credentials; the bucket is created over
+    # the S3 API as the stack's create-bucket service does.
+    s3_port = free_port()
+    os.makedirs(os.path.join(work, "s3"))
+    start("s3s-fs", [os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
+                     "--access-key", store["access_key_id"], "--secret-key", store["secret_access_key"],
+                     os.path.join(work, "s3")])
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    wait_until("s3s-fs", lambda: socket.create_connection(("127.0.0.1", s3_port)).close() or True)
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name=store["region"],
+                      aws_access_key_id=store["access_key_id"],
+                      aws_secret_access_key=store["secret_access_key"])
+    s3.create_bucket(Bucket=bucket)
+
+    # spillway with the stack's config: only the endpoint, address and data dir differ.
+    text = open(os.path.join(DEPLOY, "spillway", "spillway.toml")).read()
+    check(store["endpoint"] in text, "the endpoint line can be rewritten")
+    config_path = os.path.join(work, "spillway.toml")
+    with open(config_path, "w") as f:
+        f.write(text.replace(store["endpoint"], s3_url))
+    port = free_port()
+    spillway = start("spillway", [os.path.join(RELEASE, "spillway"), "--config", config_path,
+                                  "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(work, "data")])
+    base = f"http://127.0.0.1:{port}"
+    wait_until("spillway ready", lambda: http_get(f"{base}/readyz")[0] == 200)
+
+    # Prometheus with the stack's config: only the targets and the rule file's path differ.
+    prom_text = open(prom_config_path).read()
+    listen_port = port_of(config["listen"])
+    prom_text = prom_text.replace(f"spillway:{listen_port}", f"127.0.0.1:{port}")
+    prom_text = prom_text.replace("/etc/prometheus/alerts.yml", os.path.join(DEPLOY, "prometheus", "alerts.yml"))
+    prom_local = os.path.join(work, "prometheus.yml")
+    with open(prom_local, "w") as f:
+        f.write(prom_text)
+    out = subprocess.run(["promtool", "check", "config", prom_local], capture_output=True, text=True)
+    check(out.returncode == 0, f"promtool check config: {out.stdout}{out.stderr}")
+    prom_port = free_port()
+    start("prometheus", ["prometheus", f"--config.file={prom_local}",
+                         f"--storage.tsdb.path={os.path.join(work, 'tsdb')}",
+                         f"--web.listen-address=127.0.0.1:{prom_port}"])
+    prom = Prometheus(f"http://127.0.0.1:{prom_port}")
+    wait_until("Prometheus ready", lambda: http_get(f"{prom.url}/-/ready")[0] == 200)
+    wait_until("the first scrape of spillway", lambda: prom.value('up{job="spillway"}') == 1.0)
+
+    # The stack's producer, natively, then the load generator at a steady rate.
+    env = dict(os.environ, SPILLWAY_ENDPOINT=base, STREAM=name, BATCHES="4", PAUSE="0.5")
+    produced = subprocess.run(["bash", os.path.join(DEPLOY, "producer", "produce.sh")],
+                              env=env, capture_output=True, text=True, timeout=120)
+    print(produced.stdout, end="")
+    check(produced.returncode == 0, f"the producer ran: {produced.stderr}")
+    producer_sent = int(re.search(r"accepted (\d+) records, 0 failed", produced.stdout).group(1))
+    check(producer_sent == 4 * 50, "the producer's records were all accepted")
+
+    load = subprocess.run([os.path.join(RELEASE, "spillway-loadgen"), "--endpoint", base,
+                           "--stream", name, "--connections", "4", "--record-size", "1024",
+                           "--batch", "500", "--rate", "10", "--warmup", "0", "--duration", "20",
+                           "--wait-delivered", "60", "--json"],
+                          capture_output=True, text=True, timeout=180)
+    check(load.returncode == 0, f"the load generator ran: {load.stderr[-2000:]}")
+    result = json.loads(load.stdout)
+    print(f"load generator: {result['records_accepted']} records at {result['payload_mib_per_s']:.1f} MiB/s, "
+          f"p99 {result['latency_ms']['p99']:.1f} ms, delivered={result['delivered']}")
+    check(result["records_failed"] == 0 and result["errors"] == 0, "no record refused under load")
+    check(result["delivered"] is True, "everything was delivered")
+    # Every record the load generator had accepted, its preflight request included.
+    sent = producer_sent + result["delivery_target_records"]
+
+    # The next scrapes see the final counters.
+    sel = f'{{stream="{name}"}}'
+    try:
+        wait_until("Prometheus to see every record delivered",
+                   lambda: prom.value(f"spillway_delivered_records_total{sel}") == sent, timeout=30)
+    except SystemExit:
+        print(f"sent {sent}; Prometheus has incoming "
+              f"{prom.value(f'spillway_incoming_records_total{sel}')}, delivered "
+              f"{prom.value(f'spillway_delivered_records_total{sel}')}; spillway has:")
+        print("\n".join(l for l in http_get(f"{base}/metrics")[1].splitlines()
+                        if l.startswith(("spillway_incoming_records", "spillway_delivered_records"))))
+        raise
+    check(prom.value(f"spillway_incoming_records_total{sel}") == sent, "incoming = sent")
+    check(prom.value(f"spillway_delivered_records_total{sel}") == sent, "delivered = sent")
+    check((prom.value(f"rate(spillway_incoming_records_total{sel}[1m])") or 0) > 0, "ingest rate > 0")
+    check((prom.value(f"rate(spillway_delivered_bytes_total{sel}[1m])") or 0) > 0, "delivery rate > 0")
+    fresh = prom.value(f"max_over_time(spillway_data_freshness_seconds{sel}[5m])")
+    check(fresh is not None and fresh <= interval + 5,
+          f"freshness stayed within the interval ({fresh} s <= {interval} + 5 s)")
+    check(prom.value(f"spillway_objects_written_total{sel}") >= 2, "objects were written")
+    check(prom.value(f"spillway_upload_failures_total{sel}") == 0, "no upload failed")
+    landed = sum(1 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                 for _ in page.get("Contents", []))
+    check(landed == prom.value(f"spillway_objects_written_total{sel}"), "objects in the bucket = objects written")
+
+    # Every name a panel or an alert reads is one spillway exports (or Prometheus's own `up`).
+    _, metrics_text = http_get(f"{base}/metrics")
+    exported = exported_names(metrics_text) | {"up"}
+    exprs = list(dashboard_exprs(name))
+    used = set()
+    for _, expr in exprs:
+        used |= metric_names(expr)
+    for rule in alert_rules():
+        used |= metric_names(rule["expr"])
+    check(not (used - exported), f"panels and alerts read only exported metrics; unknown: {used - exported}")
+
+    # Every dashboard expression returns data.
+    for title, expr in exprs:
+        check(prom.query(expr), f"panel {title!r} returns data: {expr}")
+    print(f"dashboard: {len(exprs)} expressions returned data")
+
+    # The alert rules are loaded and evaluate without error (none needs to fire).
+    def evaluated():
+        _, body = http_get(f"{prom.url}/api/v1/rules")
+        rules = [r for g in json.loads(body)["data"]["groups"] for r in g["rules"]]
+        return rules if rules and all(r.get("lastEvaluation", "").startswith("2") and
+                                      not r["lastEvaluation"].startswith("0001") for r in rules) else None
+    rules = wait_until("the alert rules to be evaluated", evaluated, timeout=30)
+    check(len(rules) == len(alert_rules()), "every alert rule is loaded")
+    for r in rules:
+        check(r["health"] == "ok", f"rule {r['name']} evaluates: {r.get('lastError')}")
+        check(r["state"] == "inactive", f"rule {r['name']} does not fire on a healthy stack")
+    # Each alert reads series that exist now (a typo'd name would never fire).
+    for rule in alert_rules():
+        for metric in metric_names(rule["expr"]):
+            check(prom.query(metric), f"alert {rule['alert']} reads {metric}, which has series")
+
+    # SIGTERM drains and exits 0, as Kubernetes and compose stop it.
+    spillway.terminate()
+    check(spillway.wait(timeout=60) == 0, "spillway exits 0 on SIGTERM")
+
+
+def main():
+    global checks
+    for tool in ["prometheus", "promtool", "kubernetes-validate", "aws"]:
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found; tests/run.sh installs it")
+    out = subprocess.run(["promtool", "check", "rules", os.path.join(DEPLOY, "prometheus", "alerts.yml")],
+                         capture_output=True, text=True)
+    print(out.stdout, end="")
+    check(out.returncode == 0, f"promtool check rules: {out.stderr}")
+    config, prom_config_path = compose_checks()
+    kubernetes_checks()
+    print(f"static checks: {checks} passed")
+    work = tempfile.mkdtemp(prefix="spillway-stack-")
+    try:
+        live(config, prom_config_path, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"stack checks: {checks} passed")
+
+
+if __name__ == "__main__":
+    main()
