@@ -393,7 +393,7 @@ def run(config, prom_config_path, work, start):
 
     load = subprocess.run([os.path.join(RELEASE, "spillway-loadgen"), "--endpoint", base,
                            "--stream", name, "--connections", "4", "--record-size", "1024",
-                           "--batch", "500", "--rate", "10", "--warmup", "0", "--duration", "20",
+                           "--batch", "500", "--rate", "10", "--warmup", "0", "--duration", "12",
                            "--wait-delivered", "60", "--json"],
                           capture_output=True, text=True, timeout=180)
     check(load.returncode == 0, f"the load generator ran: {load.stderr[-2000:]}")
