@@ -69,9 +69,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let server = tokio::spawn(api::serve(listener, api.clone(), stop.clone(), DRAIN));
     tracing::info!("listening on http://{local}; replaying the journal");
 
+    // One signal listener for the whole run: a SIGTERM between two listeners would be missed.
+    let mut shutdown = std::pin::pin!(shutdown_signal());
     let opened = tokio::select! {
         opened = Catalog::open(ctx.clone(), data_dir, &settings.streams) => opened,
-        _ = shutdown_signal() => {
+        _ = &mut shutdown => {
             // Streams that opened already are dropped with their tasks; everything they
             // acknowledged before is in the journal, which the next start replays again.
             tracing::info!("stopped during startup");
@@ -82,7 +84,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     api.serve_catalog(catalog.clone());
     tracing::info!(streams = catalog.list().len(), "ready");
 
-    shutdown_signal().await;
+    shutdown.await;
     tracing::info!("shutting down: not ready, refusing new records; flushing every stream");
     api.drain();
 

@@ -45,6 +45,13 @@ async fn readiness_follows_the_replay_and_the_drain() {
     assert_eq!(acked, 100_000);
     d.kill9();
 
+    // SIGTERM in the middle of the replay: a clean exit that keeps the journal as it was.
+    d.restart_unready();
+    d.send_term();
+    let status = d.wait_exit();
+    assert!(status.success(), "{status:?}");
+    assert!(d.log().contains("stopped during startup"), "{}", d.log());
+
     // Alive while replaying ~100 MB, but not ready, and refusing records with the error SDKs
     // retry. Watched from the first moment the daemon listens.
     d.restart_unready();
