@@ -27,6 +27,8 @@ use crate::sink::Stores;
 const DRAIN: Duration = Duration::from_secs(15);
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
+    // First of all: a SIGTERM from here on starts a clean shutdown instead of killing.
+    let mut shutdown = std::pin::pin!(shutdown_signal());
     let data_dir = &settings.data_dir;
     std::fs::create_dir_all(data_dir)
         .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
@@ -69,13 +71,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let server = tokio::spawn(api::serve(listener, api.clone(), stop.clone(), DRAIN));
     tracing::info!("listening on http://{local}; replaying the journal");
 
-    // One signal listener for the whole run: a SIGTERM between two listeners would be missed.
-    let mut shutdown = std::pin::pin!(shutdown_signal());
     let opened = tokio::select! {
         opened = Catalog::open(ctx.clone(), data_dir, &settings.streams) => opened,
         _ = &mut shutdown => {
             // Streams that opened already are dropped with their tasks; everything they
             // acknowledged before is in the journal, which the next start replays again.
+            // Replay threads may still run until the process exits: the data-dir lock stays
+            // held until then (the OS releases it).
+            std::mem::forget(lock);
             tracing::info!("stopped during startup");
             return Ok(());
         }
@@ -108,24 +111,34 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when the
+/// future is first polled: from then on neither signal can kill the process before shutdown
+/// runs.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                _ => {
+                    tracing::warn!("cannot install the SIGTERM handler; stop with Ctrl-C");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

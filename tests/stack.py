@@ -202,9 +202,14 @@ def kubernetes_checks():
     check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness on /healthz")
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness on /readyz")
     check(
-        pod["spec"]["terminationGracePeriodSeconds"] > config["shutdown_timeout_seconds"],
-        "the grace period outlasts spillway's shutdown timeout",
+        pod["spec"]["terminationGracePeriodSeconds"] >= config["shutdown_timeout_seconds"] + 20,
+        "the grace period outlasts spillway's shutdown timeout, with room for the last requests",
     )
+    memory_cap = config.get("buffer", {}).get("max_memory_mib", 64)
+    largest_buffer = max(s["buffering_hints"].get("size_in_mbs", 1) for s in config["stream"])
+    check(largest_buffer * 2 <= memory_cap, "the memory cap leaves room for a full buffer and its upload")
+    limit = container["resources"]["limits"]["memory"]
+    check(limit.endswith("Mi") and int(limit[:-2]) >= memory_cap + 128, "the memory limit covers the memory cap")
     check(pod["metadata"]["annotations"]["prometheus.io/port"] == str(port), "scrape annotation port")
     for kind, name in [("Service", "spillway"), ("Service", "spillway-headless")]:
         sel = docs[(kind, name)]["spec"]["selector"]
@@ -294,7 +299,7 @@ def dashboard_exprs(stream):
     dashboard = json.load(open(os.path.join(ROOT, "grafana", "spillway.json")))
     for panel in dashboard["panels"]:
         for t in panel.get("targets", []):
-            expr = t["expr"].replace("$__rate_interval", "1m").replace("$stream", stream)
+            expr = t["expr"].replace("$__rate_interval", "5m").replace("$stream", stream)
             yield panel["title"], expr
 
 
@@ -419,11 +424,11 @@ def run(config, prom_config_path, work, start):
         raise
     check(prom.value(f"spillway_incoming_records_total{sel}") == sent, "incoming = sent")
     check(prom.value(f"spillway_delivered_records_total{sel}") == sent, "delivered = sent")
-    check((prom.value(f"rate(spillway_incoming_records_total{sel}[1m])") or 0) > 0, "ingest rate > 0")
-    check((prom.value(f"rate(spillway_delivered_bytes_total{sel}[1m])") or 0) > 0, "delivery rate > 0")
+    check((prom.value(f"increase(spillway_incoming_records_total{sel}[5m])") or 0) > 0, "ingest moved")
+    check((prom.value(f"increase(spillway_delivered_bytes_total{sel}[5m])") or 0) > 0, "delivery moved")
     fresh = prom.value(f"max_over_time(spillway_data_freshness_seconds{sel}[5m])")
-    check(fresh is not None and fresh <= interval + 5,
-          f"freshness stayed within the interval ({fresh} s <= {interval} + 5 s)")
+    check(fresh is not None and fresh <= interval + 15,
+          f"freshness stayed bounded by the interval ({fresh} s <= {interval} + 15 s)")
     check(prom.value(f"spillway_objects_written_total{sel}") >= 2, "objects were written")
     check(prom.value(f"spillway_upload_failures_total{sel}") == 0, "no upload failed")
     landed = sum(1 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
@@ -443,7 +448,8 @@ def run(config, prom_config_path, work, start):
 
     # Every dashboard expression returns data.
     for title, expr in exprs:
-        check(prom.query(expr), f"panel {title!r} returns data: {expr}")
+        values = [float(r["value"][1]) for r in prom.query(expr)]
+        check(any(v == v for v in values), f"panel {title!r} returns a number (not only NaN): {expr} -> {values}")
     print(f"dashboard: {len(exprs)} expressions returned data")
 
     # The alert rules are loaded and evaluate without error (none needs to fire).

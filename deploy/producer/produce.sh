@@ -22,6 +22,8 @@ fi
 locations=(KR BR DE US JP FR IN MX GB ID)
 file=$(mktemp)
 trap 'rm -f "$file"' EXIT
+# As a container's PID 1, bash ignores SIGTERM unless told otherwise.
+trap 'exit 0' TERM INT
 sent=0 failed=0 n=0
 while [ "$batches" -eq 0 ] || [ "$n" -lt "$batches" ]; do
   {

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{CONTENT_TYPE, HeaderValue};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -210,6 +210,11 @@ async fn firehose(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
+    if !api.ready() {
+        // Starting or draining: close the connection so the client's retry opens a new one,
+        // which a load balancer can send to another instance.
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
     if outcome != "ok" {
         headers.insert("x-amzn-errortype", HeaderValue::from_static(outcome));
     }

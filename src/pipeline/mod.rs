@@ -115,8 +115,9 @@ impl StreamRuntime {
             direct_io: ctx.journal.direct_io,
         };
         let journal_dir = dir.join("journal");
-        // The journal's own log lines name their files; the span adds the stream.
-        let span = tracing::info_span!("stream", stream = %definition.name);
+        // The journal's own log lines name their files; the span adds the stream. At error
+        // level so that it is on whenever any of those lines is (a warn-only filter included).
+        let span = tracing::error_span!("stream", stream = %definition.name);
         let opened = tokio::task::spawn_blocking({
             let dir = dir.clone();
             let span = span.clone();
