@@ -103,6 +103,11 @@ async fn readiness_follows_the_replay_and_the_drain() {
                 raw_put(&d, "ready"),
                 (503, "ServiceUnavailableException".into())
             );
+            // A keep-alive request is answered on a closing connection, so the SDK's retry
+            // reconnects (and a load balancer can pick another instance).
+            let head = keep_alive_put_head(&d, "ready");
+            assert!(head.starts_with("http/1.1 503"), "{head}");
+            assert!(head.contains("connection: close"), "{head}");
             // Reads still work, and the metrics show the drain. One attempt each: an SDK retry
             // could land after the shutdown timeout, when nothing listens any more.
             let fh = d.firehose_with_retries(1);
@@ -141,6 +146,29 @@ async fn readiness_follows_the_replay_and_the_drain() {
     })
     .await;
     assert_eq!(delivered, Some(acked as f64));
+}
+
+/// The response head of a PutRecordBatch sent without `Connection: close`, lowercased.
+fn keep_alive_put_head(d: &Daemon, stream: &str) -> String {
+    use std::io::{Read, Write};
+    let body =
+        format!(r#"{{"DeliveryStreamName":"{stream}","Records":[{{"Data":"eyJhIjoxfQo="}}]}}"#);
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    write!(
+        s,
+        "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.PutRecordBatch\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut resp = Vec::new();
+    // The server closes the connection after this answer, so reading to the end terminates.
+    s.read_to_end(&mut resp).unwrap();
+    let text = String::from_utf8_lossy(&resp).to_lowercase();
+    text.split("\r\n\r\n")
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// PutRecordBatch of `ids` with records of `size` bytes; returns how many were acknowledged.
