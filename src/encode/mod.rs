@@ -2,6 +2,8 @@
 //! no delimiter); GZIP wraps that in one gzip member. Knows nothing of HTTP, S3 or journals.
 //! CPU-heavy: callers run it off the async workers.
 
+pub mod hive_type;
+
 use std::io::Write;
 
 use bytes::Bytes;
