@@ -13,12 +13,8 @@ use crate::config::{Cli, Settings, StoreSettings};
 /// Validates `file` as the daemon would at startup; prints what it declares, or every problem.
 pub fn check_config(file: &Path) -> ExitCode {
     let cli = Cli {
-        command: None,
         config: Some(file.to_owned()),
-        listen: None,
-        data_dir: None,
-        log_format: None,
-        object_store: None,
+        ..Cli::default()
     };
     match Settings::load(&cli) {
         Ok(settings) => {

@@ -22,7 +22,7 @@ const MIB: u64 = 1024 * 1024;
 /// Accepts the Amazon Data Firehose API (PutRecord, PutRecordBatch, CreateDeliveryStream, ...)
 /// over HTTP, journals every record to disk before acknowledging it, and delivers buffered
 /// objects to S3, an S3-compatible server (MinIO) or a local directory.
-#[derive(Debug, Parser)]
+#[derive(Debug, Default, Parser)]
 #[command(version, args_conflicts_with_subcommands = true)]
 pub struct Cli {
     #[command(subcommand)]
@@ -278,15 +278,7 @@ impl Settings {
             path: path.to_owned(),
             message: e.to_string(),
         })?;
-        let cli = Cli {
-            command: None,
-            config: None,
-            listen: None,
-            data_dir: None,
-            log_format: None,
-            object_store: None,
-        };
-        validate(raw, &cli).map_err(|problems| ConfigError::Invalid {
+        validate(raw, &Cli::default()).map_err(|problems| ConfigError::Invalid {
             path: path.to_owned(),
             problems,
         })
