@@ -27,10 +27,7 @@ async fn size_hint_seals_objects_and_sigterm_flushes_the_rest() {
     // A 900 s interval: only the size hint (1 MiB) can seal before shutdown.
     create_stream(&fh, "sized", s3_destination("size-bucket", 1, 900)).await;
 
-    let mut acked = Vec::new();
-    for i in 0..5u64 {
-        acked.extend(put_batch(&fh, "sized", i * 500..(i + 1) * 500, 1024).await);
-    }
+    let acked = put_batches(&fh, "sized", 0..2500, 1024).await;
     assert_eq!(acked.len(), 2500);
     let store = s3.client("size-bucket");
     let sealed = wait_for(Duration::from_secs(20), || async {
@@ -270,9 +267,7 @@ async fn large_objects_use_multipart_upload() {
     ));
     let fh = d.firehose();
     create_stream(&fh, "big", s3_destination("big", 6, 900)).await;
-    for i in 0..13u64 {
-        put_batch(&fh, "big", i * 500..(i + 1) * 500, 1024).await;
-    }
+    put_batches(&fh, "big", 0..6500, 1024).await;
     let store = s3.client("big");
     let objs = wait_for(Duration::from_secs(30), || async {
         let objs = objects(&store).await;

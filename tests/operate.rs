@@ -12,10 +12,14 @@ use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spillway");
 
+/// A PutRecordBatch body of one small record.
+fn one_record_body(stream: &str) -> String {
+    format!(r#"{{"DeliveryStreamName":"{stream}","Records":[{{"Data":"eyJhIjoxfQo="}}]}}"#)
+}
+
 /// A PutRecordBatch of one record over raw HTTP: (status, AWS error type or "").
 fn raw_put(d: &Daemon, stream: &str) -> (u16, String) {
-    let body =
-        format!(r#"{{"DeliveryStreamName":"{stream}","Records":[{{"Data":"eyJhIjoxfQo="}}]}}"#);
+    let body = one_record_body(stream);
     let (status, text) = d.raw(Some("PutRecordBatch"), body.as_bytes());
     let kind = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
@@ -37,11 +41,7 @@ async fn readiness_follows_the_replay_and_the_drain() {
     assert_eq!(d.metric("spillway_ready"), 1.0);
     let fh = d.firehose();
     create_stream(&fh, "ready", s3_destination("ready", 128, 900)).await;
-    let mut acked = 0;
-    for batch in 0..100u64 {
-        let ids = batch * 1000..batch * 1000 + 1000;
-        acked += put_batch_sized(&fh, "ready", ids, 1000).await;
-    }
+    let acked = put_batches(&fh, "ready", 0..100_000, 1000).await.len();
     assert_eq!(acked, 100_000);
     d.kill9();
 
@@ -151,8 +151,7 @@ async fn readiness_follows_the_replay_and_the_drain() {
 /// The response head of a PutRecordBatch sent without `Connection: close`, lowercased.
 fn keep_alive_put_head(d: &Daemon, stream: &str) -> String {
     use std::io::{Read, Write};
-    let body =
-        format!(r#"{{"DeliveryStreamName":"{stream}","Records":[{{"Data":"eyJhIjoxfQo="}}]}}"#);
+    let body = one_record_body(stream);
     let mut s = std::net::TcpStream::connect(d.addr).unwrap();
     write!(
         s,
@@ -171,54 +170,36 @@ fn keep_alive_put_head(d: &Daemon, stream: &str) -> String {
         .to_string()
 }
 
-/// PutRecordBatch of `ids` with records of `size` bytes; returns how many were acknowledged.
-async fn put_batch_sized(
-    fh: &aws_sdk_firehose::Client,
-    stream: &str,
-    ids: std::ops::Range<u64>,
-    size: usize,
-) -> usize {
-    let mut acked = 0;
-    let ids: Vec<u64> = ids.collect();
-    for chunk in ids.chunks(500) {
-        acked += put_batch(fh, stream, chunk[0]..chunk[chunk.len() - 1] + 1, size)
-            .await
-            .len();
-    }
-    acked
+/// Writes `text` to `dir/name` and runs `spillway check-config` on it.
+fn check_config(dir: &std::path::Path, name: &str, text: &str) -> std::process::Output {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    Command::new(BIN)
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap()
 }
 
 #[test]
 fn check_config_reports_what_a_file_declares_or_everything_wrong_with_it() {
     let dir = tempfile::tempdir().unwrap();
-    let good = dir.path().join("good.toml");
-    std::fs::write(
-        &good,
+    let out = check_config(
+        dir.path(),
+        "good.toml",
         "listen = \"0.0.0.0:4573\"\n[[stream]]\nname = \"game-events\"\nbucket_arn = \"arn:aws:s3:::game-data\"\ncompression_format = \"GZIP\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
     assert!(text.contains("good.toml: ok"), "{text}");
     assert!(text.contains("game-events: s3://game-data/"), "{text}");
     assert!(text.contains("0.0.0.0:4573"), "{text}");
 
-    let bad = dir.path().join("bad.toml");
-    std::fs::write(
-        &bad,
+    let out = check_config(
+        dir.path(),
+        "bad.toml",
         "[journal]\nsegment_mib = 0\n[[stream]]\nname = \"s\"\nbucket_arn = \"arn:aws:s3:::b-1\"\nprefix = \"!{nope}\"\n",
-    )
-    .unwrap();
-    let out = Command::new(BIN)
-        .args(["check-config"])
-        .arg(&bad)
-        .output()
-        .unwrap();
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("bad.toml"), "{err}");
@@ -262,8 +243,8 @@ async fn every_log_line_about_a_stream_names_it_and_gauges_show_the_limits() {
     let fh = d.firehose();
     create_stream(&fh, "named", s3_destination("logs", 1, 7)).await;
     // Enough to roll and release journal segments (1 MiB each), which logs from the journal.
-    let acked = put_batch_sized(&fh, "named", 0..3000, 1000).await;
-    assert_eq!(acked, 3000);
+    let acked = put_batches(&fh, "named", 0..3000, 1000).await;
+    assert_eq!(acked.len(), 3000);
     let delivered = wait_for(Duration::from_secs(30), || async {
         let n = d.metric("spillway_delivered_records_total{stream=\"named\"}");
         (n == 3000.0).then_some(n)

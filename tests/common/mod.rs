@@ -474,6 +474,24 @@ pub async fn put_batch(
         .collect()
 }
 
+/// Sends records `ids` as PutRecordBatch requests of up to 500 (the API's limit), in order;
+/// returns the ids the daemon acknowledged.
+pub async fn put_batches(
+    client: &Client,
+    stream: &str,
+    ids: std::ops::Range<u64>,
+    size: usize,
+) -> Vec<u64> {
+    let mut acked = Vec::new();
+    let mut start = ids.start;
+    while start < ids.end {
+        let end = (start + 500).min(ids.end);
+        acked.extend(put_batch(client, stream, start..end, size).await);
+        start = end;
+    }
+    acked
+}
+
 /// The ids of every record in the given object bodies (JSON lines with an "id" field).
 pub fn ids_in(bodies: &[Vec<u8>]) -> Vec<u64> {
     let mut ids = Vec::new();
