@@ -17,6 +17,7 @@ pub mod app;
 pub mod catalog;
 pub mod commands;
 pub mod config;
+pub mod durable;
 pub mod encode;
 pub mod journal;
 pub mod metrics;

@@ -380,7 +380,7 @@ impl Catalog {
         }
         let dir = self.streams_dir.join(entry.name.as_str());
         let marked = std::fs::rename(dir.join(STREAM_FILE), dir.join(DELETING_FILE))
-            .and_then(|()| std::fs::File::open(&dir)?.sync_all());
+            .and_then(|()| crate::durable::sync_dir(&dir));
         marked.map_err(|e| CatalogError::Internal(format!("cannot mark stream deleted: {e}")))?;
         self.streams
             .write()
@@ -424,18 +424,9 @@ impl Catalog {
             CatalogError::Internal(format!("cannot persist stream {}: {e}", record.name))
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let tmp = dir.join("stream.json.tmp");
         let bytes =
             serde_json::to_vec_pretty(record).map_err(|e| CatalogError::Internal(e.to_string()))?;
-        std::fs::write(&tmp, bytes).map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, dir.join(STREAM_FILE)).map_err(io)?;
-        std::fs::File::open(&dir)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        Ok(())
+        crate::durable::write_file(&dir.join(STREAM_FILE), &bytes).map_err(io)
     }
 
     /// Stops every stream: each delivers what it holds (or leaves it in its journal if

@@ -235,7 +235,7 @@ impl Journal {
             && opts.fsync
             && let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty())
         {
-            segment::sync_dir(parent).map_err(open_io("fsync directory", parent))?;
+            crate::durable::sync_dir(parent).map_err(open_io("fsync directory", parent))?;
         }
         let lock = lock_dir(dir)?;
         let direct = opts.direct_io && direct_supported(dir)?;
@@ -305,7 +305,7 @@ impl Journal {
                 let path = dir.join(segment::file_name(next));
                 let file = open_segment(&path, true, direct).map_err(open_io("create", &path))?;
                 if opts.fsync {
-                    segment::sync_dir(dir).map_err(open_io("fsync directory", dir))?;
+                    crate::durable::sync_dir(dir).map_err(open_io("fsync directory", dir))?;
                 }
                 push_header(&mut buf, next);
                 Active {
@@ -420,7 +420,8 @@ impl Journal {
             // crash could leave an older segment next to a gap, which open reports as corrupt.
             // Segments are large, so this is rare.
             if self.opts.fsync {
-                segment::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir))?;
+                crate::durable::sync_dir(&self.dir)
+                    .map_err(write_io("fsync directory", &self.dir))?;
             }
             tracing::debug!(
                 path = %seg.path.display(),
@@ -513,7 +514,7 @@ impl Journal {
         let path = self.dir.join(segment::file_name(self.next));
         let file = open_segment(&path, true, self.direct).map_err(write_io("create", &path))?;
         if self.opts.fsync {
-            segment::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir))?;
+            crate::durable::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir))?;
         }
         let fresh = Active {
             first: self.next,

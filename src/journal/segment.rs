@@ -1,10 +1,10 @@
-//! Segment files: naming, listing and directory durability.
+//! Segment files: naming and listing.
 //!
 //! A segment is named after the next position at the moment it was created
 //! (`{position:020}.wal`), so every record in it is at or above that position and the next
 //! segment's name is where this one's records end.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -38,18 +38,6 @@ pub(super) fn list(dir: &Path) -> io::Result<Vec<(Position, PathBuf)>> {
     }
     segments.sort_unstable_by_key(|(first, _)| *first);
     Ok(segments)
-}
-
-/// Makes file creations, deletions and renames in `dir` durable.
-#[cfg(unix)]
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Directories cannot be opened as files here; their entries are made durable by the OS.
-#[cfg(not(unix))]
-pub(super) fn sync_dir(_dir: &Path) -> io::Result<()> {
-    Ok(())
 }
 
 #[cfg(test)]

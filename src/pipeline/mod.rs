@@ -297,12 +297,7 @@ fn read_or_create_incarnation(dir: &Path) -> Result<u64, StartError> {
         }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let id: u64 = rand::random();
-            let tmp = dir.join("incarnation.tmp");
-            std::fs::write(&tmp, format!("{id:016x}\n")).map_err(err)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(err)?;
-            std::fs::rename(&tmp, &path).map_err(err)?;
+            crate::durable::write_file(&path, format!("{id:016x}\n").as_bytes()).map_err(err)?;
             Ok(id)
         }
         Err(e) => Err(err(e)),

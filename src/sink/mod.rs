@@ -306,7 +306,7 @@ async fn make_durable(
         let Some(parent) = file.parent() else {
             return Ok(());
         };
-        std::fs::File::open(parent)?.sync_all()?;
+        crate::durable::sync_dir(parent)?;
         // A directory's own entry lives in its parent: sync each parent once.
         let mut dir = parent;
         while dir != bucket_dir.as_path() {
@@ -318,7 +318,7 @@ async fn make_durable(
                 .unwrap_or_else(|p| p.into_inner())
                 .contains(dir);
             if !known {
-                std::fs::File::open(up)?.sync_all()?;
+                crate::durable::sync_dir(up)?;
                 synced_dirs
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
