@@ -47,6 +47,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     metrics.set_limits(settings.max_memory_bytes, settings.journal.max_bytes);
     let stores = Stores::new(settings.store.clone());
     tracing::info!(store = %stores.describe(), data_dir = %data_dir.display(), fsync = settings.journal.fsync, "starting");
+    let transforms = crate::transform::Host::new(
+        settings.transform.cache_dir.clone(),
+        crate::transform::Limits {
+            memory_bytes: settings.transform.memory_bytes as usize,
+            timeout: settings.transform.timeout,
+        },
+    )
+    .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?;
     let ctx = Arc::new(Context {
         metrics: metrics.clone(),
         memory: MemoryBudget::new(settings.max_memory_bytes, metrics.memory_reserved().clone()),
@@ -59,6 +67,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         encode_slots: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
+        transforms,
+        max_active_partitions: settings.max_active_partitions,
     });
 
     // Listen before replaying: /healthz answers during a long replay, /readyz does not yet.

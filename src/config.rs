@@ -104,6 +104,10 @@ struct RawConfig {
     upload: RawUpload,
     #[serde(default)]
     object_store: RawObjectStore,
+    #[serde(default)]
+    transform: RawTransform,
+    #[serde(default)]
+    partitioning: RawPartitioning,
     #[serde(default, rename = "stream")]
     streams: Vec<RawStream>,
 }
@@ -164,6 +168,51 @@ struct RawObjectStore {
     sign_payload: Option<bool>,
 }
 
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTransform {
+    /// Memory cap of one transform instance. MiB; 256.
+    memory_mib: Option<u64>,
+    /// Time budget of one call (and of instantiating a component). Seconds; 10.
+    timeout_seconds: Option<u64>,
+    /// Where compiled components are cached. `<data_dir>/transform-cache`.
+    cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPartitioning {
+    /// Partitions one batch of a stream may fill; records for further partitions go to the
+    /// error output as activePartitionExceeded. 500 (Firehose's default).
+    max_active_partitions: Option<u64>,
+}
+
+/// Firehose's `ProcessingConfiguration`, with parameters as a table:
+/// `{ type = "Lambda", parameters = { LambdaArn = "...", NumberOfRetries = 3 } }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcessing {
+    enabled: Option<bool>,
+    #[serde(default)]
+    processors: Vec<RawProcessor>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProcessor {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    parameters: std::collections::BTreeMap<String, toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDynamicPartitioning {
+    enabled: Option<bool>,
+    retry_duration_seconds: Option<i64>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawStream {
@@ -174,6 +223,8 @@ struct RawStream {
     error_output_prefix: Option<String>,
     compression_format: Option<String>,
     buffering_hints: Option<RawBufferingHints>,
+    processing_configuration: Option<RawProcessing>,
+    dynamic_partitioning_configuration: Option<RawDynamicPartitioning>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -197,8 +248,17 @@ pub struct Settings {
     pub max_memory_bytes: u64,
     pub upload: UploadSettings,
     pub store: StoreSettings,
+    pub transform: TransformSettings,
+    pub max_active_partitions: usize,
     /// Streams declared in the file: read-only over the API.
     pub streams: Vec<(StreamName, S3Destination)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TransformSettings {
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+    pub cache_dir: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -341,6 +401,23 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         )),
         gzip_level: raw.upload.gzip_level.unwrap_or(1),
     };
+    let transform = TransformSettings {
+        memory_bytes: positive("transform.memory_mib", raw.transform.memory_mib, 256) * MIB,
+        timeout: Duration::from_secs(positive(
+            "transform.timeout_seconds",
+            raw.transform.timeout_seconds,
+            10,
+        )),
+        cache_dir: raw
+            .transform
+            .cache_dir
+            .unwrap_or_else(|| data_dir.join("transform-cache")),
+    };
+    let max_active_partitions = positive(
+        "partitioning.max_active_partitions",
+        raw.partitioning.max_active_partitions,
+        500,
+    ) as usize;
     let shutdown_timeout = Duration::from_secs(raw.shutdown_timeout_seconds.unwrap_or(60));
     if !(5 * MIB..=5 * 1024 * MIB).contains(&upload.part_size) {
         problems.push("upload.part_size_mib: must be between 5 and 5120 (S3's part limits)".into());
@@ -426,6 +503,24 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                 interval_in_seconds: h.interval_in_seconds,
             }),
             compression_format: s.compression_format,
+            processing_configuration: match s.processing_configuration.map(processing_from_toml) {
+                None => None,
+                Some(Ok(p)) => Some(p),
+                Some(Err(m)) => {
+                    problems.push(format!(
+                        "{at}.processing_configuration (stream {name}): {m}"
+                    ));
+                    continue;
+                }
+            },
+            dynamic_partitioning_configuration: s.dynamic_partitioning_configuration.map(|d| {
+                definition::DynamicPartitioningConfiguration {
+                    enabled: d.enabled,
+                    retry_options: d.retry_duration_seconds.map(|s| definition::RetryOptions {
+                        duration_in_seconds: Some(s),
+                    }),
+                }
+            }),
             other: Default::default(),
         };
         match definition::validate(&dest) {
@@ -453,10 +548,45 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             max_memory_bytes,
             upload,
             store,
+            transform,
+            max_active_partitions,
             streams,
         }),
         _ => Err(problems),
     }
+}
+
+fn processing_from_toml(raw: RawProcessing) -> Result<definition::ProcessingConfiguration, String> {
+    let mut processors = Vec::new();
+    for p in raw.processors {
+        let mut parameters = Vec::new();
+        for (name, value) in p.parameters {
+            let value = match value {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                other => {
+                    return Err(format!(
+                        "parameter {name} must be a string or a number, got {}",
+                        other.type_str()
+                    ));
+                }
+            };
+            parameters.push(definition::ProcessorParameter {
+                parameter_name: name,
+                parameter_value: value,
+            });
+        }
+        processors.push(definition::Processor {
+            kind: p.kind,
+            parameters,
+        });
+    }
+    Ok(definition::ProcessingConfiguration {
+        enabled: raw.enabled,
+        processors,
+    })
 }
 
 #[cfg(test)]

@@ -22,4 +22,6 @@ pub mod encode;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;
+pub mod process;
 pub mod sink;
+pub mod transform;

@@ -30,6 +30,12 @@ pub struct Metrics {
     freshness_seconds: IntGaugeVec,
     buffer_interval_seconds: IntGaugeVec,
     buffer_size_bytes: IntGaugeVec,
+    processed_records: IntCounterVec,
+    transform_call_seconds: HistogramVec,
+    transform_failures: IntCounterVec,
+    error_records: IntCounterVec,
+    active_partitions: IntGaugeVec,
+    partition_cap_exceeded: IntCounterVec,
     memory_reserved_bytes: IntGauge,
     memory_limit_bytes: IntGauge,
     journal_limit_bytes: IntGauge,
@@ -56,6 +62,31 @@ pub struct StreamMetrics {
     pub freshness_seconds: IntGauge,
     pub buffer_interval_seconds: IntGauge,
     pub buffer_size_bytes: IntGauge,
+    pub processed_ok: IntCounter,
+    pub processed_dropped: IntCounter,
+    pub processed_failed: IntCounter,
+    pub transform_call_seconds: Histogram,
+    pub active_partitions: IntGauge,
+    pub partition_cap_exceeded: IntCounter,
+    transform_failures: IntCounterVec,
+    error_records: IntCounterVec,
+    stream: String,
+}
+
+impl StreamMetrics {
+    /// A failed transform call, by kind (trap, timeout, out_of_memory, wrong_count, instantiate).
+    pub fn transform_failure(&self, kind: &str) {
+        self.transform_failures
+            .with_label_values(&[self.stream.as_str(), kind])
+            .inc();
+    }
+
+    /// Records delivered to the error output, by error output type.
+    pub fn error_records(&self, output_type: &str, n: u64) {
+        self.error_records
+            .with_label_values(&[self.stream.as_str(), output_type])
+            .inc_by(n);
+    }
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -98,6 +129,21 @@ fn histogram(
         .expect("each metric is registered once");
     h
 }
+
+/// Label values of `spillway_transform_failures_total{kind}`.
+pub const TRANSFORM_FAILURE_KINDS: [&str; 5] = [
+    "trap",
+    "timeout",
+    "out_of_memory",
+    "wrong_count",
+    "instantiate",
+];
+/// Label values of `spillway_error_records_total{type}`.
+pub const ERROR_OUTPUT_TYPES: [&str; 3] = [
+    "processing-failed",
+    "partitioning-failed",
+    "activePartitionExceeded",
+];
 
 const LATENCY_BUCKETS: [f64; 14] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -255,6 +301,43 @@ impl Metrics {
                 "The stream's BufferingHints.SizeInMBs in force, in bytes.",
                 &["stream"],
             ),
+            processed_records: counter(
+                &r,
+                "spillway_processed_records_total",
+                "Records through the stream's processing, by result: ok (delivered), dropped (on purpose, by the transform) or failed (sent to the error output).",
+                &["stream", "result"],
+            ),
+            transform_call_seconds: histogram(
+                &r,
+                "spillway_transform_call_duration_seconds",
+                "Latency of one transform call (one batch of records), failed calls included.",
+                &["stream"],
+                LATENCY_BUCKETS.to_vec(),
+            ),
+            transform_failures: counter(
+                &r,
+                "spillway_transform_failures_total",
+                "Failed transform calls by kind: trap, timeout, out_of_memory, wrong_count, instantiate.",
+                &["stream", "kind"],
+            ),
+            error_records: counter(
+                &r,
+                "spillway_error_records_total",
+                "Records written under the ErrorOutputPrefix, by error output type.",
+                &["stream", "type"],
+            ),
+            active_partitions: gauge(
+                &r,
+                "spillway_active_partitions",
+                "Partitions of the stream's most recently processed batch.",
+                &["stream"],
+            ),
+            partition_cap_exceeded: counter(
+                &r,
+                "spillway_partition_cap_exceeded_records_total",
+                "Records sent to the error output because their batch had reached partitioning.max_active_partitions.",
+                &["stream"],
+            ),
             memory_reserved_bytes,
             memory_limit_bytes,
             journal_limit_bytes,
@@ -283,6 +366,19 @@ impl Metrics {
             freshness_seconds: self.freshness_seconds.with_label_values(l),
             buffer_interval_seconds: self.buffer_interval_seconds.with_label_values(l),
             buffer_size_bytes: self.buffer_size_bytes.with_label_values(l),
+            processed_ok: self.processed_records.with_label_values(&[stream, "ok"]),
+            processed_dropped: self
+                .processed_records
+                .with_label_values(&[stream, "dropped"]),
+            processed_failed: self
+                .processed_records
+                .with_label_values(&[stream, "failed"]),
+            transform_call_seconds: self.transform_call_seconds.with_label_values(l),
+            active_partitions: self.active_partitions.with_label_values(l),
+            partition_cap_exceeded: self.partition_cap_exceeded.with_label_values(l),
+            transform_failures: self.transform_failures.clone(),
+            error_records: self.error_records.clone(),
+            stream: stream.to_owned(),
         }
     }
 
@@ -300,8 +396,18 @@ impl Metrics {
             &self.object_bytes,
             &self.upload_failures,
             &self.upload_retries,
+            &self.partition_cap_exceeded,
         ] {
             let _ = vec.remove_label_values(l);
+        }
+        for (vec, values) in [
+            (&self.processed_records, &["ok", "dropped", "failed"][..]),
+            (&self.transform_failures, &TRANSFORM_FAILURE_KINDS[..]),
+            (&self.error_records, &ERROR_OUTPUT_TYPES[..]),
+        ] {
+            for v in values {
+                let _ = vec.remove_label_values(&[stream, v]);
+            }
         }
         for vec in [
             &self.buffered_bytes,
@@ -309,10 +415,12 @@ impl Metrics {
             &self.freshness_seconds,
             &self.buffer_interval_seconds,
             &self.buffer_size_bytes,
+            &self.active_partitions,
         ] {
             let _ = vec.remove_label_values(l);
         }
         let _ = self.upload_seconds.remove_label_values(l);
+        let _ = self.transform_call_seconds.remove_label_values(l);
         let _ = self.journal_sync_seconds.remove_label_values(l);
     }
 

@@ -5,12 +5,13 @@
 //! config, so a setting means the same thing wherever it is written. Nothing here does I/O.
 
 use std::fmt;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::prefix::PrefixTemplate;
+use super::prefix::{ParseOptions, Part, PrefixTemplate};
 
 /// A validated delivery stream name: 1-64 characters of `[a-zA-Z0-9_.-]`, not only dots
 /// (it names a directory under the data dir).
@@ -129,8 +130,55 @@ pub struct S3Destination {
     pub buffering_hints: Option<BufferingHints>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub compression_format: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processing_configuration: Option<ProcessingConfiguration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dynamic_partitioning_configuration: Option<DynamicPartitioningConfiguration>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
+}
+
+/// Firehose's `ProcessingConfiguration`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProcessingConfiguration {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processors: Vec<Processor>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct Processor {
+    #[serde(rename = "Type")]
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parameters: Vec<ProcessorParameter>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct ProcessorParameter {
+    pub parameter_name: String,
+    pub parameter_value: String,
+}
+
+/// Firehose's `DynamicPartitioningConfiguration`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct DynamicPartitioningConfiguration {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_options: Option<RetryOptions>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RetryOptions {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub duration_in_seconds: Option<i64>,
 }
 
 impl S3Destination {
@@ -160,6 +208,12 @@ impl S3Destination {
         if update.compression_format.is_some() {
             self.compression_format = update.compression_format;
         }
+        if update.processing_configuration.is_some() {
+            self.processing_configuration = update.processing_configuration;
+        }
+        if update.dynamic_partitioning_configuration.is_some() {
+            self.dynamic_partitioning_configuration = update.dynamic_partitioning_configuration;
+        }
         self.other.extend(update.other);
     }
 }
@@ -174,6 +228,8 @@ pub enum Field {
     SizeInMbs,
     IntervalInSeconds,
     CompressionFormat,
+    Processing,
+    DynamicPartitioning,
     Other(&'static str),
     /// A setting spillway does not know; the message names it.
     Unknown,
@@ -188,6 +244,8 @@ impl Field {
             Field::SizeInMbs => "BufferingHints.SizeInMBs",
             Field::IntervalInSeconds => "BufferingHints.IntervalInSeconds",
             Field::CompressionFormat => "CompressionFormat",
+            Field::Processing => "ProcessingConfiguration",
+            Field::DynamicPartitioning => "DynamicPartitioningConfiguration",
             Field::Other(name) => name,
             Field::Unknown => "ExtendedS3DestinationConfiguration",
         }
@@ -201,6 +259,8 @@ impl Field {
             Field::SizeInMbs => "buffering_hints.size_in_mbs",
             Field::IntervalInSeconds => "buffering_hints.interval_in_seconds",
             Field::CompressionFormat => "compression_format",
+            Field::Processing => "processing_configuration",
+            Field::DynamicPartitioning => "dynamic_partitioning_configuration",
             Field::Other(name) => name,
             Field::Unknown => "stream",
         }
@@ -225,9 +285,40 @@ pub struct Destination {
     pub buffer_bytes: u64,
     pub buffer_interval: Duration,
     pub compression: Compression,
+    /// Transform, metadata extraction and delimiter, in that order; `None` when disabled.
+    pub processing: Option<Processing>,
+    /// `DynamicPartitioningConfiguration.Enabled`: the prefixes may use partition keys.
+    pub dynamic_partitioning: bool,
     /// The settings as given, with spillway's defaults filled in: what Describe echoes.
     pub raw: S3Destination,
 }
+
+/// A validated `ProcessingConfiguration`: the processors run in this order, whatever order
+/// they were listed in (transform, then partition keys from the transformed record, then the
+/// delimiter), as Firehose does.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Processing {
+    pub lambda: Option<LambdaProcessor>,
+    /// `MetadataExtractionQuery`, already checked to compile.
+    pub metadata_query: Option<String>,
+    pub append_delimiter: bool,
+}
+
+/// The `Lambda` processor: a WebAssembly component in place of the Lambda function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LambdaProcessor {
+    /// `LambdaArn` as written; error records carry it as `lambdaArn`.
+    pub arn: String,
+    /// The component file (`file://` removed; relative to the daemon's working directory).
+    pub component: PathBuf,
+    /// `NumberOfRetries`: further calls after a failed one before the records go to the
+    /// error output. 0-300; 3.
+    pub retries: u32,
+    /// `BufferSizeInMBs`: input bytes per call, at least one record. 0.2-3 MB; 1.
+    pub call_bytes: u64,
+}
+
+pub const DEFAULT_TRANSFORM_RETRIES: u32 = 3;
 
 /// What the pipeline needs to know about a stream: replaced whole on `UpdateDestination`.
 #[derive(Clone, Debug)]
@@ -236,14 +327,14 @@ pub struct StreamDefinition {
     /// Starts at 1 and goes up with each `UpdateDestination`; part of every object name.
     pub version: u64,
     pub destination: Destination,
+    /// The loaded component of `destination.processing.lambda`, if any.
+    pub transform: Option<std::sync::Arc<crate::transform::Module>>,
 }
 
 /// Settings from Firehose's `ExtendedS3DestinationConfiguration` that spillway does not
 /// implement yet. They are accepted only when they turn the feature off.
 const UNSUPPORTED: &[&str] = &[
-    "ProcessingConfiguration",
     "DataFormatConversionConfiguration",
-    "DynamicPartitioningConfiguration",
     "S3BackupMode",
     "S3BackupConfiguration",
     "S3BackupUpdate",
@@ -279,15 +370,23 @@ pub fn validate(raw: &S3Destination) -> Result<Destination, Vec<FieldError>> {
             .ok(),
     };
     let prefix_text = raw.prefix.as_deref().unwrap_or("");
-    let prefix = PrefixTemplate::parse_prefix(prefix_text)
-        .map_err(|e| err(Field::Prefix, e.to_string()))
-        .ok();
+    let options = ParseOptions {
+        allow_partition_keys: raw
+            .dynamic_partitioning_configuration
+            .as_ref()
+            .is_some_and(|dp| dp.enabled == Some(true)),
+    };
+    let prefix =
+        PrefixTemplate::parse_with(prefix_text, super::prefix::PrefixField::Prefix, options)
+            .map_err(|e| err(Field::Prefix, e.to_string()))
+            .ok();
     // The error prefix's default depends on the prefix, so it is parsed with it; once the
     // prefix itself parsed, any error here is the error prefix's.
     let error_output_prefix = match prefix {
-        Some(_) => PrefixTemplate::parse_destination(
+        Some(_) => PrefixTemplate::parse_destination_with(
             prefix_text,
             raw.error_output_prefix.as_deref().unwrap_or(""),
+            options,
         )
         .map(|(_, e)| e)
         .map_err(|e| err(Field::ErrorOutputPrefix, e.to_string()))
@@ -327,6 +426,44 @@ pub fn validate(raw: &S3Destination) -> Result<Destination, Vec<FieldError>> {
             None
         }
     };
+    let dynamic_partitioning = match &raw.dynamic_partitioning_configuration {
+        None => false,
+        Some(dp) => {
+            if let Some(d) = dp
+                .retry_options
+                .as_ref()
+                .and_then(|r| r.duration_in_seconds)
+                && !(0..=7200).contains(&d)
+            {
+                err(
+                    Field::DynamicPartitioning,
+                    format!("RetryOptions.DurationInSeconds must be between 0 and 7200, got {d}"),
+                );
+            }
+            dp.enabled == Some(true)
+        }
+    };
+    let processing = match &raw.processing_configuration {
+        Some(p) if p.enabled.unwrap_or(!p.processors.is_empty()) => {
+            match validate_processing(&p.processors) {
+                Ok(p) => Some(p),
+                Err(m) => {
+                    err(Field::Processing, m);
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    if let Some(prefix) = &prefix {
+        check_partitioning(
+            prefix,
+            raw.error_output_prefix.as_deref().unwrap_or(""),
+            dynamic_partitioning,
+            processing.as_ref(),
+            &mut err,
+        );
+    }
     for (name, value) in &raw.other {
         if IGNORED.contains(&name.as_str()) {
             continue;
@@ -365,8 +502,187 @@ pub fn validate(raw: &S3Destination) -> Result<Destination, Vec<FieldError>> {
         buffer_bytes: size as u64 * 1024 * 1024,
         buffer_interval: Duration::from_secs(interval as u64),
         compression,
+        processing,
+        dynamic_partitioning,
         raw: normalized,
     })
+}
+
+fn validate_processing(processors: &[Processor]) -> Result<Processing, String> {
+    let mut out = Processing {
+        lambda: None,
+        metadata_query: None,
+        append_delimiter: false,
+    };
+    let mut seen = Vec::new();
+    for (i, p) in processors.iter().enumerate() {
+        let at = format!("Processors[{i}] ({})", p.kind);
+        if seen.contains(&p.kind.as_str()) {
+            return Err(format!(
+                "{at}: a stream can have only one {} processor",
+                p.kind
+            ));
+        }
+        seen.push(p.kind.as_str());
+        let mut params: Vec<(&str, &str)> = p
+            .parameters
+            .iter()
+            .map(|x| (x.parameter_name.as_str(), x.parameter_value.as_str()))
+            .collect();
+        let mut take = |name: &str| -> Option<String> {
+            let i = params.iter().position(|(n, _)| *n == name)?;
+            Some(params.remove(i).1.to_owned())
+        };
+        match p.kind.as_str() {
+            "Lambda" => {
+                let arn = take("LambdaArn").ok_or(format!("{at}: LambdaArn is required"))?;
+                let component = component_path(&arn).map_err(|m| format!("{at}: LambdaArn {m}"))?;
+                let retries = match take("NumberOfRetries") {
+                    None => DEFAULT_TRANSFORM_RETRIES,
+                    Some(v) => v
+                        .parse::<u32>()
+                        .ok()
+                        .filter(|n| *n <= 300)
+                        .ok_or(format!("{at}: NumberOfRetries must be 0 to 300, got {v:?}"))?,
+                };
+                let call_bytes = match take("BufferSizeInMBs") {
+                    None => 1_000_000,
+                    Some(v) => v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|mb| (0.2..=3.0).contains(mb))
+                        .map(|mb| (mb * 1_000_000.0) as u64)
+                        .ok_or(format!(
+                            "{at}: BufferSizeInMBs must be between 0.2 and 3, got {v:?}"
+                        ))?,
+                };
+                if let Some(v) = take("BufferIntervalInSeconds")
+                    && !v.parse::<u32>().is_ok_and(|s| s <= 900)
+                {
+                    return Err(format!(
+                        "{at}: BufferIntervalInSeconds must be 0 to 900, got {v:?}"
+                    ));
+                }
+                // Accepted for compatibility: spillway runs no IAM.
+                take("RoleArn");
+                out.lambda = Some(LambdaProcessor {
+                    arn,
+                    component,
+                    retries,
+                    call_bytes,
+                });
+            }
+            "MetadataExtraction" => {
+                let query = take("MetadataExtractionQuery")
+                    .ok_or(format!("{at}: MetadataExtractionQuery is required"))?;
+                match take("JsonParsingEngine").as_deref() {
+                    None | Some("JQ-1.6") => {}
+                    Some(other) => {
+                        return Err(format!(
+                            "{at}: JsonParsingEngine must be JQ-1.6, got {other:?}"
+                        ));
+                    }
+                }
+                crate::process::jq::Query::compile(&query)
+                    .map_err(|m| format!("{at}: MetadataExtractionQuery: {m}"))?;
+                out.metadata_query = Some(query);
+            }
+            "AppendDelimiterToRecord" => {
+                if let Some(d) = take("Delimiter")
+                    && !matches!(d.as_str(), "\\n" | "\n")
+                {
+                    return Err(format!(
+                        "{at}: only the newline delimiter is supported, got {d:?}"
+                    ));
+                }
+                out.append_delimiter = true;
+            }
+            "RecordDeAggregation" | "CloudWatchLogProcessing" | "Decompression" => {
+                return Err(format!("{at}: this processor type is not supported"));
+            }
+            other => {
+                return Err(format!(
+                    "{at}: unknown processor type {other:?} (Lambda, MetadataExtraction or AppendDelimiterToRecord)"
+                ));
+            }
+        }
+        if let Some((name, _)) = params.first() {
+            return Err(format!("{at}: unknown parameter {name:?}"));
+        }
+    }
+    Ok(out)
+}
+
+/// `LambdaArn` names a component file: a path or a `file://` URL.
+fn component_path(arn: &str) -> Result<PathBuf, String> {
+    if let Some(path) = arn.strip_prefix("file://") {
+        if path.is_empty() {
+            return Err("file:// URL without a path".into());
+        }
+        return Ok(PathBuf::from(path));
+    }
+    if arn.starts_with("arn:") || arn.contains("://") {
+        return Err(format!(
+            "must name a WebAssembly component file (a path or a file:// URL), got {arn:?}"
+        ));
+    }
+    if arn.is_empty() {
+        return Err("is empty".into());
+    }
+    Ok(PathBuf::from(arn))
+}
+
+/// Firehose's rules tying the prefixes, dynamic partitioning and the processors together.
+fn check_partitioning(
+    prefix: &PrefixTemplate,
+    error_prefix: &str,
+    enabled: bool,
+    processing: Option<&Processing>,
+    err: &mut impl FnMut(Field, String),
+) {
+    let query_keys = prefix
+        .parts()
+        .iter()
+        .any(|p| matches!(p, Part::PartitionKeyFromQuery(_)));
+    let lambda_keys = prefix
+        .parts()
+        .iter()
+        .any(|p| matches!(p, Part::PartitionKeyFromLambda(_)));
+    let has_query = processing.is_some_and(|p| p.metadata_query.is_some());
+    let has_lambda = processing.is_some_and(|p| p.lambda.is_some());
+    if !enabled {
+        if has_query {
+            err(
+                Field::Processing,
+                "MetadataExtraction needs DynamicPartitioningConfiguration enabled".into(),
+            );
+        }
+        return;
+    }
+    if error_prefix.is_empty() {
+        err(
+            Field::ErrorOutputPrefix,
+            "is required when dynamic partitioning is enabled".into(),
+        );
+    }
+    if !query_keys && !lambda_keys {
+        err(
+            Field::Prefix,
+            "must use !{partitionKeyFromQuery:KEY} or !{partitionKeyFromLambda:KEY} when dynamic partitioning is enabled".into(),
+        );
+    }
+    if query_keys && !has_query {
+        err(
+            Field::Prefix,
+            "!{partitionKeyFromQuery:...} needs a MetadataExtraction processor".into(),
+        );
+    }
+    if lambda_keys && !has_lambda {
+        err(
+            Field::Prefix,
+            "!{partitionKeyFromLambda:...} needs a Lambda processor".into(),
+        );
+    }
 }
 
 #[cfg(test)]

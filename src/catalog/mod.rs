@@ -240,6 +240,7 @@ impl Catalog {
         let name = StreamName::parse(&record.name).map_err(invalid)?;
         let destination = definition::validate(&record.destination)
             .map_err(|e| invalid(CatalogError::invalid(e).to_string()))?;
+        let transform = self.load_transform(&destination).await.map_err(invalid)?;
         let runtime = StreamRuntime::start(
             self.ctx.clone(),
             &self.streams_dir.join(name.as_str()),
@@ -247,6 +248,7 @@ impl Catalog {
                 name: name.clone(),
                 version: record.version,
                 destination,
+                transform,
             }),
         )
         .await?;
@@ -256,6 +258,27 @@ impl Catalog {
             record: Mutex::new(record),
             runtime,
         }))
+    }
+
+    /// Loads (compiles, or reads from the compile cache) the stream's transform component.
+    async fn load_transform(
+        &self,
+        destination: &Destination,
+    ) -> Result<Option<Arc<crate::transform::Module>>, String> {
+        let Some(lambda) = destination
+            .processing
+            .as_ref()
+            .and_then(|p| p.lambda.as_ref())
+        else {
+            return Ok(None);
+        };
+        let host = self.ctx.transforms.clone();
+        let path = lambda.component.clone();
+        match tokio::task::spawn_blocking(move || host.load(&path)).await {
+            Ok(Ok(module)) => Ok(Some(module)),
+            Ok(Err(e)) => Err(format!("ProcessingConfiguration: {e}")),
+            Err(e) => Err(format!("transform loader failed: {e}")),
+        }
     }
 
     pub fn arn(&self, name: &str) -> String {
@@ -290,7 +313,12 @@ impl Catalog {
         destination: S3Destination,
     ) -> Result<(), CatalogError> {
         let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
-        definition::validate(&destination).map_err(CatalogError::invalid)?;
+        let validated = definition::validate(&destination).map_err(CatalogError::invalid)?;
+        // A component that does not load is the caller's mistake, reported before anything
+        // is persisted; loading it here also fills the compile cache for the start below.
+        self.load_transform(&validated)
+            .await
+            .map_err(CatalogError::Invalid)?;
         let _control = self.control.lock().await;
         if self.closing.load(std::sync::atomic::Ordering::Acquire) {
             return Err(CatalogError::Unavailable(
@@ -343,18 +371,27 @@ impl Catalog {
                 "DestinationId {destination_id} not found; this stream's destination is {DESTINATION_ID}."
             )));
         }
-        let mut record = entry.record.lock().unwrap_or_else(|p| p.into_inner());
-        if current_version != record.version.to_string() {
+        // The control lock is held: nothing else changes the record until this returns.
+        let current = entry
+            .record
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if current_version != current.version.to_string() {
             return Err(CatalogError::VersionMismatch {
-                current: record.version,
+                current: current.version,
                 given: current_version.to_owned(),
             });
         }
-        let mut merged = record.destination.clone();
+        let mut merged = current.destination.clone();
         merged.apply_update(update);
         let destination: Destination =
             definition::validate(&merged).map_err(CatalogError::invalid)?;
-        let mut next = record.clone();
+        let transform = self
+            .load_transform(&destination)
+            .await
+            .map_err(CatalogError::Invalid)?;
+        let mut next = current;
         next.destination = merged;
         next.version += 1;
         next.updated_ms = crate::pipeline::now_ms();
@@ -363,8 +400,9 @@ impl Catalog {
             name: entry.name.clone(),
             version: next.version,
             destination,
+            transform,
         }));
-        *record = next;
+        *entry.record.lock().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
     }
 

@@ -129,8 +129,8 @@ pub enum PrefixError {
         problem: PatternError,
     },
     #[error(
-        "{field}: !{{{namespace}:...}} requires dynamic partitioning, which this version does \
-         not support (`{expr}` at character {at})"
+        "{field}: !{{{namespace}:...}} can only be used in Prefix, with \
+         DynamicPartitioningConfiguration enabled (`{expr}` at character {at})"
     )]
     DynamicPartitioningUnsupported {
         field: PrefixField,
@@ -154,8 +154,8 @@ pub enum PrefixError {
 /// Options for [`PrefixTemplate::parse_with`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ParseOptions {
-    /// Accept `!{partitionKeyFromQuery:..}` / `!{partitionKeyFromLambda:..}`. Off until
-    /// dynamic partitioning exists; the parts are parsed either way so the error is precise.
+    /// Accept `!{partitionKeyFromQuery:..}` / `!{partitionKeyFromLambda:..}` (a Prefix of a
+    /// stream with dynamic partitioning); the parts are parsed either way so errors are precise.
     pub allow_partition_keys: bool,
 }
 
@@ -335,7 +335,17 @@ impl PrefixTemplate {
         prefix: &str,
         error_prefix: &str,
     ) -> Result<(Self, Self), PrefixError> {
-        let data = Self::parse_prefix(prefix)?;
+        Self::parse_destination_with(prefix, error_prefix, ParseOptions::default())
+    }
+
+    /// [`PrefixTemplate::parse_destination`] with options for the data prefix (the error
+    /// prefix never takes partition keys: the records it receives may have none).
+    pub fn parse_destination_with(
+        prefix: &str,
+        error_prefix: &str,
+        options: ParseOptions,
+    ) -> Result<(Self, Self), PrefixError> {
+        let data = Self::parse_with(prefix, PrefixField::Prefix, options)?;
         if !error_prefix.is_empty() {
             return Ok((data, Self::parse_error_prefix(error_prefix)?));
         }
@@ -475,6 +485,80 @@ impl PrefixTemplate {
         }
         out
     }
+}
+
+impl PrefixTemplate {
+    /// Renders everything but the partition keys and the error output type, which stay as
+    /// pieces to [`fill`] per object. The result is recorded in the journal's seal, so a replay
+    /// names its objects exactly as the first attempt did (random strings included).
+    pub fn render_pieces(&self, at: DateTime<Utc>, rng: &mut impl Rng) -> Vec<Piece> {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        for part in &self.parts {
+            let hole = match part {
+                Part::Literal(s) => {
+                    text.push_str(s);
+                    continue;
+                }
+                Part::Timestamp(pattern) => {
+                    pattern.render_into(at, &mut text);
+                    continue;
+                }
+                Part::RandomString => {
+                    for _ in 0..RANDOM_STRING_LEN {
+                        text.push(char::from(rng.sample(Alphanumeric)));
+                    }
+                    continue;
+                }
+                Part::ErrorOutputType => Piece::ErrorOutputType,
+                Part::PartitionKeyFromQuery(k) => Piece::Query(k.clone()),
+                Part::PartitionKeyFromLambda(k) => Piece::Lambda(k.clone()),
+            };
+            if !text.is_empty() {
+                pieces.push(Piece::Text(std::mem::take(&mut text)));
+            }
+            pieces.push(hole);
+        }
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        pieces
+    }
+}
+
+/// A prefix rendered up to its per-object holes; see [`PrefixTemplate::render_pieces`].
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Piece {
+    Text(String),
+    Query(String),
+    Lambda(String),
+    ErrorOutputType,
+}
+
+/// Completes rendered pieces for one object. Keys were validated by the caller; a key that
+/// is missing renders as empty text.
+pub fn fill(
+    pieces: &[Piece],
+    query: &[(String, String)],
+    lambda: &[(String, String)],
+    error_output_type: &str,
+) -> String {
+    let lookup = |keys: &[(String, String)], name: &str| -> String {
+        keys.iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let mut out = String::new();
+    for p in pieces {
+        match p {
+            Piece::Text(s) => out.push_str(s),
+            Piece::Query(k) => out.push_str(&lookup(query, k)),
+            Piece::Lambda(k) => out.push_str(&lookup(lambda, k)),
+            Piece::ErrorOutputType => out.push_str(error_output_type),
+        }
+    }
+    out
 }
 
 /// `!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH/}` as parts.
@@ -1257,14 +1341,15 @@ mod tests {
             }
         );
         assert!(
-            err.to_string()
-                .contains("!{partitionKeyFromQuery:...} requires dynamic partitioning, which this version does not support"),
+            err.to_string().contains(
+                "!{partitionKeyFromQuery:...} can only be used in Prefix, with DynamicPartitioningConfiguration enabled"
+            ),
             "{err}"
         );
         let err = PrefixTemplate::parse_error_prefix("!{partitionKeyFromLambda:k}").unwrap_err();
         assert!(
             err.to_string().starts_with(
-                "ErrorOutputPrefix: !{partitionKeyFromLambda:...} requires dynamic partitioning"
+                "ErrorOutputPrefix: !{partitionKeyFromLambda:...} can only be used in Prefix"
             ),
             "{err}"
         );

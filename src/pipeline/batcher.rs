@@ -17,7 +17,9 @@ use crate::catalog::definition::StreamDefinition;
 use crate::catalog::prefix;
 use crate::encode;
 use crate::journal::{Position, Replay, Seal};
-use crate::sink::{self, ObjectPlan, UploadOutcome};
+use crate::process::{self, ErrorOutput};
+use crate::sink::{self, Layout, ObjectPlan, UploadOutcome};
+use futures::StreamExt;
 
 use super::Shared;
 use super::group_commit::{Appended, JournalOp};
@@ -27,6 +29,8 @@ struct Batch {
     start: Position,
     end: Position,
     records: Vec<Bytes>,
+    /// Each record's arrival, ms since the epoch (for transforms and error records).
+    arrivals: Vec<u64>,
     bytes: u64,
     oldest_ms: u64,
 }
@@ -41,6 +45,7 @@ struct Delivered {
 struct OpenBuffer {
     start: Option<Position>,
     records: Vec<Bytes>,
+    arrivals: Vec<u64>,
     bytes: u64,
     oldest_ms: u64,
     deadline: Option<Instant>,
@@ -138,6 +143,7 @@ impl Batcher {
                 start: seal.start,
                 end: seal.end,
                 records: Vec::new(),
+                arrivals: Vec::new(),
                 bytes: 0,
                 oldest_ms: u64::MAX,
             };
@@ -145,6 +151,7 @@ impl Batcher {
                 batch.bytes += r.data.len() as u64;
                 batch.oldest_ms = batch.oldest_ms.min(r.arrival_ms);
                 batch.records.push(r.data);
+                batch.arrivals.push(r.arrival_ms);
             }
             self.next = self.next.max(seal.end);
             let complete = batch.records.len() as u64 == seal.end.0 - seal.start.0;
@@ -218,6 +225,7 @@ impl Batcher {
         }
         open.bytes += data.len() as u64;
         open.records.push(data);
+        open.arrivals.push(arrival_ms);
         self.next = position.next();
     }
 
@@ -230,6 +238,7 @@ impl Batcher {
             start,
             end: self.next,
             records: open.records,
+            arrivals: open.arrivals,
             bytes: open.bytes,
             oldest_ms: open.oldest_ms,
         };
@@ -239,13 +248,28 @@ impl Batcher {
     }
 
     /// Names the object. The name is recorded in the seal, so a replay reuses it exactly.
+    /// A processed batch becomes several objects: its plan records their common layout.
     fn plan(&self, batch: &Batch) -> ObjectPlan {
         let def = &self.definition;
         let dest = &def.destination;
         let at: DateTime<Utc> =
             DateTime::from_timestamp_millis(batch.oldest_ms as i64).unwrap_or_default();
-        let rendered = dest.prefix.render(at, None, &mut rand::rng());
         let unique = unique_id(self.shared.incarnation, batch.start);
+        if dest.processing.is_some() || dest.dynamic_partitioning {
+            let rng = &mut rand::rng();
+            return ObjectPlan {
+                bucket: dest.bucket.as_str().to_owned(),
+                key: prefix::object_name("", def.name.as_str(), def.version, at, &unique),
+                compression: dest.compression,
+                layout: Some(Layout {
+                    prefix: dest.prefix.render_pieces(at, rng),
+                    error_prefix: dest.error_output_prefix.render_pieces(at, rng),
+                    at_ms: batch.oldest_ms,
+                    version: def.version,
+                }),
+            };
+        }
+        let rendered = dest.prefix.render(at, None, &mut rand::rng());
         let key = format!(
             "{}{}",
             prefix::object_name(&rendered, def.name.as_str(), def.version, at, &unique),
@@ -255,6 +279,7 @@ impl Batcher {
             bucket: dest.bucket.as_str().to_owned(),
             key,
             compression: dest.compression,
+            layout: None,
         }
     }
 
@@ -293,9 +318,10 @@ impl Batcher {
         let shared = self.shared.clone();
         let ops = self.ops.clone();
         let delivered = self.delivered_tx.clone();
+        let definition = self.definition.clone();
         self.shared.ctx.tracker.spawn(async move {
             let start = batch.start;
-            let landed = deliver(&shared, &ops, batch, plan, seal).await;
+            let landed = deliver(&shared, &ops, batch, plan, seal, definition).await;
             if landed {
                 let _ = ops.send(JournalOp::Commit { start }).await;
             }
@@ -345,11 +371,12 @@ impl Batcher {
 /// Seal (unless replaying one), encode, upload. Returns false only when shutdown abandoned the
 /// batch; its seal stays pending in the journal and the next start re-delivers it.
 async fn deliver(
-    shared: &Shared,
+    shared: &Arc<Shared>,
     ops: &mpsc::Sender<JournalOp>,
     batch: Batch,
     plan: ObjectPlan,
     seal: Option<(Seal, oneshot::Receiver<Result<(), String>>)>,
+    definition: Arc<StreamDefinition>,
 ) -> bool {
     let ctx = &shared.ctx;
     if let Some((seal, mut answer)) = seal {
@@ -381,6 +408,9 @@ async fn deliver(
         }
     }
 
+    if let Some(layout) = plan.layout.clone() {
+        return deliver_processed(shared, batch, plan, layout, definition).await;
+    }
     let record_count = batch.records.len() as u64;
     let payload_bytes = batch.bytes;
     let level = ctx.upload.gzip_level;
@@ -422,6 +452,152 @@ async fn deliver(
             false
         }
     }
+}
+
+/// One object of a processed batch, encoded and named.
+struct Output {
+    plan: ObjectPlan,
+    body: encode::Body,
+    records: u64,
+    payload_bytes: u64,
+    error_output: Option<ErrorOutput>,
+}
+
+/// Runs the stream's processing on a sealed batch and writes its objects: one per partition,
+/// one per error output type. All must land before the batch is committed; a replay writes
+/// the same keys again (for a deterministic transform, the same objects).
+async fn deliver_processed(
+    shared: &Arc<Shared>,
+    batch: Batch,
+    plan: ObjectPlan,
+    layout: Layout,
+    definition: Arc<StreamDefinition>,
+) -> bool {
+    let ctx = &shared.ctx;
+    let Ok(slot) = ctx.encode_slots.clone().acquire_owned().await else {
+        return false;
+    };
+    let job_shared = shared.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        let pieces = prepare(&job_shared, batch, &plan, &layout, &definition);
+        drop(slot);
+        pieces
+    })
+    .await;
+    let pieces = match prepared {
+        Ok(Ok(pieces)) => pieces,
+        Ok(Err(e)) => {
+            tracing::error!(stream = %shared.name, error = %e, "encoding failed; batch left in the journal");
+            return false;
+        }
+        Err(e) => {
+            tracing::error!(stream = %shared.name, error = %e, "processing task failed; batch left in the journal");
+            return false;
+        }
+    };
+    let results: Vec<bool> = futures::stream::iter(pieces)
+        .map(|piece| async move {
+            let object_bytes = encode::len(&piece.body);
+            match sink::upload(shared, &piece.plan, piece.body).await {
+                UploadOutcome::Landed => {
+                    let m = &shared.metrics;
+                    m.objects_written.inc();
+                    m.object_bytes.inc_by(object_bytes);
+                    match piece.error_output {
+                        None => {
+                            m.delivered_records.inc_by(piece.records);
+                            m.delivered_bytes.inc_by(piece.payload_bytes);
+                        }
+                        Some(t) => m.error_records(t.as_str(), piece.records),
+                    }
+                    tracing::debug!(stream = %shared.name, key = %piece.plan.key, records = piece.records, bytes = object_bytes, "object written");
+                    true
+                }
+                UploadOutcome::Abandoned => {
+                    tracing::warn!(stream = %shared.name, key = %piece.plan.key, "upload abandoned at shutdown; the journal will deliver it on the next start");
+                    false
+                }
+            }
+        })
+        .buffer_unordered(ctx.upload.concurrency)
+        .collect()
+        .await;
+    results.into_iter().all(|landed| landed)
+}
+
+/// Error objects are numbered after every possible partition.
+const ERROR_OBJECT_BASE: u64 = 1 << 32;
+
+fn prepare(
+    shared: &Shared,
+    batch: Batch,
+    plan: &ObjectPlan,
+    layout: &Layout,
+    definition: &StreamDefinition,
+) -> std::io::Result<Vec<Output>> {
+    let dest = &definition.destination;
+    let records: Vec<process::Record> = batch
+        .records
+        .into_iter()
+        .zip(batch.arrivals)
+        .enumerate()
+        .map(|(i, (data, arrival_ms))| process::Record {
+            id: shared.record_id(Position(batch.start.0 + i as u64)),
+            arrival_ms,
+            data,
+        })
+        .collect();
+    let job = process::Job {
+        processing: dest.processing.as_ref(),
+        transform: definition.transform.as_deref(),
+        partition_by: dest.dynamic_partitioning.then_some(&layout.prefix[..]),
+        max_partitions: shared.ctx.max_active_partitions,
+        metrics: &shared.metrics,
+    };
+    let processed = process::run(&job, &records);
+    let at: DateTime<Utc> =
+        DateTime::from_timestamp_millis(layout.at_ms as i64).unwrap_or_default();
+    let name = |prefix: &str, index: u64| {
+        let unique = unique_id(shared.incarnation.wrapping_add(index), batch.start);
+        format!(
+            "{}{}",
+            prefix::object_name(prefix, shared.name.as_str(), layout.version, at, &unique),
+            plan.compression.suffix()
+        )
+    };
+    let level = shared.ctx.upload.gzip_level;
+    let mut pieces = Vec::new();
+    for (i, p) in processed.partitions.into_iter().enumerate() {
+        let prefix = prefix::fill(&layout.prefix, &p.query_keys, &p.lambda_keys, "");
+        pieces.push(Output {
+            plan: ObjectPlan {
+                bucket: plan.bucket.clone(),
+                key: name(&prefix, i as u64),
+                compression: plan.compression,
+                layout: None,
+            },
+            records: p.records.len() as u64,
+            payload_bytes: p.bytes,
+            body: encode::encode(plan.compression, level, p.records)?,
+            error_output: None,
+        });
+    }
+    for (t, lines) in processed.errors {
+        let prefix = prefix::fill(&layout.error_prefix, &[], &[], t.as_str());
+        pieces.push(Output {
+            plan: ObjectPlan {
+                bucket: plan.bucket.clone(),
+                key: name(&prefix, ERROR_OBJECT_BASE + t as u64),
+                compression: plan.compression,
+                layout: None,
+            },
+            records: lines.len() as u64,
+            payload_bytes: lines.iter().map(|l| l.len() as u64).sum(),
+            body: encode::encode(plan.compression, level, lines)?,
+            error_output: Some(t),
+        });
+    }
+    Ok(pieces)
 }
 
 /// UUID-shaped and derived from the journal position, so a replayed batch gets the same name.

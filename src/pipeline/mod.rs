@@ -45,6 +45,10 @@ pub struct Context {
     /// Encodes running at once, across streams: one per core. More would only add encoder
     /// state and output buffers to memory without finishing any sooner.
     pub encode_slots: Arc<tokio::sync::Semaphore>,
+    /// The wasmtime engine and loaded transform components, shared by all streams.
+    pub transforms: Arc<crate::transform::Host>,
+    /// `partitioning.max_active_partitions`.
+    pub max_active_partitions: usize,
 }
 
 /// One stream's state shared by its journal thread, pipeline task and uploads.

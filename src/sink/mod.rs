@@ -30,6 +30,23 @@ pub struct ObjectPlan {
     pub key: String,
     #[serde(with = "compression_name")]
     pub compression: Compression,
+    /// Set for streams with processing or dynamic partitioning: a batch becomes several
+    /// objects (one per partition, one per error output type), named from this layout. `key`
+    /// then holds only the object name's common tail, for logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+}
+
+/// The parts of a processed batch's object keys fixed when it is sealed; the partition keys
+/// and error output types fill the holes when its objects are written.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Layout {
+    pub prefix: Vec<crate::catalog::prefix::Piece>,
+    pub error_prefix: Vec<crate::catalog::prefix::Piece>,
+    /// The instant in the object names (the oldest record's arrival), ms since the epoch.
+    pub at_ms: u64,
+    /// The stream version in the object names.
+    pub version: u64,
 }
 
 mod compression_name {
@@ -425,6 +442,7 @@ mod tests {
             bucket: "b-1".into(),
             key: "2026/01/01/00/s-1-x.gz".into(),
             compression: Compression::Gzip,
+            layout: None,
         };
         let back = ObjectPlan::from_meta(&p.to_meta()).unwrap();
         assert_eq!(back.key, p.key);

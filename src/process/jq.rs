@@ -1,0 +1,133 @@
+//! `MetadataExtractionQuery`: a jq program (run by jaq) that turns one JSON record into an
+//! object of partition keys, e.g. `{country: .location, year: .ts | strftime("%Y")}`.
+
+use jaq_core::load::{Arena, File, Loader};
+use jaq_core::{Compiler, Ctx, Vars, data};
+use jaq_json::Val;
+
+type Filter = jaq_core::Filter<data::JustLut<Val>>;
+
+/// A compiled query. Not `Send` (jaq values are reference-counted): compile it on the thread
+/// that runs it; compiling is cheap next to a batch.
+pub struct Query {
+    filter: Filter,
+}
+
+impl Query {
+    pub fn compile(text: &str) -> Result<Query, String> {
+        let defs = jaq_core::defs()
+            .chain(jaq_std::defs())
+            .chain(jaq_json::defs());
+        let funs = jaq_core::funs()
+            .chain(jaq_std::funs())
+            .chain(jaq_json::funs());
+        let loader = Loader::new(defs);
+        let arena = Arena::default();
+        let program = File {
+            code: text,
+            path: (),
+        };
+        let modules = loader
+            .load(&arena, program)
+            .map_err(|errs| format!("cannot parse the query: {}", describe(&errs)))?;
+        let filter = Compiler::default()
+            .with_funs(funs)
+            .compile(modules)
+            .map_err(|errs| format!("cannot compile the query: {}", describe(&errs)))?;
+        Ok(Query { filter })
+    }
+
+    /// Runs the query on one record. The first output must be an object whose values are
+    /// strings, numbers or booleans; they become the record's partition keys, as text.
+    pub fn keys(&self, record: &[u8]) -> Result<Vec<(String, String)>, String> {
+        let input = jaq_json::read::parse_single(record)
+            .map_err(|e| format!("the record is not JSON: {e}"))?;
+        let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
+        let mut outputs = self.filter.id.run((ctx, input));
+        let first = match outputs.next() {
+            None => return Err("the query produced no output".into()),
+            // `halt` and other exceptions are errors of this record, never of the daemon.
+            Some(Err(e)) => return Err(format!("the query failed: {e:?}")),
+            Some(Ok(v)) => v,
+        };
+        let Val::Obj(map) = first else {
+            return Err(format!("the query must produce an object, got {first}"));
+        };
+        let mut keys = Vec::with_capacity(map.len());
+        for (k, v) in map.iter() {
+            let name = match k {
+                Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
+                other => other.to_string(),
+            };
+            let value = match v {
+                Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
+                Val::Num(_) | Val::Bool(_) => v.to_string(),
+                Val::Null => return Err(format!("partition key {name:?} is null")),
+                other => {
+                    return Err(format!(
+                        "partition key {name:?} must be a string, number or boolean, got {other}"
+                    ));
+                }
+            };
+            keys.push((name, value));
+        }
+        Ok(keys)
+    }
+}
+
+fn describe<E: std::fmt::Debug, F>(errs: &[(F, E)]) -> String {
+    errs.iter()
+        .map(|(_, e)| format!("{e:?}"))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extracts_keys_with_jq_functions() {
+        let q = Query::compile(
+            r#"{country: .location, year: .ts | strftime("%Y"), n: .n, p: .premium}"#,
+        )
+        .unwrap();
+        let keys = q
+            .keys(br#"{"location":"KR","ts":1767225600,"n":7,"premium":false}"#)
+            .unwrap();
+        assert_eq!(
+            keys,
+            [
+                ("country".to_string(), "KR".to_string()),
+                ("year".into(), "2026".into()),
+                ("n".into(), "7".into()),
+                ("p".into(), "false".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn bad_queries_and_records_are_errors_not_exits() {
+        assert!(Query::compile("{a: .x").is_err());
+        assert!(Query::compile("nosuchfunction(1)").is_err());
+        let q = Query::compile("{a: .x}").unwrap();
+        assert!(q.keys(b"not json").unwrap_err().contains("not JSON"));
+        assert!(q.keys(b"{}").unwrap_err().contains("null"));
+        assert!(
+            q.keys(br#"{"x":[1]}"#)
+                .unwrap_err()
+                .contains("string, number")
+        );
+        let halt = Query::compile("halt").unwrap();
+        assert!(halt.keys(b"{}").is_err());
+        let not_obj = Query::compile(".x").unwrap();
+        assert!(
+            not_obj
+                .keys(br#"{"x":"y"}"#)
+                .unwrap_err()
+                .contains("object")
+        );
+        let empty = Query::compile("empty").unwrap();
+        assert!(empty.keys(b"{}").unwrap_err().contains("no output"));
+    }
+}

@@ -1,0 +1,509 @@
+//! Record processing between the journal and the encoder, for streams with a
+//! `ProcessingConfiguration` or dynamic partitioning: the transform (a WebAssembly component,
+//! called on batches), partition keys from a jq query or from the transform, the delimiter, and
+//! one error record per record that failed on the way. CPU-bound and blocking: run it off the
+//! async workers. Knows nothing of journals, object names or uploads.
+
+pub mod jq;
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use base64::Engine as _;
+use bytes::Bytes;
+
+use crate::catalog::definition::Processing;
+use crate::catalog::prefix::Piece;
+use crate::metrics::StreamMetrics;
+use crate::transform::{InputRecord, Module, Outcome};
+
+/// Where a failed record goes: `!{firehose:error-output-type}` of the error prefix.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ErrorOutput {
+    ProcessingFailed,
+    PartitioningFailed,
+    ActivePartitionExceeded,
+}
+
+impl ErrorOutput {
+    pub const ALL: [ErrorOutput; 3] = [
+        ErrorOutput::ProcessingFailed,
+        ErrorOutput::PartitioningFailed,
+        ErrorOutput::ActivePartitionExceeded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorOutput::ProcessingFailed => "processing-failed",
+            ErrorOutput::PartitioningFailed => "partitioning-failed",
+            ErrorOutput::ActivePartitionExceeded => "activePartitionExceeded",
+        }
+    }
+}
+
+/// Error codes of records that fail partitioning (transform codes come from
+/// [`crate::transform::CallError::error_code`]).
+pub mod codes {
+    pub const PROCESSING_FAILED: &str = "Lambda.ProcessingFailed";
+    pub const QUERY_FAILED: &str = "DynamicPartitioning.MetadataExtractionFailed";
+    pub const KEY_MISSING: &str = "DynamicPartitioning.PartitionKeyMissing";
+    pub const KEY_INVALID: &str = "DynamicPartitioning.PartitionKeyInvalid";
+    pub const CAP_EXCEEDED: &str = "DynamicPartitioning.ActivePartitionExceeded";
+}
+
+/// A record as the journal holds it.
+pub struct Record {
+    pub id: String,
+    pub arrival_ms: u64,
+    pub data: Bytes,
+}
+
+/// What one stream does to its records.
+pub struct Job<'a> {
+    pub processing: Option<&'a Processing>,
+    /// The loaded component of `processing.lambda`.
+    pub transform: Option<&'a Module>,
+    /// The data prefix, when dynamic partitioning is on: its holes name the keys.
+    pub partition_by: Option<&'a [Piece]>,
+    pub max_partitions: usize,
+    pub metrics: &'a StreamMetrics,
+}
+
+/// Records that go to one object, with the keys that fill its prefix.
+pub struct Partition {
+    pub query_keys: Vec<(String, String)>,
+    pub lambda_keys: Vec<(String, String)>,
+    pub records: Vec<Bytes>,
+    pub bytes: u64,
+}
+
+#[derive(Default)]
+pub struct Processed {
+    /// In order of first appearance in the batch, so the same input yields the same objects.
+    pub partitions: Vec<Partition>,
+    /// Error records (JSON lines) by output type, in [`ErrorOutput::ALL`] order.
+    pub errors: Vec<(ErrorOutput, Vec<Bytes>)>,
+    pub dropped: u64,
+}
+
+struct Survivor {
+    index: usize,
+    data: Bytes,
+    lambda_keys: Vec<(String, String)>,
+    query_keys: Vec<(String, String)>,
+}
+
+/// Collects error records for one batch.
+struct Failures<'a> {
+    records: &'a [Record],
+    lambda_arn: Option<&'a str>,
+    by_type: HashMap<ErrorOutput, Vec<Bytes>>,
+}
+
+impl Failures<'_> {
+    fn add(&mut self, to: ErrorOutput, index: usize, attempts: u32, code: &str, message: &str) {
+        let line = error_record(
+            &self.records[index],
+            attempts,
+            code,
+            message,
+            self.lambda_arn,
+        );
+        self.by_type.entry(to).or_default().push(line);
+    }
+}
+
+/// Firehose's error-record envelope, one JSON line: what failed, when, and the record's
+/// original bytes in base64.
+pub fn error_record(
+    record: &Record,
+    attempts: u32,
+    code: &str,
+    message: &str,
+    lambda_arn: Option<&str>,
+) -> Bytes {
+    let mut v = serde_json::json!({
+        "attemptsMade": attempts,
+        "arrivalTimestamp": record.arrival_ms,
+        "errorCode": code,
+        "errorMessage": message,
+        "attemptEndingTimestamp": crate::pipeline::now_ms(),
+        "rawData": base64::engine::general_purpose::STANDARD.encode(&record.data),
+        "recordId": record.id,
+    });
+    if let Some(arn) = lambda_arn {
+        v["lambdaArn"] = serde_json::Value::String(arn.to_owned());
+    }
+    // Serializing a JSON value cannot fail.
+    let mut line = serde_json::to_vec(&v).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
+    let lambda = job.processing.and_then(|p| p.lambda.as_ref());
+    let mut failures = Failures {
+        records,
+        lambda_arn: lambda.map(|l| l.arn.as_str()),
+        by_type: HashMap::new(),
+    };
+    let mut out = Processed::default();
+    let metrics = job.metrics;
+
+    let mut survivors = match (lambda, job.transform) {
+        (Some(lambda), Some(module)) => {
+            let mut survivors = Vec::with_capacity(records.len());
+            let mut start = 0;
+            while start < records.len() {
+                let end = call_end(records, start, lambda.call_bytes);
+                transform_chunk(
+                    module,
+                    lambda.retries,
+                    records,
+                    start..end,
+                    metrics,
+                    &mut survivors,
+                    &mut failures,
+                    &mut out.dropped,
+                );
+                start = end;
+            }
+            survivors
+        }
+        _ => records
+            .iter()
+            .enumerate()
+            .map(|(index, r)| Survivor {
+                index,
+                data: r.data.clone(),
+                lambda_keys: Vec::new(),
+                query_keys: Vec::new(),
+            })
+            .collect(),
+    };
+
+    if let Some(text) = job.processing.and_then(|p| p.metadata_query.as_deref()) {
+        match jq::Query::compile(text) {
+            Ok(query) => survivors.retain_mut(|s| match query.keys(&s.data) {
+                Ok(keys) => {
+                    s.query_keys = keys;
+                    true
+                }
+                Err(m) => {
+                    failures.add(
+                        ErrorOutput::PartitioningFailed,
+                        s.index,
+                        1,
+                        codes::QUERY_FAILED,
+                        &m,
+                    );
+                    false
+                }
+            }),
+            // Validated when the stream was defined; kept as a per-record error regardless.
+            Err(m) => {
+                for s in survivors.drain(..) {
+                    failures.add(
+                        ErrorOutput::PartitioningFailed,
+                        s.index,
+                        1,
+                        codes::QUERY_FAILED,
+                        &m,
+                    );
+                }
+            }
+        }
+    }
+
+    let delimiter = job.processing.is_some_and(|p| p.append_delimiter);
+    let mut slots: HashMap<Vec<String>, usize> = HashMap::new();
+    for s in survivors {
+        let slot = match job.partition_by {
+            None => {
+                if out.partitions.is_empty() {
+                    out.partitions.push(empty_partition(Vec::new(), Vec::new()));
+                }
+                0
+            }
+            Some(pieces) => {
+                let values = match partition_values(pieces, &s.query_keys, &s.lambda_keys) {
+                    Ok(v) => v,
+                    Err((code, m)) => {
+                        failures.add(ErrorOutput::PartitioningFailed, s.index, 1, code, &m);
+                        continue;
+                    }
+                };
+                match slots.get(&values) {
+                    Some(slot) => *slot,
+                    None if slots.len() >= job.max_partitions => {
+                        metrics.partition_cap_exceeded.inc();
+                        failures.add(
+                            ErrorOutput::ActivePartitionExceeded,
+                            s.index,
+                            1,
+                            codes::CAP_EXCEEDED,
+                            &format!(
+                                "the batch already fills {} partitions (partitioning.max_active_partitions)",
+                                job.max_partitions
+                            ),
+                        );
+                        continue;
+                    }
+                    None => {
+                        let slot = out.partitions.len();
+                        slots.insert(values, slot);
+                        out.partitions
+                            .push(empty_partition(s.query_keys.clone(), s.lambda_keys.clone()));
+                        slot
+                    }
+                }
+            }
+        };
+        let data = if delimiter {
+            let mut d = Vec::with_capacity(s.data.len() + 1);
+            d.extend_from_slice(&s.data);
+            d.push(b'\n');
+            Bytes::from(d)
+        } else {
+            s.data
+        };
+        let p = &mut out.partitions[slot];
+        p.bytes += data.len() as u64;
+        p.records.push(data);
+    }
+    if job.partition_by.is_some() {
+        metrics.active_partitions.set(out.partitions.len() as i64);
+    }
+
+    let ok: usize = out.partitions.iter().map(|p| p.records.len()).sum();
+    metrics.processed_ok.inc_by(ok as u64);
+    metrics.processed_dropped.inc_by(out.dropped);
+    for t in ErrorOutput::ALL {
+        if let Some(lines) = failures.by_type.remove(&t) {
+            metrics.processed_failed.inc_by(lines.len() as u64);
+            out.errors.push((t, lines));
+        }
+    }
+    out
+}
+
+fn empty_partition(
+    query_keys: Vec<(String, String)>,
+    lambda_keys: Vec<(String, String)>,
+) -> Partition {
+    Partition {
+        query_keys,
+        lambda_keys,
+        records: Vec::new(),
+        bytes: 0,
+    }
+}
+
+/// The end of the call starting at `start`: records up to `max_bytes` of input, at least one.
+fn call_end(records: &[Record], start: usize, max_bytes: u64) -> usize {
+    let mut bytes = 0u64;
+    let mut end = start;
+    while end < records.len() {
+        bytes += records[end].data.len() as u64;
+        if end > start && bytes > max_bytes {
+            break;
+        }
+        end += 1;
+    }
+    end
+}
+
+#[allow(clippy::too_many_arguments)]
+fn transform_chunk(
+    module: &Module,
+    retries: u32,
+    records: &[Record],
+    range: std::ops::Range<usize>,
+    metrics: &StreamMetrics,
+    survivors: &mut Vec<Survivor>,
+    failures: &mut Failures<'_>,
+    dropped: &mut u64,
+) {
+    let input: Vec<InputRecord> = records[range.clone()]
+        .iter()
+        .map(|r| InputRecord {
+            id: r.id.clone(),
+            data: r.data.to_vec(),
+            arrival_ms: r.arrival_ms,
+        })
+        .collect();
+    let mut attempts = 0;
+    let result = loop {
+        attempts += 1;
+        let started = Instant::now();
+        let result = module.call(&input);
+        metrics
+            .transform_call_seconds
+            .observe(started.elapsed().as_secs_f64());
+        match result {
+            Ok(outcomes) => break Ok(outcomes),
+            Err(e) => {
+                metrics.transform_failure(e.kind());
+                tracing::warn!(
+                    transform = module.name(),
+                    records = input.len(),
+                    attempt = attempts,
+                    error = %e,
+                    "transform call failed"
+                );
+                if attempts > retries {
+                    break Err(e);
+                }
+            }
+        }
+    };
+    match result {
+        Ok(outcomes) => {
+            for (index, outcome) in range.zip(outcomes) {
+                match outcome {
+                    Outcome::Ok(t) => survivors.push(Survivor {
+                        index,
+                        data: Bytes::from(t.data),
+                        lambda_keys: t.partition_keys,
+                        query_keys: Vec::new(),
+                    }),
+                    Outcome::Dropped => *dropped += 1,
+                    Outcome::Failed(message) => failures.add(
+                        ErrorOutput::ProcessingFailed,
+                        index,
+                        attempts,
+                        codes::PROCESSING_FAILED,
+                        &message,
+                    ),
+                }
+            }
+        }
+        Err(e) => {
+            let message = e.to_string();
+            for index in range {
+                failures.add(
+                    ErrorOutput::ProcessingFailed,
+                    index,
+                    attempts,
+                    e.error_code(),
+                    &message,
+                );
+            }
+        }
+    }
+}
+
+/// The values filling the prefix's partition-key holes, in order, each checked safe for an
+/// object key and a local path.
+fn partition_values(
+    pieces: &[Piece],
+    query: &[(String, String)],
+    lambda: &[(String, String)],
+) -> Result<Vec<String>, (&'static str, String)> {
+    let mut values = Vec::new();
+    for piece in pieces {
+        let (keys, name, source) = match piece {
+            Piece::Query(k) => (query, k, "partitionKeyFromQuery"),
+            Piece::Lambda(k) => (lambda, k, "partitionKeyFromLambda"),
+            _ => continue,
+        };
+        let Some((_, value)) = keys.iter().find(|(k, _)| k == name) else {
+            return Err((
+                codes::KEY_MISSING,
+                format!("no value for !{{{source}:{name}}}"),
+            ));
+        };
+        check_value(value).map_err(|m| {
+            (
+                codes::KEY_INVALID,
+                format!("!{{{source}:{name}}} = {value:?}: {m}"),
+            )
+        })?;
+        values.push(value.clone());
+    }
+    Ok(values)
+}
+
+/// Longest partition key value, in bytes; S3 keys are at most 1024 bytes in all.
+pub const MAX_VALUE_BYTES: usize = 512;
+
+/// A partition value becomes part of an object key and, with the local store, of a path:
+/// it must not be empty, climb (`.`, `..`), nest (`/`, `\`), or hold control characters.
+pub fn check_value(value: &str) -> Result<(), &'static str> {
+    if value.is_empty() {
+        return Err("partition values cannot be empty");
+    }
+    if value.len() > MAX_VALUE_BYTES {
+        return Err("partition values are at most 512 bytes");
+    }
+    if value == "." || value == ".." {
+        return Err("partition values cannot be . or ..");
+    }
+    if value.contains(['/', '\\']) {
+        return Err("partition values cannot contain / or \\");
+    }
+    if value.chars().any(char::is_control) {
+        return Err("partition values cannot contain control characters");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_that_could_escape_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a/b",
+            "../x",
+            "a\\b",
+            "a\nb",
+            "\u{7f}",
+            &"x".repeat(513),
+        ] {
+            assert!(check_value(bad).is_err(), "{bad:?}");
+        }
+        for good in ["KR", "2026", "a..b", "é", "x y", &"x".repeat(512)] {
+            assert!(check_value(good).is_ok(), "{good:?}");
+        }
+    }
+
+    #[test]
+    fn calls_split_by_input_bytes_with_at_least_one_record() {
+        let recs: Vec<Record> = [400, 400, 400, 2000, 10]
+            .iter()
+            .map(|n| Record {
+                id: String::new(),
+                arrival_ms: 0,
+                data: Bytes::from(vec![b'x'; *n]),
+            })
+            .collect();
+        assert_eq!(call_end(&recs, 0, 1000), 2);
+        assert_eq!(call_end(&recs, 2, 1000), 3);
+        assert_eq!(call_end(&recs, 3, 1000), 4);
+        assert_eq!(call_end(&recs, 4, 1000), 5);
+    }
+
+    #[test]
+    fn the_error_record_carries_the_raw_data() {
+        let r = Record {
+            id: "abc".into(),
+            arrival_ms: 17,
+            data: Bytes::from_static(b"{\"a\":1}"),
+        };
+        let line = error_record(&r, 2, "Lambda.FunctionError", "boom", Some("x.wasm"));
+        assert_eq!(line.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(v["attemptsMade"], 2);
+        assert_eq!(v["arrivalTimestamp"], 17);
+        assert_eq!(v["errorCode"], "Lambda.FunctionError");
+        assert_eq!(v["errorMessage"], "boom");
+        assert_eq!(v["rawData"], "eyJhIjoxfQ==");
+        assert_eq!(v["lambdaArn"], "x.wasm");
+        assert!(v["attemptEndingTimestamp"].as_u64().unwrap() > 17);
+    }
+}

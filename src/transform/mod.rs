@@ -1,0 +1,303 @@
+//! WebAssembly transform hooks: components implementing `wit/transform.wit`, run by wasmtime
+//! in a sandbox with no files, sockets or environment, a memory cap and a time budget per call.
+//!
+//! A component is compiled once; the compiled artifact is cached on disk under the hash of its
+//! bytes, so a restart loads it instead of compiling again. Instances are pooled and reused
+//! across batches; one that trapped is thrown away. Knows nothing of streams or journals.
+
+mod host;
+mod log_stream;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, Store};
+
+use host::{HostState, Transformer, TransformerPre};
+pub use host::{InputRecord, Outcome, Transformed};
+
+/// How often the engine's epoch advances: the granularity of the time budget.
+const EPOCH_TICK: Duration = Duration::from_millis(50);
+
+/// Sandbox limits for every call, from the `[transform]` config section.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub memory_bytes: usize,
+    pub timeout: Duration,
+}
+
+/// Why a call produced no usable outcomes. Each kind has its own error code in the error
+/// output and its own label on `spillway_transform_failures_total`.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("the transform trapped: {0}")]
+    Trap(String),
+    #[error("the transform ran past its time budget of {0:?}")]
+    Timeout(Duration),
+    #[error("the transform tried to grow its memory past the cap of {0} bytes")]
+    OutOfMemory(usize),
+    #[error("the transform returned {got} outcomes for {expected} records")]
+    WrongCount { expected: usize, got: usize },
+    #[error("the transform could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl CallError {
+    /// The `errorCode` of records this failure sends to the error output.
+    pub fn error_code(&self) -> &'static str {
+        match self {
+            CallError::Trap(_) => "Lambda.FunctionError",
+            CallError::Timeout(_) => "Lambda.FunctionTimedOut",
+            CallError::OutOfMemory(_) => "Lambda.OutOfMemory",
+            CallError::WrongCount { .. } => "Lambda.InvalidOutput",
+            CallError::Instantiate(_) => "Lambda.InvokeFailed",
+        }
+    }
+
+    /// The `kind` label of `spillway_transform_failures_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallError::Trap(_) => "trap",
+            CallError::Timeout(_) => "timeout",
+            CallError::OutOfMemory(_) => "out_of_memory",
+            CallError::WrongCount { .. } => "wrong_count",
+            CallError::Instantiate(_) => "instantiate",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load transform {path}: {message}")]
+pub struct LoadError {
+    pub path: String,
+    pub message: String,
+}
+
+/// The daemon's one wasmtime engine, its compile cache and the loaded components.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<HostState>,
+    cache_dir: PathBuf,
+    limits: Limits,
+    loaded: Mutex<HashMap<PathBuf, Arc<Module>>>,
+}
+
+impl Host {
+    pub fn new(cache_dir: PathBuf, limits: Limits) -> wasmtime::Result<Arc<Host>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        // The epoch ticker holds only a weak handle: it ends with the last engine clone.
+        let weak = engine.weak();
+        std::thread::Builder::new()
+            .name("wasm-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(EPOCH_TICK);
+                }
+            })?;
+        Ok(Arc::new(Host {
+            engine,
+            linker,
+            cache_dir,
+            limits,
+            loaded: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Loads the component at `path` (compiling it, or reading the cached compilation), and
+    /// checks it implements the `transformer` world. Blocking: can take seconds on a cache miss.
+    pub fn load(&self, path: &Path) -> Result<Arc<Module>, LoadError> {
+        let err = |message: String| LoadError {
+            path: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let digest = hex(&Sha256::digest(&bytes));
+        {
+            let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = loaded.get(path)
+                && m.digest == digest
+            {
+                return Ok(m.clone());
+            }
+        }
+        let component = self
+            .compile_cached(&bytes, &digest)
+            .map_err(|e| err(format!("{e:#}")))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(TransformerPre::new)
+            .map_err(|e| {
+                err(format!(
+                    "not a spillway:transform@0.1.0 transformer component: {e:#}"
+                ))
+            })?;
+        let module = Arc::new(Module {
+            name: path.display().to_string(),
+            digest,
+            engine: self.engine.clone(),
+            pre,
+            limits: self.limits.clone(),
+            pool: Mutex::new(Vec::new()),
+        });
+        self.loaded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_path_buf(), module.clone());
+        Ok(module)
+    }
+
+    fn compile_cached(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
+        let cached = self.cache_dir.join(format!("{digest}.cwasm"));
+        if cached.exists() {
+            // SAFETY: the file was written by `Component::serialize` of this daemon into its own
+            // data directory; wasmtime checks the engine version and settings on load and
+            // refuses an incompatible artifact, which is then compiled again below.
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(c) => {
+                    tracing::debug!(cache = %cached.display(), "transform loaded from the compile cache");
+                    return Ok(c);
+                }
+                Err(e) => {
+                    tracing::warn!(cache = %cached.display(), error = %e, "cached compilation unusable; compiling again")
+                }
+            }
+        }
+        let started = Instant::now();
+        let component = Component::new(&self.engine, bytes)?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "transform compiled"
+        );
+        let artifact = component.serialize()?;
+        std::fs::create_dir_all(&self.cache_dir)?;
+        if let Err(e) = crate::durable::write_file(&cached, &artifact) {
+            tracing::warn!(cache = %cached.display(), error = %e, "cannot write the compile cache; the next start compiles again");
+        }
+        Ok(component)
+    }
+}
+
+/// A loaded component and its pool of idle instances.
+pub struct Module {
+    name: String,
+    digest: String,
+    engine: Engine,
+    pre: TransformerPre<HostState>,
+    limits: Limits,
+    pool: Mutex<Vec<Instance>>,
+}
+
+impl std::fmt::Debug for Module {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Module")
+            .field("name", &self.name)
+            .field("sha256", &self.digest)
+            .finish()
+    }
+}
+
+struct Instance {
+    store: Store<HostState>,
+    bindings: Transformer,
+}
+
+impl Module {
+    /// The name error records carry as `lambdaArn`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Runs `process` on one batch. Blocking: call it off the async workers.
+    pub fn call(&self, batch: &[InputRecord]) -> Result<Vec<Outcome>, CallError> {
+        let mut instance = match self.take() {
+            Some(i) => i,
+            None => self.instantiate()?,
+        };
+        let ticks = self
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis()) as u64;
+        instance.store.set_epoch_deadline(ticks.max(1) + 1);
+        let result = instance.bindings.call_process(&mut instance.store, batch);
+        instance.store.data_mut().flush_logs();
+        match result {
+            Ok(outcomes) if outcomes.len() == batch.len() => {
+                self.give_back(instance);
+                Ok(outcomes)
+            }
+            Ok(outcomes) => {
+                // The instance is healthy; only its answer is wrong.
+                self.give_back(instance);
+                Err(CallError::WrongCount {
+                    expected: batch.len(),
+                    got: outcomes.len(),
+                })
+            }
+            // A trapped instance may be in any state: it is dropped, not pooled.
+            Err(e) => Err(self.classify(&instance.store, e)),
+        }
+    }
+
+    fn classify(&self, store: &Store<HostState>, e: wasmtime::Error) -> CallError {
+        if store.data().memory_refused() {
+            return CallError::OutOfMemory(self.limits.memory_bytes);
+        }
+        if let Some(wasmtime::Trap::Interrupt) = e.downcast_ref::<wasmtime::Trap>() {
+            return CallError::Timeout(self.limits.timeout);
+        }
+        CallError::Trap(format!("{e:#}"))
+    }
+
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let mut store = Store::new(
+            &self.engine,
+            HostState::new(&self.name, self.limits.memory_bytes),
+        );
+        store.limiter(|s| s.limiter());
+        // Instantiation runs the component's start code (Python's interpreter set-up):
+        // it gets the same budget as a call.
+        let ticks = self
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis()) as u64;
+        store.set_epoch_deadline(ticks.max(1) + 1);
+        match self.pre.instantiate(&mut store) {
+            Ok(bindings) => Ok(Instance { store, bindings }),
+            Err(e) => {
+                store.data_mut().flush_logs();
+                match self.classify(&store, e) {
+                    CallError::Trap(m) => Err(CallError::Instantiate(m)),
+                    other => Err(other),
+                }
+            }
+        }
+    }
+
+    fn take(&self) -> Option<Instance> {
+        self.pool.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn give_back(&self, instance: Instance) {
+        self.pool
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(instance);
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
