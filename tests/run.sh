@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, installing what it needs: bash tests/run.sh
-#   1. installs the S3 test server (s3s-fs from crates.io), Prometheus (Debian) and the AWS
-#      CLI, boto3, PyYAML and kubernetes-validate (PyPI)
+#   1. installs the S3 test server (s3s-fs from crates.io), Prometheus, clang and lld (Debian;
+#      they build the C example transform), and the AWS CLI, boto3, PyYAML,
+#      kubernetes-validate and componentize-py (PyPI; it builds the Python example transforms)
 #   2. checks formatting and lints
 #   3. runs unit, property and black-box tests (cargo test)
 #   4. runs every example in the README against a real daemon (tests/readme_examples.sh)
@@ -24,19 +25,24 @@ if ! "$cargo_bin/s3s-fs" --version 2>/dev/null | grep -q '0\.14\.1'; then
 fi
 export S3S_FS="$cargo_bin/s3s-fs"
 
-if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
-  step "installing Prometheus and promtool (Debian package)"
+debian_deps=()
+command -v prometheus >/dev/null && command -v promtool >/dev/null || debian_deps+=(prometheus)
+command -v clang >/dev/null || debian_deps+=(clang)
+command -v wasm-ld >/dev/null || debian_deps+=(lld)
+if [ ${#debian_deps[@]} -gt 0 ]; then
+  step "installing ${debian_deps[*]} (Debian packages)"
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   export DEBIAN_FRONTEND=noninteractive
-  $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null \
-    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+  $sudo apt-get install -y -qq --no-install-recommends "${debian_deps[@]}" >/dev/null \
+    || { $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends "${debian_deps[@]}" >/dev/null; }
 fi
 
 venv=target/test-venv
-python_deps=('awscli==1.46.3' 'boto3==1.44.5' 'PyYAML==6.0.3' 'kubernetes-validate==1.37.0')
-if [ ! -x "$venv/bin/aws" ] || ! "$venv/bin/python" -c 'import boto3, yaml, kubernetes_validate' 2>/dev/null; then
-  step "installing the AWS CLI, boto3, PyYAML and kubernetes-validate (PyPI) into $venv"
+python_deps=('awscli==1.46.3' 'boto3==1.44.5' 'PyYAML==6.0.3' 'kubernetes-validate==1.37.0' 'componentize-py==0.25.0')
+if [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/componentize-py" ] \
+  || ! "$venv/bin/python" -c 'import boto3, yaml, kubernetes_validate' 2>/dev/null; then
+  step "installing the AWS CLI, boto3, PyYAML, kubernetes-validate and componentize-py (PyPI) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_deps[@]}"
 fi

@@ -584,3 +584,52 @@ impl HoldingProxy {
         )
     }
 }
+
+/// The example transform `examples/transforms/<name>` as a component, built by its own
+/// build script into `target/transforms/<name>.wasm` (again only when a source is newer).
+/// componentize-py comes from the test venv that the test command creates.
+pub fn component(name: &str) -> PathBuf {
+    static BUILDING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILDING.lock().unwrap_or_else(|p| p.into_inner());
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let source = root.join("examples/transforms").join(name);
+    let out = target.join("transforms").join(format!("{name}.wasm"));
+    let newest_source = std::fs::read_dir(&source)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .chain([root.join("wit/transform.wit")])
+        .map(|p| std::fs::metadata(p).unwrap().modified().unwrap())
+        .max()
+        .unwrap();
+    let fresh = std::fs::metadata(&out)
+        .and_then(|m| m.modified())
+        .is_ok_and(|built| built >= newest_source);
+    if fresh {
+        return out;
+    }
+    std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+    let partial = out.with_extension("partial.wasm");
+    let mut cmd = Command::new("bash");
+    cmd.arg(source.join("build.sh")).arg(&partial);
+    let venv_tool = target.join("test-venv/bin/componentize-py");
+    if venv_tool.exists() {
+        cmd.env("COMPONENTIZE_PY", venv_tool);
+    }
+    // A nested `cargo run` would wait forever on the build directory lock this test run holds.
+    let componentize = target.join("debug/examples/componentize");
+    if componentize.exists() {
+        cmd.env("COMPONENTIZE", componentize);
+    }
+    let result = cmd.output().expect("run the transform's build script");
+    assert!(
+        result.status.success(),
+        "building {name} failed (the test command installs componentize-py, clang and lld):\n{}{}",
+        String::from_utf8_lossy(&result.stdout),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::rename(&partial, &out).unwrap();
+    out
+}

@@ -1,0 +1,578 @@
+//! Transforms and dynamic partitioning end to end: the example components built by their own
+//! build scripts, streams configured over the API (AWS SDK) and in TOML, objects read back from
+//! a real S3 server (s3s-fs). Hostile components fail their batch to the error prefix with the
+//! right error code while the daemon keeps serving.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use aws_sdk_firehose::Client;
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::{
+    DynamicPartitioningConfiguration, ProcessingConfiguration, Processor, ProcessorParameter,
+    ProcessorParameterName, ProcessorType, Record,
+};
+use base64::Engine as _;
+use common::*;
+use serde_json::Value;
+
+fn lambda(path: &Path, extra: &[(ProcessorParameterName, &str)]) -> Processor {
+    let mut p = Processor::builder().r#type(ProcessorType::Lambda).parameters(
+        ProcessorParameter::builder()
+            .parameter_name(ProcessorParameterName::LambdaArn)
+            .parameter_value(format!("file://{}", path.display()))
+            .build()
+            .unwrap(),
+    );
+    for (name, value) in extra {
+        p = p.parameters(
+            ProcessorParameter::builder()
+                .parameter_name(name.clone())
+                .parameter_value(*value)
+                .build()
+                .unwrap(),
+        );
+    }
+    p.build().unwrap()
+}
+
+fn processing(processors: Vec<Processor>) -> ProcessingConfiguration {
+    ProcessingConfiguration::builder()
+        .enabled(true)
+        .set_processors(Some(processors))
+        .build()
+}
+
+async fn put(client: &Client, stream: &str, records: &[Vec<u8>]) -> Vec<String> {
+    let out = client
+        .put_record_batch()
+        .delivery_stream_name(stream)
+        .set_records(Some(
+            records
+                .iter()
+                .map(|r| Record::builder().data(Blob::new(r.clone())).build().unwrap())
+                .collect(),
+        ))
+        .send()
+        .await
+        .expect("put_record_batch");
+    assert_eq!(out.failed_put_count(), 0);
+    out.request_responses()
+        .iter()
+        .map(|r| r.record_id().unwrap().to_owned())
+        .collect()
+}
+
+/// Objects under `prefix`, waiting until at least `records` lines are there in all.
+async fn lines_under(
+    s3: &S3Server,
+    bucket: &str,
+    prefix: &str,
+    records: usize,
+) -> Vec<(String, Vec<Value>)> {
+    let store = s3.client(bucket);
+    wait_for(Duration::from_secs(60), || async {
+        let found: Vec<(String, Vec<Value>)> = objects(&store)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, body)| {
+                let lines = body
+                    .split(|b| *b == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice(l).expect("a JSON line"))
+                    .collect();
+                (k, lines)
+            })
+            .collect();
+        let n: usize = found.iter().map(|(_, l)| l.len()).sum();
+        (n >= records).then_some(found)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{records} records under {bucket}/{prefix} in time"))
+}
+
+fn raw_data(error_record: &Value) -> Vec<u8> {
+    base64::engine::general_purpose::STANDARD
+        .decode(error_record["rawData"].as_str().unwrap())
+        .unwrap()
+}
+
+fn player(id: u64) -> Vec<u8> {
+    let location = ["KR", "US", "BR"][id as usize % 3];
+    serde_json::to_vec(&serde_json::json!({
+        "user_id": id,
+        "age": 18 + id % 40,
+        "location": location,
+        "play_time_s": id * 61,
+        "premium": id % 4 == 0,
+        "device": "phone",
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mobile_game_transform_partitions_by_location() {
+    let wasm = component("mobile-game");
+    let s3 = S3Server::start();
+    s3.create_bucket("game-data");
+    let mut d = Daemon::start(&s3.config());
+    let fh = d.firehose();
+    let dest = s3_destination("game-data", 1, 1)
+        .prefix("location=!{partitionKeyFromLambda:location}/")
+        .error_output_prefix("errors/!{firehose:error-output-type}/")
+        .processing_configuration(processing(vec![lambda(&wasm, &[])]))
+        .dynamic_partitioning_configuration(
+            DynamicPartitioningConfiguration::builder()
+                .enabled(true)
+                .build(),
+        );
+    create_stream(&fh, "game", dest).await;
+
+    let mut records: Vec<Vec<u8>> = (0..60).map(player).collect();
+    records.push(b"not json at all".to_vec());
+    records.push(br#"{"user_id":1000,"premium":false}"#.to_vec());
+    let ids = put(&fh, "game", &records).await;
+
+    // 60 players, 15 of them premium (dropped): 45 delivered, partitioned by location.
+    let delivered = lines_under(&s3, "game-data", "location=", 45).await;
+    let mut seen = Vec::new();
+    for (key, lines) in &delivered {
+        let location = key
+            .strip_prefix("location=")
+            .and_then(|k| k.split('/').next())
+            .unwrap();
+        for v in lines {
+            let obj = v.as_object().unwrap();
+            let mut fields: Vec<&str> = obj.keys().map(String::as_str).collect();
+            fields.sort();
+            assert_eq!(fields, ["age", "location", "play_time", "user_id"], "{v}");
+            assert_eq!(v["location"], location, "{key}");
+            let id = v["user_id"].as_u64().unwrap();
+            assert_ne!(id % 4, 0, "premium player {id} delivered");
+            assert_eq!(v["play_time"], (id * 61).to_string(), "play time as text");
+            seen.push(id);
+        }
+    }
+    seen.sort();
+    let expected: Vec<u64> = (0..60).filter(|i| i % 4 != 0).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(delivered.len(), 3, "one object per location");
+
+    let failed = lines_under(&s3, "game-data", "errors/processing-failed/", 2).await;
+    let failed: Vec<&Value> = failed.iter().flat_map(|(_, l)| l).collect();
+    assert_eq!(failed.len(), 2);
+    for (e, i) in failed.iter().zip([60usize, 61]) {
+        assert_eq!(raw_data(e), records[i]);
+        assert_eq!(e["recordId"], ids[i].as_str());
+        assert_eq!(e["errorCode"], "Lambda.ProcessingFailed");
+        assert_eq!(e["attemptsMade"], 1);
+        assert_eq!(e["lambdaArn"], format!("file://{}", wasm.display()));
+        assert!(e["arrivalTimestamp"].as_u64().unwrap() > 0);
+        assert!(e["attemptEndingTimestamp"].as_u64() >= e["arrivalTimestamp"].as_u64());
+    }
+    assert!(failed[0]["errorMessage"].as_str().unwrap().starts_with("not JSON"));
+    assert!(failed[1]["errorMessage"].as_str().unwrap().contains("missing field"));
+
+    let m = |result: &str| {
+        d.metric(&format!(
+            "spillway_processed_records_total{{result=\"{result}\",stream=\"game\"}}"
+        ))
+    };
+    assert_eq!((m("ok"), m("dropped"), m("failed")), (45.0, 15.0, 2.0));
+    assert_eq!(
+        d.metric("spillway_error_records_total{stream=\"game\",type=\"processing-failed\"}"),
+        2.0
+    );
+    assert_eq!(d.metric("spillway_active_partitions{stream=\"game\"}"), 3.0);
+    assert!(d.metric("spillway_transform_call_duration_seconds_count{stream=\"game\"}") >= 1.0);
+    assert!(d.log().contains("transform compiled"));
+
+    // A restart loads the compiled component from the cache instead of compiling it again.
+    let cached: Vec<_> = std::fs::read_dir(d.data_dir.join("transform-cache"))
+        .unwrap()
+        .collect();
+    assert_eq!(cached.len(), 1);
+    d.terminate();
+    d.log.lock().unwrap().clear();
+    d.restart();
+    let log = d.log();
+    assert!(log.contains("transform loaded from the compile cache"), "{log}");
+    assert!(!log.contains("transform compiled"), "{log}");
+    // And the reloaded stream still transforms.
+    put(&d.firehose(), "game", &[player(101)]).await;
+    let again = lines_under(&s3, "game-data", "location=", 46).await;
+    assert!(
+        again
+            .iter()
+            .flat_map(|(_, l)| l)
+            .any(|v| v["user_id"] == 101 && v["play_time"] == "6161")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jq_partition_keys_cap_and_invalid_values() {
+    let s3 = S3Server::start();
+    s3.create_bucket("events");
+    let config = format!(
+        r#"{}
+[partitioning]
+max_active_partitions = 2
+
+[[stream]]
+name = "events"
+bucket_arn = "arn:aws:s3:::events"
+prefix = "country=!{{partitionKeyFromQuery:country}}/year=!{{partitionKeyFromQuery:year}}/"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
+
+[stream.processing_configuration]
+enabled = true
+processors = [
+  {{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{country: .location, year: .ts | strftime("%Y")}}', JsonParsingEngine = "JQ-1.6" }} }},
+  {{ type = "AppendDelimiterToRecord" }},
+]
+
+[stream.dynamic_partitioning_configuration]
+enabled = true
+"#,
+        s3.config()
+    );
+    let d = Daemon::start(&config);
+    let fh = d.firehose();
+    // 2026-01-01 and 2025-06-01, UTC.
+    let (y26, y25) = (1767225600u64, 1748736000u64);
+    let ev = |n: u64, loc: &str, ts: u64| format!(r#"{{"n":{n},"location":"{loc}","ts":{ts}}}"#);
+    let records: Vec<Vec<u8>> = vec![
+        ev(0, "KR", y26),
+        ev(1, "US", y26),
+        ev(2, "KR", y26),
+        ev(3, "KR", y25), // a third partition: past the cap of 2
+        ev(4, "../etc", y26),
+        r#"{"n":5,"ts":0}"#.to_string(),
+        "not json".to_string(),
+        ev(7, "US", y26),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    put(&fh, "events", &records).await;
+
+    let kr = lines_under(&s3, "events", "country=KR/year=2026/", 2).await;
+    let us = lines_under(&s3, "events", "country=US/year=2026/", 2).await;
+    let ns = |objs: &[(String, Vec<Value>)]| -> Vec<u64> {
+        objs.iter()
+            .flat_map(|(_, l)| l)
+            .map(|v| v["n"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(ns(&kr), [0, 2]);
+    assert_eq!(ns(&us), [1, 7]);
+    // AppendDelimiterToRecord: each record is followed by a newline.
+    let store = s3.client("events");
+    let bodies = objects(&store).await;
+    let kr_body = &bodies.iter().find(|(k, _)| k.starts_with("country=KR")).unwrap().1;
+    assert_eq!(kr_body.iter().filter(|b| **b == b'\n').count(), 2);
+
+    let capped = lines_under(&s3, "events", "errors/activePartitionExceeded/", 1).await;
+    let capped: Vec<&Value> = capped.iter().flat_map(|(_, l)| l).collect();
+    assert_eq!(capped.len(), 1);
+    assert_eq!(raw_data(capped[0]), records[3]);
+    assert_eq!(
+        capped[0]["errorCode"],
+        "DynamicPartitioning.ActivePartitionExceeded"
+    );
+    assert!(capped[0].get("lambdaArn").is_none());
+    assert_eq!(
+        d.metric("spillway_partition_cap_exceeded_records_total{stream=\"events\"}"),
+        1.0
+    );
+
+    let failed = lines_under(&s3, "events", "errors/partitioning-failed/", 3).await;
+    let failed: Vec<&Value> = failed.iter().flat_map(|(_, l)| l).collect();
+    assert_eq!(failed.len(), 3);
+    let code_of = |raw: &[u8]| {
+        failed
+            .iter()
+            .find(|e| raw_data(e) == raw)
+            .map(|e| e["errorCode"].as_str().unwrap().to_owned())
+            .unwrap()
+    };
+    assert_eq!(code_of(&records[4]), "DynamicPartitioning.PartitionKeyInvalid");
+    assert_eq!(
+        code_of(&records[5]),
+        "DynamicPartitioning.MetadataExtractionFailed"
+    );
+    assert_eq!(
+        code_of(&records[6]),
+        "DynamicPartitioning.MetadataExtractionFailed"
+    );
+    // Nothing escaped the bucket directory or landed outside the two prefixes.
+    for (key, _) in objects(&store).await {
+        assert!(
+            key.starts_with("country=KR/year=2026/")
+                || key.starts_with("country=US/year=2026/")
+                || key.starts_with("errors/"),
+            "{key}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_transforms_fail_their_batch_and_the_daemon_keeps_serving() {
+    let wasm = component("hostile");
+    let s3 = S3Server::start();
+    s3.create_bucket("hostile");
+    let config = format!(
+        "{}\n[transform]\nmemory_mib = 128\ntimeout_seconds = 2\n",
+        s3.config()
+    );
+    let d = Daemon::start(&config);
+    let fh = d.firehose();
+    // (behaviour, error code, calls made: 1 + NumberOfRetries for a failed call)
+    let cases = [
+        ("loop", "Lambda.FunctionTimedOut", 2),
+        ("oom", "Lambda.OutOfMemory", 2),
+        ("trap", "Lambda.FunctionError", 2),
+        ("count", "Lambda.InvalidOutput", 2),
+        ("read", "Lambda.ProcessingFailed", 1),
+    ];
+    for (what, _, _) in cases {
+        let dest = s3_destination("hostile", 1, 1)
+            .prefix(format!("{what}/ok/"))
+            .error_output_prefix(format!("{what}/!{{firehose:error-output-type}}/"))
+            .processing_configuration(processing(vec![lambda(
+                &wasm,
+                &[(ProcessorParameterName::LambdaNumberOfRetries, "1")],
+            )]));
+        create_stream(&fh, what, dest).await;
+    }
+    for (what, _, _) in cases {
+        put(&fh, what, &[what.as_bytes().to_vec()]).await;
+    }
+    for (what, code, attempts) in cases {
+        let errors = lines_under(&s3, "hostile", &format!("{what}/processing-failed/"), 1).await;
+        let e = &errors[0].1[0];
+        assert_eq!(e["errorCode"], code, "{what}: {e}");
+        assert_eq!(e["attemptsMade"], attempts, "{what}: {e}");
+        assert_eq!(raw_data(e), what.as_bytes());
+        if what == "read" {
+            let msg = e["errorMessage"].as_str().unwrap();
+            assert!(msg.contains("open failed"), "{msg}");
+            assert!(msg.contains("environment variables: 0"), "{msg}");
+        }
+    }
+    assert!(
+        d.metric("spillway_transform_failures_total{kind=\"timeout\",stream=\"loop\"}") >= 2.0
+    );
+    assert!(
+        d.metric("spillway_transform_failures_total{kind=\"out_of_memory\",stream=\"oom\"}")
+            >= 2.0
+    );
+    assert!(d.metric("spillway_transform_failures_total{kind=\"trap\",stream=\"trap\"}") >= 2.0);
+    assert!(
+        d.metric("spillway_transform_failures_total{kind=\"wrong_count\",stream=\"count\"}")
+            >= 2.0
+    );
+
+    // Every stream still serves: good records go through the same component afterwards.
+    for (what, _, _) in cases {
+        put(&fh, what, &[b"hello".to_vec(), b"drop".to_vec()]).await;
+        let ok = objects_under(&s3, "hostile", &format!("{what}/ok/")).await;
+        assert_eq!(ok, [b"hello".to_vec()], "{what}");
+    }
+    // No object anywhere holds the host's files.
+    for (key, body) in objects(&s3.client("hostile")).await {
+        assert!(!body.starts_with(b"ESCAPED"), "{key}");
+    }
+}
+
+async fn objects_under(s3: &S3Server, bucket: &str, prefix: &str) -> Vec<Vec<u8>> {
+    let store = s3.client(bucket);
+    wait_for(Duration::from_secs(60), || async {
+        let found: Vec<Vec<u8>> = objects(&store)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, b)| b.to_vec())
+            .collect();
+        (!found.is_empty()).then_some(found)
+    })
+    .await
+    .unwrap_or_else(|| panic!("an object under {bucket}/{prefix}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn c_passthrough_delivers_records_unchanged() {
+    let wasm = component("passthrough-c");
+    let s3 = S3Server::start();
+    s3.create_bucket("pass");
+    let d = Daemon::start(&s3.config());
+    let fh = d.firehose();
+    let dest = s3_destination("pass", 1, 1).processing_configuration(processing(vec![lambda(
+        &wasm,
+        &[(ProcessorParameterName::BufferSizeInMb, "0.2")],
+    )]));
+    create_stream(&fh, "pass", dest).await;
+    // 1,200 records of 1 KiB: several calls of at most 0.2 MB each.
+    let acked = put_batches(&fh, "pass", 0..1200, 1024).await;
+    assert_eq!(acked.len(), 1200);
+    let store = s3.client("pass");
+    let bodies = wait_for(Duration::from_secs(60), || async {
+        let bodies: Vec<Vec<u8>> = objects(&store)
+            .await
+            .into_iter()
+            .map(|(_, b)| b.to_vec())
+            .collect();
+        (ids_in(&bodies).len() >= 1200).then_some(bodies)
+    })
+    .await
+    .expect("every record delivered");
+    let mut ids = ids_in(&bodies);
+    ids.sort();
+    assert_eq!(ids, (0..1200).collect::<Vec<_>>());
+    let expected: usize = (0..1200).map(|i| record(i, 1024).len()).sum();
+    assert_eq!(bodies.iter().map(Vec::len).sum::<usize>(), expected);
+    assert!(
+        d.metric("spillway_transform_call_duration_seconds_count{stream=\"pass\"}") >= 6.0,
+        "calls are split by BufferSizeInMBs"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_processing_configurations_are_refused_with_the_reason() {
+    let dir = tempfile::TempDir::new().unwrap();
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not wasm").unwrap();
+    let core_module = dir.path().join("core.wasm");
+    // A valid core module (magic and version, no sections) is still not a component.
+    std::fs::write(&core_module, b"\0asm\x01\0\0\0").unwrap();
+    let d = Daemon::start("");
+    let fh = d.firehose();
+    let dp = || {
+        DynamicPartitioningConfiguration::builder()
+            .enabled(true)
+            .build()
+    };
+    let metadata = |query: &str| {
+        Processor::builder()
+            .r#type(ProcessorType::MetadataExtraction)
+            .parameters(
+                ProcessorParameter::builder()
+                    .parameter_name(ProcessorParameterName::MetadataExtractionQuery)
+                    .parameter_value(query)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    };
+    let base = || s3_destination("bucket-1", 1, 60);
+    let cases = vec![
+        (
+            base().processing_configuration(processing(vec![lambda(
+                &dir.path().join("missing.wasm"),
+                &[],
+            )])),
+            "missing.wasm",
+        ),
+        (
+            base().processing_configuration(processing(vec![lambda(&garbage, &[])])),
+            "garbage.wasm",
+        ),
+        (
+            base().processing_configuration(processing(vec![lambda(&core_module, &[])])),
+            "core.wasm",
+        ),
+        (
+            base().processing_configuration(processing(vec![lambda(
+                &garbage,
+                &[(ProcessorParameterName::LambdaNumberOfRetries, "301")],
+            )])),
+            "NumberOfRetries must be 0 to 300",
+        ),
+        (
+            base().processing_configuration(processing(vec![lambda(
+                &garbage,
+                &[(ProcessorParameterName::BufferSizeInMb, "3.01")],
+            )])),
+            "BufferSizeInMBs must be between 0.2 and 3",
+        ),
+        (
+            base().processing_configuration(processing(vec![lambda(
+                &garbage,
+                &[(ProcessorParameterName::BufferSizeInMb, "0.19")],
+            )])),
+            "BufferSizeInMBs must be between 0.2 and 3",
+        ),
+        (
+            base().prefix("c=!{partitionKeyFromQuery:c}/"),
+            "can only be used in Prefix, with DynamicPartitioningConfiguration enabled",
+        ),
+        (
+            base()
+                .prefix("c=!{partitionKeyFromQuery:c}/")
+                .dynamic_partitioning_configuration(dp())
+                .processing_configuration(processing(vec![metadata("{c: .c}")])),
+            "ErrorOutputPrefix: is required when dynamic partitioning is enabled",
+        ),
+        (
+            base()
+                .prefix("c=!{partitionKeyFromQuery:c}/")
+                .error_output_prefix("e/!{firehose:error-output-type}/")
+                .dynamic_partitioning_configuration(dp()),
+            "needs a MetadataExtraction processor",
+        ),
+        (
+            base()
+                .prefix("c=!{partitionKeyFromQuery:c}/")
+                .error_output_prefix("e/!{firehose:error-output-type}/")
+                .dynamic_partitioning_configuration(dp())
+                .processing_configuration(processing(vec![metadata("{c: .c")])),
+            "MetadataExtractionQuery: cannot parse",
+        ),
+        (
+            base()
+                .prefix("static/")
+                .error_output_prefix("e/!{firehose:error-output-type}/")
+                .dynamic_partitioning_configuration(dp()),
+            "must use !{partitionKeyFromQuery:KEY} or !{partitionKeyFromLambda:KEY}",
+        ),
+        (
+            base()
+                .prefix("d=!{partitionKeyFromLambda:d}/")
+                .error_output_prefix("e/!{firehose:error-output-type}/")
+                .dynamic_partitioning_configuration(dp()),
+            "needs a Lambda processor",
+        ),
+    ];
+    for (i, (dest, expected)) in cases.into_iter().enumerate() {
+        let err = fh
+            .create_delivery_stream()
+            .delivery_stream_name(format!("bad-{i}"))
+            .extended_s3_destination_configuration(dest.build().unwrap())
+            .send()
+            .await
+            .expect_err("refused");
+        let service = err.into_service_error();
+        assert!(service.is_invalid_argument_exception(), "case {i}: {service:?}");
+        let message = service.meta().message().unwrap_or_default().to_owned();
+        assert!(message.contains(expected), "case {i}: {message}");
+    }
+    // Nothing was created, and the edges of the ranges are accepted.
+    let list = fh.list_delivery_streams().send().await.unwrap();
+    assert!(list.delivery_stream_names().is_empty());
+    let pass = component("passthrough-c");
+    for (i, size) in ["0.2", "3"].into_iter().enumerate() {
+        let dest = base().processing_configuration(processing(vec![lambda(
+            &pass,
+            &[
+                (ProcessorParameterName::BufferSizeInMb, size),
+                (ProcessorParameterName::LambdaNumberOfRetries, ["0", "300"][i]),
+            ],
+        )]));
+        create_stream(&fh, &format!("edge-{i}"), dest).await;
+    }
+}
