@@ -19,13 +19,15 @@ use common::*;
 use serde_json::Value;
 
 fn lambda(path: &Path, extra: &[(ProcessorParameterName, &str)]) -> Processor {
-    let mut p = Processor::builder().r#type(ProcessorType::Lambda).parameters(
-        ProcessorParameter::builder()
-            .parameter_name(ProcessorParameterName::LambdaArn)
-            .parameter_value(format!("file://{}", path.display()))
-            .build()
-            .unwrap(),
-    );
+    let mut p = Processor::builder()
+        .r#type(ProcessorType::Lambda)
+        .parameters(
+            ProcessorParameter::builder()
+                .parameter_name(ProcessorParameterName::LambdaArn)
+                .parameter_value(format!("file://{}", path.display()))
+                .build()
+                .unwrap(),
+        );
     for (name, value) in extra {
         p = p.parameters(
             ProcessorParameter::builder()
@@ -52,7 +54,12 @@ async fn put(client: &Client, stream: &str, records: &[Vec<u8>]) -> Vec<String> 
         .set_records(Some(
             records
                 .iter()
-                .map(|r| Record::builder().data(Blob::new(r.clone())).build().unwrap())
+                .map(|r| {
+                    Record::builder()
+                        .data(Blob::new(r.clone()))
+                        .build()
+                        .unwrap()
+                })
                 .collect(),
         ))
         .send()
@@ -107,7 +114,7 @@ fn player(id: u64) -> Vec<u8> {
         "age": 18 + id % 40,
         "location": location,
         "play_time_s": id * 61,
-        "premium": id % 4 == 0,
+        "premium": id.is_multiple_of(4),
         "device": "phone",
     }))
     .unwrap()
@@ -173,8 +180,18 @@ async fn mobile_game_transform_partitions_by_location() {
         assert!(e["arrivalTimestamp"].as_u64().unwrap() > 0);
         assert!(e["attemptEndingTimestamp"].as_u64() >= e["arrivalTimestamp"].as_u64());
     }
-    assert!(failed[0]["errorMessage"].as_str().unwrap().starts_with("not JSON"));
-    assert!(failed[1]["errorMessage"].as_str().unwrap().contains("missing field"));
+    assert!(
+        failed[0]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .starts_with("not JSON")
+    );
+    assert!(
+        failed[1]["errorMessage"]
+            .as_str()
+            .unwrap()
+            .contains("missing field")
+    );
 
     let m = |result: &str| {
         d.metric(&format!(
@@ -199,7 +216,10 @@ async fn mobile_game_transform_partitions_by_location() {
     d.log.lock().unwrap().clear();
     d.restart();
     let log = d.log();
-    assert!(log.contains("transform loaded from the compile cache"), "{log}");
+    assert!(
+        log.contains("transform loaded from the compile cache"),
+        "{log}"
+    );
     assert!(!log.contains("transform compiled"), "{log}");
     // And the reloaded stream still transforms.
     put(&d.firehose(), "game", &[player(101)]).await;
@@ -273,7 +293,11 @@ enabled = true
     // AppendDelimiterToRecord: each record is followed by a newline.
     let store = s3.client("events");
     let bodies = objects(&store).await;
-    let kr_body = &bodies.iter().find(|(k, _)| k.starts_with("country=KR")).unwrap().1;
+    let kr_body = &bodies
+        .iter()
+        .find(|(k, _)| k.starts_with("country=KR"))
+        .unwrap()
+        .1;
     assert_eq!(kr_body.iter().filter(|b| **b == b'\n').count(), 2);
 
     let capped = lines_under(&s3, "events", "errors/activePartitionExceeded/", 1).await;
@@ -300,7 +324,10 @@ enabled = true
             .map(|e| e["errorCode"].as_str().unwrap().to_owned())
             .unwrap()
     };
-    assert_eq!(code_of(&records[4]), "DynamicPartitioning.PartitionKeyInvalid");
+    assert_eq!(
+        code_of(&records[4]),
+        "DynamicPartitioning.PartitionKeyInvalid"
+    );
     assert_eq!(
         code_of(&records[5]),
         "DynamicPartitioning.MetadataExtractionFailed"
@@ -364,17 +391,13 @@ async fn hostile_transforms_fail_their_batch_and_the_daemon_keeps_serving() {
             assert!(msg.contains("environment variables: 0"), "{msg}");
         }
     }
+    assert!(d.metric("spillway_transform_failures_total{kind=\"timeout\",stream=\"loop\"}") >= 2.0);
     assert!(
-        d.metric("spillway_transform_failures_total{kind=\"timeout\",stream=\"loop\"}") >= 2.0
-    );
-    assert!(
-        d.metric("spillway_transform_failures_total{kind=\"out_of_memory\",stream=\"oom\"}")
-            >= 2.0
+        d.metric("spillway_transform_failures_total{kind=\"out_of_memory\",stream=\"oom\"}") >= 2.0
     );
     assert!(d.metric("spillway_transform_failures_total{kind=\"trap\",stream=\"trap\"}") >= 2.0);
     assert!(
-        d.metric("spillway_transform_failures_total{kind=\"wrong_count\",stream=\"count\"}")
-            >= 2.0
+        d.metric("spillway_transform_failures_total{kind=\"wrong_count\",stream=\"count\"}") >= 2.0
     );
 
     // Every stream still serves: good records go through the same component afterwards.
@@ -557,7 +580,10 @@ async fn bad_processing_configurations_are_refused_with_the_reason() {
             .await
             .expect_err("refused");
         let service = err.into_service_error();
-        assert!(service.is_invalid_argument_exception(), "case {i}: {service:?}");
+        assert!(
+            service.is_invalid_argument_exception(),
+            "case {i}: {service:?}"
+        );
         let message = service.meta().message().unwrap_or_default().to_owned();
         assert!(message.contains(expected), "case {i}: {message}");
     }
@@ -570,7 +596,10 @@ async fn bad_processing_configurations_are_refused_with_the_reason() {
             &pass,
             &[
                 (ProcessorParameterName::BufferSizeInMb, size),
-                (ProcessorParameterName::LambdaNumberOfRetries, ["0", "300"][i]),
+                (
+                    ProcessorParameterName::LambdaNumberOfRetries,
+                    ["0", "300"][i],
+                ),
             ],
         )]));
         create_stream(&fh, &format!("edge-{i}"), dest).await;

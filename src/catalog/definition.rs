@@ -514,6 +514,9 @@ fn validate_processing(processors: &[Processor]) -> Result<Processing, String> {
         metadata_query: None,
         append_delimiter: false,
     };
+    if processors.is_empty() {
+        return Err("Enabled is true but Processors lists none".into());
+    }
     let mut seen = Vec::new();
     for (i, p) in processors.iter().enumerate() {
         let at = format!("Processors[{i}] ({})", p.kind);
