@@ -14,7 +14,7 @@ example() {
   ' README.md
 }
 
-for name in run cli boto3 config check-config stack bench; do
+for name in run cli boto3 config check-config stack transform bench; do
   [ -n "$(example "$name")" ] || { echo "README has no '$name' example"; exit 1; }
 done
 
@@ -28,8 +28,9 @@ launcher=$!
 cleanup() {
   pkill -TERM -f 'target/release/spillway$' 2>/dev/null || true
   pkill -TERM -f 'spillway --data-dir /tmp/spillway-bench' 2>/dev/null || true
+  pkill -TERM -f 'spillway --config examples/game-transform.toml' 2>/dev/null || true
   kill "$launcher" 2>/dev/null || true
-  rm -rf spillway-data /tmp/spillway-bench
+  rm -rf spillway-data /tmp/spillway-bench .venv
 }
 trap cleanup EXIT
 
@@ -68,6 +69,22 @@ echo "$checked" | tail -8
 echo "$checked" | grep -q "examples/minio.toml: ok" || { echo "check-config did not accept the example"; exit 1; }
 echo "$checked" | grep -q "game-events: s3://game-data/" || { echo "check-config did not list the stream"; exit 1; }
 
+echo "== README: transform and partition"
+rm -rf spillway-data .venv
+transform_out=$(bash -euo pipefail -c "$(example transform)" 2>&1) || {
+  echo "$transform_out" | tail -40; echo "the transform example failed"; exit 1
+}
+echo "$transform_out" | grep -v '^ ' | tail -12
+for expected in \
+  'players/location=KR/' '{"user_id":7,"age":31,"location":"KR","play_time":"3725"}' \
+  'players/location=DE/' '{"user_id":9,"age":44,"location":"DE","play_time":"980"}' \
+  'errors/processing-failed/' '"rawData":"bm90IGEgcGxheWVy"'; do
+  echo "$transform_out" | grep -qF "$expected" || { echo "transform example: missing $expected"; exit 1; }
+done
+if echo "$transform_out" | grep -q '"user_id":8'; then echo "a premium player was delivered"; exit 1; fi
+ls spillway-data/transform-cache/*.cwasm >/dev/null || { echo "no compiled component cached"; exit 1; }
+rm -rf spillway-data .venv
+
 echo "== README: local stack command (Docker is not here: the compose file is checked by tests/stack.py)"
 [ "$(example stack)" = "docker compose -f deploy/docker-compose.yml up --build" ] \
   || { echo "the README's stack command changed; update this check and tests/stack.py"; exit 1; }
@@ -85,4 +102,4 @@ echo "$bench_out" | tail -14
 echo "$bench_out" | grep -q "payload MiB/s" || { echo "no benchmark result"; exit 1; }
 echo "$bench_out" | grep -Eq "delivered after +[0-9.]+ s" || { echo "not everything was delivered"; exit 1; }
 rm -rf /tmp/spillway-bench
-echo "README examples: 6 passed, 0 failed"
+echo "README examples: 7 passed, 0 failed"

@@ -46,6 +46,8 @@ const AMZ_JSON: &str = "application/x-amz-json-1.1";
 const TARGET_PUT_BATCH: &str = "Firehose_20150804.PutRecordBatch";
 const TARGET_CREATE: &str = "Firehose_20150804.CreateDeliveryStream";
 const DELIVERED_METRIC: &str = "spillway_delivered_records_total";
+const PROCESSED_METRIC: &str = "spillway_processed_records_total";
+const ERROR_RECORDS_METRIC: &str = "spillway_error_records_total";
 
 /// Distinct request bodies built up front (fewer if they would not fit in `POOL_BYTES`).
 const POOL_BODIES: usize = 16;
@@ -120,6 +122,11 @@ struct Args {
         requires = "create_stream"
     )]
     buffer_seconds: u32,
+
+    /// WebAssembly transform (a component file) of the stream created by --create-stream:
+    /// a `Lambda` processor with this `LambdaArn`
+    #[arg(long, value_name = "FILE", requires = "create_stream")]
+    transform: Option<String>,
 
     /// Number of concurrent connections, one closed-loop worker each
     #[arg(long, value_name = "N", default_value_t = 8,
@@ -471,7 +478,7 @@ fn make_body(rng: &mut impl Rng, stream_json: &str, records: usize, size: usize)
 }
 
 fn create_stream_body(args: &Args) -> Bytes {
-    let body = serde_json::json!({
+    let mut body = serde_json::json!({
         "DeliveryStreamName": args.stream,
         "DeliveryStreamType": "DirectPut",
         "ExtendedS3DestinationConfiguration": {
@@ -484,6 +491,15 @@ fn create_stream_body(args: &Args) -> Bytes {
             },
         },
     });
+    if let Some(component) = &args.transform {
+        body["ExtendedS3DestinationConfiguration"]["ProcessingConfiguration"] = serde_json::json!({
+            "Enabled": true,
+            "Processors": [{
+                "Type": "Lambda",
+                "Parameters": [{ "ParameterName": "LambdaArn", "ParameterValue": component }],
+            }],
+        });
+    }
     Bytes::from(body.to_string())
 }
 
@@ -697,21 +713,29 @@ async fn worker(shared: Arc<Shared>, index: usize) -> WorkerStats {
 // Metrics and memory
 // ---------------------------------------------------------------------------------------
 
-/// Sum of `spillway_delivered_records_total` over the series labelled with the stream.
-/// A missing series counts as 0 (nothing delivered yet).
+/// Records of the stream that reached their end: delivered, dropped on purpose by its
+/// transform, or written to its error output. Sums the series labelled with the stream; a
+/// missing series counts as 0.
 fn parse_delivered(text: &str, stream: &str) -> f64 {
     let label = format!("stream=\"{stream}\"");
-    text.lines()
-        .filter_map(|line| {
-            let rest = line.strip_prefix(DELIVERED_METRIC)?.strip_prefix('{')?;
-            let (labels, value) = rest.split_once('}')?;
-            let has_stream = labels.split(',').any(|l| l.trim() == label);
-            if !has_stream {
-                return None;
-            }
-            value.split_whitespace().next()?.parse::<f64>().ok()
-        })
-        .sum()
+    let sum = |metric: &str, also: Option<&str>| -> f64 {
+        text.lines()
+            .filter_map(|line| {
+                let rest = line.strip_prefix(metric)?.strip_prefix('{')?;
+                let (labels, value) = rest.split_once('}')?;
+                let mut labels = labels.split(',').map(str::trim);
+                let wanted = labels.clone().any(|l| l == label)
+                    && also.is_none_or(|a| labels.any(|l| l == a));
+                if !wanted {
+                    return None;
+                }
+                value.split_whitespace().next()?.parse::<f64>().ok()
+            })
+            .sum()
+    };
+    sum(DELIVERED_METRIC, None)
+        + sum(PROCESSED_METRIC, Some("result=\"dropped\""))
+        + sum(ERROR_RECORDS_METRIC, None)
 }
 
 async fn fetch_delivered(metrics: &Target, stream: &str) -> Result<f64> {
@@ -1168,8 +1192,11 @@ mod tests {
             spillway_delivered_records_total{stream=\"bench\"} 12345\n\
             spillway_delivered_records_total{stream=\"other\"} 7\n\
             spillway_delivered_records_total{destination=\"s3\",stream=\"bench\"} 5\n\
-            spillway_delivered_records_total_x{stream=\"bench\"} 100\n";
-        assert_eq!(parse_delivered(text, "bench"), 12350.0);
+            spillway_delivered_records_total_x{stream=\"bench\"} 100\n\
+            spillway_processed_records_total{result=\"dropped\",stream=\"bench\"} 3\n\
+            spillway_processed_records_total{result=\"ok\",stream=\"bench\"} 12345\n\
+            spillway_error_records_total{stream=\"bench\",type=\"processing-failed\"} 2\n";
+        assert_eq!(parse_delivered(text, "bench"), 12355.0);
         assert_eq!(parse_delivered(text, "none"), 0.0);
     }
 
