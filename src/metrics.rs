@@ -348,6 +348,14 @@ impl Metrics {
 
     pub fn stream(&self, stream: &str) -> StreamMetrics {
         let l = &[stream];
+        // Every labelled series exists from the start, at 0, so rates and dashboards read
+        // 0 rather than "no data" until the first failure.
+        for kind in TRANSFORM_FAILURE_KINDS {
+            self.transform_failures.with_label_values(&[stream, kind]);
+        }
+        for t in ERROR_OUTPUT_TYPES {
+            self.error_records.with_label_values(&[stream, t]);
+        }
         StreamMetrics {
             incoming_records: self.incoming_records.with_label_values(l),
             incoming_bytes: self.incoming_bytes.with_label_values(l),

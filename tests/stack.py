@@ -124,17 +124,42 @@ def compose_checks():
         "spillway starts after the bucket exists",
     )
 
-    # The producer sends to spillway's port and to a stream the config declares.
-    penv = services["producer"]["environment"]
-    check(penv["STREAM"] == stream["name"], "the producer sends to the declared stream")
-    check(
-        penv["SPILLWAY_ENDPOINT"] == f"http://spillway:{listen_port}",
-        "the producer sends to spillway's listen port",
-    )
-    check(
-        any(dst.endswith("produce.sh") for (svc, dst) in mounts if svc == "producer"),
-        "the producer script is mounted",
-    )
+    # Each producer sends to spillway's port and to a stream the config declares; every
+    # declared stream has a producer.
+    declared = {st["name"] for st in config["stream"]}
+    producers = [n for n in services if n.startswith("producer")]
+    targets_of = set()
+    for name in producers:
+        penv = services[name]["environment"]
+        targets_of.add(penv["STREAM"])
+        check(penv["STREAM"] in declared, f"{name} sends to a declared stream")
+        check(
+            penv["SPILLWAY_ENDPOINT"] == f"http://spillway:{listen_port}",
+            f"{name} sends to spillway's listen port",
+        )
+        check(
+            any(dst.endswith("produce.sh") for (svc, dst) in mounts if svc == name),
+            f"{name}'s script is mounted",
+        )
+    check(targets_of == declared, "every declared stream has a producer")
+
+    # Transforms named by the config are built into the image at that path, from the repo's
+    # example sources, and the files the image copies in are not excluded from the context.
+    for st in config["stream"]:
+        for proc in st.get("processing_configuration", {}).get("processors", []):
+            if proc["type"] != "Lambda":
+                continue
+            path = proc["parameters"]["LambdaArn"].removeprefix("file://")
+            check(re.search(rf"^COPY --from=\S+ \S+ {re.escape(path)}$", dockerfile, re.M) is not None,
+                  f"the image contains {path}")
+            name = os.path.basename(path).removesuffix(".wasm")
+            check(f"examples/transforms/{name}/build.sh" in dockerfile, f"the image builds {name} with its build script")
+            check(os.path.isfile(os.path.join(ROOT, "examples", "transforms", name, "build.sh")),
+                  f"examples/transforms/{name} exists")
+    ignored = [l.strip() for l in open(os.path.join(ROOT, ".dockerignore")) if not l.startswith("#")]
+    for needed in ["src", "wit", "examples", "Cargo.toml", "Cargo.lock"]:
+        check(needed not in ignored and f"{needed}/" not in ignored, f"{needed} is in the build context")
+    check("COPY wit ./wit" in dockerfile, "the build stage has the transform contract (wit/)")
 
     # Prometheus: its config and rules are mounted where it looks; it scrapes spillway.
     pcmd = services["prometheus"]["command"]
@@ -357,12 +382,21 @@ def run(config, prom_config_path, work, start):
                       aws_secret_access_key=store["secret_access_key"])
     s3.create_bucket(Bucket=bucket)
 
-    # spillway with the stack's config: only the endpoint, address and data dir differ.
+    # spillway with the stack's config: only the endpoint, address, data dir and the path of
+    # the transform (built here by its own build script, as the image build does) differ.
     text = open(os.path.join(DEPLOY, "spillway", "spillway.toml")).read()
     check(store["endpoint"] in text, "the endpoint line can be rewritten")
+    image_wasm = "/usr/share/spillway/transforms/mobile-game.wasm"
+    check(image_wasm in text, "the transform path can be rewritten")
+    wasm = os.path.join(work, "mobile-game.wasm")
+    venv_tool = os.path.join(ROOT, "target", "test-venv", "bin", "componentize-py")
+    env = dict(os.environ, COMPONENTIZE_PY=venv_tool) if os.path.exists(venv_tool) else None
+    built = subprocess.run(["bash", os.path.join(ROOT, "examples", "transforms", "mobile-game", "build.sh"), wasm],
+                           capture_output=True, text=True, env=env)
+    check(built.returncode == 0, f"the stack's transform builds: {built.stderr[-2000:]}")
     config_path = os.path.join(work, "spillway.toml")
     with open(config_path, "w") as f:
-        f.write(text.replace(store["endpoint"], s3_url))
+        f.write(text.replace(store["endpoint"], s3_url).replace(image_wasm, wasm))
     port = free_port()
     spillway = start("spillway", [os.path.join(RELEASE, "spillway"), "--config", config_path,
                                   "--listen", f"127.0.0.1:{port}", "--data-dir", os.path.join(work, "data")])
@@ -395,6 +429,19 @@ def run(config, prom_config_path, work, start):
     check(produced.returncode == 0, f"the producer ran: {produced.stderr}")
     producer_sent = int(re.search(r"accepted (\d+) records, 0 failed", produced.stdout).group(1))
     check(producer_sent == 4 * 50, "the producer's records were all accepted")
+
+    # The second producer, to the stream with the Python transform, plus one record that is
+    # not a player: it must reach the error prefix in the error-record envelope.
+    players = config["stream"][1]["name"]
+    env = dict(os.environ, SPILLWAY_ENDPOINT=base, STREAM=players, BATCHES="4", PAUSE="0.5")
+    produced = subprocess.run(["bash", os.path.join(DEPLOY, "producer", "produce.sh")],
+                              env=env, capture_output=True, text=True, timeout=120)
+    check(produced.returncode == 0, f"the players producer ran: {produced.stderr}")
+    players_sent = int(re.search(r"accepted (\d+) records, 0 failed", produced.stdout).group(1))
+    fh = boto3.client("firehose", endpoint_url=base, region_name="us-east-1",
+                      aws_access_key_id="local", aws_secret_access_key="local")
+    bad = fh.put_record_batch(DeliveryStreamName=players, Records=[{"Data": b"not a player"}])
+    check(bad["FailedPutCount"] == 0, "the bad record was accepted (it fails in the transform)")
 
     load = subprocess.run([os.path.join(RELEASE, "spillway-loadgen"), "--endpoint", base,
                            "--stream", name, "--connections", "4", "--record-size", "1024",
@@ -431,9 +478,32 @@ def run(config, prom_config_path, work, start):
           f"freshness stayed bounded by the interval ({fresh} s <= {interval} + 15 s)")
     check(prom.value(f"spillway_objects_written_total{sel}") >= 2, "objects were written")
     check(prom.value(f"spillway_upload_failures_total{sel}") == 0, "no upload failed")
-    landed = sum(1 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    literal = stream["prefix"].split("!{")[0]
+    landed = sum(1 for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=literal)
                  for _ in page.get("Contents", []))
     check(landed == prom.value(f"spillway_objects_written_total{sel}"), "objects in the bucket = objects written")
+
+    # The players stream: every record was transformed, dropped (premium) or failed, and
+    # landed under its location's prefix or the error prefix.
+    psel = f'{{stream="{players}"}}'
+    accounted = (f'sum(spillway_processed_records_total{psel})')
+    wait_until("Prometheus to see every players record processed",
+               lambda: prom.value(accounted) == players_sent + 1, timeout=60)
+    check(prom.value(f'spillway_processed_records_total{{result="failed",stream="{players}"}}') == 1,
+          "the bad record failed in the transform")
+    check((prom.value(f'spillway_processed_records_total{{result="dropped",stream="{players}"}}') or 0) > 0,
+          "premium players were dropped")
+    check(prom.value(f'spillway_error_records_total{{stream="{players}",type="processing-failed"}}') == 1,
+          "the bad record went to the error output")
+    check((prom.value(f"spillway_active_partitions{psel}") or 0) >= 1, "players were partitioned")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+            for o in page.get("Contents", [])]
+    check(any(k.startswith("players/location=") for k in keys), "players landed under their location")
+    errors = [k for k in keys if k.startswith("errors/players/processing-failed/")]
+    check(len(errors) == 1, "one error object for the players stream")
+    envelope = json.loads(s3.get_object(Bucket=bucket, Key=errors[0])["Body"].read().splitlines()[0])
+    check(envelope["rawData"] == "bm90IGEgcGxheWVy" and envelope["errorCode"] == "Lambda.ProcessingFailed",
+          f"the error record carries the raw data and the code: {envelope}")
 
     # Every name a panel or an alert reads is one spillway exports (or Prometheus's own `up`).
     _, metrics_text = http_get(f"{base}/metrics")
@@ -442,13 +512,16 @@ def run(config, prom_config_path, work, start):
     used = set()
     for _, expr in exprs:
         used |= metric_names(expr)
+    # Per stream: a panel returns data for at least one of the stack's streams (transform
+    # latency exists only for the stream with a transform).
+    players_exprs = list(dashboard_exprs(players))
     for rule in alert_rules():
         used |= metric_names(rule["expr"])
     check(not (used - exported), f"panels and alerts read only exported metrics; unknown: {used - exported}")
 
     # Every dashboard expression returns data.
-    for title, expr in exprs:
-        values = [float(r["value"][1]) for r in prom.query(expr)]
+    for (title, expr), (_, players_expr) in zip(exprs, players_exprs):
+        values = [float(r["value"][1]) for r in prom.query(expr) + prom.query(players_expr)]
         check(any(v == v for v in values), f"panel {title!r} returns a number (not only NaN): {expr} -> {values}")
     print(f"dashboard: {len(exprs)} expressions returned data")
 
