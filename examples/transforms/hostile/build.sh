@@ -4,7 +4,10 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 wit="$here/../../../wit/transform.wit"
-out="${1:-$here/hostile.wasm}"
+out="$(realpath -m "${1:-$here/hostile.wasm}")"
 tool="${COMPONENTIZE_PY:-componentize-py}"
+# Paths given relative to where the script was called from stay valid after the cd below.
+case "$tool" in */*) tool="$(realpath -m "$tool")" ;; esac
+mkdir -p "$(dirname "$out")"
 cd "$here"
 "$tool" -d "$wit" -w transformer componentize app -o "$out"

@@ -5,7 +5,8 @@
 # `componentize` example, e.g. target/debug/examples/componentize, instead of `cargo run`)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-out="${1:-$here/passthrough.wasm}"
+out="$(realpath -m "${1:-$here/passthrough.wasm}")"
+mkdir -p "$(dirname "$out")"
 core="$(mktemp --suffix .wasm)"
 trap 'rm -f "$core"' EXIT
 "${CLANG:-clang}" --target=wasm32 -O2 -nostdlib -Wl,--no-entry -o "$core" "$here/passthrough.c"
