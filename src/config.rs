@@ -68,6 +68,13 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
     },
+    /// Compile a transform component into a cache file. The daemon runs this in a child
+    /// process, so the compiler's peak memory never becomes the daemon's.
+    #[command(hide = true)]
+    CompileTransform {
+        input: PathBuf,
+        output: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -19,6 +19,15 @@ fn main() -> std::process::ExitCode {
                 std::time::Duration::from_secs(*timeout_seconds),
             );
         }
+        Some(Command::CompileTransform { input, output }) => {
+            return match spillway::transform::compile_to_file(input, output) {
+                Ok(()) => std::process::ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("spillway: cannot compile {}: {e:#}", input.display());
+                    std::process::ExitCode::from(2)
+                }
+            };
+        }
         None => {}
     }
     let settings = match Settings::load(&cli) {

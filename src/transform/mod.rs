@@ -86,11 +86,26 @@ pub struct Host {
     loaded: Mutex<HashMap<PathBuf, Arc<Module>>>,
 }
 
+/// The engine settings: one place, because a compiled artifact loads only into an engine
+/// configured the same way.
+fn engine() -> wasmtime::Result<Engine> {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    Engine::new(&config)
+}
+
+/// Compiles the component at `input` and writes the artifact to `output` (the
+/// `compile-transform` subcommand, run by the daemon in a child process).
+pub fn compile_to_file(input: &Path, output: &Path) -> wasmtime::Result<()> {
+    let engine = engine()?;
+    let component = Component::from_file(&engine, input)?;
+    crate::durable::write_file(output, &component.serialize()?)?;
+    Ok(())
+}
+
 impl Host {
     pub fn new(cache_dir: PathBuf, limits: Limits) -> wasmtime::Result<Arc<Host>> {
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        let engine = Engine::new(&config)?;
+        let engine = engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         // The epoch ticker holds only a weak handle: it ends with the last engine clone.
@@ -174,16 +189,25 @@ impl Host {
             }
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes)?;
+        std::fs::create_dir_all(&self.cache_dir)?;
+        let component = match compile_in_child(bytes, &cached) {
+            Ok(()) => {
+                // SAFETY: as above; the child is this same binary with the same engine settings.
+                unsafe { Component::deserialize_file(&self.engine, &cached) }?
+            }
+            Err(why) => {
+                tracing::debug!(reason = %why, "compiling the transform in-process");
+                let component = Component::new(&self.engine, bytes)?;
+                if let Err(e) = crate::durable::write_file(&cached, &component.serialize()?) {
+                    tracing::warn!(cache = %cached.display(), error = %e, "cannot write the compile cache; the next start compiles again");
+                }
+                component
+            }
+        };
         tracing::info!(
             seconds = started.elapsed().as_secs_f64(),
             "transform compiled"
         );
-        let artifact = component.serialize()?;
-        std::fs::create_dir_all(&self.cache_dir)?;
-        if let Err(e) = crate::durable::write_file(&cached, &artifact) {
-            tracing::warn!(cache = %cached.display(), error = %e, "cannot write the compile cache; the next start compiles again");
-        }
         Ok(component)
     }
 }
@@ -295,6 +319,34 @@ impl Module {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(instance);
+    }
+}
+
+/// Compiles in a child `spillway compile-transform` process: compiling a large component takes
+/// hundreds of MiB that the allocator would otherwise keep in the daemon for good. Only when this
+/// binary is `spillway` (not a test harness embedding the library).
+fn compile_in_child(bytes: &[u8], output: &Path) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    if exe.file_stem().and_then(|s| s.to_str()) != Some("spillway") {
+        return Err(format!("{} is not the spillway binary", exe.display()));
+    }
+    let input = output.with_extension("wasm.tmp");
+    std::fs::write(&input, bytes).map_err(|e| e.to_string())?;
+    let result = std::process::Command::new(&exe)
+        .arg("compile-transform")
+        .arg(&input)
+        .arg(output)
+        .stdin(std::process::Stdio::null())
+        .output();
+    let _ = std::fs::remove_file(&input);
+    match result {
+        Ok(out) if out.status.success() => Ok(()),
+        Ok(out) => Err(format!(
+            "the compiler process failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        )),
+        Err(e) => Err(format!("cannot start the compiler process: {e}")),
     }
 }
 
