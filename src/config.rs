@@ -71,10 +71,7 @@ pub enum Command {
     /// Compile a transform component into a cache file. The daemon runs this in a child
     /// process, so the compiler's peak memory never becomes the daemon's.
     #[command(hide = true)]
-    CompileTransform {
-        input: PathBuf,
-        output: PathBuf,
-    },
+    CompileTransform { input: PathBuf, output: PathBuf },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -605,3 +605,83 @@ async fn bad_processing_configurations_are_refused_with_the_reason() {
         create_stream(&fh, &format!("edge-{i}"), dest).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_partitioned_batch_rewrites_the_same_objects() {
+    let s3 = S3Server::start();
+    s3.create_bucket("replay");
+    let proxy = HoldingProxy::start(s3.port);
+    // A random string in the prefix: the replay must reuse the one rendered at seal time.
+    let config = format!(
+        r#"{}
+[[stream]]
+name = "replay"
+bucket_arn = "arn:aws:s3:::replay"
+prefix = "c=!{{partitionKeyFromQuery:c}}/!{{firehose:random-string}}/"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
+[stream.processing_configuration]
+processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = "{{c: .c}}" }} }}]
+[stream.dynamic_partitioning_configuration]
+enabled = true
+"#,
+        proxy.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose_with_retries(1);
+    let mut records: Vec<Vec<u8>> = (0..30u64)
+        .map(|n| {
+            format!(
+                "{{\"n\":{n},\"c\":\"{}\"}}\n",
+                ["KR", "US", "BR"][n as usize % 3]
+            )
+            .into_bytes()
+        })
+        .collect();
+    records.push(b"{\"n\":30}\n".to_vec());
+
+    // The objects reach S3, but the daemon never hears back: no commit is recorded.
+    proxy.set_hold(true);
+    put(&fh, "replay", &records).await;
+    let store = s3.client("replay");
+    let landed = wait_for(Duration::from_secs(30), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 4).then_some(objs)
+    })
+    .await
+    .expect("three partition objects and one error object reached the server");
+    assert_eq!(
+        d.metric("spillway_objects_written_total{stream=\"replay\"}"),
+        0.0
+    );
+    d.kill9();
+
+    // The restarted daemon processes the sealed batch again and writes the same four keys.
+    proxy.set_hold(false);
+    d.restart();
+    wait_for(Duration::from_secs(30), || async {
+        (d.metric("spillway_objects_written_total{stream=\"replay\"}") >= 4.0).then_some(())
+    })
+    .await
+    .expect("the replayed batch was delivered");
+    let after = objects(&store).await;
+    let keys =
+        |objs: &[(String, bytes::Bytes)]| objs.iter().map(|o| o.0.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&after), keys(&landed));
+    let mut ns: Vec<u64> = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("c="))
+        .flat_map(|(_, b)| {
+            b.split(|c| *c == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(|l| {
+                    serde_json::from_slice::<Value>(l).unwrap()["n"]
+                        .as_u64()
+                        .unwrap()
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    ns.sort();
+    assert_eq!(ns, (0..30).collect::<Vec<_>>(), "every record exactly once");
+}
