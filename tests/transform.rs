@@ -389,6 +389,19 @@ async fn hostile_transforms_fail_their_batch_and_the_daemon_keeps_serving() {
             let msg = e["errorMessage"].as_str().unwrap();
             assert!(msg.contains("open failed"), "{msg}");
             assert!(msg.contains("environment variables: 0"), "{msg}");
+            // What the component printed is in the daemon's log, at debug level, tagged.
+            let log = d.log();
+            for (line, output) in [
+                ("hostile: probing the sandbox", "stdout"),
+                ("hostile: this goes to stderr", "stderr"),
+            ] {
+                assert!(
+                    log.lines().any(|l| l.contains("DEBUG")
+                        && l.contains(line)
+                        && l.contains(&format!("output=\"{output}\""))),
+                    "{line} in the log:\n{log}"
+                );
+            }
         }
     }
     assert!(d.metric("spillway_transform_failures_total{kind=\"timeout\",stream=\"loop\"}") >= 2.0);

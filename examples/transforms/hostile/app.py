@@ -6,19 +6,22 @@ the fate of the whole call:
     oom    allocate far past the memory cap  (the memory cap stops it)
     trap   raise an exception                (the call traps)
     count  return no outcomes at all         (wrong outcome count)
-    read   try to read /etc/passwd and list the environment; the record fails with what
-           happened (the sandbox grants no files and no environment)
+    read   print to stdout and stderr, try to read /etc/passwd and list the environment; the
+           record fails with what happened (the sandbox grants no files and no environment)
     fail   fail this record on purpose
     drop   drop this record
 anything else is delivered unchanged.
 """
 import os
+import sys
 
 from wit_world import WitWorld
 from wit_world.imports.types import Outcome_Dropped, Outcome_Failed, Outcome_Ok, Transformed
 
 
 def sandbox_probe():
+    print("hostile: probing the sandbox")
+    print("hostile: this goes to stderr", file=sys.stderr)
     try:
         with open("/etc/passwd", "rb") as f:
             return Outcome_Ok(Transformed(b"ESCAPED " + f.read(), []))
