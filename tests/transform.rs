@@ -475,6 +475,77 @@ async fn c_passthrough_delivers_records_unchanged() {
         d.metric("spillway_transform_call_duration_seconds_count{stream=\"pass\"}") >= 6.0,
         "calls are split by BufferSizeInMBs"
     );
+
+    // The same component from the object store: LambdaArn = s3://bucket/key.
+    use object_store::ObjectStoreExt;
+    store
+        .put(
+            &object_store::path::Path::from("components/passthrough.wasm"),
+            std::fs::read(&wasm).unwrap().into(),
+        )
+        .await
+        .unwrap();
+    let from_s3 = |key: &str| {
+        let arn = format!("s3://pass/{key}");
+        s3_destination("pass", 1, 1)
+            .prefix("from-s3/")
+            .processing_configuration(processing(vec![
+                Processor::builder()
+                    .r#type(ProcessorType::Lambda)
+                    .parameters(
+                        ProcessorParameter::builder()
+                            .parameter_name(ProcessorParameterName::LambdaArn)
+                            .parameter_value(arn)
+                            .build()
+                            .unwrap(),
+                    )
+                    .build()
+                    .unwrap(),
+            ]))
+    };
+    let missing = fh
+        .create_delivery_stream()
+        .delivery_stream_name("missing")
+        .extended_s3_destination_configuration(from_s3("components/none.wasm").build().unwrap())
+        .send()
+        .await
+        .expect_err("no such object")
+        .into_service_error();
+    assert!(missing.is_invalid_argument_exception(), "{missing:?}");
+    assert!(
+        missing
+            .meta()
+            .message()
+            .unwrap()
+            .contains("cannot fetch s3://pass/components/none.wasm"),
+        "{missing:?}"
+    );
+    create_stream(&fh, "pass-s3", from_s3("components/passthrough.wasm")).await;
+    put(&fh, "pass-s3", &[b"via s3\n".to_vec()]).await;
+    let got = wait_for(Duration::from_secs(30), || async {
+        objects(&store)
+            .await
+            .into_iter()
+            .find(|(k, _)| k.starts_with("from-s3/"))
+            .map(|(_, b)| b)
+    })
+    .await
+    .expect("delivered through the component fetched from S3");
+    assert_eq!(&got[..], b"via s3\n");
+
+    // A restart while the store is down starts the stream from the copy fetched earlier.
+    let mut d = d;
+    d.terminate();
+    let mut s3 = s3;
+    s3.stop();
+    d.log.lock().unwrap().clear();
+    d.restart();
+    assert!(
+        d.log().contains("using the copy fetched earlier"),
+        "{}",
+        d.log()
+    );
+    s3.resume();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

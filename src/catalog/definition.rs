@@ -309,8 +309,8 @@ pub struct Processing {
 pub struct LambdaProcessor {
     /// `LambdaArn` as written; error records carry it as `lambdaArn`.
     pub arn: String,
-    /// The component file (`file://` removed; relative to the daemon's working directory).
-    pub component: PathBuf,
+    /// Where the component is.
+    pub component: ComponentSource,
     /// `NumberOfRetries`: further calls after a failed one before the records go to the
     /// error output. 0-300; 3.
     pub retries: u32,
@@ -319,6 +319,16 @@ pub struct LambdaProcessor {
 }
 
 pub const DEFAULT_TRANSFORM_RETRIES: u32 = 3;
+
+/// Where a transform component is read from.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ComponentSource {
+    /// A file (`file://` removed; relative to the daemon's working directory).
+    File(PathBuf),
+    /// An object in the daemon's object store (`s3://bucket/key`), fetched when the stream
+    /// starts; the last copy fetched is kept and used while the store is unreachable.
+    Object { bucket: BucketName, key: String },
+}
 
 /// What the pipeline needs to know about a stream: replaced whole on `UpdateDestination`.
 #[derive(Clone, Debug)]
@@ -616,23 +626,34 @@ fn validate_processing(processors: &[Processor]) -> Result<Processing, String> {
     Ok(out)
 }
 
-/// `LambdaArn` names a component file: a path or a `file://` URL.
-fn component_path(arn: &str) -> Result<PathBuf, String> {
+/// `LambdaArn` names a component: a path, a `file://` URL or an `s3://bucket/key` URL.
+fn component_path(arn: &str) -> Result<ComponentSource, String> {
     if let Some(path) = arn.strip_prefix("file://") {
         if path.is_empty() {
             return Err("file:// URL without a path".into());
         }
-        return Ok(PathBuf::from(path));
+        return Ok(ComponentSource::File(PathBuf::from(path)));
+    }
+    if let Some(rest) = arn.strip_prefix("s3://") {
+        let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+        let bucket = BucketName::from_arn(&format!("arn:aws:s3:::{bucket}"))?;
+        if key.is_empty() || key.ends_with('/') {
+            return Err(format!("s3:// URL without an object key: {arn:?}"));
+        }
+        return Ok(ComponentSource::Object {
+            bucket,
+            key: key.to_owned(),
+        });
     }
     if arn.starts_with("arn:") || arn.contains("://") {
         return Err(format!(
-            "must name a WebAssembly component file (a path or a file:// URL), got {arn:?}"
+            "must name a WebAssembly component (a path, a file:// URL or an s3://bucket/key URL), got {arn:?}"
         ));
     }
     if arn.is_empty() {
         return Err("is empty".into());
     }
-    Ok(PathBuf::from(arn))
+    Ok(ComponentSource::File(PathBuf::from(arn)))
 }
 
 /// Firehose's rules tying the prefixes, dynamic partitioning and the processors together.

@@ -11,10 +11,14 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
+use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::pipeline::{Context, StartError, StreamRuntime};
-use definition::{Destination, FieldError, S3Destination, StreamDefinition, StreamName};
+use definition::{
+    BucketName, ComponentSource, Destination, FieldError, S3Destination, StreamDefinition,
+    StreamName,
+};
 
 /// Where a stream was declared. Config-file streams are read-only over the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +116,15 @@ pub struct Catalog {
 }
 
 const STREAM_FILE: &str = "stream.json";
+
+/// A stable file name for a URL's local copy.
+fn copy_name(url: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(url.as_bytes())[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
 /// A deleted stream's definition, kept until its buffered records are delivered, so a crash
 /// during the drain resumes it instead of stranding acknowledged records.
 const DELETING_FILE: &str = "deleting.json";
@@ -273,11 +286,51 @@ impl Catalog {
             return Ok(None);
         };
         let host = self.ctx.transforms.clone();
-        let path = lambda.component.clone();
+        let path = match &lambda.component {
+            ComponentSource::File(path) => path.clone(),
+            ComponentSource::Object { bucket, key } => self.fetch_component(bucket, key).await?,
+        };
         match tokio::task::spawn_blocking(move || host.load(&path)).await {
             Ok(Ok(module)) => Ok(Some(module)),
             Ok(Err(e)) => Err(format!("ProcessingConfiguration: {e}")),
             Err(e) => Err(format!("transform loader failed: {e}")),
+        }
+    }
+
+    /// Copies a component from the object store to `<cache_dir>/fetched/`, one file per URL.
+    /// When the store cannot be reached, the copy from an earlier fetch is used (so a restart
+    /// during an S3 outage still starts the stream); without one, the stream cannot start.
+    async fn fetch_component(&self, bucket: &BucketName, key: &str) -> Result<PathBuf, String> {
+        let url = format!("s3://{}/{key}", bucket.as_str());
+        let dir = self.ctx.transforms.cache_dir().join("fetched");
+        let local = dir.join(format!("{}.wasm", copy_name(&url)));
+        let fetched = async {
+            let store = self
+                .ctx
+                .stores
+                .bucket(bucket.as_str())
+                .map_err(|e| e.to_string())?;
+            let got = store
+                .get(&object_store::path::Path::from(key))
+                .await
+                .map_err(|e| e.to_string())?;
+            got.bytes().await.map_err(|e| e.to_string())
+        }
+        .await;
+        match fetched {
+            Ok(bytes) => {
+                let write = std::fs::create_dir_all(&dir)
+                    .and_then(|()| crate::durable::write_file(&local, &bytes));
+                write.map_err(|e| {
+                    format!("cannot keep a copy of {url} at {}: {e}", local.display())
+                })?;
+                Ok(local)
+            }
+            Err(e) if local.exists() => {
+                tracing::warn!(component = %url, error = %e, copy = %local.display(), "cannot fetch the transform; using the copy fetched earlier");
+                Ok(local)
+            }
+            Err(e) => Err(format!("ProcessingConfiguration: cannot fetch {url}: {e}")),
         }
     }
 

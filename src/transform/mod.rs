@@ -128,6 +128,11 @@ impl Host {
         }))
     }
 
+    /// Where compiled components (and fetched copies of remote ones) are kept.
+    pub fn cache_dir(&self) -> &Path {
+        &self.cache_dir
+    }
+
     /// Loads the component at `path` (compiling it, or reading the cached compilation), and
     /// checks it implements the `transformer` world. Blocking: can take seconds on a cache miss.
     pub fn load(&self, path: &Path) -> Result<Arc<Module>, LoadError> {
