@@ -361,6 +361,7 @@ async fn hostile_transforms_fail_their_batch_and_the_daemon_keeps_serving() {
     // (behaviour, error code, calls made: 1 + NumberOfRetries for a failed call)
     let cases = [
         ("loop", "Lambda.FunctionTimedOut", 2),
+        ("sleep", "Lambda.FunctionTimedOut", 2),
         ("oom", "Lambda.OutOfMemory", 2),
         ("trap", "Lambda.FunctionError", 2),
         ("count", "Lambda.InvalidOutput", 2),

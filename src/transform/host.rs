@@ -12,6 +12,7 @@ use super::log_stream::LogStream;
 wasmtime::component::bindgen!({
     path: "wit/transform.wit",
     world: "transformer",
+    exports: { default: async },
 });
 
 pub use spillway::transform::types::Transformed;

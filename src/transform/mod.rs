@@ -107,7 +107,7 @@ impl Host {
     pub fn new(cache_dir: PathBuf, limits: Limits) -> wasmtime::Result<Arc<Host>> {
         let engine = engine()?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
         // The epoch ticker holds only a weak handle: it ends with the last engine clone.
         let weak = engine.weak();
         std::thread::Builder::new()
@@ -247,26 +247,33 @@ impl Module {
         &self.name
     }
 
-    /// Runs `process` on one batch. Blocking: call it off the async workers.
+    /// Runs `process` on one batch. Blocking (it drives the call on the current thread):
+    /// call it from a blocking thread of the daemon's tokio runtime.
     pub fn call(&self, batch: &[InputRecord]) -> Result<Vec<Outcome>, CallError> {
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| CallError::Instantiate(format!("no runtime to run the call on: {e}")))?;
+        handle.block_on(self.call_async(batch))
+    }
+
+    async fn call_async(&self, batch: &[InputRecord]) -> Result<Vec<Outcome>, CallError> {
         let mut instance = match self.take() {
             Some(i) => i,
-            None => self.instantiate()?,
+            None => self.instantiate().await?,
         };
-        let ticks = self
-            .limits
-            .timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis()) as u64;
-        instance.store.set_epoch_deadline(ticks.max(1) + 1);
-        let result = instance.bindings.call_process(&mut instance.store, batch);
+        instance.store.set_epoch_deadline(self.deadline_ticks());
+        // The epoch deadline stops a guest that computes too long; this timeout stops one
+        // that waits in the host (a sleep through wasi:io/poll), where epochs are not checked.
+        // Dropping the call's future cancels it; the instance is dropped with it.
+        let call = instance.bindings.call_process(&mut instance.store, batch);
+        let result = tokio::time::timeout(self.limits.timeout + EPOCH_TICK * 2, call).await;
         instance.store.data_mut().flush_logs();
         match result {
-            Ok(outcomes) if outcomes.len() == batch.len() => {
+            Err(_) => Err(CallError::Timeout(self.limits.timeout)),
+            Ok(Ok(outcomes)) if outcomes.len() == batch.len() => {
                 self.give_back(instance);
                 Ok(outcomes)
             }
-            Ok(outcomes) => {
+            Ok(Ok(outcomes)) => {
                 // The instance is healthy; only its answer is wrong.
                 self.give_back(instance);
                 Err(CallError::WrongCount {
@@ -275,8 +282,17 @@ impl Module {
                 })
             }
             // A trapped instance may be in any state: it is dropped, not pooled.
-            Err(e) => Err(self.classify(&instance.store, e)),
+            Ok(Err(e)) => Err(self.classify(&instance.store, e)),
         }
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        let ticks = self
+            .limits
+            .timeout
+            .as_millis()
+            .div_ceil(EPOCH_TICK.as_millis()) as u64;
+        ticks.max(1) + 1
     }
 
     fn classify(&self, store: &Store<HostState>, e: wasmtime::Error) -> CallError {
@@ -289,7 +305,7 @@ impl Module {
         CallError::Trap(format!("{e:#}"))
     }
 
-    fn instantiate(&self) -> Result<Instance, CallError> {
+    async fn instantiate(&self) -> Result<Instance, CallError> {
         let mut store = Store::new(
             &self.engine,
             HostState::new(&self.name, self.limits.memory_bytes),
@@ -297,15 +313,13 @@ impl Module {
         store.limiter(|s| s.limiter());
         // Instantiation runs the component's start code (Python's interpreter set-up):
         // it gets the same budget as a call.
-        let ticks = self
-            .limits
-            .timeout
-            .as_millis()
-            .div_ceil(EPOCH_TICK.as_millis()) as u64;
-        store.set_epoch_deadline(ticks.max(1) + 1);
-        match self.pre.instantiate(&mut store) {
-            Ok(bindings) => Ok(Instance { store, bindings }),
-            Err(e) => {
+        store.set_epoch_deadline(self.deadline_ticks());
+        let started = self.pre.instantiate_async(&mut store);
+        let result = tokio::time::timeout(self.limits.timeout + EPOCH_TICK * 2, started).await;
+        match result {
+            Ok(Ok(bindings)) => Ok(Instance { store, bindings }),
+            Err(_) => Err(CallError::Timeout(self.limits.timeout)),
+            Ok(Err(e)) => {
                 store.data_mut().flush_logs();
                 match self.classify(&store, e) {
                     CallError::Trap(m) => Err(CallError::Instantiate(m)),

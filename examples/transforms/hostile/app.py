@@ -3,6 +3,7 @@
 Each record names what to do; the first record of a batch that asks for misbehaviour decides
 the fate of the whole call:
     loop   spin forever                      (the time budget stops it)
+    sleep  sleep for an hour in the host     (the time budget stops that too)
     oom    allocate far past the memory cap  (the memory cap stops it)
     trap   raise an exception                (the call traps)
     count  return no outcomes at all         (wrong outcome count)
@@ -14,6 +15,7 @@ anything else is delivered unchanged.
 """
 import os
 import sys
+import time
 
 from wit_world import WitWorld
 from wit_world.imports.types import Outcome_Dropped, Outcome_Failed, Outcome_Ok, Transformed
@@ -39,6 +41,8 @@ class WitWorld(WitWorld):
             if what == b"loop":
                 while True:
                     pass
+            elif what == b"sleep":
+                time.sleep(3600)
             elif what == b"oom":
                 hoard = []
                 while True:
