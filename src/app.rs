@@ -67,6 +67,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         encode_slots: Arc::new(tokio::sync::Semaphore::new(
             std::thread::available_parallelism().map_or(2, |n| n.get()),
         )),
+        process_slots: Arc::new(tokio::sync::Semaphore::new(
+            std::thread::available_parallelism().map_or(2, |n| n.get()),
+        )),
         transforms,
         max_active_partitions: settings.max_active_partitions,
     });

@@ -474,7 +474,7 @@ async fn deliver_processed(
     definition: Arc<StreamDefinition>,
 ) -> bool {
     let ctx = &shared.ctx;
-    let Ok(slot) = ctx.encode_slots.clone().acquire_owned().await else {
+    let Ok(slot) = ctx.process_slots.clone().acquire_owned().await else {
         return false;
     };
     let job_shared = shared.clone();
@@ -525,7 +525,8 @@ async fn deliver_processed(
     results.into_iter().all(|landed| landed)
 }
 
-/// Error objects are numbered after every possible partition.
+/// Error objects get ids of their own, so one never shares a key with a data object even if
+/// a partition value renders the data prefix equal to an error prefix.
 const ERROR_OBJECT_BASE: u64 = 1 << 32;
 
 fn prepare(
@@ -567,12 +568,16 @@ fn prepare(
     };
     let level = shared.ctx.upload.gzip_level;
     let mut pieces = Vec::new();
-    for (i, p) in processed.partitions.into_iter().enumerate() {
-        let prefix = prefix::fill(&layout.prefix, &p.query_keys, &p.lambda_keys, "");
+    for p in processed.partitions {
+        // Partitions differ by prefix, so they share the batch's id: a partition's name does
+        // not depend on which other partitions the batch happened to have.
+        let prefix = p
+            .prefix
+            .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""));
         pieces.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
-                key: name(&prefix, i as u64),
+                key: name(&prefix, 0),
                 compression: plan.compression,
                 layout: None,
             },

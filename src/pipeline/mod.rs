@@ -45,6 +45,10 @@ pub struct Context {
     /// Encodes running at once, across streams: one per core. More would only add encoder
     /// state and output buffers to memory without finishing any sooner.
     pub encode_slots: Arc<tokio::sync::Semaphore>,
+    /// Processed batches (transform, partitioning, their encoding) running at once, one per
+    /// core: separate from `encode_slots` so a slow transform never holds up the encoding of
+    /// streams without one.
+    pub process_slots: Arc<tokio::sync::Semaphore>,
     /// The wasmtime engine and loaded transform components, shared by all streams.
     pub transforms: Arc<crate::transform::Host>,
     /// `partitioning.max_active_partitions`.

@@ -40,6 +40,13 @@ impl Query {
     /// Runs the query on one record. The first output must be an object whose values are
     /// strings, numbers or booleans; they become the record's partition keys, as text.
     pub fn keys(&self, record: &[u8]) -> Result<Vec<(String, String)>, String> {
+        // The parser recurses once per level: a deep record would overflow the thread's stack
+        // and abort the daemon (and again at every replay). Measured first, without recursion.
+        if nesting_depth(record) > MAX_DEPTH {
+            return Err(format!(
+                "the record nests arrays and objects deeper than {MAX_DEPTH} levels"
+            ));
+        }
         let input = jaq_json::read::parse_single(record)
             .map_err(|e| format!("the record is not JSON: {e}"))?;
         let ctx = Ctx::<data::JustLut<Val>>::new(&self.filter.lut, Vars::new([]));
@@ -73,6 +80,36 @@ impl Query {
         }
         Ok(keys)
     }
+}
+
+/// Deepest nesting of arrays and objects a record may have for the query.
+pub const MAX_DEPTH: usize = 128;
+
+/// The deepest nesting of `[` and `{` in JSON text, ignoring brackets inside strings.
+fn nesting_depth(text: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &b in text {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 fn describe<E: std::fmt::Debug, F>(errs: &[(F, E)]) -> String {
@@ -126,6 +163,23 @@ mod tests {
                 .keys(br#"{"x":"y"}"#)
                 .unwrap_err()
                 .contains("object")
+        );
+        let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+        assert!(
+            q.keys(deep.as_bytes())
+                .unwrap_err()
+                .contains("deeper than 128")
+        );
+        let ok = format!(
+            r#"{{"x":"{}","y":{}1{}}}"#,
+            "[".repeat(500),
+            "[".repeat(127),
+            "]".repeat(127)
+        );
+        assert_eq!(nesting_depth(ok.as_bytes()), 128);
+        assert_eq!(
+            q.keys(ok.as_bytes()).unwrap(),
+            [("a".to_string(), "[".repeat(500))]
         );
         let empty = Query::compile("empty").unwrap();
         assert!(empty.keys(b"{}").unwrap_err().contains("no output"));

@@ -69,10 +69,12 @@ pub struct Job<'a> {
     pub metrics: &'a StreamMetrics,
 }
 
-/// Records that go to one object, with the keys that fill its prefix.
+/// Records that go to one object.
 pub struct Partition {
-    pub query_keys: Vec<(String, String)>,
-    pub lambda_keys: Vec<(String, String)>,
+    /// The prefix rendered with the partition's keys (dynamic partitioning); `None` for the
+    /// single partition of a stream without it. Partitions are told apart by this text, so
+    /// key values that render the same prefix share an object instead of overwriting one.
+    pub prefix: Option<String>,
     pub records: Vec<Bytes>,
     pub bytes: u64,
 }
@@ -216,24 +218,24 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     }
 
     let delimiter = job.processing.is_some_and(|p| p.append_delimiter);
-    let mut slots: HashMap<Vec<String>, usize> = HashMap::new();
+    let mut slots: HashMap<String, usize> = HashMap::new();
     for s in survivors {
         let slot = match job.partition_by {
             None => {
                 if out.partitions.is_empty() {
-                    out.partitions.push(empty_partition(Vec::new(), Vec::new()));
+                    out.partitions.push(empty_partition(None));
                 }
                 0
             }
             Some(pieces) => {
-                let values = match partition_values(pieces, &s.query_keys, &s.lambda_keys) {
+                let rendered = match partition_prefix(pieces, &s.query_keys, &s.lambda_keys) {
                     Ok(v) => v,
                     Err((code, m)) => {
                         failures.add(ErrorOutput::PartitioningFailed, s.index, 1, code, &m);
                         continue;
                     }
                 };
-                match slots.get(&values) {
+                match slots.get(&rendered) {
                     Some(slot) => *slot,
                     None if slots.len() >= job.max_partitions => {
                         metrics.partition_cap_exceeded.inc();
@@ -251,9 +253,8 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
                     }
                     None => {
                         let slot = out.partitions.len();
-                        slots.insert(values, slot);
-                        out.partitions
-                            .push(empty_partition(s.query_keys.clone(), s.lambda_keys.clone()));
+                        slots.insert(rendered.clone(), slot);
+                        out.partitions.push(empty_partition(Some(rendered)));
                         slot
                     }
                 }
@@ -287,13 +288,9 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     out
 }
 
-fn empty_partition(
-    query_keys: Vec<(String, String)>,
-    lambda_keys: Vec<(String, String)>,
-) -> Partition {
+fn empty_partition(prefix: Option<String>) -> Partition {
     Partition {
-        query_keys,
-        lambda_keys,
+        prefix,
         records: Vec::new(),
         bytes: 0,
     }
@@ -393,14 +390,13 @@ fn transform_chunk(
     }
 }
 
-/// The values filling the prefix's partition-key holes, in order, each checked safe for an
-/// object key and a local path.
-fn partition_values(
+/// The prefix rendered with the record's partition keys, each checked safe for an object key
+/// and a local path.
+fn partition_prefix(
     pieces: &[Piece],
     query: &[(String, String)],
     lambda: &[(String, String)],
-) -> Result<Vec<String>, (&'static str, String)> {
-    let mut values = Vec::new();
+) -> Result<String, (&'static str, String)> {
     for piece in pieces {
         let (keys, name, source) = match piece {
             Piece::Query(k) => (query, k, "partitionKeyFromQuery"),
@@ -419,31 +415,57 @@ fn partition_values(
                 format!("!{{{source}:{name}}} = {value:?}: {m}"),
             )
         })?;
-        values.push(value.clone());
     }
-    Ok(values)
+    let rendered = crate::catalog::prefix::fill(pieces, query, lambda, "");
+    check_prefix(&rendered).map_err(|m| (codes::KEY_INVALID, m))?;
+    Ok(rendered)
 }
 
-/// Longest partition key value, in bytes; S3 keys are at most 1024 bytes in all.
-pub const MAX_VALUE_BYTES: usize = 512;
+/// Longest partition key value, in bytes (a file name is at most 255 bytes).
+pub const MAX_VALUE_BYTES: usize = 200;
+/// Longest rendered prefix of a partition: S3 keys are at most 1024 bytes, and the object
+/// name after the prefix takes up to about 150 more.
+pub const MAX_PREFIX_BYTES: usize = 800;
+/// Punctuation a partition value may hold besides letters and digits: characters that object
+/// stores and file systems keep as they are (no percent-encoding, no path meaning).
+const VALUE_PUNCTUATION: &str = "-_.=+@,:;!$&'() ";
 
 /// A partition value becomes part of an object key and, with the local store, of a path:
-/// it must not be empty, climb (`.`, `..`), nest (`/`, `\`), or hold control characters.
+/// letters, digits and a few punctuation characters only, and not `.` or `..`. A value that
+/// does not fit is refused, never rewritten (two values must not map to one partition).
 pub fn check_value(value: &str) -> Result<(), &'static str> {
     if value.is_empty() {
         return Err("partition values cannot be empty");
     }
     if value.len() > MAX_VALUE_BYTES {
-        return Err("partition values are at most 512 bytes");
+        return Err("partition values are at most 200 bytes");
     }
     if value == "." || value == ".." {
         return Err("partition values cannot be . or ..");
     }
-    if value.contains(['/', '\\']) {
-        return Err("partition values cannot contain / or \\");
+    if !value
+        .chars()
+        .all(|c| c.is_alphanumeric() || VALUE_PUNCTUATION.contains(c))
+    {
+        return Err("partition values may hold letters, digits, spaces and -_.=+@,:;!$&'() only");
     }
-    if value.chars().any(char::is_control) {
-        return Err("partition values cannot contain control characters");
+    Ok(())
+}
+
+/// The rendered prefix of a partition must leave room for the object name, and each of its
+/// path segments must fit a file name.
+fn check_prefix(rendered: &str) -> Result<(), String> {
+    if rendered.len() > MAX_PREFIX_BYTES {
+        return Err(format!(
+            "the prefix would be {} bytes; at most {MAX_PREFIX_BYTES}",
+            rendered.len()
+        ));
+    }
+    if let Some(seg) = rendered.split('/').find(|s| s.len() > 255) {
+        return Err(format!(
+            "a prefix segment would be {} bytes; at most 255",
+            seg.len()
+        ));
     }
     Ok(())
 }
@@ -463,13 +485,50 @@ mod tests {
             "a\\b",
             "a\nb",
             "\u{7f}",
-            &"x".repeat(513),
+            "a#b",
+            "a%20",
+            "~x",
+            "a?b",
+            "a*b",
+            "[x]",
+            "{x}",
+            "a|b",
+            "<x>",
+            "\"q\"",
+            "a^b",
+            "a`b",
+            &"x".repeat(201),
         ] {
             assert!(check_value(bad).is_err(), "{bad:?}");
         }
-        for good in ["KR", "2026", "a..b", "é", "x y", &"x".repeat(512)] {
+        for good in [
+            "KR",
+            "2026",
+            "a..b",
+            "é",
+            "x y",
+            "a=b",
+            "user@host",
+            &"x".repeat(200),
+        ] {
             assert!(check_value(good).is_ok(), "{good:?}");
         }
+        let long = vec![
+            Piece::Text("p/".into()),
+            Piece::Query("a".into()),
+            Piece::Query("b".into()),
+        ];
+        let keys = |a: usize, b: usize| {
+            vec![
+                ("a".to_string(), "x".repeat(a)),
+                ("b".to_string(), "y".repeat(b)),
+            ]
+        };
+        assert!(partition_prefix(&long, &keys(200, 55), &[]).is_ok());
+        assert!(
+            partition_prefix(&long, &keys(200, 56), &[]).is_err(),
+            "a segment over 255 bytes"
+        );
     }
 
     #[test]

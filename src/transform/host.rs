@@ -15,7 +15,7 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use spillway::transform::types::Transformed;
+pub use self::spillway::transform::types::Transformed;
 
 /// Table elements an instance may have; far above what real components use.
 const MAX_TABLE_ELEMENTS: usize = 1 << 20;
@@ -47,6 +47,7 @@ impl HostState {
             table: ResourceTable::new(),
             limiter: Limiter {
                 memory_bytes,
+                used: 0,
                 refused: false,
             },
             stdout,
@@ -80,26 +81,46 @@ impl WasiView for HostState {
 
 /// Refuses memory growth past the cap with a trap (rather than a failed `memory.grow` the
 /// guest might ignore), and remembers that it did so the failure is reported as out of memory.
+/// The cap is on the sum of every linear memory of the instance.
 struct Limiter {
     memory_bytes: usize,
+    used: usize,
     refused: bool,
 }
+
+/// Linear memories and tables one instance may create; components built by the usual
+/// toolchains have a handful of each.
+const MAX_MEMORIES: usize = 16;
+const MAX_TABLES: usize = 64;
 
 impl ResourceLimiter for Limiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        let total = self.used.saturating_add(desired.saturating_sub(current));
+        if total > self.memory_bytes {
             self.refused = true;
             wasmtime::bail!(
-                "memory growth to {desired} bytes refused: the cap is {} bytes",
+                "memory growth to {total} bytes in all refused: the cap is {} bytes",
                 self.memory_bytes
             );
         }
-        Ok(maximum.is_none_or(|m| desired <= m))
+        if maximum.is_some_and(|m| desired > m) {
+            return Ok(false);
+        }
+        self.used = total;
+        Ok(true)
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
     }
 
     fn table_growing(

@@ -22,6 +22,10 @@ pub use host::{InputRecord, Outcome, Transformed};
 
 /// How often the engine's epoch advances: the granularity of the time budget.
 const EPOCH_TICK: Duration = Duration::from_millis(50);
+/// Idle instances kept per component: calls run at most one per core at a time.
+const MAX_IDLE_INSTANCES: usize = 4;
+/// The compiler child gets this long before it is killed.
+const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Sandbox limits for every call, from the `[transform]` config section.
 #[derive(Clone, Debug)]
@@ -83,7 +87,11 @@ pub struct Host {
     linker: Linker<HostState>,
     cache_dir: PathBuf,
     limits: Limits,
-    loaded: Mutex<HashMap<PathBuf, Arc<Module>>>,
+    /// Weak: a component no stream uses any more is freed with its instances.
+    loaded: Mutex<HashMap<PathBuf, std::sync::Weak<Module>>>,
+    /// One compilation at a time: two streams loading the same new component compile it once,
+    /// and compiler peaks do not add up.
+    compiling: Mutex<()>,
 }
 
 /// The engine settings: one place, because a compiled artifact loads only into an engine
@@ -125,6 +133,7 @@ impl Host {
             cache_dir,
             limits,
             loaded: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(()),
         }))
     }
 
@@ -144,10 +153,10 @@ impl Host {
         let digest = hex(&Sha256::digest(&bytes));
         {
             let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(m) = loaded.get(path)
+            if let Some(m) = loaded.get(path).and_then(std::sync::Weak::upgrade)
                 && m.digest == digest
             {
-                return Ok(m.clone());
+                return Ok(m);
             }
         }
         let component = self
@@ -170,14 +179,14 @@ impl Host {
             limits: self.limits.clone(),
             pool: Mutex::new(Vec::new()),
         });
-        self.loaded
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(path.to_path_buf(), module.clone());
+        let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+        loaded.retain(|_, m| m.strong_count() > 0);
+        loaded.insert(path.to_path_buf(), Arc::downgrade(&module));
         Ok(module)
     }
 
     fn compile_cached(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
+        let _one_at_a_time = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
         let cached = self.cache_dir.join(format!("{digest}.cwasm"));
         if cached.exists() {
             // SAFETY: the file was written by `Component::serialize` of this daemon into its own
@@ -334,10 +343,10 @@ impl Module {
     }
 
     fn give_back(&self, instance: Instance) {
-        self.pool
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(instance);
+        let mut pool = self.pool.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_IDLE_INSTANCES {
+            pool.push(instance);
+        }
     }
 }
 
@@ -349,24 +358,49 @@ fn compile_in_child(bytes: &[u8], output: &Path) -> Result<(), String> {
     if exe.file_stem().and_then(|s| s.to_str()) != Some("spillway") {
         return Err(format!("{} is not the spillway binary", exe.display()));
     }
-    let input = output.with_extension("wasm.tmp");
+    // Compilations are serialized by the caller; the input is removed whatever happens.
+    let input = output.with_extension("input.wasm");
     std::fs::write(&input, bytes).map_err(|e| e.to_string())?;
-    let result = std::process::Command::new(&exe)
+    let result = run_compiler(&exe, &input, output);
+    let _ = std::fs::remove_file(&input);
+    result
+}
+
+fn run_compiler(exe: &Path, input: &Path, output: &Path) -> Result<(), String> {
+    let mut child = std::process::Command::new(exe)
         .arg("compile-transform")
-        .arg(&input)
+        .arg(input)
         .arg(output)
         .stdin(std::process::Stdio::null())
-        .output();
-    let _ = std::fs::remove_file(&input);
-    match result {
-        Ok(out) if out.status.success() => Ok(()),
-        Ok(out) => Err(format!(
-            "the compiler process failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )),
-        Err(e) => Err(format!("cannot start the compiler process: {e}")),
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start the compiler process: {e}"))?;
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if started.elapsed() > COMPILE_TIMEOUT => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("the compiler process ran over {COMPILE_TIMEOUT:?}"));
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(format!("waiting for the compiler process: {e}")),
+        }
+    };
+    if status.success() {
+        return Ok(());
     }
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        use std::io::Read;
+        let _ = pipe.read_to_string(&mut stderr);
+    }
+    Err(format!(
+        "the compiler process failed ({status}): {}",
+        stderr.trim()
+    ))
 }
 
 fn hex(bytes: &[u8]) -> String {
