@@ -59,6 +59,19 @@ fn summary(file: &Path, s: &Settings) -> String {
                 d.buffer_bytes >> 20,
                 d.buffer_interval.as_secs()
             ));
+            if let Some(lambda) = d.processing.as_ref().and_then(|p| p.lambda.as_ref()) {
+                // Checked for presence only: the daemon compiles it when the stream starts.
+                let found = match &lambda.component {
+                    definition::ComponentSource::File(path) if !path.exists() => {
+                        " (not found on this machine)"
+                    }
+                    _ => "",
+                };
+                out.push_str(&format!("      transform {}{found}\n", lambda.arn));
+            }
+            if d.dynamic_partitioning {
+                out.push_str("      dynamic partitioning on\n");
+            }
         }
     }
     out
