@@ -706,7 +706,7 @@ prefix = "c=!{{partitionKeyFromQuery:c}}/!{{firehose:random-string}}/"
 error_output_prefix = "errors/!{{firehose:error-output-type}}/"
 buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
 [stream.processing_configuration]
-processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = "{{c: .c}}" }} }}]
+processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{c: .c}}' }} }}]
 [stream.dynamic_partitioning_configuration]
 enabled = true
 "#,
@@ -741,7 +741,9 @@ enabled = true
     );
     d.kill9();
 
-    // The restarted daemon processes the sealed batch again and writes the same four keys.
+    // The restarted daemon processes the sealed batch again, with the settings it was sealed
+    // with (not the query the config file says now), and writes the same four keys.
+    d.rewrite_config(&config.replace("{c: .c}", "{c: \"changed\"}"));
     proxy.set_hold(false);
     d.restart();
     wait_for(Duration::from_secs(30), || async {

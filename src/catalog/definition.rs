@@ -52,7 +52,7 @@ impl fmt::Display for StreamName {
 }
 
 /// A validated S3 bucket name (from `BucketARN`), safe to use as a directory name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BucketName(String);
 
 impl BucketName {
@@ -296,7 +296,8 @@ pub struct Destination {
 /// A validated `ProcessingConfiguration`: the processors run in this order, whatever order
 /// they were listed in (transform, then partition keys from the transformed record, then the
 /// delimiter), as Firehose does.
-#[derive(Clone, Debug, PartialEq)]
+/// Serializable: a sealed batch records the settings it is to be processed with.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Processing {
     pub lambda: Option<LambdaProcessor>,
     /// `MetadataExtractionQuery`, already checked to compile.
@@ -305,7 +306,7 @@ pub struct Processing {
 }
 
 /// The `Lambda` processor: a WebAssembly component in place of the Lambda function.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LambdaProcessor {
     /// `LambdaArn` as written; error records carry it as `lambdaArn`.
     pub arn: String,
@@ -321,7 +322,7 @@ pub struct LambdaProcessor {
 pub const DEFAULT_TRANSFORM_RETRIES: u32 = 3;
 
 /// Where a transform component is read from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum ComponentSource {
     /// A file (`file://` removed; relative to the daemon's working directory).
     File(PathBuf),

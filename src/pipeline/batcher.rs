@@ -18,7 +18,7 @@ use crate::catalog::prefix;
 use crate::encode;
 use crate::journal::{Position, Replay, Seal};
 use crate::process::{self, ErrorOutput};
-use crate::sink::{self, Layout, ObjectPlan, UploadOutcome};
+use crate::sink::{self, Layout, ObjectPlan, SealedSettings, UploadOutcome};
 use futures::StreamExt;
 
 use super::Shared;
@@ -266,6 +266,11 @@ impl Batcher {
                     error_prefix: dest.error_output_prefix.render_pieces(at, rng),
                     at_ms: batch.oldest_ms,
                     version: def.version,
+                    settings: Some(SealedSettings {
+                        processing: dest.processing.clone(),
+                        dynamic_partitioning: dest.dynamic_partitioning,
+                        transform_sha256: def.transform.as_ref().map(|m| m.sha256().to_owned()),
+                    }),
                 }),
             };
         }
@@ -525,6 +530,33 @@ async fn deliver_processed(
     results.into_iter().all(|landed| landed)
 }
 
+/// The component a batch was sealed with: the stream's current one if it is the same, else
+/// that compilation from the cache; the current one (with a warning) if it is gone.
+fn sealed_transform(
+    shared: &Shared,
+    sealed: &SealedSettings,
+    definition: &StreamDefinition,
+) -> Option<Arc<crate::transform::Module>> {
+    let digest = sealed.transform_sha256.as_deref()?;
+    if let Some(current) = &definition.transform
+        && current.sha256() == digest
+    {
+        return Some(current.clone());
+    }
+    let name = sealed
+        .processing
+        .as_ref()
+        .and_then(|p| p.lambda.as_ref())
+        .map_or(digest, |l| l.arn.as_str());
+    match shared.ctx.transforms.load_compiled(digest, name) {
+        Some(m) => Some(m),
+        None => {
+            tracing::warn!(stream = %shared.name, sha256 = digest, "the transform this batch was sealed with is no longer in the compile cache; processing it with the current one");
+            definition.transform.clone()
+        }
+    }
+}
+
 /// Error objects get ids of their own, so one never shares a key with a data object even if
 /// a partition value renders the data prefix equal to an error prefix.
 const ERROR_OBJECT_BASE: u64 = 1 << 32;
@@ -548,10 +580,24 @@ fn prepare(
             data,
         })
         .collect();
+    // The settings the batch was sealed with (the stream's current ones for seals written
+    // before they were recorded).
+    let (processing, partitioned, transform) = match &layout.settings {
+        None => (
+            dest.processing.as_ref(),
+            dest.dynamic_partitioning,
+            definition.transform.clone(),
+        ),
+        Some(sealed) => (
+            sealed.processing.as_ref(),
+            sealed.dynamic_partitioning,
+            sealed_transform(shared, sealed, definition),
+        ),
+    };
     let job = process::Job {
-        processing: dest.processing.as_ref(),
-        transform: definition.transform.as_deref(),
-        partition_by: dest.dynamic_partitioning.then_some(&layout.prefix[..]),
+        processing,
+        transform: transform.as_deref(),
+        partition_by: partitioned.then_some(&layout.prefix[..]),
         max_partitions: shared.ctx.max_active_partitions,
         metrics: &shared.metrics,
     };

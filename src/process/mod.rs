@@ -172,6 +172,20 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
             }
             survivors
         }
+        // Configured, but the component is not loaded (a replay whose component is gone from
+        // the cache and the stream): the records fail rather than pass untransformed.
+        (Some(_), None) => {
+            for index in 0..records.len() {
+                failures.add(
+                    ErrorOutput::ProcessingFailed,
+                    index,
+                    0,
+                    "Lambda.InvokeFailed",
+                    "the transform this batch was sealed with is not available",
+                );
+            }
+            Vec::new()
+        }
         _ => records
             .iter()
             .enumerate()

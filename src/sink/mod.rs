@@ -47,6 +47,18 @@ pub struct Layout {
     pub at_ms: u64,
     /// The stream version in the object names.
     pub version: u64,
+    /// The processing settings in force when the batch was sealed: a replay after a crash
+    /// processes the batch exactly as the first attempt did, whatever changed since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<SealedSettings>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SealedSettings {
+    pub processing: Option<crate::catalog::definition::Processing>,
+    pub dynamic_partitioning: bool,
+    /// SHA-256 of the transform component; a replay loads that compilation from the cache.
+    pub transform_sha256: Option<String>,
 }
 
 mod compression_name {

@@ -185,6 +185,37 @@ impl Host {
         Ok(module)
     }
 
+    /// A component by the SHA-256 of its bytes: loaded already, or from the compile cache.
+    /// For replays of batches sealed under a component the stream no longer uses. Blocking.
+    pub fn load_compiled(&self, digest: &str, name: &str) -> Option<Arc<Module>> {
+        {
+            let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(m) = loaded
+                .values()
+                .filter_map(std::sync::Weak::upgrade)
+                .find(|m| m.digest == digest)
+            {
+                return Some(m);
+            }
+        }
+        let cached = self.cache_dir.join(format!("{digest}.cwasm"));
+        // SAFETY: as in `compile_cached`: our own artifact, checked by wasmtime on load.
+        let component = unsafe { Component::deserialize_file(&self.engine, &cached) }.ok()?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(TransformerPre::new)
+            .ok()?;
+        Some(Arc::new(Module {
+            name: name.to_owned(),
+            digest: digest.to_owned(),
+            engine: self.engine.clone(),
+            pre,
+            limits: self.limits.clone(),
+            pool: Mutex::new(Vec::new()),
+        }))
+    }
+
     fn compile_cached(&self, bytes: &[u8], digest: &str) -> wasmtime::Result<Component> {
         let _one_at_a_time = self.compiling.lock().unwrap_or_else(|p| p.into_inner());
         let cached = self.cache_dir.join(format!("{digest}.cwasm"));
@@ -254,6 +285,11 @@ impl Module {
     /// The name error records carry as `lambdaArn`.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// SHA-256 of the component's bytes, hex.
+    pub fn sha256(&self) -> &str {
+        &self.digest
     }
 
     /// Runs `process` on one batch. Blocking (it drives the call on the current thread):

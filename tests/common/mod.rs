@@ -262,6 +262,11 @@ impl Daemon {
         }
     }
 
+    /// Replaces the config file; it is read at the next (re)start.
+    pub fn rewrite_config(&self, config: &str) {
+        std::fs::write(self.config.as_ref().expect("started with a config"), config).unwrap();
+    }
+
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
     }
