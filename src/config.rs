@@ -602,6 +602,76 @@ mod tests {
     }
 
     #[test]
+    fn processing_in_toml_uses_firehose_names_with_numbers_as_text() {
+        let s = parse(
+            r#"
+[transform]
+memory_mib = 64
+timeout_seconds = 3
+[partitioning]
+max_active_partitions = 7
+[[stream]]
+name = "p"
+bucket_arn = "arn:aws:s3:::bucket-a"
+prefix = "k=!{partitionKeyFromLambda:k}/"
+error_output_prefix = "e/!{firehose:error-output-type}/"
+[stream.processing_configuration]
+processors = [
+  { type = "Lambda", parameters = { LambdaArn = "t.wasm", NumberOfRetries = 0, BufferSizeInMBs = 0.5 } },
+  { type = "AppendDelimiterToRecord" },
+]
+[stream.dynamic_partitioning_configuration]
+enabled = true
+retry_duration_seconds = 300
+"#,
+        )
+        .unwrap();
+        assert_eq!(s.transform.memory_bytes, 64 * MIB);
+        assert_eq!(s.transform.timeout, Duration::from_secs(3));
+        assert_eq!(
+            s.transform.cache_dir,
+            PathBuf::from("spillway-data/transform-cache")
+        );
+        assert_eq!(s.max_active_partitions, 7);
+        let d = definition::validate(&s.streams[0].1).unwrap();
+        assert!(d.dynamic_partitioning);
+        let p = d.processing.unwrap();
+        assert!(p.append_delimiter);
+        let l = p.lambda.unwrap();
+        assert_eq!((l.retries, l.call_bytes), (0, 500_000));
+        assert_eq!(
+            l.component,
+            definition::ComponentSource::File(PathBuf::from("t.wasm"))
+        );
+
+        let err = parse(
+            r#"
+[partitioning]
+max_active_partitions = 0
+[[stream]]
+name = "p"
+bucket_arn = "arn:aws:s3:::bucket-a"
+[stream.processing_configuration]
+processors = [{ type = "Lambda", parameters = { LambdaArn = ["x"] } }]
+[[stream]]
+name = "q"
+bucket_arn = "arn:aws:s3:::bucket-a"
+[stream.processing_configuration]
+processors = [{ type = "Bogus" }]
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "partitioning.max_active_partitions: must be greater than 0",
+            "stream[0].processing_configuration (stream p): parameter LambdaArn must be a string or a number, got array",
+            "stream[1].processing_configuration (stream q): Processors[0] (Bogus): unknown processor type",
+        ] {
+            assert!(err.contains(needle), "{needle} in {err}");
+        }
+    }
+
+    #[test]
     fn empty_file_gives_the_documented_defaults() {
         let s = parse("").unwrap();
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);

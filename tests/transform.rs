@@ -790,3 +790,79 @@ fn check_config_shows_the_transform_and_whether_its_file_is_here() {
         "{text}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn update_destination_swaps_the_transform() {
+    use aws_sdk_firehose::types::ExtendedS3DestinationUpdate;
+    let (pass, hostile) = (component("passthrough-c"), component("hostile"));
+    let s3 = S3Server::start();
+    s3.create_bucket("swap");
+    let d = Daemon::start(&s3.config());
+    let fh = d.firehose();
+    let dest = s3_destination("swap", 1, 1)
+        .prefix("v1/")
+        .processing_configuration(processing(vec![lambda(&pass, &[])]));
+    create_stream(&fh, "swap", dest).await;
+    put(&fh, "swap", &[b"drop".to_vec()]).await;
+    assert_eq!(
+        objects_under(&s3, "swap", "v1/").await,
+        [b"drop".to_vec()],
+        "the pass-through delivers it"
+    );
+
+    fh.update_destination()
+        .delivery_stream_name("swap")
+        .current_delivery_stream_version_id("1")
+        .destination_id("destinationId-000000000001")
+        .extended_s3_destination_update(
+            ExtendedS3DestinationUpdate::builder()
+                .prefix("v2/")
+                .processing_configuration(processing(vec![lambda(&hostile, &[])]))
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    put(&fh, "swap", &[b"drop".to_vec(), b"kept".to_vec()]).await;
+    assert_eq!(
+        objects_under(&s3, "swap", "v2/").await,
+        [b"kept".to_vec()],
+        "the new component drops what the old one delivered"
+    );
+    assert_eq!(
+        d.metric("spillway_processed_records_total{result=\"dropped\",stream=\"swap\"}"),
+        1.0
+    );
+    // A component that does not load is refused and the stream keeps its settings.
+    let refused = fh
+        .update_destination()
+        .delivery_stream_name("swap")
+        .current_delivery_stream_version_id("2")
+        .destination_id("destinationId-000000000001")
+        .extended_s3_destination_update(
+            ExtendedS3DestinationUpdate::builder()
+                .processing_configuration(processing(vec![lambda(
+                    Path::new("/nonexistent.wasm"),
+                    &[],
+                )]))
+                .build(),
+        )
+        .send()
+        .await
+        .expect_err("refused")
+        .into_service_error();
+    assert!(refused.is_invalid_argument_exception(), "{refused:?}");
+    let described = fh
+        .describe_delivery_stream()
+        .delivery_stream_name("swap")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        described
+            .delivery_stream_description()
+            .unwrap()
+            .version_id(),
+        "2"
+    );
+}
