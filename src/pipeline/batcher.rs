@@ -416,44 +416,74 @@ async fn deliver(
     if let Some(layout) = plan.layout.clone() {
         return deliver_processed(shared, batch, plan, layout, definition).await;
     }
-    let record_count = batch.records.len() as u64;
+    let records = batch.records.len() as u64;
     let payload_bytes = batch.bytes;
     let level = ctx.upload.gzip_level;
     let compression = plan.compression;
-    let Ok(slot) = ctx.encode_slots.clone().acquire_owned().await else {
-        // The semaphore is never closed.
+    let encoded = in_slot(shared, &ctx.encode_slots, move || {
+        encode::encode(compression, level, batch.records)
+    });
+    let Some(body) = encoded.await else {
         return false;
     };
-    let encoded = tokio::task::spawn_blocking(move || {
-        let body = encode::encode(compression, level, batch.records);
+    let object = Output {
+        plan,
+        body,
+        records,
+        payload_bytes,
+        error_output: None,
+    };
+    write_object(shared, object).await
+}
+
+/// Runs `work` on a blocking thread once one of `slots` is free. None when it failed (logged;
+/// the batch stays in the journal).
+async fn in_slot<T: Send + 'static>(
+    shared: &Shared,
+    slots: &Arc<Semaphore>,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Option<T> {
+    // The semaphores are never closed.
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    let done = tokio::task::spawn_blocking(move || {
+        let out = work();
         drop(slot);
-        body
+        out
     })
     .await;
-    let body = match encoded {
-        Ok(Ok(body)) => body,
+    match done {
+        Ok(Ok(out)) => Some(out),
         Ok(Err(e)) => {
             tracing::error!(stream = %shared.name, error = %e, "encoding failed; batch left in the journal");
-            return false;
+            None
         }
         Err(e) => {
             tracing::error!(stream = %shared.name, error = %e, "encoder task failed; batch left in the journal");
-            return false;
+            None
         }
-    };
-    let object_bytes = encode::len(&body);
-    match sink::upload(shared, &plan, body).await {
+    }
+}
+
+/// Uploads one object until it lands (true, counted) or shutdown abandons it (false).
+async fn write_object(shared: &Shared, object: Output) -> bool {
+    let object_bytes = encode::len(&object.body);
+    match sink::upload(shared, &object.plan, object.body).await {
         UploadOutcome::Landed => {
             let m = &shared.metrics;
             m.objects_written.inc();
             m.object_bytes.inc_by(object_bytes);
-            m.delivered_records.inc_by(record_count);
-            m.delivered_bytes.inc_by(payload_bytes);
-            tracing::debug!(stream = %shared.name, key = %plan.key, records = record_count, bytes = object_bytes, "object written");
+            match object.error_output {
+                None => {
+                    m.delivered_records.inc_by(object.records);
+                    m.delivered_bytes.inc_by(object.payload_bytes);
+                }
+                Some(t) => m.error_records(t.as_str(), object.records),
+            }
+            tracing::debug!(stream = %shared.name, key = %object.plan.key, records = object.records, bytes = object_bytes, "object written");
             true
         }
         UploadOutcome::Abandoned => {
-            tracing::warn!(stream = %shared.name, key = %plan.key, "upload abandoned at shutdown; the journal will deliver it on the next start");
+            tracing::warn!(stream = %shared.name, key = %object.plan.key, "upload abandoned at shutdown; the journal will deliver it on the next start");
             false
         }
     }
@@ -479,55 +509,19 @@ async fn deliver_processed(
     definition: Arc<StreamDefinition>,
 ) -> bool {
     let ctx = &shared.ctx;
-    let Ok(slot) = ctx.process_slots.clone().acquire_owned().await else {
+    let job_shared = shared.clone();
+    let prepared = in_slot(shared, &ctx.process_slots, move || {
+        prepare(&job_shared, batch, &plan, &layout, &definition)
+    });
+    let Some(objects) = prepared.await else {
         return false;
     };
-    let job_shared = shared.clone();
-    let prepared = tokio::task::spawn_blocking(move || {
-        let pieces = prepare(&job_shared, batch, &plan, &layout, &definition);
-        drop(slot);
-        pieces
-    })
-    .await;
-    let pieces = match prepared {
-        Ok(Ok(pieces)) => pieces,
-        Ok(Err(e)) => {
-            tracing::error!(stream = %shared.name, error = %e, "encoding failed; batch left in the journal");
-            return false;
-        }
-        Err(e) => {
-            tracing::error!(stream = %shared.name, error = %e, "processing task failed; batch left in the journal");
-            return false;
-        }
-    };
-    let results: Vec<bool> = futures::stream::iter(pieces)
-        .map(|piece| async move {
-            let object_bytes = encode::len(&piece.body);
-            match sink::upload(shared, &piece.plan, piece.body).await {
-                UploadOutcome::Landed => {
-                    let m = &shared.metrics;
-                    m.objects_written.inc();
-                    m.object_bytes.inc_by(object_bytes);
-                    match piece.error_output {
-                        None => {
-                            m.delivered_records.inc_by(piece.records);
-                            m.delivered_bytes.inc_by(piece.payload_bytes);
-                        }
-                        Some(t) => m.error_records(t.as_str(), piece.records),
-                    }
-                    tracing::debug!(stream = %shared.name, key = %piece.plan.key, records = piece.records, bytes = object_bytes, "object written");
-                    true
-                }
-                UploadOutcome::Abandoned => {
-                    tracing::warn!(stream = %shared.name, key = %piece.plan.key, "upload abandoned at shutdown; the journal will deliver it on the next start");
-                    false
-                }
-            }
-        })
+    let landed: Vec<bool> = futures::stream::iter(objects)
+        .map(|object| write_object(shared, object))
         .buffer_unordered(ctx.upload.concurrency)
         .collect()
         .await;
-    results.into_iter().all(|landed| landed)
+    landed.into_iter().all(|l| l)
 }
 
 /// The component a batch was sealed with: the stream's current one if it is the same, else
@@ -613,14 +607,14 @@ fn prepare(
         )
     };
     let level = shared.ctx.upload.gzip_level;
-    let mut pieces = Vec::new();
+    let mut objects = Vec::new();
     for p in processed.partitions {
         // Partitions differ by prefix, so they share the batch's id: a partition's name does
         // not depend on which other partitions the batch happened to have.
         let prefix = p
             .prefix
             .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""));
-        pieces.push(Output {
+        objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
                 key: name(&prefix, 0),
@@ -635,7 +629,7 @@ fn prepare(
     }
     for (t, lines) in processed.errors {
         let prefix = prefix::fill(&layout.error_prefix, &[], &[], t.as_str());
-        pieces.push(Output {
+        objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
                 key: name(&prefix, ERROR_OBJECT_BASE + t as u64),
@@ -648,7 +642,7 @@ fn prepare(
             error_output: Some(t),
         });
     }
-    Ok(pieces)
+    Ok(objects)
 }
 
 /// UUID-shaped and derived from the journal position, so a replayed batch gets the same name.
