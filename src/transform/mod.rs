@@ -162,23 +162,13 @@ impl Host {
         let component = self
             .compile_cached(&bytes, &digest)
             .map_err(|e| err(format!("{e:#}")))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(TransformerPre::new)
+        let module = self
+            .module(&path.display().to_string(), &digest, &component)
             .map_err(|e| {
                 err(format!(
                     "not a spillway:transform@0.1.0 transformer component: {e:#}"
                 ))
             })?;
-        let module = Arc::new(Module {
-            name: path.display().to_string(),
-            digest,
-            engine: self.engine.clone(),
-            pre,
-            limits: self.limits.clone(),
-            pool: Mutex::new(Vec::new()),
-        });
         let mut loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
         loaded.retain(|_, m| m.strong_count() > 0);
         loaded.insert(path.to_path_buf(), Arc::downgrade(&module));
@@ -201,12 +191,18 @@ impl Host {
         let cached = self.cache_dir.join(format!("{digest}.cwasm"));
         // SAFETY: as in `compile_cached`: our own artifact, checked by wasmtime on load.
         let component = unsafe { Component::deserialize_file(&self.engine, &cached) }.ok()?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .and_then(TransformerPre::new)
-            .ok()?;
-        Some(Arc::new(Module {
+        self.module(name, digest, &component).ok()
+    }
+
+    /// A compiled component linked against the sandbox's imports, with an empty pool.
+    fn module(
+        &self,
+        name: &str,
+        digest: &str,
+        component: &Component,
+    ) -> wasmtime::Result<Arc<Module>> {
+        let pre = TransformerPre::new(self.linker.instantiate_pre(component)?)?;
+        Ok(Arc::new(Module {
             name: name.to_owned(),
             digest: digest.to_owned(),
             engine: self.engine.clone(),
