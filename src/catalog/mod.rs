@@ -117,14 +117,12 @@ pub struct Catalog {
 
 const STREAM_FILE: &str = "stream.json";
 
-/// A stable file name for a URL's local copy.
-fn copy_name(url: &str) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(url.as_bytes())[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+/// A destination validated and its transform loaded: what starting a stream needs.
+struct Prepared {
+    destination: Destination,
+    transform: Option<Arc<crate::transform::Module>>,
 }
+
 /// A deleted stream's definition, kept until its buffered records are delivered, so a crash
 /// during the drain resumes it instead of stranding acknowledged records.
 const DELETING_FILE: &str = "deleting.json";
@@ -200,11 +198,11 @@ impl Catalog {
                 shape: DestinationShape::ExtendedS3,
                 destination: dest.clone(),
             };
-            catalog.start_stream(record, Origin::Config).await?;
+            catalog.start_stream(record, Origin::Config, None).await?;
         }
         for (path, record) in persisted {
             catalog
-                .start_stream(record, Origin::Api)
+                .start_stream(record, Origin::Api, None)
                 .await
                 .map_err(|e| match e {
                     OpenError::Persisted { message, .. } => OpenError::Persisted { path, message },
@@ -214,7 +212,7 @@ impl Catalog {
         for record in draining {
             let name = record.name.clone();
             tracing::info!(stream = %name, "resuming the drain of a deleted delivery stream");
-            let entry = catalog.start_entry(record, Origin::Api).await?;
+            let entry = catalog.start_entry(record, Origin::Api, None).await?;
             catalog.drain_deleted(entry);
         }
         for name in orphans {
@@ -232,8 +230,13 @@ impl Catalog {
         Ok(catalog)
     }
 
-    async fn start_stream(&self, record: StreamRecord, origin: Origin) -> Result<(), OpenError> {
-        let entry = self.start_entry(record, origin).await?;
+    async fn start_stream(
+        &self,
+        record: StreamRecord,
+        origin: Origin,
+        prepared: Option<Prepared>,
+    ) -> Result<(), OpenError> {
+        let entry = self.start_entry(record, origin, prepared).await?;
         self.streams
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -241,19 +244,29 @@ impl Catalog {
         Ok(())
     }
 
+    /// Starts a stream from its record; `prepared` is the record's destination already
+    /// validated and its transform loaded (by `create`), so neither is done twice.
     async fn start_entry(
         &self,
         record: StreamRecord,
         origin: Origin,
+        prepared: Option<Prepared>,
     ) -> Result<Arc<StreamEntry>, OpenError> {
         let invalid = |message: String| OpenError::Persisted {
             path: self.streams_dir.join(&record.name),
             message,
         };
         let name = StreamName::parse(&record.name).map_err(invalid)?;
-        let destination = definition::validate(&record.destination)
-            .map_err(|e| invalid(CatalogError::invalid(e).to_string()))?;
-        let transform = self.load_transform(&destination).await.map_err(invalid)?;
+        let Prepared {
+            destination,
+            transform,
+        } = match prepared {
+            Some(p) => p,
+            None => self
+                .prepare(&record.destination)
+                .await
+                .map_err(|e| invalid(e.to_string()))?,
+        };
         let runtime = StreamRuntime::start(
             self.ctx.clone(),
             &self.streams_dir.join(name.as_str()),
@@ -271,6 +284,19 @@ impl Catalog {
             record: Mutex::new(record),
             runtime,
         }))
+    }
+
+    /// Validates a destination and loads its transform.
+    async fn prepare(&self, raw: &S3Destination) -> Result<Prepared, CatalogError> {
+        let destination = definition::validate(raw).map_err(CatalogError::invalid)?;
+        let transform = self
+            .load_transform(&destination)
+            .await
+            .map_err(CatalogError::Invalid)?;
+        Ok(Prepared {
+            destination,
+            transform,
+        })
     }
 
     /// Loads (compiles, or reads from the compile cache) the stream's transform component.
@@ -303,7 +329,10 @@ impl Catalog {
     async fn fetch_component(&self, bucket: &BucketName, key: &str) -> Result<PathBuf, String> {
         let url = format!("s3://{}/{key}", bucket.as_str());
         let dir = self.ctx.transforms.cache_dir().join("fetched");
-        let local = dir.join(format!("{}.wasm", copy_name(&url)));
+        let local = dir.join(format!(
+            "{}.wasm",
+            crate::transform::sha256_hex(url.as_bytes())
+        ));
         let fetched = async {
             let store = self
                 .ctx
@@ -366,12 +395,9 @@ impl Catalog {
         destination: S3Destination,
     ) -> Result<(), CatalogError> {
         let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
-        let validated = definition::validate(&destination).map_err(CatalogError::invalid)?;
         // A component that does not load is the caller's mistake, reported before anything
-        // is persisted; loading it here also fills the compile cache for the start below.
-        self.load_transform(&validated)
-            .await
-            .map_err(CatalogError::Invalid)?;
+        // is persisted.
+        let prepared = self.prepare(&destination).await?;
         let _control = self.control.lock().await;
         if self.closing.load(std::sync::atomic::Ordering::Acquire) {
             return Err(CatalogError::Unavailable(
@@ -400,7 +426,7 @@ impl Catalog {
         };
         // Persist first: a stream that was acknowledged must come back after a restart.
         self.persist(&record)?;
-        self.start_stream(record, Origin::Api)
+        self.start_stream(record, Origin::Api, Some(prepared))
             .await
             .map_err(|e| CatalogError::Internal(e.to_string()))
     }
@@ -438,12 +464,10 @@ impl Catalog {
         }
         let mut merged = current.destination.clone();
         merged.apply_update(update);
-        let destination: Destination =
-            definition::validate(&merged).map_err(CatalogError::invalid)?;
-        let transform = self
-            .load_transform(&destination)
-            .await
-            .map_err(CatalogError::Invalid)?;
+        let Prepared {
+            destination,
+            transform,
+        } = self.prepare(&merged).await?;
         let mut next = current;
         next.destination = merged;
         next.version += 1;
