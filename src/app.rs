@@ -55,6 +55,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         },
     )
     .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?;
+    // Encodes and processed batches each run one per core at most.
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ctx = Arc::new(Context {
         metrics: metrics.clone(),
         memory: MemoryBudget::new(settings.max_memory_bytes, metrics.memory_reserved().clone()),
@@ -64,12 +66,8 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         stores,
         tracker: TaskTracker::new(),
         abandon: CancellationToken::new(),
-        encode_slots: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        )),
-        process_slots: Arc::new(tokio::sync::Semaphore::new(
-            std::thread::available_parallelism().map_or(2, |n| n.get()),
-        )),
+        encode_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
+        process_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
         transforms,
         max_active_partitions: settings.max_active_partitions,
     });

@@ -298,7 +298,6 @@ pub struct PrefixTemplate {
     parts: Vec<Part>,
     /// Whether the user's text had any `!{...}` (decides the ErrorOutputPrefix rules).
     has_expressions: bool,
-    capacity_hint: usize,
 }
 
 #[derive(Default)]
@@ -411,23 +410,11 @@ impl PrefixTemplate {
     }
 
     fn build(source: String, field: PrefixField, parts: Vec<Part>, has_expressions: bool) -> Self {
-        // Rough upper bound of a render, so render allocates once in the common case.
-        let capacity_hint = parts
-            .iter()
-            .map(|p| match p {
-                Part::Literal(s) => s.len(),
-                Part::Timestamp(d) => 8 * d.items.len(),
-                Part::RandomString => RANDOM_STRING_LEN,
-                Part::ErrorOutputType => 32,
-                Part::PartitionKeyFromQuery(_) | Part::PartitionKeyFromLambda(_) => 0,
-            })
-            .sum();
         Self {
             source,
             field,
             parts,
             has_expressions,
-            capacity_hint,
         }
     }
 
@@ -468,26 +455,14 @@ impl PrefixTemplate {
         error_output_type: Option<&str>,
         rng: &mut impl Rng,
     ) -> String {
-        let mut out = String::with_capacity(self.capacity_hint);
-        for part in &self.parts {
-            match part {
-                Part::Literal(s) => out.push_str(s),
-                Part::Timestamp(pattern) => pattern.render_into(at, &mut out),
-                Part::RandomString => {
-                    // Fresh for every occurrence and every render, as Firehose does.
-                    for _ in 0..RANDOM_STRING_LEN {
-                        out.push(char::from(rng.sample(Alphanumeric)));
-                    }
-                }
-                Part::ErrorOutputType => out.push_str(error_output_type.unwrap_or("")),
-                Part::PartitionKeyFromQuery(_) | Part::PartitionKeyFromLambda(_) => {}
-            }
-        }
-        out
+        fill(
+            &self.render_pieces(at, rng),
+            &[],
+            &[],
+            error_output_type.unwrap_or(""),
+        )
     }
-}
 
-impl PrefixTemplate {
     /// Renders everything but the partition keys and the error output type, which stay as
     /// pieces to [`fill`] per object. The result is recorded in the journal's seal, so a replay
     /// names its objects exactly as the first attempt did (random strings included).
@@ -505,6 +480,7 @@ impl PrefixTemplate {
                     continue;
                 }
                 Part::RandomString => {
+                    // Fresh for every occurrence and every render, as Firehose does.
                     for _ in 0..RANDOM_STRING_LEN {
                         text.push(char::from(rng.sample(Alphanumeric)));
                     }

@@ -379,7 +379,7 @@ async fn deliver(
     shared: &Arc<Shared>,
     ops: &mpsc::Sender<JournalOp>,
     batch: Batch,
-    plan: ObjectPlan,
+    mut plan: ObjectPlan,
     seal: Option<(Seal, oneshot::Receiver<Result<(), String>>)>,
     definition: Arc<StreamDefinition>,
 ) -> bool {
@@ -413,7 +413,7 @@ async fn deliver(
         }
     }
 
-    if let Some(layout) = plan.layout.clone() {
+    if let Some(layout) = plan.layout.take() {
         return deliver_processed(shared, batch, plan, layout, definition).await;
     }
     let records = batch.records.len() as u64;

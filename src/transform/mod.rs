@@ -150,7 +150,7 @@ impl Host {
             message,
         };
         let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
-        let digest = hex(&Sha256::digest(&bytes));
+        let digest = sha256_hex(&bytes);
         {
             let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
             if let Some(m) = loaded.get(path).and_then(std::sync::Weak::upgrade)
@@ -435,6 +435,10 @@ fn run_compiler(exe: &Path, input: &Path, output: &Path) -> Result<(), String> {
     ))
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+/// SHA-256 of `bytes`, as lowercase hex: names compiled components and fetched copies.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
