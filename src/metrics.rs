@@ -329,13 +329,13 @@ impl Metrics {
             active_partitions: gauge(
                 &r,
                 "spillway_active_partitions",
-                "Partitions of the stream's most recently processed batch.",
+                "Partition buffers open (dynamic partitioning): partitions holding records not written yet.",
                 &["stream"],
             ),
             partition_cap_exceeded: counter(
                 &r,
                 "spillway_partition_cap_exceeded_records_total",
-                "Records sent to the error output because their batch had reached partitioning.max_active_partitions.",
+                "Records sent to the error output because their intake batch had reached partitioning.max_active_partitions partitions.",
                 &["stream"],
             ),
             memory_reserved_bytes,

@@ -203,7 +203,8 @@ async fn mobile_game_transform_partitions_by_location() {
         d.metric("spillway_error_records_total{stream=\"game\",type=\"processing-failed\"}"),
         2.0
     );
-    assert_eq!(d.metric("spillway_active_partitions{stream=\"game\"}"), 3.0);
+    // Every partition buffer was written.
+    assert_eq!(d.metric("spillway_active_partitions{stream=\"game\"}"), 0.0);
     assert!(d.metric("spillway_transform_call_duration_seconds_count{stream=\"game\"}") >= 1.0);
     assert!(d.log().contains("transform compiled"));
 
@@ -771,6 +772,155 @@ enabled = true
         .collect();
     ns.sort();
     assert_eq!(ns, (0..30).collect::<Vec<_>>(), "every record exactly once");
+}
+
+/// Records of partition `c` numbered from `first`, each about 100 KB.
+fn big(c: &str, first: u64, count: u64) -> Vec<Vec<u8>> {
+    (first..first + count)
+        .map(|n| {
+            format!(
+                "{{\"n\":{n},\"c\":\"{c}\",\"pad\":\"{}\"}}\n",
+                "x".repeat(100_000)
+            )
+            .into_bytes()
+        })
+        .collect()
+}
+
+/// The records in the objects under `prefix`, as (n, key) pairs.
+fn numbers(objs: &[(String, bytes::Bytes)], prefix: &str) -> Vec<(u64, String)> {
+    let mut out = Vec::new();
+    for (key, body) in objs.iter().filter(|(k, _)| k.starts_with(prefix)) {
+        for line in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            let v: Value = serde_json::from_slice(line).unwrap();
+            out.push((v["n"].as_u64().unwrap(), key.clone()));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_buffers_fill_across_batches_and_survive_a_crash() {
+    let s3 = S3Server::start();
+    s3.create_bucket("parts");
+    let proxy = HoldingProxy::start(s3.port);
+    // Each partition fills its own 1 MiB buffer across batches; the interval never fires.
+    let config = format!(
+        r#"{}
+[[stream]]
+name = "parts"
+bucket_arn = "arn:aws:s3:::parts"
+prefix = "c=!{{partitionKeyFromQuery:c}}/"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 900 }}
+[stream.processing_configuration]
+processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{c: .c}}' }} }}]
+[stream.dynamic_partitioning_configuration]
+enabled = true
+"#,
+        proxy.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose_with_retries(1);
+    let store = s3.client("parts");
+    let objects_written = |d: &Daemon| d.metric("spillway_objects_written_total{stream=\"parts\"}");
+    // Intake batches are sealed a second after their first record at the latest: a pause of
+    // 1.5 s puts the next request in a batch of its own.
+    let pause = || tokio::time::sleep(Duration::from_millis(1500));
+
+    // Batch 1: 600 KB for P and a record for Q; batch 2: 600 KB more for P. P's buffer passes
+    // 1 MiB with batch 2 and is written as one object holding both batches' records. Batch 2
+    // has nothing else, so it commits; batch 1 waits for Q.
+    let mut q = big("Q", 100, 1);
+    let mut first = big("P", 0, 6);
+    first.append(&mut q);
+    put(&fh, "parts", &first).await;
+    pause().await;
+    put(&fh, "parts", &big("P", 6, 6)).await;
+    let p_objects = wait_for(Duration::from_secs(30), || async {
+        let objs = objects(&store).await;
+        (objects_written(&d) == 1.0 && objs.len() == 1).then_some(objs)
+    })
+    .await
+    .expect("P's object was written once its buffer passed 1 MiB");
+    let p = numbers(&p_objects, "c=P/");
+    assert_eq!(
+        p.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (0..12).collect::<Vec<_>>()
+    );
+    assert!(
+        p.iter().all(|x| x.1 == p.first().unwrap().1),
+        "one object: {p:?}"
+    );
+    assert_eq!(
+        d.metric("spillway_active_partitions{stream=\"parts\"}"),
+        1.0,
+        "Q is still open"
+    );
+    // Let batch 2's commit reach the journal (each journal group is synced).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Batches 3 and 4 fill R the same way, but the daemon never hears that R's object landed.
+    proxy.set_hold(true);
+    let mut third = big("R", 200, 6);
+    third.append(&mut big("Q", 101, 1));
+    put(&fh, "parts", &third).await;
+    pause().await;
+    put(&fh, "parts", &big("R", 206, 6)).await;
+    let before = wait_for(Duration::from_secs(30), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 2).then_some(objs)
+    })
+    .await
+    .expect("R's object reached the server");
+    assert_eq!(objects_written(&d), 1.0);
+    d.kill9();
+
+    // On restart: P's object is known to have landed (batch 2, which it holds records of,
+    // committed), so batch 1's P records are not written again; R's object is rebuilt from
+    // batches 3 and 4 under the same key; Q's records (batches 1 and 3) go back to a buffer,
+    // written at shutdown.
+    proxy.set_hold(false);
+    d.log.lock().unwrap().clear();
+    d.restart();
+    wait_for(Duration::from_secs(30), || async {
+        (objects_written(&d) >= 1.0).then_some(())
+    })
+    .await
+    .expect("R's object was written again");
+    assert_eq!(
+        d.metric("spillway_active_partitions{stream=\"parts\"}"),
+        1.0
+    );
+    assert!(d.terminate().success());
+    let log = d.log();
+    assert!(!log.contains("left for the next start"), "{log}");
+    let after = objects(&store).await;
+    let keys =
+        |objs: &[(String, bytes::Bytes)]| objs.iter().map(|o| o.0.clone()).collect::<Vec<_>>();
+    let mut expected_keys = keys(&before);
+    let q = numbers(&after, "c=Q/");
+    expected_keys.push(q[0].1.clone());
+    expected_keys.sort();
+    assert_eq!(
+        keys(&after),
+        expected_keys,
+        "P and R under their first keys, plus Q"
+    );
+    assert_eq!(numbers(&after, "c=P/"), p, "P exactly once");
+    let r = numbers(&after, "c=R/");
+    assert_eq!(
+        r.iter().map(|x| x.0).collect::<Vec<_>>(),
+        (200..212).collect::<Vec<_>>()
+    );
+    assert_eq!(q.iter().map(|x| x.0).collect::<Vec<_>>(), [100, 101]);
+    assert!(q.iter().all(|x| x.1 == q[0].1), "Q in one object: {q:?}");
+
+    // Everything committed: a further start has nothing to replay.
+    d.log.lock().unwrap().clear();
+    d.restart();
+    assert!(!d.log().contains("replaying journal"), "{}", d.log());
 }
 
 #[test]

@@ -80,7 +80,7 @@ impl BucketName {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
     Uncompressed,
     Gzip,

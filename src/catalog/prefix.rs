@@ -149,6 +149,8 @@ pub enum PrefixError {
     MissingErrorOutputType,
     #[error("ErrorOutputPrefix cannot be empty when Prefix contains expressions")]
     ErrorOutputPrefixRequired,
+    #[error("{field}: character {at} is a control character; prefixes cannot contain them")]
+    ControlCharacter { field: PrefixField, at: usize },
 }
 
 /// Options for [`PrefixTemplate::parse_with`].
@@ -375,6 +377,11 @@ impl PrefixTemplate {
                 max: MAX_PREFIX_CHARS,
             });
         }
+        // Object keys with control characters are unreadable in most tools, and partition
+        // buffers use one as the placeholder of a random string still to be drawn.
+        if let Some(at) = text.chars().position(char::is_control) {
+            return Err(PrefixError::ControlCharacter { field, at });
+        }
         let mut scan = scan_template(text, field, options)?;
         match field {
             PrefixField::Prefix => {
@@ -467,6 +474,17 @@ impl PrefixTemplate {
     /// pieces to [`fill`] per object. The result is recorded in the journal's seal, so a replay
     /// names its objects exactly as the first attempt did (random strings included).
     pub fn render_pieces(&self, at: DateTime<Utc>, rng: &mut impl Rng) -> Vec<Piece> {
+        self.pieces(at, Some(rng))
+    }
+
+    /// Like [`PrefixTemplate::render_pieces`], but random strings stay holes too: a partition
+    /// buffer gathers records of many batches and draws its random strings when it is written
+    /// (see [`fill_random`]).
+    pub fn partition_pieces(&self, at: DateTime<Utc>) -> Vec<Piece> {
+        self.pieces(at, None::<&mut rand::rngs::ThreadRng>)
+    }
+
+    fn pieces(&self, at: DateTime<Utc>, mut rng: Option<&mut impl Rng>) -> Vec<Piece> {
         let mut pieces = Vec::new();
         let mut text = String::new();
         for part in &self.parts {
@@ -479,13 +497,16 @@ impl PrefixTemplate {
                     pattern.render_into(at, &mut text);
                     continue;
                 }
-                Part::RandomString => {
+                Part::RandomString => match rng.as_mut() {
                     // Fresh for every occurrence and every render, as Firehose does.
-                    for _ in 0..RANDOM_STRING_LEN {
-                        text.push(char::from(rng.sample(Alphanumeric)));
+                    Some(rng) => {
+                        for _ in 0..RANDOM_STRING_LEN {
+                            text.push(char::from(rng.sample(Alphanumeric)));
+                        }
+                        continue;
                     }
-                    continue;
-                }
+                    None => Piece::RandomString,
+                },
                 Part::ErrorOutputType => Piece::ErrorOutputType,
                 Part::PartitionKeyFromQuery(k) => Piece::Query(k.clone()),
                 Part::PartitionKeyFromLambda(k) => Piece::Lambda(k.clone()),
@@ -509,6 +530,27 @@ pub enum Piece {
     Query(String),
     Lambda(String),
     ErrorOutputType,
+    /// Left open by [`PrefixTemplate::partition_pieces`]; [`fill`] renders it as
+    /// [`RANDOM_PLACEHOLDER`] repeated to the random string's length.
+    RandomString,
+}
+
+/// Stands for a random string not drawn yet. Prefixes cannot contain control characters, and
+/// partition values cannot either, so this never appears in a rendered prefix otherwise.
+pub const RANDOM_PLACEHOLDER: char = '\u{1}';
+
+/// Replaces each random-string placeholder left by [`fill`] with a fresh random string.
+pub fn fill_random(rendered: &str, rng: &mut impl Rng) -> String {
+    rendered
+        .chars()
+        .map(|c| {
+            if c == RANDOM_PLACEHOLDER {
+                char::from(rng.sample(Alphanumeric))
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// Completes rendered pieces for one object. Keys were validated by the caller; a key that
@@ -532,6 +574,7 @@ pub fn fill(
             Piece::Query(k) => out.push_str(&lookup(query, k)),
             Piece::Lambda(k) => out.push_str(&lookup(lambda, k)),
             Piece::ErrorOutputType => out.push_str(error_output_type),
+            Piece::RandomString => out.extend([RANDOM_PLACEHOLDER; RANDOM_STRING_LEN]),
         }
     }
     out
@@ -1610,5 +1653,47 @@ mod tests {
         push_num(&mut s, 1234, 2);
         push_num(&mut s, u64::MAX, 1);
         assert_eq!(s, format!("00071234{}", u64::MAX));
+    }
+
+    #[test]
+    fn partition_pieces_leave_random_strings_to_draw_later() {
+        let t = PrefixTemplate::parse_with(
+            "k=!{partitionKeyFromQuery:k}/!{firehose:random-string}/",
+            PrefixField::Prefix,
+            ParseOptions {
+                allow_partition_keys: true,
+            },
+        )
+        .unwrap();
+        let at = DateTime::from_timestamp(1_709_183_045, 0).unwrap();
+        let pieces = t.partition_pieces(at);
+        let held = fill(&pieces, &[("k".into(), "v".into())], &[], "");
+        let placeholder: String = [RANDOM_PLACEHOLDER; RANDOM_STRING_LEN].iter().collect();
+        assert_eq!(held, format!("k=v/{placeholder}/2024/02/29/05/"));
+        let drawn = fill_random(&held, &mut rand::rng());
+        assert_eq!(drawn.len(), held.len());
+        let random = &drawn["k=v/".len().."k=v/".len() + RANDOM_STRING_LEN];
+        assert!(random.chars().all(|c| c.is_ascii_alphanumeric()), "{drawn}");
+        assert!(drawn.ends_with("/2024/02/29/05/"));
+        assert_ne!(drawn, fill_random(&held, &mut rand::rng()));
+    }
+
+    #[test]
+    fn control_characters_are_refused() {
+        for text in ["a\u{1}b", "tab\there", "nl\n"] {
+            assert!(
+                matches!(
+                    PrefixTemplate::parse_prefix(text),
+                    Err(PrefixError::ControlCharacter { .. })
+                ),
+                "{text:?}"
+            );
+        }
+        assert_eq!(
+            PrefixTemplate::parse_error_prefix("x\u{7f}")
+                .unwrap_err()
+                .to_string(),
+            "ErrorOutputPrefix: character 1 is a control character; prefixes cannot contain them"
+        );
     }
 }

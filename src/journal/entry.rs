@@ -7,6 +7,7 @@
 //! | 2    | seal    | start u64, end u64, meta (rest of the payload)                     |
 //! | 3    | commit  | start u64                                                          |
 //! | 4    | padding | zeros (any number); fills a direct-I/O write up to a block boundary |
+//! | 5    | flush   | meta (the whole payload): an object written from several seals      |
 
 use std::ops::Range;
 
@@ -19,6 +20,7 @@ pub(super) const KIND_SEAL: u8 = 2;
 pub(super) const KIND_COMMIT: u8 = 3;
 /// Filler that means nothing; replay skips it wherever it appears after the header.
 pub(super) const KIND_PADDING: u8 = 4;
+pub(super) const KIND_FLUSH: u8 = 5;
 
 const MAGIC: &[u8; 8] = b"SPWYWAL\0";
 const VERSION: u32 = 1;
@@ -81,6 +83,7 @@ pub(super) enum Entry {
     Seal(Seal),
     Commit { start: Position },
     Padding,
+    Flush(Vec<u8>),
 }
 
 /// Decodes and fully validates a payload (a CRC-valid frame that does not decode means a bug
@@ -126,6 +129,7 @@ pub(super) fn decode(kind: u8, payload: &[u8]) -> Result<Entry, &'static str> {
             }
             Entry::Commit { start }
         }
+        KIND_FLUSH => Entry::Flush(payload.to_vec()),
         KIND_PADDING => {
             // Only ever written as zeros: anything else under a valid CRC is not ours.
             if payload.iter().any(|&b| b != 0) {

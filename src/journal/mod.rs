@@ -128,6 +128,8 @@ pub struct Replay {
     /// Seals without a commit, in position order. A seal whose records were released (the
     /// caller passed a `low` above its start) is still listed, with its records missing.
     pub pending_seals: Vec<Seal>,
+    /// Every flush entry still in the journal, in the order written.
+    pub flushes: Vec<Vec<u8>>,
 }
 
 /// Buffered bytes are written out once the buffer reaches this, even before `sync`, so memory
@@ -379,6 +381,18 @@ impl Journal {
         self.roll_if_full()?;
         let start = frame::begin(&mut self.buf, entry::KIND_SEAL);
         entry::encode_seal(&mut self.buf, seal);
+        frame::finish(&mut self.buf, start);
+        self.flush_if_large()
+    }
+
+    /// Buffers a flush entry: the caller's description of an object written from the records
+    /// of several seals. The journal keeps it as long as its segment, and returns it on replay.
+    pub fn append_flush(&mut self, meta: &[u8]) -> Result<(), WriteError> {
+        self.check_usable()?;
+        self.check_size(meta.len() as u64)?;
+        self.roll_if_full()?;
+        let start = frame::begin(&mut self.buf, entry::KIND_FLUSH);
+        self.buf.extend_from_slice(meta);
         frame::finish(&mut self.buf, start);
         self.flush_if_large()
     }

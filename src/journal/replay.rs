@@ -44,6 +44,7 @@ pub(super) struct Scan {
     locs: Vec<RecordsLoc>,
     seals: Vec<Seal>,
     commits: HashSet<Position>,
+    flushes: Vec<Vec<u8>>,
 }
 
 fn corrupt(path: &std::path::Path, offset: u64, reason: impl Into<String>) -> OpenError {
@@ -67,6 +68,7 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
         locs: Vec::new(),
         seals: Vec::new(),
         commits: HashSet::new(),
+        flushes: Vec::new(),
     };
     let mut payload = Vec::new();
     for (index, (first, path)) in segments.iter().enumerate() {
@@ -156,6 +158,7 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 Entry::Commit { start } => {
                     scan.commits.insert(start);
                 }
+                Entry::Flush(meta) => scan.flushes.push(meta),
                 // Direct-I/O filler up to a block boundary; the header check above still
                 // requires a header first.
                 Entry::Padding => {}
@@ -265,6 +268,7 @@ pub(super) fn load(scan: &Scan) -> Result<Replay, OpenError> {
     Ok(Replay {
         records,
         pending_seals,
+        flushes: scan.flushes.clone(),
     })
 }
 

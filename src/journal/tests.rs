@@ -237,6 +237,32 @@ fn seals_and_commits_filter_replay() {
 }
 
 #[test]
+fn flush_entries_come_back_in_order_until_their_segment_is_released() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Small segments: each append of 40-byte records rolls to a new one soon.
+    let (mut journal, _) = open(tmp.path(), 256);
+    append(&mut journal, &[40; 4]);
+    journal.append_seal(&seal(0, 4, "a")).expect("seal");
+    journal.append_flush(b"first").expect("flush");
+    journal.append_flush(b"second").expect("flush");
+    journal.sync().expect("sync");
+    drop(journal);
+    let (mut journal, replay) = open(tmp.path(), 256);
+    assert_eq!(replay.flushes, vec![b"first".to_vec(), b"second".to_vec()]);
+
+    // Once everything before the active segment is released, so are its flush entries.
+    journal.append_commit(Position(0)).expect("commit");
+    for _ in 0..6 {
+        append(&mut journal, &[200]);
+    }
+    journal.sync().expect("sync");
+    journal.release(Position(10)).expect("release");
+    drop(journal);
+    let (_, replay) = open(tmp.path(), 256);
+    assert!(replay.flushes.is_empty(), "{:?}", replay.flushes);
+}
+
+#[test]
 fn pending_seals_come_back_in_position_order() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (mut journal, _) = open(tmp.path(), 1 << 20);

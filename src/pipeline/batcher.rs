@@ -2,8 +2,12 @@
 //! reaches the size hint or its oldest record reaches the interval, and runs each sealed batch
 //! through seal -> encode -> upload -> commit. End of input seals whatever is open and waits for
 //! every upload before stopping the journal.
+//!
+//! A stream with dynamic partitioning adds a second stage: its sealed batches are processed at
+//! once and their records held in partition buffers until those fill (see [`super::partitions`]);
+//! such a batch commits when every object holding its records has landed.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -23,6 +27,7 @@ use futures::StreamExt;
 
 use super::Shared;
 use super::group_commit::{Appended, JournalOp};
+use super::partitions::{self, Buffers, Claim, FlushMeta, Part, PartKey, Rebuild, Replayed};
 
 /// A sealed run of records: positions `start..end`, all held in memory.
 struct Batch {
@@ -39,6 +44,33 @@ struct Delivered {
     start: Position,
     /// False when shutdown abandoned the batch: it stays pending in the journal.
     landed: bool,
+}
+
+/// What delivery tasks report to the batcher.
+enum Event {
+    /// A batch's own work ended: its object, or for a partitioned batch its error objects.
+    Delivered(Delivered),
+    /// A partitioned batch was processed: its records by partition.
+    Processed {
+        start: Position,
+        oldest_ms: u64,
+        parts: Vec<Part>,
+    },
+    /// A partition object landed, or shutdown abandoned it.
+    Flushed {
+        contributors: Vec<Position>,
+        landed: bool,
+    },
+}
+
+/// A partitioned batch between its seal and its commit.
+struct Holds {
+    /// Its own work (processing, error objects) plus each partition object holding its
+    /// records that has not landed yet.
+    pending: usize,
+    processed: bool,
+    /// Something was abandoned: the batch stays pending in the journal.
+    abandoned: bool,
 }
 
 #[derive(Default)]
@@ -63,8 +95,12 @@ pub struct Batcher {
     /// Set once a batch is left undelivered: the journal must then keep everything from it on.
     holding: bool,
     uploads: Arc<Semaphore>,
-    delivered_tx: mpsc::UnboundedSender<Delivered>,
-    delivered_rx: mpsc::UnboundedReceiver<Delivered>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    events_rx: mpsc::UnboundedReceiver<Event>,
+    /// Partitioned batches not committed yet.
+    holds: HashMap<Position, Holds>,
+    buffers: Buffers,
+    replayed: Replayed,
 }
 
 impl Batcher {
@@ -75,7 +111,7 @@ impl Batcher {
         next: Position,
     ) -> Self {
         let definition = definition_rx.borrow().clone();
-        let (delivered_tx, delivered_rx) = mpsc::unbounded_channel();
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let uploads = Arc::new(Semaphore::new(shared.ctx.upload.concurrency));
         Batcher {
             shared,
@@ -87,8 +123,11 @@ impl Batcher {
             next,
             holding: false,
             uploads,
-            delivered_tx,
-            delivered_rx,
+            events_tx,
+            events_rx,
+            holds: HashMap::new(),
+            buffers: Buffers::default(),
+            replayed: Replayed::default(),
         }
     }
 
@@ -96,6 +135,7 @@ impl Batcher {
         self.resume(replay).await;
         loop {
             let deadline = self.open.deadline;
+            let partition_deadline = self.buffers.next_deadline();
             tokio::select! {
                 appended = input.recv() => match appended {
                     Some(a) => {
@@ -108,28 +148,286 @@ impl Batcher {
                     }
                     None => break,
                 },
-                Some(done) = self.delivered_rx.recv() => self.landed(done),
+                Some(event) = self.events_rx.recv() => self.event(event).await,
                 _ = sleep_until(deadline), if deadline.is_some() => self.seal_open().await,
+                _ = sleep_until(partition_deadline), if partition_deadline.is_some() => {
+                    for key in self.buffers.due(Instant::now()) {
+                        self.flush(&key).await;
+                    }
+                    self.publish_gauges();
+                }
                 Ok(()) = self.definition_rx.changed() => {
                     // Records buffered under the old settings leave under them.
                     self.seal_open().await;
                     self.definition = self.definition_rx.borrow_and_update().clone();
+                    for key in self.buffers.older_than(self.definition.version) {
+                        self.flush(&key).await;
+                    }
                 }
             }
         }
         self.seal_open().await;
+        // Partitioned batches still being processed add to the buffers; then every buffer is
+        // written, and the objects of a replay that cannot be completed are left to the next.
+        while self.holds.values().any(|h| !h.processed) {
+            match self.events_rx.recv().await {
+                Some(event) => self.event(event).await,
+                None => break,
+            }
+        }
+        for key in self.buffers.keys() {
+            self.flush(&key).await;
+        }
+        for rebuild in self.replayed.abandon_all() {
+            self.abandon_rebuild(rebuild).await;
+        }
         while !self.in_flight.is_empty() {
-            match self.delivered_rx.recv().await {
-                Some(done) => self.landed(done),
+            match self.events_rx.recv().await {
+                Some(event) => self.event(event).await,
                 None => break,
             }
         }
         let _ = self.ops.send(JournalOp::Stop).await;
     }
 
+    async fn event(&mut self, event: Event) {
+        match event {
+            Event::Delivered(done) if self.holds.contains_key(&done.start) => {
+                if let Some(h) = self.holds.get_mut(&done.start)
+                    && !h.processed
+                {
+                    // Its processing never finished: objects a replay was rebuilding with its
+                    // records cannot be completed now.
+                    h.processed = true;
+                    for rebuild in self.replayed.failed(done.start) {
+                        self.abandon_rebuild(rebuild).await;
+                    }
+                }
+                self.release_hold(done.start, done.landed).await;
+            }
+            Event::Delivered(done) => self.landed(done),
+            Event::Processed {
+                start,
+                oldest_ms,
+                parts,
+            } => self.processed(start, oldest_ms, parts).await,
+            Event::Flushed {
+                contributors,
+                landed,
+            } => {
+                for c in contributors {
+                    self.release_hold(c, landed).await;
+                }
+                self.publish_gauges();
+            }
+        }
+    }
+
+    /// One of a partitioned batch's holds is over; the last one commits it (unless something
+    /// was abandoned, which leaves it pending in the journal).
+    async fn release_hold(&mut self, start: Position, landed: bool) {
+        let Some(h) = self.holds.get_mut(&start) else {
+            return;
+        };
+        h.pending -= 1;
+        h.abandoned |= !landed;
+        if h.pending > 0 {
+            return;
+        }
+        let abandoned = h.abandoned;
+        self.holds.remove(&start);
+        if !abandoned {
+            let _ = self.ops.send(JournalOp::Commit { start }).await;
+        }
+        self.landed(Delivered {
+            start,
+            landed: !abandoned,
+        });
+    }
+
+    /// A partitioned batch's records join their partitions' buffers (or, in a replay, the
+    /// objects recorded before the restart); full buffers are written.
+    async fn processed(&mut self, start: Position, oldest_ms: u64, parts: Vec<Part>) {
+        let dest = &self.definition.destination;
+        let (hint, interval, version) = (
+            dest.buffer_bytes,
+            dest.buffer_interval,
+            self.definition.version,
+        );
+        let waited = Duration::from_millis(super::now_ms().saturating_sub(oldest_ms));
+        let deadline = Instant::now() + interval.saturating_sub(waited);
+        let max_open = self.shared.ctx.max_active_partitions;
+        if let Some(h) = self.holds.get_mut(&start) {
+            h.processed = true;
+        }
+        for part in parts {
+            let key = part.key.clone();
+            match self.replayed.claim(start, &key) {
+                Some(Claim::Landed) => continue,
+                Some(Claim::Rebuild(index)) => {
+                    self.replayed.fill(index, start, part.records, part.bytes);
+                    self.hold(start);
+                    continue;
+                }
+                None => {}
+            }
+            if !self.buffers.contains(&key)
+                && self.buffers.len() >= max_open
+                && let Some(oldest) = self.buffers.oldest()
+            {
+                // Bounded like Firehose's active partitions, but by writing the oldest buffer
+                // early rather than failing records: which buffers are open depends on timing,
+                // and a replay must route every record as the first attempt did.
+                self.flush(&oldest).await;
+            }
+            self.hold(start);
+            let size = self.buffers.add(part, start, oldest_ms, deadline);
+            if size >= hint || key.version < version {
+                self.flush(&key).await;
+            }
+        }
+        for rebuild in self.replayed.processed(start) {
+            self.write_rebuild(rebuild).await;
+        }
+        self.relieve_pressure().await;
+        self.publish_gauges();
+    }
+
+    /// Near the memory cap, partition buffers are written at once: their batches' memory is
+    /// only released when they commit.
+    async fn relieve_pressure(&mut self) {
+        if self.buffers.len() > 0 && self.shared.ctx.memory.under_pressure() {
+            for key in self.buffers.keys() {
+                self.flush(&key).await;
+            }
+        }
+    }
+
+    fn hold(&mut self, start: Position) {
+        if let Some(h) = self.holds.get_mut(&start) {
+            h.pending += 1;
+        }
+    }
+
+    /// Writes one partition buffer as an object: its name and contributors are made durable
+    /// in the journal first, in order, then the upload runs on its own.
+    async fn flush(&mut self, key: &PartKey) {
+        let Some(buffer) = self.buffers.take(key) else {
+            return;
+        };
+        let Ok(permit) = self.uploads.clone().acquire_owned().await else {
+            return;
+        };
+        let first = buffer.contributors[0];
+        let at: DateTime<Utc> =
+            DateTime::from_timestamp_millis(buffer.oldest_ms as i64).unwrap_or_default();
+        let prefix = prefix::fill_random(&key.prefix, &mut rand::rng());
+        // Tagged apart from the batch-named objects; a batch adds records to a partition's
+        // buffer once, so its first contributor names each object of that partition uniquely.
+        let unique = unique_id(
+            self.shared.incarnation.wrapping_add(PARTITION_OBJECT_BASE),
+            first,
+        );
+        let meta = FlushMeta {
+            plan: ObjectPlan {
+                bucket: key.bucket.clone(),
+                key: format!(
+                    "{}{}",
+                    prefix::object_name(
+                        &prefix,
+                        self.shared.name.as_str(),
+                        key.version,
+                        at,
+                        &unique
+                    ),
+                    key.compression.suffix()
+                ),
+                compression: key.compression,
+                layout: None,
+            },
+            version: key.version,
+            partition: key.prefix.clone(),
+            contributors: buffer.contributors.iter().map(|c| c.0).collect(),
+        };
+        let bytes = meta.to_meta();
+        let (reply, answer) = oneshot::channel();
+        let op = JournalOp::Flush {
+            meta: bytes.clone(),
+            reply,
+        };
+        if self.ops.send(op).await.is_err() {
+            // The journal thread is gone: the records stay in the journal.
+            self.holding = true;
+            self.send_flushed(buffer.contributors, false);
+            return;
+        }
+        let shared = self.shared.clone();
+        let ops = self.ops.clone();
+        let events = self.events_tx.clone();
+        self.shared.ctx.tracker.spawn(async move {
+            let resend = move |reply| JournalOp::Flush {
+                meta: bytes.clone(),
+                reply,
+            };
+            let landed = durable(&shared, &ops, answer, resend).await
+                && write_records(&shared, meta.plan, buffer.records, buffer.bytes).await;
+            let _ = events.send(Event::Flushed {
+                contributors: buffer.contributors,
+                landed,
+            });
+            drop(permit);
+        });
+    }
+
+    /// Writes a recorded partition object again from its contributors' replayed records.
+    async fn write_rebuild(&mut self, rebuild: Rebuild) {
+        let (meta, records, bytes, holders) = rebuild.into_object();
+        if holders.is_empty() {
+            return;
+        }
+        let Ok(permit) = self.uploads.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let events = self.events_tx.clone();
+        self.shared.ctx.tracker.spawn(async move {
+            let landed = write_records(&shared, meta.plan, records, bytes).await;
+            let _ = events.send(Event::Flushed {
+                contributors: holders,
+                landed,
+            });
+            drop(permit);
+        });
+    }
+
+    /// A recorded partition object that cannot be completed in this run: its contributors
+    /// stay pending, and the next start tries again.
+    async fn abandon_rebuild(&mut self, rebuild: Rebuild) {
+        tracing::warn!(stream = %self.shared.name, key = %rebuild.meta.plan.key, "partition object left for the next start: not all of its records were replayed");
+        self.holding = true;
+        for c in rebuild.holders() {
+            self.release_hold(c, false).await;
+        }
+    }
+
+    fn send_flushed(&self, contributors: Vec<Position>, landed: bool) {
+        let _ = self.events_tx.send(Event::Flushed {
+            contributors,
+            landed,
+        });
+    }
+
     /// Re-delivers batches sealed before a restart under their recorded keys, and buffers
     /// the records that were never sealed.
     async fn resume(&mut self, replay: Replay) {
+        let pending: HashSet<Position> = replay.pending_seals.iter().map(|s| s.start).collect();
+        let (replayed, unreadable) = Replayed::new(&replay.flushes, &pending);
+        if unreadable > 0 {
+            // Which objects hold which records is unknown: keep everything in the journal.
+            self.holding = true;
+            tracing::error!(stream = %self.shared.name, unreadable, "unreadable flush entries in the journal; records stay there");
+        }
+        self.replayed = replayed;
         let mut records = replay.records.into_iter().peekable();
         for seal in replay.pending_seals {
             // Seals are written in position order, so no record should precede a pending seal
@@ -159,12 +457,17 @@ impl Batcher {
                 // Records of a sealed batch are only released after its commit is durable;
                 // if some are missing anyway, re-uploading would overwrite a complete object
                 // with a partial one under the same key.
-                Ok(plan) if !complete => tracing::error!(
-                    stream = %self.shared.name,
-                    start = %seal.start,
-                    key = %plan.key,
-                    "pending seal with records missing from the journal; not re-uploaded"
-                ),
+                Ok(plan) if !complete => {
+                    tracing::error!(
+                        stream = %self.shared.name,
+                        start = %seal.start,
+                        key = %plan.key,
+                        "pending seal with records missing from the journal; not re-uploaded"
+                    );
+                    for rebuild in self.replayed.failed(seal.start) {
+                        self.abandon_rebuild(rebuild).await;
+                    }
+                }
                 Ok(plan) => {
                     self.shared.ctx.memory.force_reserve(batch.bytes);
                     self.dispatch(batch, plan, false).await;
@@ -172,6 +475,9 @@ impl Batcher {
                 Err(e) => {
                     // Keep the journal from releasing these records; an operator can recover them.
                     self.holding = true;
+                    for rebuild in self.replayed.failed(seal.start) {
+                        self.abandon_rebuild(rebuild).await;
+                    }
                     tracing::error!(
                         stream = %self.shared.name,
                         start = %seal.start,
@@ -201,11 +507,17 @@ impl Batcher {
                 self.seal_open().await;
             }
         }
+        self.relieve_pressure().await;
         self.publish_gauges();
     }
 
     fn seal_threshold(&self) -> u64 {
-        let hint = self.definition.destination.buffer_bytes;
+        let dest = &self.definition.destination;
+        let hint = if dest.dynamic_partitioning {
+            dest.buffer_bytes.min(partitions::INTAKE_BYTES)
+        } else {
+            dest.buffer_bytes
+        };
         let ctx = &self.shared.ctx;
         if ctx.memory.under_pressure() {
             hint.min((ctx.memory.cap() / 8).max(1))
@@ -220,7 +532,12 @@ impl Batcher {
             open.start = Some(position);
             open.oldest_ms = arrival_ms;
             let waited = Duration::from_millis(super::now_ms().saturating_sub(arrival_ms));
-            let interval = self.definition.destination.buffer_interval;
+            let dest = &self.definition.destination;
+            let interval = if dest.dynamic_partitioning {
+                dest.buffer_interval.min(partitions::INTAKE_INTERVAL)
+            } else {
+                dest.buffer_interval
+            };
             open.deadline = Some(Instant::now() + interval.saturating_sub(waited));
         }
         open.bytes += data.len() as u64;
@@ -257,12 +574,19 @@ impl Batcher {
         let unique = unique_id(self.shared.incarnation, batch.start);
         if dest.processing.is_some() || dest.dynamic_partitioning {
             let rng = &mut rand::rng();
+            let buffered = dest.dynamic_partitioning;
             return ObjectPlan {
                 bucket: dest.bucket.as_str().to_owned(),
                 key: prefix::object_name("", def.name.as_str(), def.version, at, &unique),
                 compression: dest.compression,
                 layout: Some(Layout {
-                    prefix: dest.prefix.render_pieces(at, rng),
+                    // Partition buffers draw their random strings when they are written.
+                    prefix: if buffered {
+                        dest.prefix.partition_pieces(at)
+                    } else {
+                        dest.prefix.render_pieces(at, rng)
+                    },
+                    buffered,
                     error_prefix: dest.error_output_prefix.render_pieces(at, rng),
                     at_ms: batch.oldest_ms,
                     version: def.version,
@@ -297,6 +621,17 @@ impl Batcher {
         };
         self.in_flight
             .insert(batch.start, (batch.oldest_ms, batch.bytes));
+        let buffered = plan.layout.as_ref().is_some_and(|l| l.buffered);
+        if buffered {
+            self.holds.insert(
+                batch.start,
+                Holds {
+                    pending: 1,
+                    processed: false,
+                    abandoned: false,
+                },
+            );
+        }
         let seal = if needs_seal {
             let seal = Seal {
                 start: batch.start,
@@ -313,6 +648,7 @@ impl Batcher {
             if self.ops.send(op).await.is_err() {
                 // The journal thread is gone: nothing can be sealed; keep what it holds.
                 self.in_flight.remove(&batch.start);
+                self.holds.remove(&batch.start);
                 self.holding = true;
                 return;
             }
@@ -322,15 +658,16 @@ impl Batcher {
         };
         let shared = self.shared.clone();
         let ops = self.ops.clone();
-        let delivered = self.delivered_tx.clone();
+        let events = self.events_tx.clone();
         let definition = self.definition.clone();
         self.shared.ctx.tracker.spawn(async move {
             let start = batch.start;
-            let landed = deliver(&shared, &ops, batch, plan, seal, definition).await;
-            if landed {
+            let landed = deliver(&shared, &ops, batch, plan, seal, definition, &events).await;
+            // A partitioned batch is committed by the batcher, once its partitions are written.
+            if landed && !buffered {
                 let _ = ops.send(JournalOp::Commit { start }).await;
             }
-            let _ = delivered.send(Delivered { start, landed });
+            let _ = events.send(Event::Delivered(Delivered { start, landed }));
             drop(permit);
         });
     }
@@ -358,6 +695,10 @@ impl Batcher {
         let in_flight_bytes: u64 = self.in_flight.values().map(|(_, b)| b).sum();
         self.shared
             .metrics
+            .active_partitions
+            .set(self.buffers.len() as i64);
+        self.shared
+            .metrics
             .buffered_bytes
             .set((self.open.bytes + in_flight_bytes) as i64);
         let oldest = self
@@ -382,46 +723,63 @@ async fn deliver(
     mut plan: ObjectPlan,
     seal: Option<(Seal, oneshot::Receiver<Result<(), String>>)>,
     definition: Arc<StreamDefinition>,
+    events: &mpsc::UnboundedSender<Event>,
 ) -> bool {
-    let ctx = &shared.ctx;
-    if let Some((seal, mut answer)) = seal {
-        // The first attempt was queued by the batcher, in position order; retries come from here.
-        let mut delay = ctx.upload.retry_initial;
-        loop {
-            match answer.await {
-                Ok(Ok(())) => break,
-                Ok(Err(e)) => {
-                    tracing::error!(stream = %shared.name, error = %e, "journal seal failed; retrying")
-                }
-                Err(_) => return false,
-            }
-            if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
-                return false;
-            }
-            let (reply, next) = oneshot::channel();
-            if ops
-                .send(JournalOp::Seal {
-                    seal: seal.clone(),
-                    reply,
-                })
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            answer = next;
+    if let Some((seal, answer)) = seal {
+        let resend = move |reply| JournalOp::Seal {
+            seal: seal.clone(),
+            reply,
+        };
+        if !durable(shared, ops, answer, resend).await {
+            return false;
         }
     }
-
-    if let Some(layout) = plan.layout.take() {
-        return deliver_processed(shared, batch, plan, layout, definition).await;
+    match plan.layout.take() {
+        Some(layout) if layout.buffered => {
+            deliver_partitioned(shared, batch, plan, layout, definition, events).await
+        }
+        Some(layout) => deliver_processed(shared, batch, plan, layout, definition).await,
+        None => write_records(shared, plan, batch.records, batch.bytes).await,
     }
-    let records = batch.records.len() as u64;
-    let payload_bytes = batch.bytes;
+}
+
+/// Waits until a journal entry the batcher queued (in order) is durable, queueing it again
+/// after a failed write. False when shutdown gave up first.
+async fn durable(
+    shared: &Shared,
+    ops: &mpsc::Sender<JournalOp>,
+    mut answer: oneshot::Receiver<Result<(), String>>,
+    op: impl Fn(oneshot::Sender<Result<(), String>>) -> JournalOp,
+) -> bool {
+    let ctx = &shared.ctx;
+    let mut delay = ctx.upload.retry_initial;
+    loop {
+        match answer.await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => {
+                tracing::error!(stream = %shared.name, error = %e, "journal write failed; retrying")
+            }
+            Err(_) => return false,
+        }
+        if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+            return false;
+        }
+        let (reply, next) = oneshot::channel();
+        if ops.send(op(reply)).await.is_err() {
+            return false;
+        }
+        answer = next;
+    }
+}
+
+/// Encodes records as one object and writes it (a plain batch, or a partition buffer).
+async fn write_records(shared: &Shared, plan: ObjectPlan, records: Vec<Bytes>, bytes: u64) -> bool {
+    let ctx = &shared.ctx;
+    let count = records.len() as u64;
     let level = ctx.upload.gzip_level;
     let compression = plan.compression;
     let encoded = in_slot(shared, &ctx.encode_slots, move || {
-        encode::encode(compression, level, batch.records)
+        encode::encode(compression, level, records)
     });
     let Some(body) = encoded.await else {
         return false;
@@ -429,8 +787,8 @@ async fn deliver(
     let object = Output {
         plan,
         body,
-        records,
-        payload_bytes,
+        records: count,
+        payload_bytes: bytes,
         error_output: None,
     };
     write_object(shared, object).await
@@ -516,12 +874,7 @@ async fn deliver_processed(
     let Some(objects) = prepared.await else {
         return false;
     };
-    let landed: Vec<bool> = futures::stream::iter(objects)
-        .map(|object| write_object(shared, object))
-        .buffer_unordered(ctx.upload.concurrency)
-        .collect()
-        .await;
-    landed.into_iter().all(|l| l)
+    write_all(shared, objects).await
 }
 
 /// The component a batch was sealed with: the stream's current one if it is the same, else
@@ -554,6 +907,8 @@ fn sealed_transform(
 /// Error objects get ids of their own, so one never shares a key with a data object even if
 /// a partition value renders the data prefix equal to an error prefix.
 const ERROR_OBJECT_BASE: u64 = 1 << 32;
+/// Partition buffers' objects: named after their first contributing batch, tagged apart.
+const PARTITION_OBJECT_BASE: u64 = 2 << 32;
 
 fn prepare(
     shared: &Shared,
@@ -562,6 +917,103 @@ fn prepare(
     layout: &Layout,
     definition: &StreamDefinition,
 ) -> std::io::Result<Vec<Output>> {
+    let start = batch.start;
+    let processed = process_batch(shared, batch, layout, definition);
+    let level = shared.ctx.upload.gzip_level;
+    let mut objects = Vec::new();
+    for p in processed.partitions {
+        // Partitions differ by prefix, so they share the batch's id: a partition's name does
+        // not depend on which other partitions the batch happened to have.
+        let prefix = p
+            .prefix
+            .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""));
+        objects.push(Output {
+            plan: ObjectPlan {
+                bucket: plan.bucket.clone(),
+                key: object_key(shared, plan, layout, start, &prefix, 0),
+                compression: plan.compression,
+                layout: None,
+            },
+            records: p.records.len() as u64,
+            payload_bytes: p.bytes,
+            body: encode::encode(plan.compression, level, p.records)?,
+            error_output: None,
+        });
+    }
+    objects.extend(error_objects(
+        shared,
+        start,
+        plan,
+        layout,
+        processed.errors,
+    )?);
+    Ok(objects)
+}
+
+/// Processes a partitioned batch and writes its error objects; its records go back to the
+/// batcher by partition, for the partition buffers.
+async fn deliver_partitioned(
+    shared: &Arc<Shared>,
+    batch: Batch,
+    plan: ObjectPlan,
+    layout: Layout,
+    definition: Arc<StreamDefinition>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> bool {
+    let ctx = &shared.ctx;
+    let job_shared = shared.clone();
+    let (start, oldest_ms) = (batch.start, layout.at_ms);
+    let prepared = in_slot(shared, &ctx.process_slots, move || {
+        let start = batch.start;
+        let processed = process_batch(&job_shared, batch, &layout, &definition);
+        let parts: Vec<Part> = processed
+            .partitions
+            .into_iter()
+            .map(|p| Part {
+                key: PartKey {
+                    version: layout.version,
+                    bucket: plan.bucket.clone(),
+                    compression: plan.compression,
+                    prefix: p
+                        .prefix
+                        .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], "")),
+                },
+                records: p.records,
+                bytes: p.bytes,
+            })
+            .collect();
+        let errors = error_objects(&job_shared, start, &plan, &layout, processed.errors)?;
+        Ok((parts, errors))
+    });
+    let Some((parts, errors)) = prepared.await else {
+        return false;
+    };
+    let _ = events.send(Event::Processed {
+        start,
+        oldest_ms,
+        parts,
+    });
+    write_all(shared, errors).await
+}
+
+/// Writes objects side by side; true when all landed.
+async fn write_all(shared: &Shared, objects: Vec<Output>) -> bool {
+    let landed: Vec<bool> = futures::stream::iter(objects)
+        .map(|object| write_object(shared, object))
+        .buffer_unordered(shared.ctx.upload.concurrency)
+        .collect()
+        .await;
+    landed.into_iter().all(|l| l)
+}
+
+/// Runs the processing a batch was sealed with (the stream's current settings for seals
+/// written before they were recorded).
+fn process_batch(
+    shared: &Shared,
+    batch: Batch,
+    layout: &Layout,
+    definition: &StreamDefinition,
+) -> process::Processed {
     let dest = &definition.destination;
     let records: Vec<process::Record> = batch
         .records
@@ -574,8 +1026,6 @@ fn prepare(
             data,
         })
         .collect();
-    // The settings the batch was sealed with (the stream's current ones for seals written
-    // before they were recorded).
     let (processing, partitioned, transform) = match &layout.settings {
         None => (
             dest.processing.as_ref(),
@@ -595,44 +1045,32 @@ fn prepare(
         max_partitions: shared.ctx.max_active_partitions,
         metrics: &shared.metrics,
     };
-    let processed = process::run(&job, &records);
-    let at: DateTime<Utc> =
-        DateTime::from_timestamp_millis(layout.at_ms as i64).unwrap_or_default();
-    let name = |prefix: &str, index: u64| {
-        let unique = unique_id(shared.incarnation.wrapping_add(index), batch.start);
-        format!(
-            "{}{}",
-            prefix::object_name(prefix, shared.name.as_str(), layout.version, at, &unique),
-            plan.compression.suffix()
-        )
-    };
+    process::run(&job, &records)
+}
+
+/// One object per error output type, named after the batch.
+fn error_objects(
+    shared: &Shared,
+    start: Position,
+    plan: &ObjectPlan,
+    layout: &Layout,
+    errors: Vec<(ErrorOutput, Vec<Bytes>)>,
+) -> std::io::Result<Vec<Output>> {
     let level = shared.ctx.upload.gzip_level;
     let mut objects = Vec::new();
-    for p in processed.partitions {
-        // Partitions differ by prefix, so they share the batch's id: a partition's name does
-        // not depend on which other partitions the batch happened to have.
-        let prefix = p
-            .prefix
-            .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""));
-        objects.push(Output {
-            plan: ObjectPlan {
-                bucket: plan.bucket.clone(),
-                key: name(&prefix, 0),
-                compression: plan.compression,
-                layout: None,
-            },
-            records: p.records.len() as u64,
-            payload_bytes: p.bytes,
-            body: encode::encode(plan.compression, level, p.records)?,
-            error_output: None,
-        });
-    }
-    for (t, lines) in processed.errors {
+    for (t, lines) in errors {
         let prefix = prefix::fill(&layout.error_prefix, &[], &[], t.as_str());
         objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
-                key: name(&prefix, ERROR_OBJECT_BASE + t as u64),
+                key: object_key(
+                    shared,
+                    plan,
+                    layout,
+                    start,
+                    &prefix,
+                    ERROR_OBJECT_BASE + t as u64,
+                ),
                 compression: plan.compression,
                 layout: None,
             },
@@ -643,6 +1081,26 @@ fn prepare(
         });
     }
     Ok(objects)
+}
+
+/// The key of one object of a processed batch: its prefix, then Firehose's name with an id
+/// from the batch's position and `index` (which object of the batch).
+fn object_key(
+    shared: &Shared,
+    plan: &ObjectPlan,
+    layout: &Layout,
+    start: Position,
+    prefix: &str,
+    index: u64,
+) -> String {
+    let at: DateTime<Utc> =
+        DateTime::from_timestamp_millis(layout.at_ms as i64).unwrap_or_default();
+    let unique = unique_id(shared.incarnation.wrapping_add(index), start);
+    format!(
+        "{}{}",
+        prefix::object_name(prefix, shared.name.as_str(), layout.version, at, &unique),
+        plan.compression.suffix()
+    )
 }
 
 /// UUID-shaped and derived from the journal position, so a replayed batch gets the same name.

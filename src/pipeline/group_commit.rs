@@ -31,6 +31,11 @@ pub enum JournalOp {
         seal: Seal,
         reply: oneshot::Sender<Result<(), String>>,
     },
+    /// Make a partition object's name and sources durable before it is uploaded.
+    Flush {
+        meta: Vec<u8>,
+        reply: oneshot::Sender<Result<(), String>>,
+    },
     /// The object for the seal starting here landed. Not synced on its own: if it is lost, a
     /// replay rewrites the same key, which overwrites rather than duplicates.
     Commit { start: Position },
@@ -117,6 +122,12 @@ pub fn run(
                     }
                 }
                 JournalOp::Seal { seal, reply } => match journal.append_seal(&seal) {
+                    Ok(()) => seals.push(reply),
+                    Err(e) => {
+                        let _ = reply.send(Err(e.to_string()));
+                    }
+                },
+                JournalOp::Flush { meta, reply } => match journal.append_flush(&meta) {
                     Ok(()) => seals.push(reply),
                     Err(e) => {
                         let _ = reply.send(Err(e.to_string()));

@@ -8,6 +8,7 @@
 mod batcher;
 pub mod budget;
 mod group_commit;
+mod partitions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -286,9 +286,6 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
         p.bytes += data.len() as u64;
         p.records.push(data);
     }
-    if job.partition_by.is_some() {
-        metrics.active_partitions.set(out.partitions.len() as i64);
-    }
 
     let ok: usize = out.partitions.iter().map(|p| p.records.len()).sum();
     metrics.processed_ok.inc_by(ok as u64);

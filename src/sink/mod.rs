@@ -47,6 +47,11 @@ pub struct Layout {
     pub at_ms: u64,
     /// The stream version in the object names.
     pub version: u64,
+    /// Dynamic partitioning with partition buffers: the batch's records join buffers that
+    /// outlive it (`prefix` then keeps random strings as holes). Seals written before
+    /// partition buffers existed lack it and are replayed one object per partition.
+    #[serde(default)]
+    pub buffered: bool,
     /// The processing settings in force when the batch was sealed: a replay after a crash
     /// processes the batch exactly as the first attempt did, whatever changed since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
