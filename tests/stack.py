@@ -495,10 +495,15 @@ def run(config, prom_config_path, work, start):
           "premium players were dropped")
     check(prom.value(f'spillway_error_records_total{{stream="{players}",type="processing-failed"}}') == 1,
           "the bad record went to the error output")
-    check((prom.value(f"spillway_active_partitions{psel}") or 0) >= 1, "players were partitioned")
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
-            for o in page.get("Contents", [])]
-    check(any(k.startswith("players/location=") for k in keys), "players landed under their location")
+    # Partition buffers hold the players' records until the 10 s interval; one scrape saw them.
+    check((prom.value(f"max_over_time(spillway_active_partitions{psel}[10m])") or 0) >= 1,
+          "players were partitioned")
+
+    def players_landed():
+        keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+                for o in page.get("Contents", [])]
+        return keys if any(k.startswith("players/location=") for k in keys) else None
+    keys = wait_until("players under their location", players_landed)
     errors = [k for k in keys if k.startswith("errors/players/processing-failed/")]
     check(len(errors) == 1, "one error object for the players stream")
     envelope = json.loads(s3.get_object(Bucket=bucket, Key=errors[0])["Body"].read().splitlines()[0])
