@@ -692,26 +692,36 @@ async fn bad_processing_configurations_are_refused_with_the_reason() {
     }
 }
 
+/// Config for a stream (and bucket) `name`, partitioned by the jq query `{c: .c}` under
+/// `prefix`, with 1 MiB / `interval` s buffers.
+fn partitioned_by_c(store: &str, name: &str, prefix: &str, interval: u32) -> String {
+    format!(
+        r#"{store}
+[[stream]]
+name = "{name}"
+bucket_arn = "arn:aws:s3:::{name}"
+prefix = "{prefix}"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = {interval} }}
+[stream.processing_configuration]
+processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{c: .c}}' }} }}]
+[stream.dynamic_partitioning_configuration]
+enabled = true
+"#
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replayed_partitioned_batch_rewrites_the_same_objects() {
     let s3 = S3Server::start();
     s3.create_bucket("replay");
     let proxy = HoldingProxy::start(s3.port);
-    // A random string in the prefix: the replay must reuse the one rendered at seal time.
-    let config = format!(
-        r#"{}
-[[stream]]
-name = "replay"
-bucket_arn = "arn:aws:s3:::replay"
-prefix = "c=!{{partitionKeyFromQuery:c}}/!{{firehose:random-string}}/"
-error_output_prefix = "errors/!{{firehose:error-output-type}}/"
-buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
-[stream.processing_configuration]
-processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{c: .c}}' }} }}]
-[stream.dynamic_partitioning_configuration]
-enabled = true
-"#,
-        proxy.config()
+    // A random string in the prefix: the replay must reuse the one drawn the first time.
+    let config = partitioned_by_c(
+        &proxy.config(),
+        "replay",
+        "c=!{partitionKeyFromQuery:c}/!{firehose:random-string}/",
+        1,
     );
     let mut d = Daemon::start(&config);
     let fh = d.firehose_with_retries(1);
@@ -756,21 +766,7 @@ enabled = true
     let keys =
         |objs: &[(String, bytes::Bytes)]| objs.iter().map(|o| o.0.clone()).collect::<Vec<_>>();
     assert_eq!(keys(&after), keys(&landed));
-    let mut ns: Vec<u64> = after
-        .iter()
-        .filter(|(k, _)| k.starts_with("c="))
-        .flat_map(|(_, b)| {
-            b.split(|c| *c == b'\n')
-                .filter(|l| !l.is_empty())
-                .map(|l| {
-                    serde_json::from_slice::<Value>(l).unwrap()["n"]
-                        .as_u64()
-                        .unwrap()
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
-    ns.sort();
+    let ns: Vec<u64> = numbers(&after, "c=").into_iter().map(|x| x.0).collect();
     assert_eq!(ns, (0..30).collect::<Vec<_>>(), "every record exactly once");
 }
 
@@ -806,20 +802,11 @@ async fn partition_buffers_fill_across_batches_and_survive_a_crash() {
     s3.create_bucket("parts");
     let proxy = HoldingProxy::start(s3.port);
     // Each partition fills its own 1 MiB buffer across batches; the interval never fires.
-    let config = format!(
-        r#"{}
-[[stream]]
-name = "parts"
-bucket_arn = "arn:aws:s3:::parts"
-prefix = "c=!{{partitionKeyFromQuery:c}}/"
-error_output_prefix = "errors/!{{firehose:error-output-type}}/"
-buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 900 }}
-[stream.processing_configuration]
-processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{c: .c}}' }} }}]
-[stream.dynamic_partitioning_configuration]
-enabled = true
-"#,
-        proxy.config()
+    let config = partitioned_by_c(
+        &proxy.config(),
+        "parts",
+        "c=!{partitionKeyFromQuery:c}/",
+        900,
     );
     let mut d = Daemon::start(&config);
     let fh = d.firehose_with_retries(1);

@@ -128,6 +128,11 @@ struct Args {
     #[arg(long, value_name = "FILE", requires = "create_stream")]
     transform: Option<String>,
 
+    /// Dynamic partitioning for the stream created by --create-stream: a jq query takes each
+    /// record's `location` as the partition key, under `location=<key>/`
+    #[arg(long, requires = "create_stream")]
+    partition_by_location: bool,
+
     /// Number of concurrent connections, one closed-loop worker each
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -491,13 +496,30 @@ fn create_stream_body(args: &Args) -> Bytes {
             },
         },
     });
+    let dest = &mut body["ExtendedS3DestinationConfiguration"];
+    let mut processors = Vec::new();
     if let Some(component) = &args.transform {
-        body["ExtendedS3DestinationConfiguration"]["ProcessingConfiguration"] = serde_json::json!({
+        processors.push(serde_json::json!({
+            "Type": "Lambda",
+            "Parameters": [{ "ParameterName": "LambdaArn", "ParameterValue": component }],
+        }));
+    }
+    if args.partition_by_location {
+        processors.push(serde_json::json!({
+            "Type": "MetadataExtraction",
+            "Parameters": [
+                { "ParameterName": "MetadataExtractionQuery", "ParameterValue": "{location: .location}" },
+                { "ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6" },
+            ],
+        }));
+        dest["Prefix"] = "location=!{partitionKeyFromQuery:location}/".into();
+        dest["ErrorOutputPrefix"] = "errors/!{firehose:error-output-type}/".into();
+        dest["DynamicPartitioningConfiguration"] = serde_json::json!({ "Enabled": true });
+    }
+    if !processors.is_empty() {
+        dest["ProcessingConfiguration"] = serde_json::json!({
             "Enabled": true,
-            "Processors": [{
-                "Type": "Lambda",
-                "Parameters": [{ "ParameterName": "LambdaArn", "ParameterValue": component }],
-            }],
+            "Processors": processors,
         });
     }
     Bytes::from(body.to_string())
