@@ -910,6 +910,44 @@ async fn partition_buffers_fill_across_batches_and_survive_a_crash() {
     assert!(!d.log().contains("replaying journal"), "{}", d.log());
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partition_buffers_give_way_near_the_memory_cap() {
+    let s3 = S3Server::start();
+    s3.create_bucket("tight");
+    // A 4 MiB memory cap and buffers that would otherwise wait 900 s for 1 MiB each.
+    let store = format!("{}\n[buffer]\nmax_memory_mib = 4\n", s3.config());
+    let config = partitioned_by_c(&store, "tight", "c=!{partitionKeyFromQuery:c}/", 900);
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose();
+    // Six partitions of 400 KB: 2.4 MB held in buffers, past half the cap.
+    let records: Vec<Vec<u8>> = (0..6)
+        .flat_map(|p| big(&format!("P{p}"), p * 4, 4))
+        .collect();
+    put(&fh, "tight", &records).await;
+    let reserved = |d: &Daemon| d.metric("spillway_memory_reserved_bytes");
+    // The oldest buffers are written until the rest hold at most a quarter of the cap.
+    wait_for(Duration::from_secs(30), || async {
+        (d.metric("spillway_objects_written_total{stream=\"tight\"}") >= 1.0
+            && reserved(&d) <= (1 << 20) as f64)
+            .then_some(())
+    })
+    .await
+    .unwrap_or_else(|| {
+        panic!(
+            "buffers were not written under pressure; {} bytes reserved",
+            reserved(&d)
+        )
+    });
+    assert!(d.metric("spillway_active_partitions{stream=\"tight\"}") < 6.0);
+    // SIGTERM writes the rest: every record once.
+    assert!(d.terminate().success());
+    let ns: Vec<u64> = numbers(&objects(&s3.client("tight")).await, "c=")
+        .into_iter()
+        .map(|x| x.0)
+        .collect();
+    assert_eq!(ns, (0..24).collect::<Vec<_>>());
+}
+
 #[test]
 fn check_config_shows_the_transform_and_whether_its_file_is_here() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -59,6 +59,8 @@ enum Event {
     /// A partition object landed, or shutdown abandoned it.
     Flushed {
         contributors: Vec<Position>,
+        /// The object's records, reserved in the memory budget until now.
+        bytes: u64,
         landed: bool,
     },
 }
@@ -213,8 +215,10 @@ impl Batcher {
             } => self.processed(start, oldest_ms, parts).await,
             Event::Flushed {
                 contributors,
+                bytes,
                 landed,
             } => {
+                self.shared.ctx.memory.release(bytes);
                 for c in contributors {
                     self.release_hold(c, landed).await;
                 }
@@ -260,11 +264,17 @@ impl Batcher {
         if let Some(h) = self.holds.get_mut(&start) {
             h.processed = true;
         }
+        // The memory budget now holds what the batch became, not what it was: records the
+        // transform dropped or failed are released, kept ones stay reserved until written.
+        if let Some((_, bytes)) = self.in_flight.get_mut(&start) {
+            self.shared.ctx.memory.release(std::mem::take(bytes));
+        }
         for part in parts {
             let key = part.key.clone();
             match self.replayed.claim(start, &key) {
                 Some(Claim::Landed) => continue,
                 Some(Claim::Rebuild(index)) => {
+                    self.shared.ctx.memory.force_reserve(part.bytes);
                     self.replayed.fill(index, start, part.records, part.bytes);
                     self.hold(start);
                     continue;
@@ -281,6 +291,7 @@ impl Batcher {
                 self.flush(&oldest).await;
             }
             self.hold(start);
+            self.shared.ctx.memory.force_reserve(part.bytes);
             let size = self.buffers.add(part, start, oldest_ms, deadline);
             if size >= hint || key.version < version {
                 self.flush(&key).await;
@@ -293,13 +304,18 @@ impl Batcher {
         self.publish_gauges();
     }
 
-    /// Near the memory cap, partition buffers are written at once: their batches' memory is
-    /// only released when they commit.
+    /// Near the memory cap, partition buffers may hold a quarter of it at most: past that, the
+    /// oldest are written early.
     async fn relieve_pressure(&mut self) {
-        if self.buffers.len() > 0 && self.shared.ctx.memory.under_pressure() {
-            for key in self.buffers.keys() {
-                self.flush(&key).await;
-            }
+        let memory = &self.shared.ctx.memory;
+        if !memory.under_pressure() {
+            return;
+        }
+        let share = memory.cap() / 4;
+        while self.buffers.bytes() > share
+            && let Some(oldest) = self.buffers.oldest()
+        {
+            self.flush(&oldest).await;
         }
     }
 
@@ -358,7 +374,7 @@ impl Batcher {
         if self.ops.send(op).await.is_err() {
             // The journal thread is gone: the records stay in the journal.
             self.holding = true;
-            self.send_flushed(buffer.contributors, false);
+            self.send_flushed(buffer.contributors, buffer.bytes, false);
             return;
         }
         let shared = self.shared.clone();
@@ -373,6 +389,7 @@ impl Batcher {
                 && write_records(&shared, meta.plan, buffer.records, buffer.bytes).await;
             let _ = events.send(Event::Flushed {
                 contributors: buffer.contributors,
+                bytes: buffer.bytes,
                 landed,
             });
             drop(permit);
@@ -394,6 +411,7 @@ impl Batcher {
             let landed = write_records(&shared, meta.plan, records, bytes).await;
             let _ = events.send(Event::Flushed {
                 contributors: holders,
+                bytes,
                 landed,
             });
             drop(permit);
@@ -405,14 +423,16 @@ impl Batcher {
     async fn abandon_rebuild(&mut self, rebuild: Rebuild) {
         tracing::warn!(stream = %self.shared.name, key = %rebuild.meta.plan.key, "partition object left for the next start: not all of its records were replayed");
         self.holding = true;
+        self.shared.ctx.memory.release(rebuild.bytes());
         for c in rebuild.holders() {
             self.release_hold(c, false).await;
         }
     }
 
-    fn send_flushed(&self, contributors: Vec<Position>, landed: bool) {
+    fn send_flushed(&self, contributors: Vec<Position>, bytes: u64, landed: bool) {
         let _ = self.events_tx.send(Event::Flushed {
             contributors,
+            bytes,
             landed,
         });
     }
@@ -692,7 +712,8 @@ impl Batcher {
     }
 
     fn publish_gauges(&self) {
-        let in_flight_bytes: u64 = self.in_flight.values().map(|(_, b)| b).sum();
+        let in_flight_bytes: u64 =
+            self.in_flight.values().map(|(_, b)| b).sum::<u64>() + self.buffers.bytes();
         self.shared
             .metrics
             .active_partitions

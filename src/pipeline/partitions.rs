@@ -66,11 +66,17 @@ pub struct Buffer {
 #[derive(Default)]
 pub struct Buffers {
     open: HashMap<PartKey, Buffer>,
+    /// Across all open buffers.
+    bytes: u64,
 }
 
 impl Buffers {
     pub fn len(&self) -> usize {
         self.open.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     pub fn contains(&self, key: &PartKey) -> bool {
@@ -89,6 +95,7 @@ impl Buffers {
         });
         buffer.records.extend(part.records);
         buffer.bytes += part.bytes;
+        self.bytes += part.bytes;
         buffer.oldest_ms = buffer.oldest_ms.min(oldest_ms);
         buffer.deadline = buffer.deadline.min(deadline);
         buffer.contributors.push(from);
@@ -96,7 +103,9 @@ impl Buffers {
     }
 
     pub fn take(&mut self, key: &PartKey) -> Option<Buffer> {
-        self.open.remove(key)
+        let buffer = self.open.remove(key)?;
+        self.bytes -= buffer.bytes;
+        Some(buffer)
     }
 
     pub fn next_deadline(&self) -> Option<Instant> {
@@ -191,6 +200,11 @@ impl Rebuild {
             }
         }
         (self.meta, records, bytes, gave)
+    }
+
+    /// The records this rebuild holds so far.
+    pub fn bytes(&self) -> u64 {
+        self.parts.iter().flatten().map(|(_, b)| b).sum()
     }
 
     /// Contributors whose records this rebuild holds.
@@ -429,13 +443,14 @@ mod tests {
             ),
             3
         );
-        assert_eq!(b.len(), 2);
+        assert_eq!((b.len(), b.bytes()), (2, 4));
         assert_eq!(b.oldest(), Some(key("P/")));
         assert_eq!(b.next_deadline(), Some(now + Duration::from_secs(5)));
         assert_eq!(b.due(now + Duration::from_secs(6)), [key("Q/")]);
         let p = b.take(&key("P/")).unwrap();
         assert_eq!(p.records, records(&["a", "c", "d"]));
         assert_eq!(p.contributors, [Position(1), Position(2)]);
+        assert_eq!(b.bytes(), 1);
         assert_eq!(
             (p.oldest_ms, p.deadline),
             (400, now + Duration::from_secs(7))
