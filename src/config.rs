@@ -229,6 +229,116 @@ struct RawStream {
     buffering_hints: Option<RawBufferingHints>,
     processing_configuration: Option<RawProcessing>,
     dynamic_partitioning_configuration: Option<RawDynamicPartitioning>,
+    data_format_conversion_configuration: Option<RawConversion>,
+}
+
+/// `DataFormatConversionConfiguration`, flattened: the deserializer by name, its options,
+/// `[...parquet]` for `ParquetSerDe`, and the columns.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConversion {
+    enabled: Option<bool>,
+    /// `OpenXJsonSerDe` (default) or `HiveJsonSerDe`.
+    deserializer: Option<String>,
+    case_insensitive: Option<bool>,
+    convert_dots_in_json_keys_to_underscores: Option<bool>,
+    column_to_json_key_mappings: Option<std::collections::BTreeMap<String, String>>,
+    timestamp_formats: Option<Vec<String>>,
+    parquet: Option<RawParquet>,
+    #[serde(default)]
+    columns: Vec<RawColumn>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawParquet {
+    compression: Option<String>,
+    block_size_bytes: Option<i64>,
+    page_size_bytes: Option<i64>,
+    enable_dictionary_compression: Option<bool>,
+    max_padding_bytes: Option<i64>,
+    writer_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawColumn {
+    name: String,
+    #[serde(rename = "type")]
+    kind: String,
+}
+
+fn conversion_from_toml(
+    c: RawConversion,
+) -> Result<crate::catalog::conversion::DataFormatConversionConfiguration, String> {
+    use crate::catalog::conversion as cv;
+    let deserializer = match c.deserializer.as_deref().unwrap_or("OpenXJsonSerDe") {
+        "OpenXJsonSerDe" => {
+            if c.timestamp_formats.is_some() {
+                return Err("timestamp_formats belongs to HiveJsonSerDe".into());
+            }
+            cv::DeserializerConfig {
+                openx: Some(cv::OpenXJsonSerDe {
+                    convert_dots_in_json_keys_to_underscores: c
+                        .convert_dots_in_json_keys_to_underscores,
+                    case_insensitive: c.case_insensitive,
+                    column_to_json_key_mappings: c.column_to_json_key_mappings,
+                }),
+                hive: None,
+            }
+        }
+        "HiveJsonSerDe" => {
+            if c.case_insensitive.is_some()
+                || c.convert_dots_in_json_keys_to_underscores.is_some()
+                || c.column_to_json_key_mappings.is_some()
+            {
+                return Err("case_insensitive, convert_dots_in_json_keys_to_underscores and column_to_json_key_mappings belong to OpenXJsonSerDe".into());
+            }
+            cv::DeserializerConfig {
+                openx: None,
+                hive: Some(cv::HiveJsonSerDe {
+                    timestamp_formats: c.timestamp_formats.unwrap_or_default(),
+                }),
+            }
+        }
+        other => {
+            return Err(format!(
+                "deserializer must be OpenXJsonSerDe or HiveJsonSerDe, got {other:?}"
+            ));
+        }
+    };
+    let p = c.parquet.unwrap_or_default();
+    Ok(cv::DataFormatConversionConfiguration {
+        enabled: c.enabled,
+        schema_configuration: Some(cv::SchemaConfiguration {
+            columns: c
+                .columns
+                .into_iter()
+                .map(|col| cv::Column {
+                    name: col.name,
+                    kind: col.kind,
+                    comment: None,
+                })
+                .collect(),
+            ..Default::default()
+        }),
+        input_format_configuration: Some(cv::InputFormatConfiguration {
+            deserializer: Some(deserializer),
+        }),
+        output_format_configuration: Some(cv::OutputFormatConfiguration {
+            serializer: Some(cv::SerializerConfig {
+                parquet: Some(cv::ParquetSerDe {
+                    block_size_bytes: p.block_size_bytes,
+                    page_size_bytes: p.page_size_bytes,
+                    compression: p.compression,
+                    enable_dictionary_compression: p.enable_dictionary_compression,
+                    max_padding_bytes: p.max_padding_bytes,
+                    writer_version: p.writer_version,
+                }),
+                orc: None,
+            }),
+        }),
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -525,6 +635,19 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                     }),
                 }
             }),
+            data_format_conversion_configuration: match s
+                .data_format_conversion_configuration
+                .map(conversion_from_toml)
+            {
+                None => None,
+                Some(Ok(c)) => Some(c),
+                Some(Err(m)) => {
+                    problems.push(format!(
+                        "{at}.data_format_conversion_configuration (stream {name}): {m}"
+                    ));
+                    continue;
+                }
+            },
             other: Default::default(),
         };
         match definition::validate(&dest) {

@@ -134,6 +134,9 @@ pub struct S3Destination {
     pub processing_configuration: Option<ProcessingConfiguration>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_partitioning_configuration: Option<DynamicPartitioningConfiguration>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_format_conversion_configuration:
+        Option<super::conversion::DataFormatConversionConfiguration>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
@@ -214,6 +217,9 @@ impl S3Destination {
         if update.dynamic_partitioning_configuration.is_some() {
             self.dynamic_partitioning_configuration = update.dynamic_partitioning_configuration;
         }
+        if update.data_format_conversion_configuration.is_some() {
+            self.data_format_conversion_configuration = update.data_format_conversion_configuration;
+        }
         self.other.extend(update.other);
     }
 }
@@ -230,6 +236,7 @@ pub enum Field {
     CompressionFormat,
     Processing,
     DynamicPartitioning,
+    DataFormatConversion,
     Other(&'static str),
     /// A setting spillway does not know; the message names it.
     Unknown,
@@ -246,6 +253,7 @@ impl Field {
             Field::CompressionFormat => "CompressionFormat",
             Field::Processing => "ProcessingConfiguration",
             Field::DynamicPartitioning => "DynamicPartitioningConfiguration",
+            Field::DataFormatConversion => "DataFormatConversionConfiguration",
             Field::Other(name) => name,
             Field::Unknown => "ExtendedS3DestinationConfiguration",
         }
@@ -261,6 +269,7 @@ impl Field {
             Field::CompressionFormat => "compression_format",
             Field::Processing => "processing_configuration",
             Field::DynamicPartitioning => "dynamic_partitioning_configuration",
+            Field::DataFormatConversion => "data_format_conversion_configuration",
             Field::Other(name) => name,
             Field::Unknown => "stream",
         }
@@ -289,6 +298,8 @@ pub struct Destination {
     pub processing: Option<Processing>,
     /// `DynamicPartitioningConfiguration.Enabled`: the prefixes may use partition keys.
     pub dynamic_partitioning: bool,
+    /// `DataFormatConversionConfiguration`, when enabled: objects are Parquet.
+    pub conversion: Option<super::conversion::Conversion>,
     /// The settings as given, with spillway's defaults filled in: what Describe echoes.
     pub raw: S3Destination,
 }
@@ -345,7 +356,6 @@ pub struct StreamDefinition {
 /// Settings from Firehose's `ExtendedS3DestinationConfiguration` that spillway does not
 /// implement yet. They are accepted only when they turn the feature off.
 const UNSUPPORTED: &[&str] = &[
-    "DataFormatConversionConfiguration",
     "S3BackupMode",
     "S3BackupConfiguration",
     "S3BackupUpdate",
@@ -466,6 +476,25 @@ pub fn validate(raw: &S3Destination) -> Result<Destination, Vec<FieldError>> {
         }
         _ => None,
     };
+    let conversion = match &raw.data_format_conversion_configuration {
+        Some(c) if c.enabled != Some(false) => match super::conversion::validate(c) {
+            Ok(c) => {
+                // As in Firehose: the Parquet file compresses itself.
+                if compression.is_some_and(|c| c != Compression::Uncompressed) {
+                    err(
+                        Field::CompressionFormat,
+                        "must be UNCOMPRESSED when DataFormatConversionConfiguration is enabled (set ParquetSerDe.Compression instead)".into(),
+                    );
+                }
+                Some(c)
+            }
+            Err(m) => {
+                err(Field::DataFormatConversion, m);
+                None
+            }
+        },
+        _ => None,
+    };
     if let Some(prefix) = &prefix {
         check_partitioning(
             prefix,
@@ -515,6 +544,7 @@ pub fn validate(raw: &S3Destination) -> Result<Destination, Vec<FieldError>> {
         compression,
         processing,
         dynamic_partitioning,
+        conversion,
         raw: normalized,
     })
 }

@@ -4,6 +4,7 @@
 //! The catalog owns each stream's running pipeline. It speaks in domain errors
 //! ([`CatalogError`]); turning those into HTTP answers is the api's job alone.
 
+pub mod conversion;
 pub mod definition;
 pub mod prefix;
 

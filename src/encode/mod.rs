@@ -3,6 +3,7 @@
 //! CPU-heavy: callers run it off the async workers.
 
 pub mod hive_type;
+pub mod parquet;
 
 use std::io::Write;
 

@@ -1,0 +1,686 @@
+//! Record format conversion: JSON records to Parquet, as Firehose's OpenX / Hive JSON SerDe and
+//! ParquetSerDe do.
+//!
+//! Two steps, so one bad record never fails an object:
+//! 1. [`Converter::normalize`], per record while the batch is processed: the record is read
+//!    against the stream's columns (keys matched without case, dots as underscores, timestamps
+//!    from ISO-8601 text or epoch seconds / milliseconds, decimals rounded to their scale) and
+//!    rewritten as JSON that fits them exactly; a record that does not fit is refused with the
+//!    reason, for the `format-conversion-failed` error output.
+//! 2. [`encode`], per object: the normalized records are decoded into Arrow a row group at a
+//!    time and written as Parquet. Without declared columns, the object's schema is inferred
+//!    from its records first. Neither can fail on a normalized record.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow_json::ReaderBuilder;
+use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
+use bytes::Bytes;
+use chrono::{DateTime, NaiveDate, NaiveDateTime};
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression as Codec, GzipLevel, ZstdLevel};
+use parquet::file::properties::{WriterProperties, WriterVersion};
+use serde_json::{Map, Value};
+
+use super::Body;
+use super::hive_type;
+use crate::catalog::conversion::{Conversion, JsonInput, ParquetCompression};
+
+/// Input JSON per row group, at most: memory stays bounded by this, not by the object size
+/// (`BlockSizeBytes` is larger than any buffer; it is the bound only when smaller).
+pub const ROW_GROUP_INPUT_BYTES: u64 = 16 << 20;
+/// Epoch numbers at or above this are milliseconds (year 5138 in seconds), below it seconds.
+const MILLIS_FROM: f64 = 1e11;
+/// Nesting deeper than this is refused before it reaches the recursive conversion.
+const MAX_DEPTH: usize = 64;
+
+/// Reads records against one stream's conversion settings.
+pub struct Converter {
+    input: JsonInput,
+    /// Declared columns; `None` when each object's schema is inferred.
+    schema: Option<SchemaRef>,
+}
+
+impl Converter {
+    /// The column types were checked when the stream was defined; one that no longer parses
+    /// (it cannot happen) leaves the schema to inference.
+    pub fn new(conversion: &Conversion) -> Converter {
+        let schema = conversion.columns.as_ref().and_then(|cols| {
+            let fields: Result<Vec<Field>, _> = cols
+                .iter()
+                .map(|(name, ty)| hive_type::parse(ty).map(|t| Field::new(name, t, true)))
+                .collect();
+            fields.ok().map(|f| Arc::new(Schema::new(f)))
+        });
+        Converter {
+            input: conversion.input.clone(),
+            schema,
+        }
+    }
+
+    /// The record as JSON that fits the columns (one line, no newline), or why it does not.
+    pub fn normalize(&self, data: &[u8]) -> Result<Bytes, String> {
+        let value: Value = serde_json::from_slice(trim_line(data))
+            .map_err(|e| format!("not valid JSON: {e}"))?;
+        if depth_exceeds(&value, MAX_DEPTH) {
+            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+        }
+        let Value::Object(map) = value else {
+            return Err("not a JSON object".into());
+        };
+        let out = match &self.schema {
+            Some(schema) => Value::Object(self.row(&map, schema.fields(), "")?),
+            // Inferred later, per object: only the key rules apply now.
+            None => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| (self.key(&k), v))
+                    .collect(),
+            ),
+        };
+        // Serializing a JSON value cannot fail.
+        Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
+    }
+
+    /// A JSON key as it is compared with column names.
+    fn key(&self, key: &str) -> String {
+        let key = if self.input.dots_to_underscores {
+            key.replace('.', "_")
+        } else {
+            key.to_owned()
+        };
+        if self.input.case_insensitive {
+            key.to_lowercase()
+        } else {
+            key
+        }
+    }
+
+    /// One object against struct fields (the top-level columns when `path` is empty).
+    fn row(&self, map: &Map<String, Value>, fields: &Fields, path: &str) -> Result<Map<String, Value>, String> {
+        let mut by_key: HashMap<String, &Value> = HashMap::with_capacity(map.len());
+        for (k, v) in map {
+            by_key.entry(self.key(k)).or_insert(v);
+        }
+        let mut out = Map::with_capacity(fields.len());
+        for field in fields {
+            let mapped = path
+                .is_empty()
+                .then(|| self.input.key_mappings.iter().find(|(c, _)| c == field.name()))
+                .flatten();
+            let value = match mapped {
+                Some((_, json_key)) => map.get(json_key),
+                None => by_key.get(&self.key(field.name())).copied(),
+            };
+            let at = if path.is_empty() {
+                field.name().clone()
+            } else {
+                format!("{path}.{}", field.name())
+            };
+            let v = match value {
+                None | Some(Value::Null) => Value::Null,
+                Some(v) => self.convert(v, field.data_type(), &at)?,
+            };
+            out.insert(field.name().clone(), v);
+        }
+        Ok(out)
+    }
+
+    fn convert(&self, v: &Value, ty: &DataType, at: &str) -> Result<Value, String> {
+        let refuse = |what: &str| Err(format!("{at}: {what}, got {}", short(v)));
+        match ty {
+            DataType::Utf8 | DataType::LargeUtf8 => Ok(Value::String(match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })),
+            DataType::Boolean => match v {
+                Value::Bool(_) => Ok(v.clone()),
+                Value::String(s) if s.eq_ignore_ascii_case("true") => Ok(Value::Bool(true)),
+                Value::String(s) if s.eq_ignore_ascii_case("false") => Ok(Value::Bool(false)),
+                _ => refuse("expected a boolean"),
+            },
+            DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
+                let (lo, hi) = int_range(ty);
+                let n = match v {
+                    Value::Number(n) => n
+                        .as_i64()
+                        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)),
+                    Value::String(s) => s.trim().parse::<i64>().ok(),
+                    _ => None,
+                };
+                match n {
+                    Some(n) if (lo..=hi).contains(&n) => Ok(Value::from(n)),
+                    Some(_) => refuse(&format!("out of range for {}", hive_name(ty))),
+                    None => refuse(&format!("expected an integer ({})", hive_name(ty))),
+                }
+            }
+            DataType::Float32 | DataType::Float64 => {
+                let f = match v {
+                    Value::Number(n) => n.as_f64(),
+                    Value::String(s) => s.trim().parse::<f64>().ok().filter(|f| f.is_finite()),
+                    _ => None,
+                };
+                match f {
+                    Some(f) if *ty == DataType::Float64 || f.abs() <= f32::MAX as f64 => Ok(Value::from(f)),
+                    Some(_) => refuse("out of range for float"),
+                    None => refuse("expected a number"),
+                }
+            }
+            DataType::Timestamp(TimeUnit::Microsecond, None) => match self.timestamp_micros(v) {
+                Some(us) => Ok(Value::from(us)),
+                None => refuse("expected a timestamp (ISO-8601 text, or epoch seconds or milliseconds)"),
+            },
+            DataType::Date32 => match date_days(v) {
+                Some(d) => Ok(Value::from(d)),
+                None => refuse("expected a date (yyyy-MM-dd, or days since 1970-01-01)"),
+            },
+            DataType::Decimal128(p, s) => match decimal_text(v, *p, *s) {
+                Ok(text) => Ok(Value::String(text)),
+                Err(m) => refuse(&m),
+            },
+            DataType::List(item) => match v {
+                Value::Array(items) => items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| match x {
+                        Value::Null => Ok(Value::Null),
+                        x => self.convert(x, item.data_type(), &format!("{at}[{i}]")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+                    .map(Value::Array),
+                _ => refuse("expected an array"),
+            },
+            DataType::Struct(fields) => match v {
+                Value::Object(map) => self.row(map, fields, at).map(Value::Object),
+                _ => refuse("expected an object"),
+            },
+            DataType::Map(entries, _) => {
+                let DataType::Struct(kv) = entries.data_type() else {
+                    return refuse("unsupported map type");
+                };
+                let Value::Object(map) = v else {
+                    return refuse("expected an object");
+                };
+                if !matches!(kv[0].data_type(), DataType::Utf8) {
+                    return refuse("maps with keys other than string are not supported");
+                }
+                let value_type = kv[1].data_type();
+                let mut out = Map::with_capacity(map.len());
+                for (k, x) in map {
+                    let x = match x {
+                        Value::Null => Value::Null,
+                        x => self.convert(x, value_type, &format!("{at}[{k:?}]"))?,
+                    };
+                    out.insert(k.clone(), x);
+                }
+                Ok(Value::Object(out))
+            }
+            other => Err(format!("{at}: type {other} is not supported")),
+        }
+    }
+
+    fn timestamp_micros(&self, v: &Value) -> Option<i64> {
+        match v {
+            Value::Number(n) => {
+                let f = n.as_f64()?;
+                let millis = self.input.millis || f.abs() >= MILLIS_FROM;
+                let us = if millis { f * 1e3 } else { f * 1e6 };
+                (us.is_finite() && us.abs() < 9.2e18).then_some(us.round() as i64)
+            }
+            Value::String(s) => parse_timestamp(s.trim()),
+            _ => None,
+        }
+    }
+}
+
+fn trim_line(data: &[u8]) -> &[u8] {
+    let end = data
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    &data[..end]
+}
+
+fn depth_exceeds(v: &Value, max: usize) -> bool {
+    // Iterative, so a deep record cannot overflow the stack here either.
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        if d > max {
+            return true;
+        }
+        match v {
+            Value::Array(a) => stack.extend(a.iter().map(|x| (x, d + 1))),
+            Value::Object(o) => stack.extend(o.values().map(|x| (x, d + 1))),
+            _ => {}
+        }
+    }
+    false
+}
+
+fn short(v: &Value) -> String {
+    let text = v.to_string();
+    if text.len() > 60 {
+        let mut cut = 57;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!("{}...", &text[..cut])
+    } else {
+        text
+    }
+}
+
+fn int_range(ty: &DataType) -> (i64, i64) {
+    match ty {
+        DataType::Int8 => (i8::MIN as i64, i8::MAX as i64),
+        DataType::Int16 => (i16::MIN as i64, i16::MAX as i64),
+        DataType::Int32 => (i32::MIN as i64, i32::MAX as i64),
+        _ => (i64::MIN, i64::MAX),
+    }
+}
+
+fn hive_name(ty: &DataType) -> String {
+    hive_type::render(ty).unwrap_or_else(|| ty.to_string())
+}
+
+/// ISO-8601 / RFC 3339 with an offset, or a local date-time (`T` or a space, optional
+/// fraction) read as UTC, or a bare date (midnight UTC).
+fn parse_timestamp(s: &str) -> Option<i64> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(s) {
+        return Some(t.timestamp_micros());
+    }
+    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+        if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(t.and_utc().timestamp_micros());
+        }
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc().timestamp_micros())
+}
+
+fn date_days(v: &Value) -> Option<i64> {
+    match v {
+        Value::Number(n) => n.as_i64().filter(|d| d.abs() <= i32::MAX as i64),
+        Value::String(s) => {
+            let d = NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d").ok()?;
+            let epoch = NaiveDate::from_ymd_opt(1970, 1, 1)?;
+            Some((d - epoch).num_days())
+        }
+        _ => None,
+    }
+}
+
+/// The value as decimal text with exactly `scale` fraction digits, rounded half away from
+/// zero (as Hive does); refused if its integer part needs more than `precision - scale` digits.
+fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, String> {
+    let text = match v {
+        Value::Number(n) => n.to_string(),
+        Value::String(s) => s.trim().to_owned(),
+        _ => return Err("expected a decimal".into()),
+    };
+    let invalid = || format!("expected a decimal({precision},{scale})");
+    let (negative, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(&text)),
+    };
+    // Exponents (1e3) in the text are spelled out first.
+    let (mantissa, exp) = match digits.find(['e', 'E']) {
+        Some(i) => (&digits[..i], digits[i + 1..].parse::<i32>().map_err(|_| invalid())?),
+        None => (digits, 0),
+    };
+    let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    if int_part.is_empty() && frac_part.is_empty()
+        || !int_part.chars().chain(frac_part.chars()).all(|c| c.is_ascii_digit())
+        || exp.abs() > 100
+    {
+        return Err(invalid());
+    }
+    // All digits, and where the point goes (from the left).
+    let all: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|b| b - b'0').collect();
+    let point = int_part.len() as i64 + exp as i64;
+    let scale = scale.max(0) as i64;
+    // Digits kept: up to `point + scale`, rounding on the next one.
+    let keep = point + scale;
+    let mut kept: Vec<u8> = (0..keep.max(0))
+        .map(|i| if i < 0 { 0 } else { all.get(i as usize).copied().unwrap_or(0) })
+        .collect();
+    let next = if keep >= 0 { all.get(keep as usize).copied().unwrap_or(0) } else { 0 };
+    if next >= 5 {
+        // Round half away from zero: carry from the last kept digit.
+        let mut i = kept.len();
+        loop {
+            if i == 0 {
+                kept.insert(0, 1);
+                break;
+            }
+            i -= 1;
+            if kept[i] == 9 {
+                kept[i] = 0;
+            } else {
+                kept[i] += 1;
+                break;
+            }
+        }
+    }
+    let int_len = kept.len() as i64 - scale;
+    let (ints, fracs) = if int_len > 0 {
+        kept.split_at(int_len as usize)
+    } else {
+        (&[][..], &kept[..])
+    };
+    let ints: Vec<u8> = ints.iter().copied().skip_while(|d| *d == 0).collect();
+    let max_int_digits = precision as i64 - scale;
+    if ints.len() as i64 > max_int_digits {
+        return Err(format!("does not fit decimal({precision},{scale})"));
+    }
+    let mut frac_digits: Vec<u8> = vec![0; (scale - fracs.len() as i64).max(0) as usize];
+    frac_digits.extend_from_slice(fracs);
+    let zero = ints.is_empty() && frac_digits.iter().all(|d| *d == 0);
+    let mut out = String::new();
+    if negative && !zero {
+        out.push('-');
+    }
+    if ints.is_empty() {
+        out.push('0');
+    }
+    out.extend(ints.iter().map(|d| char::from(b'0' + d)));
+    if scale > 0 {
+        out.push('.');
+        out.extend(frac_digits.iter().map(|d| char::from(b'0' + d)));
+    }
+    Ok(out)
+}
+
+/// The schema of normalized records without declared columns: each key's first non-null
+/// value decides (booleans, integers as bigint, numbers as double, anything else as string);
+/// a key whose values disagree is a string, and objects and arrays are kept as JSON text.
+/// Keys all null are strings.
+pub fn infer(records: &[Bytes]) -> SchemaRef {
+    #[derive(Clone, Copy, PartialEq)]
+    enum Kind {
+        Null,
+        Bool,
+        Int,
+        Float,
+        Text,
+    }
+    let mut order: Vec<String> = Vec::new();
+    let mut kinds: HashMap<String, Kind> = HashMap::new();
+    for r in records {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(r) else {
+            continue;
+        };
+        for (k, v) in map {
+            let kind = match v {
+                Value::Null => Kind::Null,
+                Value::Bool(_) => Kind::Bool,
+                Value::Number(n) if n.is_i64() => Kind::Int,
+                Value::Number(_) => Kind::Float,
+                _ => Kind::Text,
+            };
+            let slot = kinds.entry(k.clone()).or_insert_with(|| {
+                order.push(k);
+                Kind::Null
+            });
+            *slot = match (*slot, kind) {
+                (a, Kind::Null) => a,
+                (Kind::Null, b) => b,
+                (a, b) if a == b => a,
+                (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int) => Kind::Float,
+                _ => Kind::Text,
+            };
+        }
+    }
+    let fields: Vec<Field> = order
+        .into_iter()
+        .map(|k| {
+            let ty = match kinds[&k] {
+                Kind::Bool => DataType::Boolean,
+                Kind::Int => DataType::Int64,
+                Kind::Float => DataType::Float64,
+                Kind::Null | Kind::Text => DataType::Utf8,
+            };
+            Field::new(k, ty, true)
+        })
+        .collect();
+    Arc::new(Schema::new(fields))
+}
+
+fn properties(conversion: &Conversion) -> WriterProperties {
+    let p = &conversion.parquet;
+    let codec = match p.compression {
+        ParquetCompression::Uncompressed => Codec::UNCOMPRESSED,
+        ParquetCompression::Snappy => Codec::SNAPPY,
+        ParquetCompression::Gzip => Codec::GZIP(GzipLevel::default()),
+        ParquetCompression::Zstd => Codec::ZSTD(ZstdLevel::default()),
+    };
+    WriterProperties::builder()
+        .set_compression(codec)
+        .set_data_page_size_limit(p.page_size_bytes as usize)
+        .set_dictionary_enabled(p.dictionary)
+        .set_writer_version(if p.writer_v2 {
+            WriterVersion::PARQUET_2_0
+        } else {
+            WriterVersion::PARQUET_1_0
+        })
+        .set_created_by(format!("spillway {}", env!("CARGO_PKG_VERSION")))
+        .build()
+}
+
+/// Normalized records (see [`Converter::normalize`]) as one Parquet file, in chunks of about a
+/// row group each: Arrow holds one row group at a time.
+pub fn encode(conversion: &Conversion, records: Vec<Bytes>) -> std::io::Result<Body> {
+    let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
+    let schema = match &Converter::new(conversion).schema {
+        Some(s) => s.clone(),
+        None => infer(&records),
+    };
+    let inferred = conversion.columns.is_none();
+    let row_group_bytes = ROW_GROUP_INPUT_BYTES.min(conversion.parquet.block_size_bytes);
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties(conversion)))
+        .map_err(|e| io(&e))?;
+    let mut chunks: Body = Vec::new();
+    let mut start = 0;
+    while start < records.len() {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < records.len() && (end == start || bytes < row_group_bytes) {
+            bytes += records[end].len() as u64;
+            end += 1;
+        }
+        let mut decoder = ReaderBuilder::new(schema.clone())
+            .with_batch_size(8192)
+            .with_coerce_primitive(inferred)
+            .build_decoder()
+            .map_err(|e| io(&e))?;
+        for r in &records[start..end] {
+            let line = if inferred {
+                // Objects and arrays of an inferred schema are kept as their JSON text.
+                stringify_nested(r)
+            } else {
+                r.clone()
+            };
+            decoder.decode(&line).map_err(|e| io(&e))?;
+            decoder.decode(b"\n").map_err(|e| io(&e))?;
+            if decoder.len() >= 8192
+                && let Some(batch) = decoder.flush().map_err(|e| io(&e))?
+            {
+                writer.write(&batch).map_err(|e| io(&e))?;
+            }
+        }
+        if let Some(batch) = decoder.flush().map_err(|e| io(&e))? {
+            writer.write(&batch).map_err(|e| io(&e))?;
+        }
+        writer.flush().map_err(|e| io(&e))?;
+        let written = std::mem::take(writer.inner_mut());
+        if !written.is_empty() {
+            chunks.push(Bytes::from(written));
+        }
+        start = end;
+    }
+    let tail = writer.into_inner().map_err(|e| io(&e))?;
+    chunks.push(Bytes::from(tail));
+    Ok(chunks)
+}
+
+/// A record of an inferred schema with its nested values as JSON text.
+fn stringify_nested(r: &Bytes) -> Bytes {
+    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(r) else {
+        return r.clone();
+    };
+    if !map.values().any(|v| v.is_object() || v.is_array()) {
+        return r.clone();
+    }
+    let out: Map<String, Value> = map
+        .into_iter()
+        .map(|(k, v)| match v {
+            Value::Object(_) | Value::Array(_) => (k, Value::String(v.to_string())),
+            v => (k, v),
+        })
+        .collect();
+    Bytes::from(serde_json::to_vec(&Value::Object(out)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::conversion::{ParquetOptions, SerDe};
+
+    fn conversion(columns: Option<&[(&str, &str)]>) -> Conversion {
+        Conversion {
+            input: JsonInput {
+                serde: SerDe::OpenX,
+                case_insensitive: true,
+                dots_to_underscores: true,
+                key_mappings: vec![("ts".into(), "@timestamp".into())],
+                millis: false,
+            },
+            parquet: ParquetOptions {
+                compression: ParquetCompression::Zstd,
+                block_size_bytes: 64 << 20,
+                page_size_bytes: 1 << 20,
+                dictionary: true,
+                max_padding_bytes: 0,
+                writer_v2: false,
+            },
+            columns: columns.map(|c| c.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect()),
+        }
+    }
+
+    #[test]
+    fn records_are_read_against_the_columns() {
+        let c = Converter::new(&conversion(Some(&[
+            ("user_id", "bigint"),
+            ("geo_city", "string"),
+            ("ts", "timestamp"),
+            ("day", "date"),
+            ("price", "decimal(5,2)"),
+            ("tags", "array<int>"),
+            ("inner", "struct<a:int,b:map<string,double>>"),
+        ])));
+        let out = c
+            .normalize(br#"{"USER_ID":"7","geo.city":12,"@timestamp":"2026-11-29T10:00:00+01:00","day":"2026-11-29","price":1.005,"tags":[1,null,3],"Inner":{"A":1,"b":{"x":2}},"extra":true}"#)
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["user_id"], 7);
+        assert_eq!(v["geo_city"], "12");
+        assert_eq!(v["ts"], 1_795_942_800_000_000i64);
+        assert_eq!(v["day"], 20_786);
+        assert_eq!(v["price"], "1.01");
+        assert_eq!(v["tags"], serde_json::json!([1, null, 3]));
+        assert_eq!(v["inner"], serde_json::json!({"a": 1, "b": {"x": 2.0}}));
+        assert!(v.get("extra").is_none());
+        // Epoch seconds and milliseconds.
+        let secs = c.normalize(br#"{"ts":1795942800}"#).unwrap();
+        let millis = c.normalize(br#"{"ts":1795942800000}"#).unwrap();
+        assert_eq!(secs, millis);
+    }
+
+    #[test]
+    fn records_that_do_not_fit_are_refused_with_the_reason() {
+        let c = Converter::new(&conversion(Some(&[("n", "tinyint"), ("p", "decimal(3,1)"), ("t", "timestamp"), ("l", "array<int>")])));
+        for (record, reason) in [
+            (&b"not json"[..], "not valid JSON"),
+            (b"[1]", "not a JSON object"),
+            (br#"{"n":128}"#, "n: out of range for tinyint"),
+            (br#"{"n":1.5}"#, "n: expected an integer"),
+            (br#"{"p":100}"#, "p: does not fit decimal(3,1)"),
+            (br#"{"t":"yesterday"}"#, "t: expected a timestamp"),
+            (br#"{"l":[1,"x"]}"#, "l[1]: expected an integer"),
+        ] {
+            let e = c.normalize(record).unwrap_err();
+            assert!(e.contains(reason), "{e} / {reason}");
+        }
+        let deep = format!("{{\"n\":{}1{}}}", "[".repeat(100), "]".repeat(100));
+        assert!(c.normalize(deep.as_bytes()).unwrap_err().contains("nested"));
+    }
+
+    #[test]
+    fn decimals_round_half_away_from_zero() {
+        for (input, p, s, out) in [
+            ("1.005", 5, 2, "1.01"),
+            ("-1.005", 5, 2, "-1.01"),
+            ("0.004", 5, 2, "0.00"),
+            ("-0.004", 5, 2, "0.00"),
+            ("999.995", 5, 2, "Err"),
+            ("999.994", 5, 2, "999.99"),
+            ("12", 4, 0, "12"),
+            ("1e3", 6, 2, "1000.00"),
+            ("1.5e-1", 3, 2, "0.15"),
+            (".5", 2, 0, "1"),
+        ] {
+            let got = decimal_text(&Value::String(input.into()), p, s).unwrap_or_else(|_| "Err".into());
+            assert_eq!(got, out, "{input} as decimal({p},{s})");
+        }
+    }
+
+    #[test]
+    fn encodes_row_groups_readable_by_the_parquet_crate() {
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let conv = conversion(Some(&[("n", "int"), ("s", "string"), ("t", "timestamp")]));
+        let c = Converter::new(&conv);
+        let records: Vec<Bytes> = (0..3000)
+            .map(|i| c.normalize(format!(r#"{{"n":{i},"s":"x{i}","t":{}}}"#, 1_700_000_000 + i).as_bytes()).unwrap())
+            .collect();
+        let body = encode(&conv, records).unwrap();
+        let file: Vec<u8> = body.concat();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(file)).unwrap();
+        assert_eq!(reader.metadata().file_metadata().num_rows(), 3000);
+        assert_eq!(reader.schema().field(2).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, None));
+        let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
+        assert_eq!(rows, 3000);
+    }
+
+    #[test]
+    fn inferred_schemas_widen_and_keep_nested_values_as_text() {
+        let conv = conversion(None);
+        let c = Converter::new(&conv);
+        let records: Vec<Bytes> = [
+            r#"{"A":1,"b":1,"c":{"x":1},"d":null}"#,
+            r#"{"a":2,"b":1.5,"c":"s","e":true}"#,
+        ]
+        .iter()
+        .map(|r| c.normalize(r.as_bytes()).unwrap())
+        .collect();
+        let schema = infer(&records);
+        let types: Vec<(String, DataType)> = schema
+            .fields()
+            .iter()
+            .map(|f| (f.name().clone(), f.data_type().clone()))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("a".to_string(), DataType::Int64),
+                ("b".into(), DataType::Float64),
+                ("c".into(), DataType::Utf8),
+                ("d".into(), DataType::Utf8),
+                ("e".into(), DataType::Boolean),
+            ]
+        );
+        let body = encode(&conv, records).unwrap();
+        assert!(body.concat().starts_with(b"PAR1"));
+    }
+}
