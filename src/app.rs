@@ -70,6 +70,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         process_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
         transforms,
         max_active_partitions: settings.max_active_partitions,
+        tables: settings.tables.clone(),
     });
 
     // Listen before replaying: /healthz answers during a long replay, /readyz does not yet.

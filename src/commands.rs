@@ -50,7 +50,7 @@ fn summary(file: &Path, s: &Settings) -> String {
     );
     for (name, raw) in &s.streams {
         // Validated by Settings::load already.
-        if let Ok(d) = definition::validate(raw) {
+        if let Ok(d) = definition::validate(raw, &s.tables) {
             out.push_str(&format!(
                 "    {name}: s3://{}/{} ({}, {} MiB / {} s)\n",
                 d.bucket.as_str(),

@@ -114,6 +114,18 @@ struct RawConfig {
     partitioning: RawPartitioning,
     #[serde(default, rename = "stream")]
     streams: Vec<RawStream>,
+    #[serde(default, rename = "table")]
+    tables: Vec<RawTable>,
+}
+
+/// A table for `SchemaConfiguration` (spillway's stand-in for the Glue Data Catalog).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTable {
+    /// Glue's `DatabaseName`; `default` when left out.
+    database: Option<String>,
+    name: String,
+    columns: Vec<RawColumn>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -366,6 +378,8 @@ pub struct Settings {
     pub max_active_partitions: usize,
     /// Streams declared in the file: read-only over the API.
     pub streams: Vec<(StreamName, S3Destination)>,
+    /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
+    pub tables: crate::catalog::conversion::Tables,
 }
 
 #[derive(Clone, Debug)]
@@ -593,6 +607,23 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         }
     };
 
+    let mut tables = crate::catalog::conversion::Tables::default();
+    for (i, t) in raw.tables.into_iter().enumerate() {
+        let database = t.database.unwrap_or_else(|| "default".into());
+        let columns = t
+            .columns
+            .into_iter()
+            .map(|c| crate::catalog::conversion::Column {
+                name: c.name,
+                kind: c.kind,
+                comment: None,
+            })
+            .collect();
+        if let Err(m) = tables.insert(&database, &t.name, columns) {
+            problems.push(format!("table[{i}]: {m}"));
+        }
+    }
+
     let mut streams = Vec::new();
     for (i, s) in raw.streams.into_iter().enumerate() {
         let at = format!("stream[{i}]");
@@ -650,7 +681,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             },
             other: Default::default(),
         };
-        match definition::validate(&dest) {
+        match definition::validate(&dest, &tables) {
             Ok(_) => streams.push((name, dest)),
             Err(errors) => {
                 for e in errors {
@@ -678,6 +709,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             transform,
             max_active_partitions,
             streams,
+            tables,
         }),
         _ => Err(problems),
     }
@@ -756,7 +788,7 @@ retry_duration_seconds = 300
             PathBuf::from("spillway-data/transform-cache")
         );
         assert_eq!(s.max_active_partitions, 7);
-        let d = definition::validate(&s.streams[0].1).unwrap();
+        let d = definition::validate(&s.streams[0].1, &s.tables).unwrap();
         assert!(d.dynamic_partitioning);
         let p = d.processing.unwrap();
         assert!(p.append_delimiter);

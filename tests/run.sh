@@ -2,7 +2,8 @@
 # The whole test suite, installing what it needs: bash tests/run.sh
 #   1. installs the S3 test server (s3s-fs from crates.io), Prometheus, clang and lld (Debian;
 #      they build the C example transform), and the AWS CLI, boto3, PyYAML,
-#      kubernetes-validate and componentize-py (PyPI; it builds the Python example transforms)
+#      kubernetes-validate, componentize-py (PyPI; it builds the Python example transforms) and
+#      pyarrow (an independent Parquet reader for the format conversion tests)
 #   2. checks formatting and lints
 #   3. runs unit, property and black-box tests (cargo test)
 #   4. runs every example in the README against a real daemon (tests/readme_examples.sh)
@@ -39,10 +40,10 @@ if [ ${#debian_deps[@]} -gt 0 ]; then
 fi
 
 venv=target/test-venv
-python_deps=('awscli==1.46.3' 'boto3==1.44.5' 'PyYAML==6.0.3' 'kubernetes-validate==1.37.0' 'componentize-py==0.25.0')
+python_deps=('awscli==1.46.3' 'boto3==1.44.5' 'PyYAML==6.0.3' 'kubernetes-validate==1.37.0' 'componentize-py==0.25.0' 'pyarrow==26.0.1')
 if [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/componentize-py" ] \
-  || ! "$venv/bin/python" -c 'import boto3, yaml, kubernetes_validate' 2>/dev/null; then
-  step "installing the AWS CLI, boto3, PyYAML, kubernetes-validate and componentize-py (PyPI) into $venv"
+  || ! "$venv/bin/python" -c 'import boto3, yaml, kubernetes_validate, pyarrow' 2>/dev/null; then
+  step "installing the AWS CLI, boto3, PyYAML, kubernetes-validate, componentize-py and pyarrow (PyPI) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_deps[@]}"
 fi

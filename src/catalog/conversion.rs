@@ -2,9 +2,10 @@
 //! shapes, and their validation into a [`Conversion`] the encoder trusts. JSON in (OpenX or
 //! Hive JSON SerDe), Parquet out, with the columns declared inline or inferred.
 //!
-//! spillway has no Glue Data Catalog: `SchemaConfiguration.TableName` cannot be looked up, so the
-//! columns are given inline in `SchemaConfiguration.Columns` (spillway's addition, in Glue's
-//! `Column` shape), or left out to infer each object's schema from its records.
+//! spillway has no Glue Data Catalog: `SchemaConfiguration` (`DatabaseName`, `TableName`) names
+//! a table declared in the config file (`[[table]]`, see [`Tables`]), looked up each time the
+//! stream is validated (creation, update, daemon start). A stream in the config file may list
+//! its columns instead; with neither, each object's schema is inferred from its records.
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -176,9 +177,46 @@ pub const DEFAULT_BLOCK_SIZE: i64 = 256 << 20;
 pub const MIN_PAGE_SIZE: i64 = 64 << 10;
 pub const DEFAULT_PAGE_SIZE: i64 = 1 << 20;
 
-/// Validates an enabled configuration. Errors name the field inside
-/// `DataFormatConversionConfiguration`.
-pub fn validate(raw: &DataFormatConversionConfiguration) -> Result<Conversion, String> {
+/// The tables of the config file (`[[table]]`): spillway's stand-in for the Glue Data Catalog.
+#[derive(Clone, Debug, Default)]
+pub struct Tables(std::collections::BTreeMap<(String, String), Vec<Column>>);
+
+impl Tables {
+    /// Adds a table; names are compared without case, as Glue does.
+    pub fn insert(
+        &mut self,
+        database: &str,
+        name: &str,
+        columns: Vec<Column>,
+    ) -> Result<(), String> {
+        let key = (database.to_ascii_lowercase(), name.to_ascii_lowercase());
+        if self.0.contains_key(&key) {
+            return Err(format!("table {database}.{name} is declared twice"));
+        }
+        self.0.insert(key, columns);
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn get(&self, database: &str, name: &str) -> Option<&Vec<Column>> {
+        self.0
+            .get(&(database.to_ascii_lowercase(), name.to_ascii_lowercase()))
+    }
+}
+
+/// Validates an enabled configuration, looking its table up in `tables`. Errors name the field
+/// inside `DataFormatConversionConfiguration`.
+pub fn validate(
+    raw: &DataFormatConversionConfiguration,
+    tables: &Tables,
+) -> Result<Conversion, String> {
     let input = match raw
         .input_format_configuration
         .as_ref()
@@ -241,13 +279,22 @@ pub fn validate(raw: &DataFormatConversionConfiguration) -> Result<Conversion, S
             parquet: Some(p), ..
         }) => parquet_options(p)?,
     };
-    let schema = raw.schema_configuration.clone().unwrap_or_default();
-    let columns = if schema.columns.is_empty() {
-        if let Some(table) = &schema.table_name {
-            return Err(format!(
-                "SchemaConfiguration.TableName {table:?}: spillway has no Glue Data Catalog; declare the table's columns in SchemaConfiguration.Columns (or give none to infer them)"
-            ));
+    let mut schema = raw.schema_configuration.clone().unwrap_or_default();
+    if let Some(table) = &schema.table_name {
+        if !schema.columns.is_empty() {
+            return Err("SchemaConfiguration: give TableName or Columns, not both".into());
         }
+        let database = schema.database_name.as_deref().unwrap_or("default");
+        match tables.get(database, table) {
+            Some(columns) => schema.columns = columns.clone(),
+            None => {
+                return Err(format!(
+                    "SchemaConfiguration: table {database}.{table} is not declared in the config file (spillway's tables are [[table]] entries with database, name and columns)"
+                ));
+            }
+        }
+    }
+    let columns = if schema.columns.is_empty() {
         None
     } else {
         let mut seen = std::collections::HashSet::new();
@@ -343,7 +390,19 @@ mod tests {
     use super::*;
 
     fn conf(json: &str) -> Result<Conversion, String> {
-        validate(&serde_json::from_str(json).unwrap())
+        let mut tables = Tables::default();
+        tables
+            .insert(
+                "game",
+                "Players",
+                vec![Column {
+                    name: "age".into(),
+                    kind: "int".into(),
+                    comment: None,
+                }],
+            )
+            .unwrap();
+        validate(&serde_json::from_str(json).unwrap(), &tables)
     }
 
     const IO: &str = r#""InputFormatConfiguration":{"Deserializer":{"OpenXJsonSerDe":{}}},
@@ -369,14 +428,36 @@ mod tests {
             ))
         };
         assert!(with(r#""BlockSizeBytes":67108864"#).is_ok());
-        assert!(with(r#""BlockSizeBytes":67108863"#).unwrap_err().contains("BlockSizeBytes"));
+        assert!(
+            with(r#""BlockSizeBytes":67108863"#)
+                .unwrap_err()
+                .contains("BlockSizeBytes")
+        );
         assert!(with(r#""PageSizeBytes":65536"#).is_ok());
-        assert!(with(r#""PageSizeBytes":65535"#).unwrap_err().contains("PageSizeBytes"));
-        assert!(with(r#""MaxPaddingBytes":-1"#).unwrap_err().contains("MaxPaddingBytes"));
-        assert!(with(r#""Compression":"LZ4""#).unwrap_err().contains("Compression"));
-        assert!(with(r#""WriterVersion":"V3""#).unwrap_err().contains("WriterVersion"));
+        assert!(
+            with(r#""PageSizeBytes":65535"#)
+                .unwrap_err()
+                .contains("PageSizeBytes")
+        );
+        assert!(
+            with(r#""MaxPaddingBytes":-1"#)
+                .unwrap_err()
+                .contains("MaxPaddingBytes")
+        );
+        assert!(
+            with(r#""Compression":"LZ4""#)
+                .unwrap_err()
+                .contains("Compression")
+        );
+        assert!(
+            with(r#""WriterVersion":"V3""#)
+                .unwrap_err()
+                .contains("WriterVersion")
+        );
         assert_eq!(
-            with(r#""Compression":"ZSTD","WriterVersion":"V2""#).unwrap().parquet,
+            with(r#""Compression":"ZSTD","WriterVersion":"V2""#)
+                .unwrap()
+                .parquet,
             ParquetOptions {
                 compression: ParquetCompression::Zstd,
                 block_size_bytes: 256 << 20,
@@ -391,18 +472,49 @@ mod tests {
     #[test]
     fn schemas_are_checked() {
         let with = |s: &str| conf(&format!(r#"{{{IO},"SchemaConfiguration":{s}}}"#));
-        let ok = with(r#"{"Columns":[{"Name":"age","Type":"int"},{"Name":"tags","Type":"array<string>"}]}"#)
-            .unwrap();
-        assert_eq!(ok.columns.unwrap()[1], ("tags".into(), "array<string>".into()));
-        assert!(with(r#"{"TableName":"t","DatabaseName":"d"}"#).unwrap_err().contains("Glue"));
-        assert!(with(r#"{"Columns":[{"Name":"a","Type":"intt"}]}"#).unwrap_err().contains("Columns[0].Type"));
-        assert!(with(r#"{"Columns":[{"Name":"A","Type":"int"},{"Name":"a","Type":"int"}]}"#).unwrap_err().contains("twice"));
-        assert!(with(r#"{"Columns":[{"Name":"a-b","Type":"int"}]}"#).unwrap_err().contains("Columns[0].Name"));
+        let ok = with(
+            r#"{"Columns":[{"Name":"age","Type":"int"},{"Name":"tags","Type":"array<string>"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            ok.columns.unwrap()[1],
+            ("tags".into(), "array<string>".into())
+        );
+        assert!(
+            with(r#"{"TableName":"t","DatabaseName":"d"}"#)
+                .unwrap_err()
+                .contains("table d.t is not declared")
+        );
+        let found = with(r#"{"TableName":"players","DatabaseName":"GAME"}"#).unwrap();
+        assert_eq!(
+            found.columns.unwrap(),
+            [("age".to_string(), "int".to_string())]
+        );
+        assert!(with(r#"{"TableName":"players","DatabaseName":"game","Columns":[{"Name":"a","Type":"int"}]}"#).unwrap_err().contains("not both"));
+        assert!(
+            with(r#"{"Columns":[{"Name":"a","Type":"intt"}]}"#)
+                .unwrap_err()
+                .contains("Columns[0].Type")
+        );
+        assert!(
+            with(r#"{"Columns":[{"Name":"A","Type":"int"},{"Name":"a","Type":"int"}]}"#)
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            with(r#"{"Columns":[{"Name":"a-b","Type":"int"}]}"#)
+                .unwrap_err()
+                .contains("Columns[0].Name")
+        );
     }
 
     #[test]
     fn serdes_are_exclusive_and_orc_is_refused() {
-        assert!(conf(r#"{"OutputFormatConfiguration":{"Serializer":{"ParquetSerDe":{}}}}"#).unwrap_err().contains("Deserializer"));
+        assert!(
+            conf(r#"{"OutputFormatConfiguration":{"Serializer":{"ParquetSerDe":{}}}}"#)
+                .unwrap_err()
+                .contains("Deserializer")
+        );
         assert!(conf(r#"{"InputFormatConfiguration":{"Deserializer":{"OpenXJsonSerDe":{},"HiveJsonSerDe":{}}},"OutputFormatConfiguration":{"Serializer":{"ParquetSerDe":{}}}}"#).unwrap_err().contains("exactly one"));
         assert!(conf(r#"{"InputFormatConfiguration":{"Deserializer":{"OpenXJsonSerDe":{}}},"OutputFormatConfiguration":{"Serializer":{"OrcSerDe":{}}}}"#).unwrap_err().contains("OrcSerDe"));
         let hive = conf(r#"{"InputFormatConfiguration":{"Deserializer":{"HiveJsonSerDe":{"TimestampFormats":["millis"]}}},"OutputFormatConfiguration":{"Serializer":{"ParquetSerDe":{}}}}"#).unwrap();

@@ -377,7 +377,11 @@ fn feature_off(name: &str, value: &Value) -> bool {
     }
 }
 
-pub fn validate(raw: &S3Destination) -> Result<Destination, Vec<FieldError>> {
+/// Validates a destination; `tables` are the config file's, for `SchemaConfiguration`.
+pub fn validate(
+    raw: &S3Destination,
+    tables: &super::conversion::Tables,
+) -> Result<Destination, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut err = |field: Field, message: String| errors.push(FieldError { field, message });
 
@@ -477,7 +481,7 @@ pub fn validate(raw: &S3Destination) -> Result<Destination, Vec<FieldError>> {
         _ => None,
     };
     let conversion = match &raw.data_format_conversion_configuration {
-        Some(c) if c.enabled != Some(false) => match super::conversion::validate(c) {
+        Some(c) if c.enabled != Some(false) => match super::conversion::validate(c, tables) {
             Ok(c) => {
                 // As in Firehose: the Parquet file compresses itself.
                 if compression.is_some_and(|c| c != Compression::Uncompressed) {
@@ -750,7 +754,11 @@ mod tests {
 
     #[test]
     fn defaults_follow_the_product_brief() {
-        let d = validate(&raw(r#"{"BucketARN":"arn:aws:s3:::my-bucket"}"#)).unwrap();
+        let d = validate(
+            &raw(r#"{"BucketARN":"arn:aws:s3:::my-bucket"}"#),
+            &Default::default(),
+        )
+        .unwrap();
         assert_eq!(d.buffer_bytes, 1024 * 1024);
         assert_eq!(d.buffer_interval, Duration::from_secs(60));
         assert_eq!(d.compression, Compression::Uncompressed);
@@ -770,7 +778,11 @@ mod tests {
             let r = raw(&format!(
                 r#"{{"BucketARN":"arn:aws:s3:::b-1","BufferingHints":{{"SizeInMBs":{size},"IntervalInSeconds":{interval}}}}}"#
             ));
-            assert_eq!(validate(&r).is_ok(), ok, "{size} {interval}");
+            assert_eq!(
+                validate(&r, &Default::default()).is_ok(),
+                ok,
+                "{size} {interval}"
+            );
         }
     }
 
@@ -778,7 +790,7 @@ mod tests {
     fn every_problem_is_reported_with_its_field() {
         let errs = validate(&raw(
             r#"{"BucketARN":"arn:aws:s3:::UPPER","CompressionFormat":"ZIP","BufferingHints":{"SizeInMBs":0},"Prefix":"!{nope}","ProcessingConfiguration":{"Enabled":true}}"#,
-        ))
+        ), &Default::default())
         .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.api_name()).collect();
         assert_eq!(
@@ -797,7 +809,7 @@ mod tests {
     fn disabled_features_and_ignored_settings_are_accepted() {
         validate(&raw(
             r#"{"BucketARN":"arn:aws:s3:::b-1","ProcessingConfiguration":{"Enabled":false},"S3BackupMode":"Disabled","EncryptionConfiguration":{"NoEncryptionConfig":"NoEncryption"},"CloudWatchLoggingOptions":{"Enabled":true}}"#,
-        ))
+        ), &Default::default())
         .unwrap();
     }
 

@@ -289,7 +289,8 @@ impl Catalog {
 
     /// Validates a destination and loads its transform.
     async fn prepare(&self, raw: &S3Destination) -> Result<Prepared, CatalogError> {
-        let destination = definition::validate(raw).map_err(CatalogError::invalid)?;
+        let destination =
+            definition::validate(raw, &self.ctx.tables).map_err(CatalogError::invalid)?;
         let transform = self
             .load_transform(&destination)
             .await

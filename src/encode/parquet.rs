@@ -61,8 +61,8 @@ impl Converter {
 
     /// The record as JSON that fits the columns (one line, no newline), or why it does not.
     pub fn normalize(&self, data: &[u8]) -> Result<Bytes, String> {
-        let value: Value = serde_json::from_slice(trim_line(data))
-            .map_err(|e| format!("not valid JSON: {e}"))?;
+        let value: Value =
+            serde_json::from_slice(trim_line(data)).map_err(|e| format!("not valid JSON: {e}"))?;
         if depth_exceeds(&value, MAX_DEPTH) {
             return Err(format!("nested deeper than {MAX_DEPTH} levels"));
         }
@@ -72,11 +72,7 @@ impl Converter {
         let out = match &self.schema {
             Some(schema) => Value::Object(self.row(&map, schema.fields(), "")?),
             // Inferred later, per object: only the key rules apply now.
-            None => Value::Object(
-                map.into_iter()
-                    .map(|(k, v)| (self.key(&k), v))
-                    .collect(),
-            ),
+            None => Value::Object(map.into_iter().map(|(k, v)| (self.key(&k), v)).collect()),
         };
         // Serializing a JSON value cannot fail.
         Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
@@ -97,7 +93,12 @@ impl Converter {
     }
 
     /// One object against struct fields (the top-level columns when `path` is empty).
-    fn row(&self, map: &Map<String, Value>, fields: &Fields, path: &str) -> Result<Map<String, Value>, String> {
+    fn row(
+        &self,
+        map: &Map<String, Value>,
+        fields: &Fields,
+        path: &str,
+    ) -> Result<Map<String, Value>, String> {
         let mut by_key: HashMap<String, &Value> = HashMap::with_capacity(map.len());
         for (k, v) in map {
             by_key.entry(self.key(k)).or_insert(v);
@@ -106,7 +107,12 @@ impl Converter {
         for field in fields {
             let mapped = path
                 .is_empty()
-                .then(|| self.input.key_mappings.iter().find(|(c, _)| c == field.name()))
+                .then(|| {
+                    self.input
+                        .key_mappings
+                        .iter()
+                        .find(|(c, _)| c == field.name())
+                })
                 .flatten();
             let value = match mapped {
                 Some((_, json_key)) => map.get(json_key),
@@ -142,9 +148,11 @@ impl Converter {
             DataType::Int8 | DataType::Int16 | DataType::Int32 | DataType::Int64 => {
                 let (lo, hi) = int_range(ty);
                 let n = match v {
-                    Value::Number(n) => n
-                        .as_i64()
-                        .or_else(|| n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18).map(|f| f as i64)),
+                    Value::Number(n) => n.as_i64().or_else(|| {
+                        n.as_f64()
+                            .filter(|f| f.fract() == 0.0 && f.abs() < 9.2e18)
+                            .map(|f| f as i64)
+                    }),
                     Value::String(s) => s.trim().parse::<i64>().ok(),
                     _ => None,
                 };
@@ -161,14 +169,18 @@ impl Converter {
                     _ => None,
                 };
                 match f {
-                    Some(f) if *ty == DataType::Float64 || f.abs() <= f32::MAX as f64 => Ok(Value::from(f)),
+                    Some(f) if *ty == DataType::Float64 || f.abs() <= f32::MAX as f64 => {
+                        Ok(Value::from(f))
+                    }
                     Some(_) => refuse("out of range for float"),
                     None => refuse("expected a number"),
                 }
             }
             DataType::Timestamp(TimeUnit::Microsecond, None) => match self.timestamp_micros(v) {
                 Some(us) => Ok(Value::from(us)),
-                None => refuse("expected a timestamp (ISO-8601 text, or epoch seconds or milliseconds)"),
+                None => {
+                    refuse("expected a timestamp (ISO-8601 text, or epoch seconds or milliseconds)")
+                }
             },
             DataType::Date32 => match date_days(v) {
                 Some(d) => Ok(Value::from(d)),
@@ -289,7 +301,12 @@ fn parse_timestamp(s: &str) -> Option<i64> {
     if let Ok(t) = DateTime::parse_from_rfc3339(s) {
         return Some(t.timestamp_micros());
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(t) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(t.and_utc().timestamp_micros());
         }
@@ -327,26 +344,46 @@ fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, String> {
     };
     // Exponents (1e3) in the text are spelled out first.
     let (mantissa, exp) = match digits.find(['e', 'E']) {
-        Some(i) => (&digits[..i], digits[i + 1..].parse::<i32>().map_err(|_| invalid())?),
+        Some(i) => (
+            &digits[..i],
+            digits[i + 1..].parse::<i32>().map_err(|_| invalid())?,
+        ),
         None => (digits, 0),
     };
     let (int_part, frac_part) = mantissa.split_once('.').unwrap_or((mantissa, ""));
     if int_part.is_empty() && frac_part.is_empty()
-        || !int_part.chars().chain(frac_part.chars()).all(|c| c.is_ascii_digit())
+        || !int_part
+            .chars()
+            .chain(frac_part.chars())
+            .all(|c| c.is_ascii_digit())
         || exp.abs() > 100
     {
         return Err(invalid());
     }
     // All digits, and where the point goes (from the left).
-    let all: Vec<u8> = int_part.bytes().chain(frac_part.bytes()).map(|b| b - b'0').collect();
+    let all: Vec<u8> = int_part
+        .bytes()
+        .chain(frac_part.bytes())
+        .map(|b| b - b'0')
+        .collect();
     let point = int_part.len() as i64 + exp as i64;
     let scale = scale.max(0) as i64;
     // Digits kept: up to `point + scale`, rounding on the next one.
     let keep = point + scale;
     let mut kept: Vec<u8> = (0..keep.max(0))
-        .map(|i| if i < 0 { 0 } else { all.get(i as usize).copied().unwrap_or(0) })
+        .map(|i| {
+            if i < 0 {
+                0
+            } else {
+                all.get(i as usize).copied().unwrap_or(0)
+            }
+        })
         .collect();
-    let next = if keep >= 0 { all.get(keep as usize).copied().unwrap_or(0) } else { 0 };
+    let next = if keep >= 0 {
+        all.get(keep as usize).copied().unwrap_or(0)
+    } else {
+        0
+    };
     if next >= 5 {
         // Round half away from zero: carry from the last kept digit.
         let mut i = kept.len();
@@ -393,10 +430,10 @@ fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, String> {
     Ok(out)
 }
 
-/// The schema of normalized records without declared columns: each key's first non-null
-/// value decides (booleans, integers as bigint, numbers as double, anything else as string);
-/// a key whose values disagree is a string, and objects and arrays are kept as JSON text.
-/// Keys all null are strings.
+/// The schema of normalized records without declared columns, columns in name order: each
+/// key's non-null values decide (booleans, integers as bigint, numbers as double, anything else
+/// as string); integers mixed with other numbers are doubles, other disagreements strings,
+/// objects and arrays are kept as JSON text, and keys only ever null are strings.
 pub fn infer(records: &[Bytes]) -> SchemaRef {
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
@@ -433,6 +470,7 @@ pub fn infer(records: &[Bytes]) -> SchemaRef {
             };
         }
     }
+    order.sort();
     let fields: Vec<Field> = order
         .into_iter()
         .map(|k| {
@@ -565,7 +603,11 @@ mod tests {
                 max_padding_bytes: 0,
                 writer_v2: false,
             },
-            columns: columns.map(|c| c.iter().map(|(n, t)| (n.to_string(), t.to_string())).collect()),
+            columns: columns.map(|c| {
+                c.iter()
+                    .map(|(n, t)| (n.to_string(), t.to_string()))
+                    .collect()
+            }),
         }
     }
 
@@ -600,7 +642,12 @@ mod tests {
 
     #[test]
     fn records_that_do_not_fit_are_refused_with_the_reason() {
-        let c = Converter::new(&conversion(Some(&[("n", "tinyint"), ("p", "decimal(3,1)"), ("t", "timestamp"), ("l", "array<int>")])));
+        let c = Converter::new(&conversion(Some(&[
+            ("n", "tinyint"),
+            ("p", "decimal(3,1)"),
+            ("t", "timestamp"),
+            ("l", "array<int>"),
+        ])));
         for (record, reason) in [
             (&b"not json"[..], "not valid JSON"),
             (b"[1]", "not a JSON object"),
@@ -631,7 +678,8 @@ mod tests {
             ("1.5e-1", 3, 2, "0.15"),
             (".5", 2, 0, "1"),
         ] {
-            let got = decimal_text(&Value::String(input.into()), p, s).unwrap_or_else(|_| "Err".into());
+            let got =
+                decimal_text(&Value::String(input.into()), p, s).unwrap_or_else(|_| "Err".into());
             assert_eq!(got, out, "{input} as decimal({p},{s})");
         }
     }
@@ -642,13 +690,21 @@ mod tests {
         let conv = conversion(Some(&[("n", "int"), ("s", "string"), ("t", "timestamp")]));
         let c = Converter::new(&conv);
         let records: Vec<Bytes> = (0..3000)
-            .map(|i| c.normalize(format!(r#"{{"n":{i},"s":"x{i}","t":{}}}"#, 1_700_000_000 + i).as_bytes()).unwrap())
+            .map(|i| {
+                c.normalize(
+                    format!(r#"{{"n":{i},"s":"x{i}","t":{}}}"#, 1_700_000_000 + i).as_bytes(),
+                )
+                .unwrap()
+            })
             .collect();
         let body = encode(&conv, records).unwrap();
         let file: Vec<u8> = body.concat();
         let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(file)).unwrap();
         assert_eq!(reader.metadata().file_metadata().num_rows(), 3000);
-        assert_eq!(reader.schema().field(2).data_type(), &DataType::Timestamp(TimeUnit::Microsecond, None));
+        assert_eq!(
+            reader.schema().field(2).data_type(),
+            &DataType::Timestamp(TimeUnit::Microsecond, None)
+        );
         let rows: usize = reader.build().unwrap().map(|b| b.unwrap().num_rows()).sum();
         assert_eq!(rows, 3000);
     }

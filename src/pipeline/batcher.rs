@@ -356,10 +356,11 @@ impl Batcher {
                         at,
                         &unique
                     ),
-                    key.compression.suffix()
+                    encode::data_suffix(key.compression, key.format.as_ref())
                 ),
                 compression: key.compression,
                 layout: None,
+                format: key.format.clone(),
             },
             version: key.version,
             partition: key.prefix.clone(),
@@ -592,7 +593,7 @@ impl Batcher {
         let at: DateTime<Utc> =
             DateTime::from_timestamp_millis(batch.oldest_ms as i64).unwrap_or_default();
         let unique = unique_id(self.shared.incarnation, batch.start);
-        if dest.processing.is_some() || dest.dynamic_partitioning {
+        if dest.processing.is_some() || dest.dynamic_partitioning || dest.conversion.is_some() {
             let rng = &mut rand::rng();
             let buffered = dest.dynamic_partitioning;
             return ObjectPlan {
@@ -614,8 +615,10 @@ impl Batcher {
                         processing: dest.processing.clone(),
                         dynamic_partitioning: dest.dynamic_partitioning,
                         transform_sha256: def.transform.as_ref().map(|m| m.sha256().to_owned()),
+                        conversion: dest.conversion.clone(),
                     }),
                 }),
+                format: None,
             };
         }
         let rendered = dest.prefix.render(at, None, &mut rand::rng());
@@ -629,6 +632,7 @@ impl Batcher {
             key,
             compression: dest.compression,
             layout: None,
+            format: None,
         }
     }
 
@@ -799,8 +803,9 @@ async fn write_records(shared: &Shared, plan: ObjectPlan, records: Vec<Bytes>, b
     let count = records.len() as u64;
     let level = ctx.upload.gzip_level;
     let compression = plan.compression;
+    let format = plan.format.clone();
     let encoded = in_slot(shared, &ctx.encode_slots, move || {
-        encode::encode(compression, level, records)
+        encode::encode_data(compression, format.as_ref(), level, records)
     });
     let Some(body) = encoded.await else {
         return false;
@@ -940,6 +945,7 @@ fn prepare(
 ) -> std::io::Result<Vec<Output>> {
     let start = batch.start;
     let processed = process_batch(shared, batch, layout, definition);
+    let format = sealed_conversion(layout);
     let level = shared.ctx.upload.gzip_level;
     let mut objects = Vec::new();
     for p in processed.partitions {
@@ -948,16 +954,18 @@ fn prepare(
         let prefix = p
             .prefix
             .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""));
+        let key = object_key(shared, layout, start, &prefix, 0);
         objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
-                key: object_key(shared, plan, layout, start, &prefix, 0),
+                key: format!("{key}{}", encode::data_suffix(plan.compression, format)),
                 compression: plan.compression,
                 layout: None,
+                format: format.cloned(),
             },
             records: p.records.len() as u64,
             payload_bytes: p.bytes,
-            body: encode::encode(plan.compression, level, p.records)?,
+            body: encode::encode_data(plan.compression, format, level, p.records)?,
             error_output: None,
         });
     }
@@ -998,6 +1006,7 @@ async fn deliver_partitioned(
                     prefix: p
                         .prefix
                         .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], "")),
+                    format: sealed_conversion(&layout).cloned(),
                 },
                 records: p.records,
                 bytes: p.bytes,
@@ -1059,9 +1068,11 @@ fn process_batch(
             sealed_transform(shared, sealed, definition),
         ),
     };
+    let converter = sealed_conversion(layout).map(crate::encode::parquet::Converter::new);
     let job = process::Job {
         processing,
         transform: transform.as_deref(),
+        converter: converter.as_ref(),
         partition_by: partitioned.then_some(&layout.prefix[..]),
         max_partitions: shared.ctx.max_active_partitions,
         metrics: &shared.metrics,
@@ -1084,15 +1095,13 @@ fn error_objects(
         objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
-                key: object_key(
-                    shared,
-                    plan,
-                    layout,
-                    start,
-                    &prefix,
-                    ERROR_OBJECT_BASE + t as u64,
+                key: format!(
+                    "{}{}",
+                    object_key(shared, layout, start, &prefix, ERROR_OBJECT_BASE + t as u64),
+                    plan.compression.suffix()
                 ),
                 compression: plan.compression,
+                format: None,
                 layout: None,
             },
             records: lines.len() as u64,
@@ -1104,11 +1113,15 @@ fn error_objects(
     Ok(objects)
 }
 
-/// The key of one object of a processed batch: its prefix, then Firehose's name with an id
-/// from the batch's position and `index` (which object of the batch).
+/// The record format conversion a processed batch was sealed with.
+fn sealed_conversion(layout: &Layout) -> Option<&crate::catalog::conversion::Conversion> {
+    layout.settings.as_ref()?.conversion.as_ref()
+}
+
+/// The key of one object of a processed batch, without its suffix: its prefix, then
+/// Firehose's name with an id from the batch's position and `index` (which object of the batch).
 fn object_key(
     shared: &Shared,
-    plan: &ObjectPlan,
     layout: &Layout,
     start: Position,
     prefix: &str,
@@ -1117,11 +1130,7 @@ fn object_key(
     let at: DateTime<Utc> =
         DateTime::from_timestamp_millis(layout.at_ms as i64).unwrap_or_default();
     let unique = unique_id(shared.incarnation.wrapping_add(index), start);
-    format!(
-        "{}{}",
-        prefix::object_name(prefix, shared.name.as_str(), layout.version, at, &unique),
-        plan.compression.suffix()
-    )
+    prefix::object_name(prefix, shared.name.as_str(), layout.version, at, &unique)
 }
 
 /// UUID-shaped and derived from the journal position, so a replayed batch gets the same name.

@@ -54,6 +54,8 @@ pub struct Context {
     pub transforms: Arc<crate::transform::Host>,
     /// `partitioning.max_active_partitions`.
     pub max_active_partitions: usize,
+    /// The config file's tables, for record format conversion schemas.
+    pub tables: crate::catalog::conversion::Tables,
 }
 
 /// One stream's state shared by its journal thread, pipeline task and uploads.

@@ -43,6 +43,8 @@ pub struct PartKey {
     pub compression: Compression,
     /// The prefix rendered with the partition's keys, random strings still to be drawn.
     pub prefix: String,
+    /// Parquet with these settings, or JSON lines.
+    pub format: Option<crate::catalog::conversion::Conversion>,
 }
 
 /// One batch's records of one partition.
@@ -160,6 +162,7 @@ impl FlushMeta {
             bucket: self.plan.bucket.clone(),
             compression: self.plan.compression,
             prefix: self.partition.clone(),
+            format: self.plan.format.clone(),
         }
     }
 
@@ -331,6 +334,7 @@ mod tests {
             bucket: "b".into(),
             compression: Compression::Uncompressed,
             prefix: prefix.into(),
+            format: None,
         }
     }
 
@@ -341,6 +345,7 @@ mod tests {
                 key: format!("{prefix}object"),
                 compression: Compression::Uncompressed,
                 layout: None,
+                format: None,
             },
             version: 1,
             partition: prefix.into(),

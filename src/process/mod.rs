@@ -23,13 +23,15 @@ pub enum ErrorOutput {
     ProcessingFailed,
     PartitioningFailed,
     ActivePartitionExceeded,
+    FormatConversionFailed,
 }
 
 impl ErrorOutput {
-    pub const ALL: [ErrorOutput; 3] = [
+    pub const ALL: [ErrorOutput; 4] = [
         ErrorOutput::ProcessingFailed,
         ErrorOutput::PartitioningFailed,
         ErrorOutput::ActivePartitionExceeded,
+        ErrorOutput::FormatConversionFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -37,6 +39,7 @@ impl ErrorOutput {
             ErrorOutput::ProcessingFailed => "processing-failed",
             ErrorOutput::PartitioningFailed => "partitioning-failed",
             ErrorOutput::ActivePartitionExceeded => "activePartitionExceeded",
+            ErrorOutput::FormatConversionFailed => "format-conversion-failed",
         }
     }
 }
@@ -49,6 +52,7 @@ pub mod codes {
     pub const KEY_MISSING: &str = "DynamicPartitioning.PartitionKeyMissing";
     pub const KEY_INVALID: &str = "DynamicPartitioning.PartitionKeyInvalid";
     pub const CAP_EXCEEDED: &str = "DynamicPartitioning.ActivePartitionExceeded";
+    pub const CONVERSION_FAILED: &str = "DataFormatConversion.MalformedData";
 }
 
 /// A record as the journal holds it.
@@ -65,6 +69,8 @@ pub struct Job<'a> {
     pub transform: Option<&'a Module>,
     /// The data prefix, when dynamic partitioning is on: its holes name the keys.
     pub partition_by: Option<&'a [Piece]>,
+    /// Record format conversion: each record is normalized for its Parquet columns.
+    pub converter: Option<&'a crate::encode::parquet::Converter>,
     pub max_partitions: usize,
     pub metrics: &'a StreamMetrics,
 }
@@ -231,9 +237,25 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
         }
     }
 
-    let delimiter = job.processing.is_some_and(|p| p.append_delimiter);
+    // Parquet rows need no delimiter.
+    let delimiter = job.processing.is_some_and(|p| p.append_delimiter) && job.converter.is_none();
     let mut slots: HashMap<String, usize> = HashMap::new();
-    for s in survivors {
+    for mut s in survivors {
+        if let Some(converter) = job.converter {
+            match converter.normalize(&s.data) {
+                Ok(row) => s.data = row,
+                Err(m) => {
+                    failures.add(
+                        ErrorOutput::FormatConversionFailed,
+                        s.index,
+                        1,
+                        codes::CONVERSION_FAILED,
+                        &m,
+                    );
+                    continue;
+                }
+            }
+        }
         let slot = match job.partition_by {
             None => {
                 if out.partitions.is_empty() {

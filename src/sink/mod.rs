@@ -35,6 +35,9 @@ pub struct ObjectPlan {
     /// then holds only the object name's common tail, for logs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<Layout>,
+    /// Record format conversion: the object is Parquet, written from normalized records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<crate::catalog::conversion::Conversion>,
 }
 
 /// The parts of a processed batch's object keys fixed when it is sealed; the partition keys
@@ -64,6 +67,8 @@ pub struct SealedSettings {
     pub dynamic_partitioning: bool,
     /// SHA-256 of the transform component; a replay loads that compilation from the cache.
     pub transform_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversion: Option<crate::catalog::conversion::Conversion>,
 }
 
 mod compression_name {
@@ -460,6 +465,7 @@ mod tests {
             key: "2026/01/01/00/s-1-x.gz".into(),
             compression: Compression::Gzip,
             layout: None,
+            format: None,
         };
         let back = ObjectPlan::from_meta(&p.to_meta()).unwrap();
         assert_eq!(back.key, p.key);

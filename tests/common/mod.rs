@@ -638,3 +638,18 @@ pub fn component(name: &str) -> PathBuf {
     std::fs::rename(&partial, &out).unwrap();
     out
 }
+
+/// The Python of the test venv the test command creates (boto3, pyarrow).
+pub fn venv_python() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("target"));
+    let python = target.join("test-venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run the test command (bash tests/run.sh), which creates it",
+        python.display()
+    );
+    python
+}

@@ -1,0 +1,480 @@
+//! Record format conversion end to end: streams converting JSON to Parquet, configured over the
+//! API (AWS SDK, schema from a config-file table) and in TOML (schema inferred, with dynamic
+//! partitioning), objects read back from a real S3 server (s3s-fs) with the `parquet` crate and
+//! with pyarrow. Records that do not fit go to `format-conversion-failed`.
+
+mod common;
+
+use std::time::Duration;
+
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
+use arrow_array::{Array, RecordBatch};
+use arrow_schema::DataType;
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::{
+    DataFormatConversionConfiguration, Deserializer, InputFormatConfiguration, OpenXJsonSerDe,
+    OutputFormatConfiguration, ParquetCompression, ParquetSerDe, Record, SchemaConfiguration,
+    Serializer,
+};
+use base64::Engine as _;
+use bytes::Bytes;
+use common::*;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde_json::Value;
+
+const TABLE: &str = r#"
+[[table]]
+database = "game"
+name = "players"
+columns = [
+  { name = "user_id", type = "bigint" },
+  { name = "age", type = "int" },
+  { name = "location", type = "string" },
+  { name = "premium", type = "boolean" },
+  { name = "ts", type = "timestamp" },
+  { name = "day", type = "date" },
+  { name = "price", type = "decimal(10,2)" },
+  { name = "tags", type = "array<string>" },
+  { name = "profile", type = "struct<level:int,guild:string>" },
+  { name = "scores", type = "map<string,double>" },
+  { name = "geo_city", type = "string" },
+]
+"#;
+
+fn conversion(compression: &str, table: &str) -> DataFormatConversionConfiguration {
+    DataFormatConversionConfiguration::builder()
+        .enabled(true)
+        .schema_configuration(
+            SchemaConfiguration::builder()
+                .database_name("game")
+                .table_name(table)
+                .role_arn("arn:aws:iam::000000000000:role/firehose")
+                .build(),
+        )
+        .input_format_configuration(
+            InputFormatConfiguration::builder()
+                .deserializer(
+                    Deserializer::builder()
+                        .open_x_json_ser_de(
+                            OpenXJsonSerDe::builder()
+                                .convert_dots_in_json_keys_to_underscores(true)
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .output_format_configuration(
+            OutputFormatConfiguration::builder()
+                .serializer(
+                    Serializer::builder()
+                        .parquet_ser_de(
+                            ParquetSerDe::builder()
+                                .compression(ParquetCompression::from(compression))
+                                .build(),
+                        )
+                        .build(),
+                )
+                .build(),
+        )
+        .build()
+}
+
+async fn put(client: &aws_sdk_firehose::Client, stream: &str, records: &[&str]) {
+    let out = client
+        .put_record_batch()
+        .delivery_stream_name(stream)
+        .set_records(Some(
+            records
+                .iter()
+                .map(|r| {
+                    Record::builder()
+                        .data(Blob::new(r.as_bytes()))
+                        .build()
+                        .unwrap()
+                })
+                .collect(),
+        ))
+        .send()
+        .await
+        .expect("put_record_batch");
+    assert_eq!(out.failed_put_count(), 0);
+}
+
+/// Waits until the bucket holds objects under `prefix` with `rows` rows in all.
+async fn parquet_under(
+    s3: &S3Server,
+    bucket: &str,
+    prefix: &str,
+    rows: usize,
+) -> Vec<(String, Bytes)> {
+    let store = s3.client(bucket);
+    wait_for(Duration::from_secs(60), || async {
+        let found: Vec<(String, Bytes)> = objects(&store)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect();
+        let n: usize = found
+            .iter()
+            .map(|(_, b)| {
+                ParquetRecordBatchReaderBuilder::try_new(b.clone())
+                    .map(|r| r.metadata().file_metadata().num_rows() as usize)
+                    .unwrap_or(0)
+            })
+            .sum();
+        (n >= rows).then_some(found)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{rows} rows under {bucket}/{prefix} in time"))
+}
+
+fn read(body: &Bytes) -> RecordBatch {
+    let reader = ParquetRecordBatchReaderBuilder::try_new(body.clone()).unwrap();
+    let schema = reader.schema().clone();
+    let batches: Vec<RecordBatch> = reader.build().unwrap().map(|b| b.unwrap()).collect();
+    assert_eq!(batches.len(), 1, "a small object reads as one batch");
+    assert_eq!(batches[0].schema(), schema);
+    batches[0].clone()
+}
+
+/// pyarrow's view of a Parquet file: its schema as text and its rows as JSON.
+fn pyarrow_read(body: &Bytes) -> (Vec<String>, Vec<Value>) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("object.parquet");
+    std::fs::write(&path, body).unwrap();
+    let script = r#"
+import json, sys, decimal, datetime
+import pyarrow.parquet as pq
+t = pq.read_table(sys.argv[1])
+def plain(v):
+    if isinstance(v, decimal.Decimal): return str(v)
+    if isinstance(v, (datetime.datetime, datetime.date)): return v.isoformat()
+    if isinstance(v, list): return [plain(x) for x in v]
+    if isinstance(v, tuple): return [plain(x) for x in v]
+    if isinstance(v, dict): return {k: plain(x) for k, x in v.items()}
+    return v
+print(json.dumps({"schema": [f"{f.name}: {f.type}" for f in t.schema],
+                  "rows": [plain(r) for r in t.to_pylist()]}))
+"#;
+    let out = std::process::Command::new(venv_python())
+        .arg("-c")
+        .arg(script)
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let schema = v["schema"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    (schema, v["rows"].as_array().unwrap().clone())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_becomes_parquet_with_the_table_schema() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake");
+    let d = Daemon::start(&format!("{}{TABLE}", s3.config()));
+    let fh = d.firehose();
+    let dest = s3_destination("lake", 1, 1)
+        .prefix("players/")
+        .error_output_prefix("errors/!{firehose:error-output-type}/")
+        .data_format_conversion_configuration(conversion("ZSTD", "players"));
+    create_stream(&fh, "players", dest).await;
+
+    let good = [
+        r#"{"user_id":7,"Age":31,"location":"KR","premium":false,"ts":"2026-11-29T10:00:00Z","day":"2026-11-29","price":"19.99","tags":["a","b"],"profile":{"Level":3,"guild":"x"},"scores":{"m1":1.5},"geo.city":"Seoul","ignored":1}"#,
+        r#"{"USER_ID":8,"ts":1795946400,"tags":[],"profile":null}"#,
+        r#"{"user_id":9,"ts":1795946400123,"price":1.005,"scores":{"a":2,"b":null}}"#,
+    ];
+    let bad = [
+        "not json",
+        r#"{"user_id":"seven"}"#,
+        r#"{"user_id":10,"age":3000000000}"#,
+        r#"{"user_id":11,"price":123456789012}"#,
+    ];
+    let mut all: Vec<&str> = good.to_vec();
+    all.extend(bad);
+    put(&fh, "players", &all).await;
+
+    let objs = parquet_under(&s3, "lake", "players/", 3).await;
+    assert_eq!(objs.len(), 1);
+    let (key, body) = &objs[0];
+    assert!(key.ends_with(".parquet"), "{key}");
+    let b = read(body);
+    assert_eq!(b.num_rows(), 3);
+    let col = |name: &str| b.column(b.schema().index_of(name).unwrap()).clone();
+    let types: Vec<String> = b
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| format!("{}: {}", f.name(), f.data_type()))
+        .collect();
+    assert_eq!(types[0], "user_id: Int64");
+    assert_eq!(
+        b.schema().field_with_name("ts").unwrap().data_type(),
+        &DataType::Timestamp(arrow_schema::TimeUnit::Microsecond, None)
+    );
+    assert_eq!(
+        b.schema().field_with_name("price").unwrap().data_type(),
+        &DataType::Decimal128(10, 2)
+    );
+    let ids = col("user_id");
+    let ids = ids.as_primitive::<Int64Type>();
+    assert_eq!(ids.values().to_vec(), [7, 8, 9]);
+    let age = col("age");
+    let age = age.as_primitive::<Int32Type>();
+    assert_eq!(
+        (age.value(0), age.is_null(1), age.is_null(2)),
+        (31, true, true)
+    );
+    let ts = col("ts");
+    let ts = ts.as_primitive::<TimestampMicrosecondType>();
+    // ISO text, epoch seconds and epoch milliseconds.
+    assert_eq!(
+        ts.values().to_vec(),
+        [
+            1_795_946_400_000_000,
+            1_795_946_400_000_000,
+            1_795_946_400_123_000
+        ]
+    );
+    let day = col("day");
+    assert_eq!(day.as_primitive::<Date32Type>().value(0), 20_786);
+    let price = col("price");
+    let price = price.as_primitive::<arrow_array::types::Decimal128Type>();
+    assert_eq!(
+        (price.value(0), price.is_null(1), price.value(2)),
+        (1999, true, 101)
+    );
+    assert_eq!(col("geo_city").as_string::<i32>().value(0), "Seoul");
+    let tags = col("tags");
+    let tags = tags.as_list::<i32>();
+    assert_eq!(
+        (tags.value(0).len(), tags.value(1).len(), tags.is_null(2)),
+        (2, 0, true)
+    );
+    let profile = col("profile");
+    let profile = profile.as_struct();
+    assert_eq!(profile.column(0).as_primitive::<Int32Type>().value(0), 3);
+    assert!(profile.is_null(1));
+    let scores = col("scores");
+    let scores = scores.as_map();
+    assert_eq!(
+        scores
+            .value(2)
+            .column(1)
+            .as_primitive::<Float64Type>()
+            .value(0),
+        2.0
+    );
+    assert!(scores.value(2).column(1).is_null(1));
+
+    // An independent reader agrees.
+    let (schema, rows) = pyarrow_read(body);
+    assert_eq!(
+        schema,
+        [
+            "user_id: int64",
+            "age: int32",
+            "location: string",
+            "premium: bool",
+            "ts: timestamp[us]",
+            "day: date32[day]",
+            "price: decimal128(10, 2)",
+            "tags: list<item: string>",
+            "profile: struct<level: int32, guild: string>",
+            // pyarrow names the map's entries after the column.
+            "scores: map<string, double ('scores')>",
+            "geo_city: string",
+        ]
+    );
+    assert_eq!(rows[0]["ts"], "2026-11-29T10:00:00");
+    assert_eq!(rows[0]["price"], "19.99");
+    assert_eq!(
+        rows[0]["profile"],
+        serde_json::json!({"level": 3, "guild": "x"})
+    );
+    assert_eq!(rows[0]["scores"], serde_json::json!([["m1", 1.5]]));
+    assert_eq!(rows[1]["age"], Value::Null);
+    assert_eq!(rows[2]["ts"], "2026-11-29T10:00:00.123000");
+    assert_eq!(rows[2]["price"], "1.01");
+
+    // The records that do not fit, in the error output with the reason.
+    let store = s3.client("lake");
+    let errors = wait_for(Duration::from_secs(30), || async {
+        let e: Vec<Value> = objects(&store)
+            .await
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("errors/format-conversion-failed/"))
+            .flat_map(|(_, b)| {
+                b.split(|c| *c == b'\n')
+                    .filter(|l| !l.is_empty())
+                    .map(|l| serde_json::from_slice::<Value>(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        (e.len() == bad.len()).then_some(e)
+    })
+    .await
+    .expect("four error records");
+    for (e, raw) in errors.iter().zip(bad) {
+        let data = base64::engine::general_purpose::STANDARD
+            .decode(e["rawData"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(data, raw.as_bytes());
+        assert_eq!(e["errorCode"], "DataFormatConversion.MalformedData");
+    }
+    let messages: Vec<&str> = errors
+        .iter()
+        .map(|e| e["errorMessage"].as_str().unwrap())
+        .collect();
+    assert!(messages[0].starts_with("not valid JSON"), "{messages:?}");
+    assert!(
+        messages[1].contains("user_id: expected an integer (bigint)"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[2].contains("age: out of range for int"),
+        "{messages:?}"
+    );
+    assert!(
+        messages[3].contains("price: does not fit decimal(10,2)"),
+        "{messages:?}"
+    );
+    assert_eq!(
+        d.metric(
+            "spillway_error_records_total{stream=\"players\",type=\"format-conversion-failed\"}"
+        ),
+        4.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn conversion_settings_are_checked() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake");
+    let d = Daemon::start(&format!("{}{TABLE}", s3.config()));
+    let fh = d.firehose();
+    let refused =
+        |dest: aws_sdk_firehose::types::builders::ExtendedS3DestinationConfigurationBuilder| {
+            let fh = fh.clone();
+            async move {
+                let err = fh
+                    .create_delivery_stream()
+                    .delivery_stream_name("bad")
+                    .extended_s3_destination_configuration(dest.build().unwrap())
+                    .send()
+                    .await
+                    .expect_err("refused");
+                let svc = err.into_service_error();
+                assert!(svc.is_invalid_argument_exception(), "{svc:?}");
+                svc.meta().message().unwrap_or_default().to_owned()
+            }
+        };
+    let m = refused(
+        s3_destination("lake", 1, 1)
+            .compression_format(aws_sdk_firehose::types::CompressionFormat::Gzip)
+            .data_format_conversion_configuration(conversion("SNAPPY", "players")),
+    )
+    .await;
+    assert!(m.contains("CompressionFormat: must be UNCOMPRESSED"), "{m}");
+    let m = refused(
+        s3_destination("lake", 1, 1)
+            .data_format_conversion_configuration(conversion("SNAPPY", "nope")),
+    )
+    .await;
+    assert!(
+        m.contains("table game.nope is not declared in the config file"),
+        "{m}"
+    );
+    let m = refused(
+        s3_destination("lake", 1, 1)
+            .data_format_conversion_configuration(conversion("LZO", "players")),
+    )
+    .await;
+    assert!(
+        m.contains("ParquetSerDe.Compression must be SNAPPY, GZIP, ZSTD or UNCOMPRESSED"),
+        "{m}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferred_schemas_with_partitions_from_toml() {
+    let s3 = S3Server::start();
+    s3.create_bucket("events");
+    let config = format!(
+        r#"{}
+[[stream]]
+name = "events"
+bucket_arn = "arn:aws:s3:::events"
+prefix = "loc=!{{partitionKeyFromQuery:loc}}/"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
+[stream.processing_configuration]
+processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{loc: .location}}' }} }}]
+[stream.dynamic_partitioning_configuration]
+enabled = true
+[stream.data_format_conversion_configuration]
+enabled = true
+[stream.data_format_conversion_configuration.parquet]
+compression = "SNAPPY"
+"#,
+        s3.config()
+    );
+    let d = Daemon::start(&config);
+    let fh = d.firehose();
+    put(
+        &fh,
+        "events",
+        &[
+            r#"{"location":"KR","n":1,"x":1.5,"ok":true,"nested":{"a":1}}"#,
+            r#"{"location":"US","n":2}"#,
+            r#"{"location":"KR","n":3,"x":2,"nested":[1,2]}"#,
+        ],
+    )
+    .await;
+    // Nested past the converter's depth limit (64), within jq's (128): not convertible.
+    let deep = format!(
+        r#"{{"location":"KR","d":{}1{}}}"#,
+        "[".repeat(70),
+        "]".repeat(70)
+    );
+    put(&fh, "events", &[deep.as_str()]).await;
+    let kr = parquet_under(&s3, "events", "loc=KR/", 2).await;
+    let us = parquet_under(&s3, "events", "loc=US/", 1).await;
+    assert!(kr[0].0.ends_with(".parquet") && us[0].0.ends_with(".parquet"));
+    let (schema, rows) = pyarrow_read(&kr[0].1);
+    // Each object's schema is inferred from its own records: ints and floats widen to double,
+    // nested values are kept as JSON text.
+    assert_eq!(
+        schema,
+        [
+            "location: string",
+            "n: int64",
+            "nested: string",
+            "ok: bool",
+            "x: double",
+        ]
+    );
+    assert_eq!(rows[0]["nested"], r#"{"a":1}"#);
+    assert_eq!(rows[1]["x"], 2.0);
+    assert_eq!(rows[1]["ok"], Value::Null);
+    let (schema, _) = pyarrow_read(&us[0].1);
+    assert_eq!(schema, ["location: string", "n: int64"]);
+    assert_eq!(
+        d.metric(
+            "spillway_error_records_total{stream=\"events\",type=\"format-conversion-failed\"}"
+        ),
+        1.0
+    );
+}
