@@ -42,20 +42,6 @@ pub fn encode(
     }
 }
 
-/// A data object: Parquet when the stream converts its records (they are normalized already),
-/// else JSON lines with the stream's compression.
-pub fn encode_data(
-    compression: Compression,
-    format: Option<&crate::catalog::conversion::Conversion>,
-    gzip_level: u32,
-    records: Vec<Bytes>,
-) -> std::io::Result<Body> {
-    match format {
-        Some(conversion) => parquet::encode(conversion, records),
-        None => encode(compression, gzip_level, records),
-    }
-}
-
 /// What ends a data object's name: `.parquet` for converted records, else the compression's.
 pub fn data_suffix(
     compression: Compression,

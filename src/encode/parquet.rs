@@ -508,18 +508,32 @@ fn properties(conversion: &Conversion) -> WriterProperties {
 }
 
 /// Normalized records (see [`Converter::normalize`]) as one Parquet file, in chunks of about a
-/// row group each: Arrow holds one row group at a time.
+/// row group each.
 pub fn encode(conversion: &Conversion, records: Vec<Bytes>) -> std::io::Result<Body> {
+    let mut chunks = Vec::new();
+    encode_to(conversion, &records, |chunk| {
+        chunks.push(chunk);
+        Ok(())
+    })?;
+    Ok(chunks)
+}
+
+/// Encodes normalized records as one Parquet file, handing each row group's bytes to `emit` as
+/// soon as it is written: Arrow and the encoded pages hold one row group at a time.
+pub fn encode_to(
+    conversion: &Conversion,
+    records: &[Bytes],
+    mut emit: impl FnMut(Bytes) -> std::io::Result<()>,
+) -> std::io::Result<()> {
     let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
     let schema = match &Converter::new(conversion).schema {
         Some(s) => s.clone(),
-        None => infer(&records),
+        None => infer(records),
     };
     let inferred = conversion.columns.is_none();
     let row_group_bytes = ROW_GROUP_INPUT_BYTES.min(conversion.parquet.block_size_bytes);
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties(conversion)))
         .map_err(|e| io(&e))?;
-    let mut chunks: Body = Vec::new();
     let mut start = 0;
     while start < records.len() {
         let mut end = start;
@@ -554,13 +568,12 @@ pub fn encode(conversion: &Conversion, records: Vec<Bytes>) -> std::io::Result<B
         writer.flush().map_err(|e| io(&e))?;
         let written = std::mem::take(writer.inner_mut());
         if !written.is_empty() {
-            chunks.push(Bytes::from(written));
+            emit(Bytes::from(written))?;
         }
         start = end;
     }
     let tail = writer.into_inner().map_err(|e| io(&e))?;
-    chunks.push(Bytes::from(tail));
-    Ok(chunks)
+    emit(Bytes::from(tail))
 }
 
 /// A record of an inferred schema with its nested values as JSON text.

@@ -803,12 +803,16 @@ async fn write_records(shared: &Shared, plan: ObjectPlan, records: Vec<Bytes>, b
     let count = records.len() as u64;
     let level = ctx.upload.gzip_level;
     let compression = plan.compression;
-    let format = plan.format.clone();
-    let encoded = in_slot(shared, &ctx.encode_slots, move || {
-        encode::encode_data(compression, format.as_ref(), level, records)
-    });
-    let Some(body) = encoded.await else {
-        return false;
+    let body = if let Some(conversion) = &plan.format {
+        Payload::Parquet(conversion.clone(), Arc::new(records))
+    } else {
+        let encoded = in_slot(shared, &ctx.encode_slots, move || {
+            encode::encode(compression, level, records)
+        });
+        let Some(body) = encoded.await else {
+            return false;
+        };
+        Payload::Ready(body)
     };
     let object = Output {
         plan,
@@ -850,9 +854,20 @@ async fn in_slot<T: Send + 'static>(
 
 /// Uploads one object until it lands (true, counted) or shutdown abandons it (false).
 async fn write_object(shared: &Shared, object: Output) -> bool {
-    let object_bytes = encode::len(&object.body);
-    match sink::upload(shared, &object.plan, object.body).await {
-        UploadOutcome::Landed => {
+    let outcome = match object.body {
+        Payload::Parquet(conversion, records) => {
+            let slots = &shared.ctx.encode_slots;
+            sink::upload_streamed(shared, &object.plan, || {
+                encode_parquet(slots.clone(), conversion.clone(), records.clone())
+            })
+            .await
+        }
+        Payload::Ready(body) => sink::upload(shared, &object.plan, body).await,
+    };
+    match outcome {
+        UploadOutcome::Landed {
+            bytes: object_bytes,
+        } => {
             let m = &shared.metrics;
             m.objects_written.inc();
             m.object_bytes.inc_by(object_bytes);
@@ -873,10 +888,44 @@ async fn write_object(shared: &Shared, object: Output) -> bool {
     }
 }
 
+/// Starts encoding normalized records as Parquet, in an encode slot, for one upload attempt.
+fn encode_parquet(
+    slots: Arc<Semaphore>,
+    conversion: crate::catalog::conversion::Conversion,
+    records: Arc<Vec<Bytes>>,
+) -> sink::Chunks {
+    // Two row groups in flight at most: the encoder waits for the upload.
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        // The semaphore is never closed.
+        let Ok(slot) = slots.acquire_owned().await else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            let result = encode::parquet::encode_to(&conversion, &records, |chunk| {
+                tx.blocking_send(Ok(chunk))
+                    .map_err(|_| std::io::Error::other("the upload stopped"))
+            });
+            if let Err(e) = result {
+                let _ = tx.blocking_send(Err(e));
+            }
+            drop(slot);
+        })
+        .await;
+    });
+    rx
+}
+
+/// An object's bytes: encoded already, or Parquet encoded while it uploads.
+enum Payload {
+    Ready(encode::Body),
+    Parquet(crate::catalog::conversion::Conversion, Arc<Vec<Bytes>>),
+}
+
 /// One object of a processed batch, encoded and named.
 struct Output {
     plan: ObjectPlan,
-    body: encode::Body,
+    body: Payload,
     records: u64,
     payload_bytes: u64,
     error_output: Option<ErrorOutput>,
@@ -965,7 +1014,10 @@ fn prepare(
             },
             records: p.records.len() as u64,
             payload_bytes: p.bytes,
-            body: encode::encode_data(plan.compression, format, level, p.records)?,
+            body: match format {
+                Some(conversion) => Payload::Parquet(conversion.clone(), Arc::new(p.records)),
+                None => Payload::Ready(encode::encode(plan.compression, level, p.records)?),
+            },
             error_output: None,
         });
     }
@@ -1106,7 +1158,7 @@ fn error_objects(
             },
             records: lines.len() as u64,
             payload_bytes: lines.iter().map(|l| l.len() as u64).sum(),
-            body: encode::encode(plan.compression, level, lines)?,
+            body: Payload::Ready(encode::encode(plan.compression, level, lines)?),
             error_output: Some(t),
         });
     }

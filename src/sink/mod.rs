@@ -233,18 +233,60 @@ fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3
 }
 
 pub enum UploadOutcome {
-    Landed,
+    /// With the object's size.
+    Landed { bytes: u64 },
     /// Shutdown gave up waiting; the batch stays in the journal.
     Abandoned,
 }
 
 /// Uploads until the object lands (or shutdown abandons it), counting failures and retries.
 pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOutcome {
+    let settings = &shared.ctx.upload;
+    let size = crate::encode::len(&body);
+    let payload: PutPayload = body.into_iter().collect();
+    upload_attempts(shared, plan, |store, path| {
+        let payload = payload.clone();
+        async move {
+            put(store.as_ref(), &path, payload, size, settings)
+                .await
+                .map(|()| size)
+        }
+    })
+    .await
+}
+
+/// Chunks of an object as its encoder produces them.
+pub type Chunks = tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>;
+
+/// Uploads an object whose bytes come from an encoder while it runs: `start` begins one
+/// encoding per attempt (a failed attempt is encoded again), and the object goes up in parts
+/// as they fill, so only about one part of it is ever held in memory.
+pub async fn upload_streamed(
+    shared: &Shared,
+    plan: &ObjectPlan,
+    start: impl Fn() -> Chunks,
+) -> UploadOutcome {
+    let settings = &shared.ctx.upload;
+    upload_attempts(shared, plan, |store, path| {
+        let chunks = start();
+        async move { put_streamed(store.as_ref(), &path, chunks, settings).await }
+    })
+    .await
+}
+
+/// Runs attempts (each returns the bytes written) until one lands or shutdown gives up.
+async fn upload_attempts<F, Fut>(
+    shared: &Shared,
+    plan: &ObjectPlan,
+    mut attempt_once: F,
+) -> UploadOutcome
+where
+    F: FnMut(Arc<dyn ObjectStore>, ObjectPath) -> Fut,
+    Fut: std::future::Future<Output = object_store::Result<u64>>,
+{
     let ctx = &shared.ctx;
     let settings = &ctx.upload;
     let path = ObjectPath::from(plan.key.as_str());
-    let size = crate::encode::len(&body);
-    let payload: PutPayload = body.into_iter().collect();
     let mut delay = settings.retry_initial;
     let mut attempt = 0u32;
     loop {
@@ -267,21 +309,21 @@ pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOut
         let local = ctx.stores.local_file(&plan.bucket, &plan.key);
         let result = tokio::select! {
             r = async {
-                put(store.as_ref(), &path, payload.clone(), size, settings).await?;
+                let bytes = attempt_once(store, path.clone()).await?;
                 if let Some((file, bucket_dir)) = local {
                     make_durable(file, bucket_dir, ctx.stores.synced_dirs.clone()).await?;
                 }
-                Ok::<(), object_store::Error>(())
+                Ok::<u64, object_store::Error>(bytes)
             } => r,
             _ = ctx.abandon.cancelled() => return UploadOutcome::Abandoned,
         };
         match result {
-            Ok(()) => {
+            Ok(bytes) => {
                 shared
                     .metrics
                     .upload_seconds
                     .observe(started.elapsed().as_secs_f64());
-                return UploadOutcome::Landed;
+                return UploadOutcome::Landed { bytes };
             }
             Err(e) => {
                 shared.metrics.upload_failures.inc();
@@ -380,6 +422,83 @@ async fn make_durable(
 }
 
 /// Regroups the body's chunks into parts of `part_size` bytes (the last may be smaller).
+/// Uploads chunks as they come: one `put` if they end below the multipart threshold, else a
+/// multipart upload fed a part at a time. Returns the object's size.
+async fn put_streamed(
+    store: &dyn ObjectStore,
+    path: &ObjectPath,
+    mut chunks: Chunks,
+    settings: &UploadSettings,
+) -> object_store::Result<u64> {
+    let part_size = settings.part_size.max(1) as usize;
+    let threshold = settings.multipart_threshold.max(settings.part_size) as usize;
+    let mut pending: std::collections::VecDeque<Bytes> = Default::default();
+    let mut pending_len = 0usize;
+    let mut total = 0u64;
+    let mut upload: Option<Box<dyn object_store::MultipartUpload>> = None;
+    let result = async {
+        while let Some(chunk) = chunks.recv().await {
+            let chunk = chunk.map_err(|e| object_store::Error::Generic {
+                store: "encoder",
+                source: Box::new(e),
+            })?;
+            total += chunk.len() as u64;
+            pending_len += chunk.len();
+            pending.push_back(chunk);
+            if upload.is_none() && pending_len < threshold {
+                continue;
+            }
+            let up = match &mut upload {
+                Some(up) => up,
+                None => upload.insert(store.put_multipart(path).await?),
+            };
+            while pending_len >= part_size {
+                let part = take_front(&mut pending, part_size);
+                pending_len -= part_size;
+                up.put_part(part).await?;
+            }
+        }
+        let rest: PutPayload = pending.drain(..).collect();
+        match &mut upload {
+            None => {
+                store.put(path, rest).await?;
+            }
+            Some(up) => {
+                if pending_len > 0 {
+                    up.put_part(rest).await?;
+                }
+                up.complete().await?;
+            }
+        }
+        Ok(total)
+    }
+    .await;
+    if result.is_err()
+        && let Some(mut up) = upload
+    {
+        let _ = up.abort().await;
+    }
+    result
+}
+
+/// The first `len` bytes of `chunks` (which holds at least that many) as one part.
+fn take_front(chunks: &mut std::collections::VecDeque<Bytes>, len: usize) -> PutPayload {
+    let mut part = Vec::new();
+    let mut need = len;
+    while need > 0 {
+        let Some(mut chunk) = chunks.pop_front() else {
+            break;
+        };
+        if chunk.len() > need {
+            let rest = chunk.split_off(need);
+            chunks.push_front(rest);
+        }
+        need -= chunk.len();
+        part.push(chunk);
+    }
+    part.into_iter().collect()
+}
+
 fn parts(payload: &PutPayload, part_size: usize) -> Vec<PutPayload> {
     let mut out = Vec::new();
     let mut current: Vec<Bytes> = Vec::new();
@@ -436,6 +555,73 @@ pub async fn backoff(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(threshold: u64, part: u64) -> UploadSettings {
+        UploadSettings {
+            concurrency: 1,
+            multipart_threshold: threshold,
+            part_size: part,
+            retry_initial: Duration::from_millis(1),
+            retry_max: Duration::from_millis(1),
+            gzip_level: 1,
+        }
+    }
+
+    fn feed(chunks: Vec<std::io::Result<Bytes>>) -> Chunks {
+        let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+        for c in chunks {
+            tx.try_send(c).unwrap();
+        }
+        rx
+    }
+
+    #[tokio::test]
+    async fn streamed_objects_go_up_in_parts_or_whole() {
+        let store = object_store::memory::InMemory::new();
+        let chunk = |b: u8, n: usize| Ok(Bytes::from(vec![b; n]));
+        let big = ObjectPath::from("big");
+        let n = put_streamed(
+            &store,
+            &big,
+            feed(vec![chunk(1, 7), chunk(2, 3), chunk(3, 6)]),
+            &settings(5, 5),
+        )
+        .await
+        .unwrap();
+        assert_eq!(n, 16);
+        let got = store.get(&big).await.unwrap().bytes().await.unwrap();
+        assert_eq!(got.len(), 16);
+        assert_eq!((got[6], got[7], got[10]), (1, 2, 3));
+
+        let small = ObjectPath::from("small");
+        put_streamed(&store, &small, feed(vec![chunk(9, 3)]), &settings(5, 5))
+            .await
+            .unwrap();
+        assert_eq!(
+            store
+                .get(&small)
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len(),
+            3
+        );
+
+        // An encoder error fails the attempt and leaves no object behind.
+        let failed = ObjectPath::from("failed");
+        let err = put_streamed(
+            &store,
+            &failed,
+            feed(vec![chunk(1, 12), Err(std::io::Error::other("boom"))]),
+            &settings(5, 5),
+        )
+        .await
+        .unwrap_err();
+        assert!(err.to_string().contains("boom"), "{err}");
+        assert!(store.get(&failed).await.is_err());
+    }
 
     #[test]
     fn parts_split_exactly() {
