@@ -133,6 +133,16 @@ struct Args {
     #[arg(long, requires = "create_stream")]
     partition_by_location: bool,
 
+    /// Record format conversion for the stream created by --create-stream: Parquet with this
+    /// compression (SNAPPY, GZIP, ZSTD or UNCOMPRESSED), OpenX JSON in, columns inferred per
+    /// object (or, with --parquet-table, from the daemon's config table `bench.events`)
+    #[arg(long, value_name = "COMPRESSION", requires = "create_stream")]
+    parquet: Option<String>,
+
+    /// With --parquet: name the config file's table `bench.events` as the schema
+    #[arg(long, requires = "parquet")]
+    parquet_table: bool,
+
     /// Number of concurrent connections, one closed-loop worker each
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -515,6 +525,26 @@ fn create_stream_body(args: &Args) -> Bytes {
         dest["Prefix"] = "location=!{partitionKeyFromQuery:location}/".into();
         dest["ErrorOutputPrefix"] = "errors/!{firehose:error-output-type}/".into();
         dest["DynamicPartitioningConfiguration"] = serde_json::json!({ "Enabled": true });
+    }
+    if let Some(compression) = &args.parquet {
+        let mut conversion = serde_json::json!({
+            "Enabled": true,
+            "InputFormatConfiguration": { "Deserializer": { "OpenXJsonSerDe": {} } },
+            "OutputFormatConfiguration": {
+                "Serializer": { "ParquetSerDe": { "Compression": compression } },
+            },
+        });
+        if args.parquet_table {
+            conversion["SchemaConfiguration"] = serde_json::json!({
+                "DatabaseName": "bench",
+                "TableName": "events",
+                "RoleARN": "arn:aws:iam::000000000000:role/spillway",
+            });
+        }
+        dest["DataFormatConversionConfiguration"] = conversion;
+        if dest["ErrorOutputPrefix"].is_null() {
+            dest["ErrorOutputPrefix"] = "errors/!{firehose:error-output-type}/".into();
+        }
     }
     if !processors.is_empty() {
         dest["ProcessingConfiguration"] = serde_json::json!({

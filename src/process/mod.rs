@@ -103,20 +103,13 @@ struct Survivor {
 
 /// Collects error records for one batch.
 struct Failures<'a> {
-    records: &'a [Record],
     lambda_arn: Option<&'a str>,
     by_type: HashMap<ErrorOutput, Vec<Bytes>>,
 }
 
 impl Failures<'_> {
-    fn add(&mut self, to: ErrorOutput, index: usize, attempts: u32, code: &str, message: &str) {
-        let line = error_record(
-            &self.records[index],
-            attempts,
-            code,
-            message,
-            self.lambda_arn,
-        );
+    fn add(&mut self, to: ErrorOutput, record: &Record, attempts: u32, code: &str, message: &str) {
+        let line = error_record(record, attempts, code, message, self.lambda_arn);
         self.by_type.entry(to).or_default().push(line);
     }
 }
@@ -148,10 +141,11 @@ pub fn error_record(
     Bytes::from(line)
 }
 
-pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
+/// Takes the records so that each one's bytes can be freed once its converted row exists:
+/// with Parquet output a batch is not held twice.
+pub fn run(job: &Job<'_>, mut records: Vec<Record>) -> Processed {
     let lambda = job.processing.and_then(|p| p.lambda.as_ref());
     let mut failures = Failures {
-        records,
         lambda_arn: lambda.map(|l| l.arn.as_str()),
         by_type: HashMap::new(),
     };
@@ -163,11 +157,11 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
             let mut survivors = Vec::with_capacity(records.len());
             let mut start = 0;
             while start < records.len() {
-                let end = call_end(records, start, lambda.call_bytes);
+                let end = call_end(&records, start, lambda.call_bytes);
                 transform_chunk(
                     module,
                     lambda.retries,
-                    records,
+                    &records,
                     start..end,
                     metrics,
                     &mut survivors,
@@ -181,10 +175,10 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
         // Configured, but the component is not loaded (a replay whose component is gone from
         // the cache and the stream): the records fail rather than pass untransformed.
         (Some(_), None) => {
-            for index in 0..records.len() {
+            for record in &records {
                 failures.add(
                     ErrorOutput::ProcessingFailed,
-                    index,
+                    record,
                     0,
                     "Lambda.InvokeFailed",
                     "the transform this batch was sealed with is not available",
@@ -214,7 +208,7 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
                 Err(m) => {
                     failures.add(
                         ErrorOutput::PartitioningFailed,
-                        s.index,
+                        &records[s.index],
                         1,
                         codes::QUERY_FAILED,
                         &m,
@@ -227,7 +221,7 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
                 for s in survivors.drain(..) {
                     failures.add(
                         ErrorOutput::PartitioningFailed,
-                        s.index,
+                        &records[s.index],
                         1,
                         codes::QUERY_FAILED,
                         &m,
@@ -241,43 +235,32 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     let delimiter = job.processing.is_some_and(|p| p.append_delimiter) && job.converter.is_none();
     let mut slots: HashMap<String, usize> = HashMap::new();
     for mut s in survivors {
-        if let Some(converter) = job.converter {
-            match converter.normalize(&s.data) {
-                Ok(row) => s.data = row,
-                Err(m) => {
-                    failures.add(
-                        ErrorOutput::FormatConversionFailed,
-                        s.index,
-                        1,
-                        codes::CONVERSION_FAILED,
-                        &m,
-                    );
-                    continue;
-                }
-            }
-        }
-        let slot = match job.partition_by {
-            None => {
-                if out.partitions.is_empty() {
-                    out.partitions.push(empty_partition(None));
-                }
-                0
-            }
+        // The record's partition: an existing one, or one to open once the record has passed
+        // every check (a partition never ends up empty).
+        let target: Result<usize, Option<String>> = match job.partition_by {
+            None if out.partitions.is_empty() => Err(None),
+            None => Ok(0),
             Some(pieces) => {
                 let rendered = match partition_prefix(pieces, &s.query_keys, &s.lambda_keys) {
                     Ok(v) => v,
                     Err((code, m)) => {
-                        failures.add(ErrorOutput::PartitioningFailed, s.index, 1, code, &m);
+                        failures.add(
+                            ErrorOutput::PartitioningFailed,
+                            &records[s.index],
+                            1,
+                            code,
+                            &m,
+                        );
                         continue;
                     }
                 };
                 match slots.get(&rendered) {
-                    Some(slot) => *slot,
+                    Some(slot) => Ok(*slot),
                     None if slots.len() >= job.max_partitions => {
                         metrics.partition_cap_exceeded.inc();
                         failures.add(
                             ErrorOutput::ActivePartitionExceeded,
-                            s.index,
+                            &records[s.index],
                             1,
                             codes::CAP_EXCEEDED,
                             &format!(
@@ -287,13 +270,38 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
                         );
                         continue;
                     }
-                    None => {
-                        let slot = out.partitions.len();
-                        slots.insert(rendered.clone(), slot);
-                        out.partitions.push(empty_partition(Some(rendered)));
-                        slot
-                    }
+                    None => Err(Some(rendered)),
                 }
+            }
+        };
+        if let Some(converter) = job.converter {
+            match converter.normalize(&s.data) {
+                Ok(row) => {
+                    // Nothing can fail the record any more: its original bytes can go.
+                    s.data = row;
+                    records[s.index].data = Bytes::new();
+                }
+                Err(m) => {
+                    failures.add(
+                        ErrorOutput::FormatConversionFailed,
+                        &records[s.index],
+                        1,
+                        codes::CONVERSION_FAILED,
+                        &m,
+                    );
+                    continue;
+                }
+            }
+        }
+        let slot = match target {
+            Ok(slot) => slot,
+            Err(prefix) => {
+                let slot = out.partitions.len();
+                if let Some(rendered) = &prefix {
+                    slots.insert(rendered.clone(), slot);
+                }
+                out.partitions.push(empty_partition(prefix));
+                slot
             }
         };
         let data = if delimiter {
@@ -400,7 +408,7 @@ fn transform_chunk(
                     Outcome::Dropped => *dropped += 1,
                     Outcome::Failed(message) => failures.add(
                         ErrorOutput::ProcessingFailed,
-                        index,
+                        &records[index],
                         attempts,
                         codes::PROCESSING_FAILED,
                         &message,
@@ -413,7 +421,7 @@ fn transform_chunk(
             for index in range {
                 failures.add(
                     ErrorOutput::ProcessingFailed,
-                    index,
+                    &records[index],
                     attempts,
                     e.error_code(),
                     &message,
