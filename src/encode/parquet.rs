@@ -1,15 +1,16 @@
 //! Record format conversion: JSON records to Parquet, as Firehose's OpenX / Hive JSON SerDe and
 //! ParquetSerDe do.
 //!
-//! Two steps, so one bad record never fails an object:
-//! 1. [`Converter::normalize`], per record while the batch is processed: the record is read
-//!    against the stream's columns (keys matched without case, dots as underscores, timestamps
-//!    from ISO-8601 text or epoch seconds / milliseconds, decimals rounded to their scale) and
-//!    rewritten as JSON that fits them exactly; a record that does not fit is refused with the
-//!    reason, for the `format-conversion-failed` error output.
-//! 2. [`encode`], per object: the normalized records are decoded into Arrow a row group at a
-//!    time and written as Parquet. Without declared columns, the object's schema is inferred
-//!    from its records first. Neither can fail on a normalized record.
+//! [`Converter::normalize`] reads a record against the stream's columns (keys matched without
+//! case, dots as underscores, timestamps from ISO-8601 text or epoch seconds / milliseconds,
+//! decimals rounded to their scale) and rewrites it as JSON that fits them exactly, or refuses
+//! it with the reason. It runs twice per record:
+//! 1. while the batch is processed, to send the records that do not fit to the
+//!    `format-conversion-failed` error output, so one bad record never fails an object;
+//! 2. in [`encode_to`], a row group at a time: the rows are decoded into Arrow and written as
+//!    Parquet, so memory holds one row group of converted data, never the whole object.
+//!
+//! Without declared columns, the object's schema is inferred from its converted records first.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -71,8 +72,18 @@ impl Converter {
         };
         let out = match &self.schema {
             Some(schema) => Value::Object(self.row(&map, schema.fields(), "")?),
-            // Inferred later, per object: only the key rules apply now.
-            None => Value::Object(map.into_iter().map(|(k, v)| (self.key(&k), v)).collect()),
+            // Inferred per object: the key rules apply, and nested values become JSON text.
+            None => Value::Object(
+                map.into_iter()
+                    .map(|(k, v)| {
+                        let v = match v {
+                            Value::Object(_) | Value::Array(_) => Value::String(v.to_string()),
+                            v => v,
+                        };
+                        (self.key(&k), v)
+                    })
+                    .collect(),
+            ),
         };
         // Serializing a JSON value cannot fail.
         Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
@@ -434,7 +445,7 @@ fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, String> {
 /// key's non-null values decide (booleans, integers as bigint, numbers as double, anything else
 /// as string); integers mixed with other numbers are doubles, other disagreements strings,
 /// objects and arrays are kept as JSON text, and keys only ever null are strings.
-pub fn infer(records: &[Bytes]) -> SchemaRef {
+pub fn infer(records: impl IntoIterator<Item = Bytes>) -> SchemaRef {
     #[derive(Clone, Copy, PartialEq)]
     enum Kind {
         Null,
@@ -446,7 +457,7 @@ pub fn infer(records: &[Bytes]) -> SchemaRef {
     let mut order: Vec<String> = Vec::new();
     let mut kinds: HashMap<String, Kind> = HashMap::new();
     for r in records {
-        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(r) else {
+        let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&r) else {
             continue;
         };
         for (k, v) in map {
@@ -507,8 +518,8 @@ fn properties(conversion: &Conversion) -> WriterProperties {
         .build()
 }
 
-/// Normalized records (see [`Converter::normalize`]) as one Parquet file, in chunks of about a
-/// row group each.
+/// Records that passed [`Converter::normalize`] as one Parquet file, in chunks of about a row
+/// group each.
 pub fn encode(conversion: &Conversion, records: Vec<Bytes>) -> std::io::Result<Body> {
     let mut chunks = Vec::new();
     encode_to(conversion, &records, |chunk| {
@@ -518,17 +529,26 @@ pub fn encode(conversion: &Conversion, records: Vec<Bytes>) -> std::io::Result<B
     Ok(chunks)
 }
 
-/// Encodes normalized records as one Parquet file, handing each row group's bytes to `emit` as
-/// soon as it is written: Arrow and the encoded pages hold one row group at a time.
+/// Converts records (each passed [`Converter::normalize`] when its batch was processed) and
+/// encodes them as one Parquet file, handing each row group's bytes to `emit` as soon as it is
+/// written: converted rows, Arrow and encoded pages exist for one row group at a time.
 pub fn encode_to(
     conversion: &Conversion,
     records: &[Bytes],
     mut emit: impl FnMut(Bytes) -> std::io::Result<()>,
 ) -> std::io::Result<()> {
     let io = |e: &dyn std::fmt::Display| std::io::Error::other(e.to_string());
-    let schema = match &Converter::new(conversion).schema {
+    let converter = Converter::new(conversion);
+    // Deterministic, so it cannot fail here after passing before; if it did, the object is
+    // not written rather than written without the record.
+    let row = |r: &Bytes| {
+        converter.normalize(r).map_err(|m| {
+            std::io::Error::other(format!("a record that converted before does not now: {m}"))
+        })
+    };
+    let schema = match &converter.schema {
         Some(s) => s.clone(),
-        None => infer(records),
+        None => infer(records.iter().filter_map(|r| converter.normalize(r).ok())),
     };
     let inferred = conversion.columns.is_none();
     let row_group_bytes = ROW_GROUP_INPUT_BYTES.min(conversion.parquet.block_size_bytes);
@@ -548,12 +568,7 @@ pub fn encode_to(
             .build_decoder()
             .map_err(|e| io(&e))?;
         for r in &records[start..end] {
-            let line = if inferred {
-                // Objects and arrays of an inferred schema are kept as their JSON text.
-                stringify_nested(r)
-            } else {
-                r.clone()
-            };
+            let line = row(r)?;
             decoder.decode(&line).map_err(|e| io(&e))?;
             decoder.decode(b"\n").map_err(|e| io(&e))?;
             if decoder.len() >= 8192
@@ -574,24 +589,6 @@ pub fn encode_to(
     }
     let tail = writer.into_inner().map_err(|e| io(&e))?;
     emit(Bytes::from(tail))
-}
-
-/// A record of an inferred schema with its nested values as JSON text.
-fn stringify_nested(r: &Bytes) -> Bytes {
-    let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(r) else {
-        return r.clone();
-    };
-    if !map.values().any(|v| v.is_object() || v.is_array()) {
-        return r.clone();
-    }
-    let out: Map<String, Value> = map
-        .into_iter()
-        .map(|(k, v)| match v {
-            Value::Object(_) | Value::Array(_) => (k, Value::String(v.to_string())),
-            v => (k, v),
-        })
-        .collect();
-    Bytes::from(serde_json::to_vec(&Value::Object(out)).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -701,13 +698,12 @@ mod tests {
     fn encodes_row_groups_readable_by_the_parquet_crate() {
         use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
         let conv = conversion(Some(&[("n", "int"), ("s", "string"), ("t", "timestamp")]));
-        let c = Converter::new(&conv);
         let records: Vec<Bytes> = (0..3000)
             .map(|i| {
-                c.normalize(
-                    format!(r#"{{"n":{i},"s":"x{i}","t":{}}}"#, 1_700_000_000 + i).as_bytes(),
-                )
-                .unwrap()
+                Bytes::from(format!(
+                    r#"{{"n":{i},"s":"x{i}","t":{}}}"#,
+                    1_700_000_000 + i
+                ))
             })
             .collect();
         let body = encode(&conv, records).unwrap();
@@ -731,9 +727,9 @@ mod tests {
             r#"{"a":2,"b":1.5,"c":"s","e":true}"#,
         ]
         .iter()
-        .map(|r| c.normalize(r.as_bytes()).unwrap())
+        .map(|r| Bytes::from_static(r.as_bytes()))
         .collect();
-        let schema = infer(&records);
+        let schema = infer(records.iter().map(|r| c.normalize(r).unwrap()));
         let types: Vec<(String, DataType)> = schema
             .fields()
             .iter()

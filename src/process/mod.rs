@@ -69,7 +69,7 @@ pub struct Job<'a> {
     pub transform: Option<&'a Module>,
     /// The data prefix, when dynamic partitioning is on: its holes name the keys.
     pub partition_by: Option<&'a [Piece]>,
-    /// Record format conversion: each record is normalized for its Parquet columns.
+    /// Record format conversion: records that do not fit the Parquet columns fail.
     pub converter: Option<&'a crate::encode::parquet::Converter>,
     pub max_partitions: usize,
     pub metrics: &'a StreamMetrics,
@@ -141,9 +141,7 @@ pub fn error_record(
     Bytes::from(line)
 }
 
-/// Takes the records so that each one's bytes can be freed once its converted row exists:
-/// with Parquet output a batch is not held twice.
-pub fn run(job: &Job<'_>, mut records: Vec<Record>) -> Processed {
+pub fn run(job: &Job<'_>, records: Vec<Record>) -> Processed {
     let lambda = job.processing.and_then(|p| p.lambda.as_ref());
     let mut failures = Failures {
         lambda_arn: lambda.map(|l| l.arn.as_str()),
@@ -234,7 +232,7 @@ pub fn run(job: &Job<'_>, mut records: Vec<Record>) -> Processed {
     // Parquet rows need no delimiter.
     let delimiter = job.processing.is_some_and(|p| p.append_delimiter) && job.converter.is_none();
     let mut slots: HashMap<String, usize> = HashMap::new();
-    for mut s in survivors {
+    for s in survivors {
         // The record's partition: an existing one, or one to open once the record has passed
         // every check (a partition never ends up empty).
         let target: Result<usize, Option<String>> = match job.partition_by {
@@ -274,24 +272,19 @@ pub fn run(job: &Job<'_>, mut records: Vec<Record>) -> Processed {
                 }
             }
         };
-        if let Some(converter) = job.converter {
-            match converter.normalize(&s.data) {
-                Ok(row) => {
-                    // Nothing can fail the record any more: its original bytes can go.
-                    s.data = row;
-                    records[s.index].data = Bytes::new();
-                }
-                Err(m) => {
-                    failures.add(
-                        ErrorOutput::FormatConversionFailed,
-                        &records[s.index],
-                        1,
-                        codes::CONVERSION_FAILED,
-                        &m,
-                    );
-                    continue;
-                }
-            }
+        // Checked now, converted again while the object is encoded (a row group at a time,
+        // so the batch is never held twice): the same bytes always convert the same way.
+        if let Some(converter) = job.converter
+            && let Err(m) = converter.normalize(&s.data)
+        {
+            failures.add(
+                ErrorOutput::FormatConversionFailed,
+                &records[s.index],
+                1,
+                codes::CONVERSION_FAILED,
+                &m,
+            );
+            continue;
         }
         let slot = match target {
             Ok(slot) => slot,
