@@ -257,8 +257,17 @@ struct RawConversion {
     column_to_json_key_mappings: Option<std::collections::BTreeMap<String, String>>,
     timestamp_formats: Option<Vec<String>>,
     parquet: Option<RawParquet>,
+    /// A `[[table]]` of this file (`SchemaConfiguration`'s `DatabaseName` and `TableName`).
+    table: Option<RawTableRef>,
     #[serde(default)]
     columns: Vec<RawColumn>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTableRef {
+    database: Option<String>,
+    name: String,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -323,6 +332,8 @@ fn conversion_from_toml(
     Ok(cv::DataFormatConversionConfiguration {
         enabled: c.enabled,
         schema_configuration: Some(cv::SchemaConfiguration {
+            database_name: c.table.as_ref().and_then(|t| t.database.clone()),
+            table_name: c.table.map(|t| t.name),
             columns: c
                 .columns
                 .into_iter()

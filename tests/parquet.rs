@@ -478,3 +478,140 @@ compression = "SNAPPY"
         1.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_conversion_rewrites_the_same_parquet_objects() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake");
+    let proxy = HoldingProxy::start(s3.port);
+    let config = format!(
+        r#"{}{TABLE}
+[[stream]]
+name = "replay"
+bucket_arn = "arn:aws:s3:::lake"
+prefix = "loc=!{{partitionKeyFromQuery:loc}}/"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
+[stream.processing_configuration]
+processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{loc: .location}}' }} }}]
+[stream.dynamic_partitioning_configuration]
+enabled = true
+[stream.data_format_conversion_configuration]
+columns = [{{ name = "user_id", type = "bigint" }}, {{ name = "location", type = "string" }}]
+"#,
+        proxy.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose_with_retries(1);
+    let records: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"user_id":{i},"location":"{}"}}"#, ["KR", "US"][i % 2]))
+        .chain([r#"{"user_id":"x","location":"KR"}"#.to_string()])
+        .collect();
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+
+    // The objects reach S3, but the daemon never hears back.
+    proxy.set_hold(true);
+    put(&fh, "replay", &refs).await;
+    let store = s3.client("lake");
+    let landed = wait_for(Duration::from_secs(30), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 3).then_some(objs)
+    })
+    .await
+    .expect("two Parquet objects and one error object reached the server");
+    d.kill9();
+    proxy.set_hold(false);
+    d.restart();
+    wait_for(Duration::from_secs(30), || async {
+        (d.metric("spillway_objects_written_total{stream=\"replay\"}") >= 3.0).then_some(())
+    })
+    .await
+    .expect("the replayed batch was delivered");
+    let after = objects(&store).await;
+    let keys = |o: &[(String, Bytes)]| o.iter().map(|x| x.0.clone()).collect::<Vec<_>>();
+    assert_eq!(keys(&after), keys(&landed));
+    let mut ids: Vec<i64> = after
+        .iter()
+        .filter(|(k, _)| k.ends_with(".parquet"))
+        .flat_map(|(_, b)| {
+            let batch = read(b);
+            let col = batch.column(0).as_primitive::<Int64Type>().clone();
+            col.values().to_vec()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..40).collect::<Vec<_>>(), "every row exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_game_transform_output_becomes_parquet_per_location() {
+    let wasm = component("mobile-game");
+    let s3 = S3Server::start();
+    s3.create_bucket("game");
+    let config = format!(
+        r#"{}
+[[table]]
+database = "game"
+name = "model_input"
+columns = [
+  {{ name = "user_id", type = "bigint" }},
+  {{ name = "age", type = "int" }},
+  {{ name = "location", type = "string" }},
+  {{ name = "play_time", type = "string" }},
+]
+
+[[stream]]
+name = "game"
+bucket_arn = "arn:aws:s3:::game"
+prefix = "location=!{{partitionKeyFromLambda:location}}/"
+error_output_prefix = "errors/!{{firehose:error-output-type}}/"
+buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
+[stream.processing_configuration]
+processors = [{{ type = "Lambda", parameters = {{ LambdaArn = "{}" }} }}]
+[stream.dynamic_partitioning_configuration]
+enabled = true
+[stream.data_format_conversion_configuration]
+table = {{ database = "game", name = "model_input" }}
+[stream.data_format_conversion_configuration.parquet]
+compression = "ZSTD"
+"#,
+        s3.config(),
+        wasm.display()
+    );
+    let d = Daemon::start(&config);
+    let fh = d.firehose();
+    let players: Vec<String> = (0..12)
+        .map(|i| {
+            format!(
+                r#"{{"user_id":{i},"age":{},"location":"{}","play_time_s":{},"premium":{}}}"#,
+                20 + i,
+                ["KR", "BR"][i % 2],
+                i * 61,
+                i % 4 == 0
+            )
+        })
+        .collect();
+    let refs: Vec<&str> = players.iter().map(String::as_str).collect();
+    put(&fh, "game", &refs).await;
+    // 12 players, 3 premium (dropped): 9 rows, by location.
+    let kr = parquet_under(&s3, "game", "location=KR/", 3).await;
+    let br = parquet_under(&s3, "game", "location=BR/", 6).await;
+    let (schema, rows) = pyarrow_read(&kr[0].1);
+    assert_eq!(
+        schema,
+        [
+            "user_id: int64",
+            "age: int32",
+            "location: string",
+            "play_time: string"
+        ]
+    );
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["location"] == "KR"));
+    // KR players are the even ones; 0, 4 and 8 are premium.
+    let ids: Vec<i64> = rows.iter().map(|r| r["user_id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [2, 6, 10]);
+    assert_eq!(rows[0]["play_time"], "122");
+    assert_eq!(pyarrow_read(&br[0].1).1.len(), 6);
+    drop(d);
+}
