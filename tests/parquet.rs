@@ -609,7 +609,10 @@ compression = "ZSTD"
     assert_eq!(rows.len(), 3);
     assert!(rows.iter().all(|r| r["location"] == "KR"));
     // KR players are the even ones; 0, 4 and 8 are premium.
-    let ids: Vec<i64> = rows.iter().map(|r| r["user_id"].as_i64().unwrap()).collect();
+    let ids: Vec<i64> = rows
+        .iter()
+        .map(|r| r["user_id"].as_i64().unwrap())
+        .collect();
     assert_eq!(ids, [2, 6, 10]);
     assert_eq!(rows[0]["play_time"], "122");
     assert_eq!(pyarrow_read(&br[0].1).1.len(), 6);

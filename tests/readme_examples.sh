@@ -14,7 +14,7 @@ example() {
   ' README.md
 }
 
-for name in run cli boto3 config check-config stack transform bench; do
+for name in run cli boto3 config check-config stack transform parquet bench; do
   [ -n "$(example "$name")" ] || { echo "README has no '$name' example"; exit 1; }
 done
 
@@ -85,6 +85,22 @@ if echo "$transform_out" | grep -q '"user_id":8'; then echo "a premium player wa
 ls spillway-data/transform-cache/*.cwasm >/dev/null || { echo "no compiled component cached"; exit 1; }
 rm -rf spillway-data .venv
 
+echo "== README: Parquet output"
+rm -rf spillway-data .venv
+parquet_out=$(bash -euo pipefail -c "$(example parquet)" 2>&1) || {
+  echo "$parquet_out" | tail -40; echo "the Parquet example failed"; exit 1
+}
+echo "$parquet_out" | grep -v '^ ' | tail -14
+for expected in \
+  'user_id: int64' 'ts: timestamp[us]' 'price: decimal128(10, 2)' 'geo_city: string' \
+  "'user_id': 7, 'age': 31, 'location': 'KR', 'ts': datetime.datetime(2026, 11, 29, 10, 0), 'price': Decimal('19.99')" \
+  "'geo_city': 'Seoul'" \
+  "'user_id': 8, 'age': 19, 'location': None, 'ts': datetime.datetime(2026, 11, 29, 10, 0, 0, 123000), 'price': None, 'tags': ['new']" \
+  '"errorCode":"DataFormatConversion.MalformedData"' 'user_id: expected an integer (bigint), got \"nine\"'; do
+  echo "$parquet_out" | grep -qF "$expected" || { echo "Parquet example: missing $expected"; exit 1; }
+done
+rm -rf spillway-data .venv
+
 echo "== README: local stack command (Docker is not here: the compose file is checked by tests/stack.py)"
 [ "$(example stack)" = "docker compose -f deploy/docker-compose.yml up --build" ] \
   || { echo "the README's stack command changed; update this check and tests/stack.py"; exit 1; }
@@ -102,4 +118,4 @@ echo "$bench_out" | tail -14
 echo "$bench_out" | grep -q "payload MiB/s" || { echo "no benchmark result"; exit 1; }
 echo "$bench_out" | grep -Eq "delivered after +[0-9.]+ s" || { echo "not everything was delivered"; exit 1; }
 rm -rf /tmp/spillway-bench
-echo "README examples: 7 passed, 0 failed"
+echo "README examples: 8 passed, 0 failed"

@@ -312,12 +312,18 @@ pub fn validate(
                     c.name
                 ));
             }
-            hive_type::parse(&c.kind).map_err(|e| {
+            let ty = hive_type::parse(&c.kind).map_err(|e| {
                 format!(
                     "SchemaConfiguration.Columns[{i}].Type {:?} ({}): {e}",
                     c.kind, c.name
                 )
             })?;
+            if has_non_string_map_key(&ty) {
+                return Err(format!(
+                    "SchemaConfiguration.Columns[{i}].Type {:?} ({}): map keys must be string (JSON object keys are text)",
+                    c.kind, c.name
+                ));
+            }
             out.push((c.name.clone(), c.kind.clone()));
         }
         Some(out)
@@ -327,6 +333,21 @@ pub fn validate(
         parquet,
         columns,
     })
+}
+
+fn has_non_string_map_key(ty: &arrow_schema::DataType) -> bool {
+    use arrow_schema::DataType;
+    match ty {
+        DataType::Map(entries, _) => match entries.data_type() {
+            DataType::Struct(kv) => {
+                kv[0].data_type() != &DataType::Utf8 || has_non_string_map_key(kv[1].data_type())
+            }
+            _ => true,
+        },
+        DataType::List(item) => has_non_string_map_key(item.data_type()),
+        DataType::Struct(fields) => fields.iter().any(|f| has_non_string_map_key(f.data_type())),
+        _ => false,
+    }
 }
 
 fn valid_column_name(name: &str) -> bool {
@@ -506,6 +527,12 @@ mod tests {
                 .unwrap_err()
                 .contains("Columns[0].Name")
         );
+        assert!(
+            with(r#"{"Columns":[{"Name":"m","Type":"array<map<int,string>>"}]}"#)
+                .unwrap_err()
+                .contains("map keys must be string")
+        );
+        assert!(with(r#"{"Columns":[{"Name":"m","Type":"map<string,map<string,int>>"}]}"#).is_ok());
     }
 
     #[test]

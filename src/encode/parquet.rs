@@ -675,6 +675,25 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_in_every_documented_form() {
+        let at = 1_795_946_400_000_000i64; // 2026-11-29T10:00:00Z
+        for text in [
+            "2026-11-29T10:00:00Z",
+            "2026-11-29T11:00:00+01:00",
+            "2026-11-29T10:00:00",
+            "2026-11-29 10:00:00",
+            "2026-11-29T10:00",
+            "2026-11-29 10:00",
+            "2026-11-29T10:00:00.000",
+        ] {
+            assert_eq!(parse_timestamp(text), Some(at), "{text}");
+        }
+        assert_eq!(parse_timestamp("2026-11-29"), Some(at - 10 * 3_600_000_000));
+        assert_eq!(parse_timestamp("2026-11-29 10:00:00.5"), Some(at + 500_000));
+        assert_eq!(parse_timestamp("29/11/2026"), None);
+    }
+
+    #[test]
     fn decimals_round_half_away_from_zero() {
         for (input, p, s, out) in [
             ("1.005", 5, 2, "1.01"),
