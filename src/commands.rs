@@ -72,9 +72,37 @@ fn summary(file: &Path, s: &Settings) -> String {
             if d.dynamic_partitioning {
                 out.push_str("      dynamic partitioning on\n");
             }
+            if let Some(c) = &d.conversion {
+                let schema = match (&c.columns, raw_table(raw)) {
+                    (None, _) => "columns inferred per object".to_owned(),
+                    (Some(cols), Some(table)) => format!("{} columns of table {table}", cols.len()),
+                    (Some(cols), None) => format!("{} columns", cols.len()),
+                };
+                out.push_str(&format!(
+                    "      parquet ({:?}), {schema}\n",
+                    c.parquet.compression
+                ));
+            }
         }
     }
+    if !s.tables.is_empty() {
+        out.push_str(&format!("  tables         {}\n", s.tables.len()));
+    }
     out
+}
+
+/// `database.table` named by a stream's `SchemaConfiguration`, if it names one.
+fn raw_table(raw: &crate::catalog::definition::S3Destination) -> Option<String> {
+    let schema = raw
+        .data_format_conversion_configuration
+        .as_ref()?
+        .schema_configuration
+        .as_ref()?;
+    let table = schema.table_name.as_deref()?;
+    Some(format!(
+        "{}.{table}",
+        schema.database_name.as_deref().unwrap_or("default")
+    ))
 }
 
 /// GETs `url` (plain http) and succeeds on a 2xx status.
