@@ -675,6 +675,37 @@ mod tests {
     }
 
     #[test]
+    fn limits_at_their_edges() {
+        let c = Converter::new(&conversion(Some(&[("n", "tinyint"), ("d", "string")])));
+        for ok in [127, -128] {
+            assert!(
+                c.normalize(format!(r#"{{"n":{ok}}}"#).as_bytes()).is_ok(),
+                "{ok}"
+            );
+        }
+        for bad in [128, -129] {
+            assert!(
+                c.normalize(format!(r#"{{"n":{bad}}}"#).as_bytes()).is_err(),
+                "{bad}"
+            );
+        }
+        // The record object is level 0: 64 levels below it pass, 65 do not.
+        let nested = |levels: usize| {
+            format!(
+                r#"{{"d":{}1{}}}"#,
+                "[".repeat(levels - 1),
+                "]".repeat(levels - 1)
+            )
+        };
+        assert!(c.normalize(nested(64).as_bytes()).is_ok());
+        assert!(
+            c.normalize(nested(65).as_bytes())
+                .unwrap_err()
+                .contains("nested deeper than 64")
+        );
+    }
+
+    #[test]
     fn timestamps_in_every_documented_form() {
         let at = 1_795_946_400_000_000i64; // 2026-11-29T10:00:00Z
         for text in [
