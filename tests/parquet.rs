@@ -11,11 +11,9 @@ use arrow_array::cast::AsArray;
 use arrow_array::types::{Date32Type, Float64Type, Int32Type, Int64Type, TimestampMicrosecondType};
 use arrow_array::{Array, RecordBatch};
 use arrow_schema::DataType;
-use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::{
     DataFormatConversionConfiguration, Deserializer, InputFormatConfiguration, OpenXJsonSerDe,
-    OutputFormatConfiguration, ParquetCompression, ParquetSerDe, Record, SchemaConfiguration,
-    Serializer,
+    OutputFormatConfiguration, ParquetCompression, ParquetSerDe, SchemaConfiguration, Serializer,
 };
 use base64::Engine as _;
 use bytes::Bytes;
@@ -79,27 +77,6 @@ fn conversion(compression: &str, table: &str) -> DataFormatConversionConfigurati
                 .build(),
         )
         .build()
-}
-
-async fn put(client: &aws_sdk_firehose::Client, stream: &str, records: &[&str]) {
-    let out = client
-        .put_record_batch()
-        .delivery_stream_name(stream)
-        .set_records(Some(
-            records
-                .iter()
-                .map(|r| {
-                    Record::builder()
-                        .data(Blob::new(r.as_bytes()))
-                        .build()
-                        .unwrap()
-                })
-                .collect(),
-        ))
-        .send()
-        .await
-        .expect("put_record_batch");
-    assert_eq!(out.failed_put_count(), 0);
 }
 
 /// Waits until the bucket holds objects under `prefix` with `rows` rows in all.
@@ -204,7 +181,7 @@ async fn json_becomes_parquet_with_the_table_schema() {
     ];
     let mut all: Vec<&str> = good.to_vec();
     all.extend(bad);
-    put(&fh, "players", &all).await;
+    put_all(&fh, "players", &all).await;
 
     let objs = parquet_under(&s3, "lake", "players/", 3).await;
     assert_eq!(objs.len(), 1);
@@ -408,15 +385,14 @@ async fn conversion_settings_are_checked() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inferred_schemas_with_partitions_from_toml() {
-    let s3 = S3Server::start();
-    s3.create_bucket("events");
-    let config = format!(
-        r#"{}
+/// A stream named after its bucket, partitioned by the jq query `{loc: .location}` under
+/// `loc=`, with `conversion` as the body of its `data_format_conversion_configuration`.
+fn by_location(bucket: &str, conversion: &str) -> String {
+    format!(
+        r#"
 [[stream]]
-name = "events"
-bucket_arn = "arn:aws:s3:::events"
+name = "{bucket}"
+bucket_arn = "arn:aws:s3:::{bucket}"
 prefix = "loc=!{{partitionKeyFromQuery:loc}}/"
 error_output_prefix = "errors/!{{firehose:error-output-type}}/"
 buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
@@ -425,15 +401,26 @@ processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtraction
 [stream.dynamic_partitioning_configuration]
 enabled = true
 [stream.data_format_conversion_configuration]
-enabled = true
-[stream.data_format_conversion_configuration.parquet]
-compression = "SNAPPY"
-"#,
-        s3.config()
+{conversion}
+"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inferred_schemas_with_partitions_from_toml() {
+    let s3 = S3Server::start();
+    s3.create_bucket("events");
+    let config = format!(
+        "{}{}",
+        s3.config(),
+        by_location(
+            "events",
+            "enabled = true\n[stream.data_format_conversion_configuration.parquet]\ncompression = \"SNAPPY\""
+        )
     );
     let d = Daemon::start(&config);
     let fh = d.firehose();
-    put(
+    put_all(
         &fh,
         "events",
         &[
@@ -449,7 +436,7 @@ compression = "SNAPPY"
         "[".repeat(70),
         "]".repeat(70)
     );
-    put(&fh, "events", &[deep.as_str()]).await;
+    put_all(&fh, "events", &[deep.as_str()]).await;
     let kr = parquet_under(&s3, "events", "loc=KR/", 2).await;
     let us = parquet_under(&s3, "events", "loc=US/", 1).await;
     assert!(kr[0].0.ends_with(".parquet") && us[0].0.ends_with(".parquet"));
@@ -485,21 +472,12 @@ async fn a_replayed_conversion_rewrites_the_same_parquet_objects() {
     s3.create_bucket("lake");
     let proxy = HoldingProxy::start(s3.port);
     let config = format!(
-        r#"{}{TABLE}
-[[stream]]
-name = "replay"
-bucket_arn = "arn:aws:s3:::lake"
-prefix = "loc=!{{partitionKeyFromQuery:loc}}/"
-error_output_prefix = "errors/!{{firehose:error-output-type}}/"
-buffering_hints = {{ size_in_mbs = 1, interval_in_seconds = 1 }}
-[stream.processing_configuration]
-processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{loc: .location}}' }} }}]
-[stream.dynamic_partitioning_configuration]
-enabled = true
-[stream.data_format_conversion_configuration]
-columns = [{{ name = "user_id", type = "bigint" }}, {{ name = "location", type = "string" }}]
-"#,
-        proxy.config()
+        "{}{}",
+        proxy.config(),
+        by_location(
+            "lake",
+            r#"columns = [{ name = "user_id", type = "bigint" }, { name = "location", type = "string" }]"#
+        )
     );
     let mut d = Daemon::start(&config);
     let fh = d.firehose_with_retries(1);
@@ -511,7 +489,7 @@ columns = [{{ name = "user_id", type = "bigint" }}, {{ name = "location", type =
 
     // The objects reach S3, but the daemon never hears back.
     proxy.set_hold(true);
-    put(&fh, "replay", &refs).await;
+    put_all(&fh, "lake", &refs).await;
     let store = s3.client("lake");
     let landed = wait_for(Duration::from_secs(30), || async {
         let objs = objects(&store).await;
@@ -523,7 +501,7 @@ columns = [{{ name = "user_id", type = "bigint" }}, {{ name = "location", type =
     proxy.set_hold(false);
     d.restart();
     wait_for(Duration::from_secs(30), || async {
-        (d.metric("spillway_objects_written_total{stream=\"replay\"}") >= 3.0).then_some(())
+        (d.metric("spillway_objects_written_total{stream=\"lake\"}") >= 3.0).then_some(())
     })
     .await
     .expect("the replayed batch was delivered");
@@ -592,7 +570,7 @@ compression = "ZSTD"
         })
         .collect();
     let refs: Vec<&str> = players.iter().map(String::as_str).collect();
-    put(&fh, "game", &refs).await;
+    put_all(&fh, "game", &refs).await;
     // 12 players, 3 premium (dropped): 9 rows, by location.
     let kr = parquet_under(&s3, "game", "location=KR/", 3).await;
     let br = parquet_under(&s3, "game", "location=BR/", 6).await;
@@ -635,4 +613,84 @@ fn check_config_shows_the_parquet_output_and_its_table() {
         ),
         "{text}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_parquet_object_goes_up_in_parts() {
+    let s3 = S3Server::start();
+    s3.create_bucket("big");
+    let proxy = HoldingProxy::start(s3.port);
+    // 5 MiB parts from 5 MiB on (S3's smallest part), one 12 MB batch, no compression: the
+    // object is streamed to the server as a multipart upload of three parts.
+    let config = format!(
+        r#"{}
+[upload]
+multipart_threshold_mib = 5
+part_size_mib = 5
+
+[[stream]]
+name = "big"
+bucket_arn = "arn:aws:s3:::big"
+prefix = "big/"
+buffering_hints = {{ size_in_mbs = 64, interval_in_seconds = 10 }}
+[stream.data_format_conversion_configuration]
+columns = [{{ name = "n", type = "int" }}, {{ name = "pad", type = "string" }}]
+[stream.data_format_conversion_configuration.parquet]
+compression = "UNCOMPRESSED"
+"#,
+        proxy.config()
+    );
+    let d = Daemon::start(&config);
+    let fh = d.firehose();
+    // Pseudo-random text, so the file is about as large as the JSON.
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut pad = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                char::from(b'a' + (state % 26) as u8)
+            })
+            .collect()
+    };
+    let mut n = 0;
+    for _ in 0..4 {
+        let records: Vec<String> = (0..30)
+            .map(|_| {
+                n += 1;
+                format!(r#"{{"n":{n},"pad":"{}"}}"#, pad(100_000))
+            })
+            .collect();
+        put_all(&fh, "big", &records).await;
+    }
+    let objs = parquet_under(&s3, "big", "big/", 120).await;
+    assert_eq!(objs.len(), 1);
+    let body = &objs[0].1;
+    assert!(body.len() > 11_000_000, "{} bytes", body.len());
+    assert_eq!(
+        d.metric("spillway_object_bytes_total{stream=\"big\"}"),
+        body.len() as f64
+    );
+    let reader = ParquetRecordBatchReaderBuilder::try_new(body.clone()).unwrap();
+    let ns: Vec<i32> = reader
+        .build()
+        .unwrap()
+        .flat_map(|b| {
+            b.unwrap()
+                .column(0)
+                .as_primitive::<Int32Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    assert_eq!(ns, (1..=120).collect::<Vec<_>>());
+    let (_, rows) = pyarrow_read(body);
+    assert_eq!(rows.len(), 120);
+    // One multipart upload of 5 + 5 MiB and the rest.
+    let requests = proxy.requests.lock().unwrap().clone();
+    let count = |what: &str| requests.iter().filter(|r| r.contains(what)).count();
+    assert_eq!(count("?uploads"), 1, "{requests:?}");
+    assert_eq!(count("partNumber="), 3, "{requests:?}");
+    assert_eq!(count("uploadId="), 4, "{requests:?}");
 }

@@ -35,7 +35,7 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== waiting for the daemon (the run command may compile first)"
-for _ in $(seq 1 1200); do
+for _ in $(seq 1 2400); do
   curl -sf -o /dev/null http://localhost:4573/healthz && break
   kill -0 "$launcher" 2>/dev/null || { cat "$log"; echo "the run command exited"; exit 1; }
   sleep 0.5

@@ -8,11 +8,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use aws_sdk_firehose::Client;
-use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::{
     DynamicPartitioningConfiguration, ProcessingConfiguration, Processor, ProcessorParameter,
-    ProcessorParameterName, ProcessorType, Record,
+    ProcessorParameterName, ProcessorType,
 };
 use base64::Engine as _;
 use common::*;
@@ -45,31 +43,6 @@ fn processing(processors: Vec<Processor>) -> ProcessingConfiguration {
         .enabled(true)
         .set_processors(Some(processors))
         .build()
-}
-
-async fn put(client: &Client, stream: &str, records: &[Vec<u8>]) -> Vec<String> {
-    let out = client
-        .put_record_batch()
-        .delivery_stream_name(stream)
-        .set_records(Some(
-            records
-                .iter()
-                .map(|r| {
-                    Record::builder()
-                        .data(Blob::new(r.clone()))
-                        .build()
-                        .unwrap()
-                })
-                .collect(),
-        ))
-        .send()
-        .await
-        .expect("put_record_batch");
-    assert_eq!(out.failed_put_count(), 0);
-    out.request_responses()
-        .iter()
-        .map(|r| r.record_id().unwrap().to_owned())
-        .collect()
 }
 
 /// Objects under `prefix`, waiting until at least `records` lines are there in all.
@@ -141,7 +114,7 @@ async fn mobile_game_transform_partitions_by_location() {
     let mut records: Vec<Vec<u8>> = (0..60).map(player).collect();
     records.push(b"not json at all".to_vec());
     records.push(br#"{"user_id":1000,"premium":false}"#.to_vec());
-    let ids = put(&fh, "game", &records).await;
+    let ids = put_all(&fh, "game", &records).await;
 
     // 60 players, 15 of them premium (dropped): 45 delivered, partitioned by location.
     let delivered = lines_under(&s3, "game-data", "location=", 45).await;
@@ -223,7 +196,7 @@ async fn mobile_game_transform_partitions_by_location() {
     );
     assert!(!log.contains("transform compiled"), "{log}");
     // And the reloaded stream still transforms.
-    put(&d.firehose(), "game", &[player(101)]).await;
+    put_all(&d.firehose(), "game", &[player(101)]).await;
     let again = lines_under(&s3, "game-data", "location=", 46).await;
     assert!(
         again
@@ -279,7 +252,7 @@ enabled = true
     .into_iter()
     .map(String::into_bytes)
     .collect();
-    put(&fh, "events", &records).await;
+    put_all(&fh, "events", &records).await;
 
     let kr = lines_under(&s3, "events", "country=KR/year=2026/", 2).await;
     let us = lines_under(&s3, "events", "country=US/year=2026/", 2).await;
@@ -379,7 +352,7 @@ async fn hostile_transforms_fail_their_batch_and_the_daemon_keeps_serving() {
         create_stream(&fh, what, dest).await;
     }
     for (what, _, _) in cases {
-        put(&fh, what, &[what.as_bytes().to_vec()]).await;
+        put_all(&fh, what, &[what.as_bytes().to_vec()]).await;
     }
     for (what, code, attempts) in cases {
         let errors = lines_under(&s3, "hostile", &format!("{what}/processing-failed/"), 1).await;
@@ -417,7 +390,7 @@ async fn hostile_transforms_fail_their_batch_and_the_daemon_keeps_serving() {
 
     // Every stream still serves: good records go through the same component afterwards.
     for (what, _, _) in cases {
-        put(&fh, what, &[b"hello".to_vec(), b"drop".to_vec()]).await;
+        put_all(&fh, what, &[b"hello".to_vec(), b"drop".to_vec()]).await;
         let ok = objects_under(&s3, "hostile", &format!("{what}/ok/")).await;
         assert_eq!(ok, [b"hello".to_vec()], "{what}");
     }
@@ -523,7 +496,7 @@ async fn c_passthrough_delivers_records_unchanged() {
         "{missing:?}"
     );
     create_stream(&fh, "pass-s3", from_s3("components/passthrough.wasm")).await;
-    put(&fh, "pass-s3", &[b"via s3\n".to_vec()]).await;
+    put_all(&fh, "pass-s3", &[b"via s3\n".to_vec()]).await;
     let got = wait_for(Duration::from_secs(30), || async {
         objects(&store)
             .await
@@ -738,7 +711,7 @@ async fn a_replayed_partitioned_batch_rewrites_the_same_objects() {
 
     // The objects reach S3, but the daemon never hears back: no commit is recorded.
     proxy.set_hold(true);
-    put(&fh, "replay", &records).await;
+    put_all(&fh, "replay", &records).await;
     let store = s3.client("replay");
     let landed = wait_for(Duration::from_secs(30), || async {
         let objs = objects(&store).await;
@@ -822,9 +795,9 @@ async fn partition_buffers_fill_across_batches_and_survive_a_crash() {
     let mut q = big("Q", 100, 1);
     let mut first = big("P", 0, 6);
     first.append(&mut q);
-    put(&fh, "parts", &first).await;
+    put_all(&fh, "parts", &first).await;
     pause().await;
-    put(&fh, "parts", &big("P", 6, 6)).await;
+    put_all(&fh, "parts", &big("P", 6, 6)).await;
     let p_objects = wait_for(Duration::from_secs(30), || async {
         let objs = objects(&store).await;
         (objects_written(&d) == 1.0 && objs.len() == 1).then_some(objs)
@@ -852,9 +825,9 @@ async fn partition_buffers_fill_across_batches_and_survive_a_crash() {
     proxy.set_hold(true);
     let mut third = big("R", 200, 6);
     third.append(&mut big("Q", 101, 1));
-    put(&fh, "parts", &third).await;
+    put_all(&fh, "parts", &third).await;
     pause().await;
-    put(&fh, "parts", &big("R", 206, 6)).await;
+    put_all(&fh, "parts", &big("R", 206, 6)).await;
     let before = wait_for(Duration::from_secs(30), || async {
         let objs = objects(&store).await;
         (objs.len() == 2).then_some(objs)
@@ -923,7 +896,7 @@ async fn partition_buffers_give_way_near_the_memory_cap() {
     let records: Vec<Vec<u8>> = (0..6)
         .flat_map(|p| big(&format!("P{p}"), p * 4, 4))
         .collect();
-    put(&fh, "tight", &records).await;
+    put_all(&fh, "tight", &records).await;
     let reserved = |d: &Daemon| d.metric("spillway_memory_reserved_bytes");
     // The oldest buffers are written until the rest hold at most a quarter of the cap.
     wait_for(Duration::from_secs(30), || async {
@@ -978,7 +951,7 @@ async fn update_destination_swaps_the_transform() {
         .prefix("v1/")
         .processing_configuration(processing(vec![lambda(&pass, &[])]));
     create_stream(&fh, "swap", dest).await;
-    put(&fh, "swap", &[b"drop".to_vec()]).await;
+    put_all(&fh, "swap", &[b"drop".to_vec()]).await;
     assert_eq!(
         objects_under(&s3, "swap", "v1/").await,
         [b"drop".to_vec()],
@@ -998,7 +971,7 @@ async fn update_destination_swaps_the_transform() {
         .send()
         .await
         .unwrap();
-    put(&fh, "swap", &[b"drop".to_vec(), b"kept".to_vec()]).await;
+    put_all(&fh, "swap", &[b"drop".to_vec(), b"kept".to_vec()]).await;
     assert_eq!(
         objects_under(&s3, "swap", "v2/").await,
         [b"kept".to_vec()],

@@ -450,6 +450,32 @@ pub fn record(id: u64, size: usize) -> Vec<u8> {
     r
 }
 
+/// Sends `records` in one PutRecordBatch, which must accept them all; returns their record ids.
+pub async fn put_all(client: &Client, stream: &str, records: &[impl AsRef<[u8]>]) -> Vec<String> {
+    let out = client
+        .put_record_batch()
+        .delivery_stream_name(stream)
+        .set_records(Some(
+            records
+                .iter()
+                .map(|r| {
+                    Record::builder()
+                        .data(Blob::new(r.as_ref()))
+                        .build()
+                        .unwrap()
+                })
+                .collect(),
+        ))
+        .send()
+        .await
+        .expect("put_record_batch");
+    assert_eq!(out.failed_put_count(), 0);
+    out.request_responses()
+        .iter()
+        .map(|r| r.record_id().unwrap().to_owned())
+        .collect()
+}
+
 /// Sends records `ids` in one PutRecordBatch; returns the ids the daemon acknowledged.
 pub async fn put_batch(
     client: &Client,
@@ -533,6 +559,8 @@ where
 pub struct HoldingProxy {
     pub port: u16,
     pub hold: Arc<std::sync::atomic::AtomicBool>,
+    /// Every request line sent through the proxy (`PUT /bucket/key?partNumber=1&... HTTP/1.1`).
+    pub requests: Arc<Mutex<Vec<String>>>,
 }
 
 impl HoldingProxy {
@@ -542,6 +570,8 @@ impl HoldingProxy {
         let port = listener.local_addr().unwrap().port();
         let hold = Arc::new(AtomicBool::new(false));
         let held = hold.clone();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let seen = requests.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { break };
@@ -550,8 +580,28 @@ impl HoldingProxy {
                 };
                 let (mut c_read, mut s_write) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let seen = seen.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
+                    let mut buf = [0u8; 64 * 1024];
+                    loop {
+                        let n = match c_read.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        // Request lines, as far as they start a read (enough for tests that
+                        // count requests of one kind).
+                        for method in ["GET ", "PUT ", "POST ", "HEAD ", "DELETE "] {
+                            if buf[..n].starts_with(method.as_bytes())
+                                && let Some(end) = buf[..n].iter().position(|b| *b == b'\r')
+                            {
+                                let line = String::from_utf8_lossy(&buf[..end]).into_owned();
+                                seen.lock().unwrap().push(line);
+                            }
+                        }
+                        if s_write.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = s_write.shutdown(std::net::Shutdown::Write);
                 });
                 let (mut s_read, mut c_write) = (server, client);
@@ -574,7 +624,11 @@ impl HoldingProxy {
                 });
             }
         });
-        HoldingProxy { port, hold }
+        HoldingProxy {
+            port,
+            hold,
+            requests,
+        }
     }
 
     pub fn set_hold(&self, on: bool) {
