@@ -599,14 +599,7 @@ compression = "ZSTD"
 
 #[test]
 fn check_config_shows_the_parquet_output_and_its_table() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .arg("check-config")
-        .arg(root.join("examples/parquet.toml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = check_config("examples/parquet.toml");
     assert!(
         text.contains(
             "      parquet (Zstd), 7 columns of table game.players\n  tables         1\n"

@@ -923,14 +923,7 @@ async fn partition_buffers_give_way_near_the_memory_cap() {
 
 #[test]
 fn check_config_shows_the_transform_and_whether_its_file_is_here() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .arg("check-config")
-        .arg(root.join("deploy/spillway/spillway.toml"))
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
+    let text = check_config("deploy/spillway/spillway.toml");
     assert!(
         text.contains(
             "      transform /usr/share/spillway/transforms/mobile-game.wasm (not found on this machine)\n      dynamic partitioning on\n"

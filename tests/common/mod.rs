@@ -707,3 +707,19 @@ pub fn venv_python() -> PathBuf {
     );
     python
 }
+
+/// `spillway check-config` on a file of this repository, which must pass; returns its output.
+pub fn check_config(path: &str) -> String {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
+        .arg("check-config")
+        .arg(root.join(path))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
