@@ -241,16 +241,13 @@ pub enum UploadOutcome {
 
 /// Uploads until the object lands (or shutdown abandons it), counting failures and retries.
 pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOutcome {
-    let settings = &shared.ctx.upload;
-    let size = crate::encode::len(&body);
-    let payload: PutPayload = body.into_iter().collect();
-    upload_attempts(shared, plan, |store, path| {
-        let payload = payload.clone();
-        async move {
-            put(store.as_ref(), &path, payload, size, settings)
-                .await
-                .map(|()| size)
+    upload_streamed(shared, plan, || {
+        let (tx, rx) = tokio::sync::mpsc::channel(body.len().max(1));
+        for chunk in &body {
+            // The channel holds every chunk: sending cannot fail.
+            let _ = tx.try_send(Ok(chunk.clone()));
         }
+        rx
     })
     .await
 }
@@ -343,34 +340,6 @@ where
     }
 }
 
-async fn put(
-    store: &dyn ObjectStore,
-    path: &ObjectPath,
-    payload: PutPayload,
-    size: u64,
-    settings: &UploadSettings,
-) -> object_store::Result<()> {
-    if size < settings.multipart_threshold {
-        store.put(path, payload).await?;
-        return Ok(());
-    }
-    let mut upload = store.put_multipart(path).await?;
-    let result = async {
-        for part in parts(&payload, settings.part_size as usize) {
-            upload.put_part(part).await?;
-        }
-        upload.complete().await
-    }
-    .await;
-    match result {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let _ = upload.abort().await;
-            Err(e)
-        }
-    }
-}
-
 /// A local object counts as landed only once it is on disk: the journal releases its records
 /// after the commit. object_store's local store writes and renames without fsync, so sync the
 /// file and the directory it was renamed into, and once per process each directory above it
@@ -421,9 +390,9 @@ async fn make_durable(
     }
 }
 
-/// Regroups the body's chunks into parts of `part_size` bytes (the last may be smaller).
 /// Uploads chunks as they come: one `put` if they end below the multipart threshold, else a
-/// multipart upload fed a part at a time. Returns the object's size.
+/// multipart upload fed `part_size` bytes at a time (the last part may be smaller). Returns
+/// the object's size.
 async fn put_streamed(
     store: &dyn ObjectStore,
     path: &ObjectPath,
@@ -431,7 +400,7 @@ async fn put_streamed(
     settings: &UploadSettings,
 ) -> object_store::Result<u64> {
     let part_size = settings.part_size.max(1) as usize;
-    let threshold = settings.multipart_threshold.max(settings.part_size) as usize;
+    let threshold = settings.multipart_threshold as usize;
     let mut pending: std::collections::VecDeque<Bytes> = Default::default();
     let mut pending_len = 0usize;
     let mut total = 0u64;
@@ -497,28 +466,6 @@ fn take_front(chunks: &mut std::collections::VecDeque<Bytes>, len: usize) -> Put
         part.push(chunk);
     }
     part.into_iter().collect()
-}
-
-fn parts(payload: &PutPayload, part_size: usize) -> Vec<PutPayload> {
-    let mut out = Vec::new();
-    let mut current: Vec<Bytes> = Vec::new();
-    let mut current_len = 0;
-    for chunk in payload.iter() {
-        let mut chunk = chunk.clone();
-        while !chunk.is_empty() {
-            let take = (part_size - current_len).min(chunk.len());
-            current.push(chunk.split_to(take));
-            current_len += take;
-            if current_len == part_size {
-                out.push(std::mem::take(&mut current).into_iter().collect());
-                current_len = 0;
-            }
-        }
-    }
-    if current_len > 0 {
-        out.push(current.into_iter().collect());
-    }
-    out
 }
 
 /// An error with its causes, which object_store keeps in `source()`.
@@ -625,19 +572,18 @@ mod tests {
 
     #[test]
     fn parts_split_exactly() {
-        let payload: PutPayload = vec![
+        let mut chunks: std::collections::VecDeque<Bytes> = [
             Bytes::from(vec![1u8; 7]),
             Bytes::from(vec![2u8; 3]),
             Bytes::from(vec![3u8; 6]),
         ]
-        .into_iter()
-        .collect();
-        let sizes: Vec<usize> = parts(&payload, 5)
-            .iter()
-            .map(|p| p.content_length())
-            .collect();
-        assert_eq!(sizes, [5, 5, 5, 1]);
-        let all: Vec<u8> = parts(&payload, 5)
+        .into();
+        let parts: Vec<PutPayload> = (0..3).map(|_| take_front(&mut chunks, 5)).collect();
+        let sizes: Vec<usize> = parts.iter().map(|p| p.content_length()).collect();
+        assert_eq!(sizes, [5, 5, 5]);
+        let rest: Vec<u8> = chunks.iter().flat_map(|b| b.to_vec()).collect();
+        assert_eq!(rest, [3u8]);
+        let all: Vec<u8> = parts
             .iter()
             .flat_map(|p| p.iter().flat_map(|b| b.to_vec()).collect::<Vec<_>>())
             .collect();
