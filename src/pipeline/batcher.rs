@@ -29,6 +29,9 @@ use super::Shared;
 use super::group_commit::{Appended, JournalOp};
 use super::partitions::{self, Buffers, Claim, FlushMeta, Part, PartKey, Rebuild, Replayed};
 
+/// Whether a journal entry the batcher queued was written (and synced).
+type JournalAnswer = oneshot::Receiver<Result<(), String>>;
+
 /// A sealed run of records: positions `start..end`, all held in memory.
 struct Batch {
     start: Position,
@@ -334,28 +337,22 @@ impl Batcher {
         let Ok(permit) = self.uploads.clone().acquire_owned().await else {
             return;
         };
-        let first = buffer.contributors[0];
-        let at: DateTime<Utc> =
-            DateTime::from_timestamp_millis(buffer.oldest_ms as i64).unwrap_or_default();
         let prefix = prefix::fill_random(&key.prefix, &mut rand::rng());
         // Tagged apart from the batch-named objects; a batch adds records to a partition's
         // buffer once, so its first contributor names each object of that partition uniquely.
-        let unique = unique_id(
-            self.shared.incarnation.wrapping_add(PARTITION_OBJECT_BASE),
-            first,
+        let name = object_key(
+            &self.shared,
+            key.version,
+            buffer.oldest_ms,
+            buffer.contributors[0],
+            &prefix,
+            PARTITION_OBJECT_BASE,
         );
         let meta = FlushMeta {
             plan: ObjectPlan {
                 bucket: key.bucket.clone(),
                 key: format!(
-                    "{}{}",
-                    prefix::object_name(
-                        &prefix,
-                        self.shared.name.as_str(),
-                        key.version,
-                        at,
-                        &unique
-                    ),
+                    "{name}{}",
                     encode::data_suffix(key.compression, key.format.as_ref())
                 ),
                 compression: key.compression,
@@ -378,23 +375,8 @@ impl Batcher {
             self.send_flushed(buffer.contributors, buffer.bytes, false);
             return;
         }
-        let shared = self.shared.clone();
-        let ops = self.ops.clone();
-        let events = self.events_tx.clone();
-        self.shared.ctx.tracker.spawn(async move {
-            let resend = move |reply| JournalOp::Flush {
-                meta: bytes.clone(),
-                reply,
-            };
-            let landed = durable(&shared, &ops, answer, resend).await
-                && write_records(&shared, meta.plan, buffer.records, buffer.bytes).await;
-            let _ = events.send(Event::Flushed {
-                contributors: buffer.contributors,
-                bytes: buffer.bytes,
-                landed,
-            });
-            drop(permit);
-        });
+        let object = (meta.plan, buffer.records, buffer.bytes);
+        self.spawn_partition_write(permit, object, buffer.contributors, Some((answer, bytes)));
     }
 
     /// Writes a recorded partition object again from its contributors' replayed records.
@@ -406,12 +388,36 @@ impl Batcher {
         let Ok(permit) = self.uploads.clone().acquire_owned().await else {
             return;
         };
+        // Its flush entry is in the journal already.
+        self.spawn_partition_write(permit, (meta.plan, records, bytes), holders, None);
+    }
+
+    /// Writes a partition object and reports it to the batcher. `journaled`: its flush entry,
+    /// queued in the journal, which must be durable first (`None`: recorded before a restart).
+    fn spawn_partition_write(
+        &self,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        (plan, records, bytes): (ObjectPlan, Vec<Bytes>, u64),
+        contributors: Vec<Position>,
+        journaled: Option<(JournalAnswer, Vec<u8>)>,
+    ) {
         let shared = self.shared.clone();
+        let ops = self.ops.clone();
         let events = self.events_tx.clone();
         self.shared.ctx.tracker.spawn(async move {
-            let landed = write_records(&shared, meta.plan, records, bytes).await;
+            let durable_entry = match journaled {
+                Some((answer, meta)) => {
+                    let resend = move |reply| JournalOp::Flush {
+                        meta: meta.clone(),
+                        reply,
+                    };
+                    durable(&shared, &ops, answer, resend).await
+                }
+                None => true,
+            };
+            let landed = durable_entry && write_records(&shared, plan, records, bytes).await;
             let _ = events.send(Event::Flushed {
-                contributors: holders,
+                contributors,
                 bytes,
                 landed,
             });
@@ -533,12 +539,7 @@ impl Batcher {
     }
 
     fn seal_threshold(&self) -> u64 {
-        let dest = &self.definition.destination;
-        let hint = if dest.dynamic_partitioning {
-            dest.buffer_bytes.min(partitions::INTAKE_BYTES)
-        } else {
-            dest.buffer_bytes
-        };
+        let (hint, _) = partitions::intake_hints(&self.definition.destination);
         let ctx = &self.shared.ctx;
         if ctx.memory.under_pressure() {
             hint.min((ctx.memory.cap() / 8).max(1))
@@ -553,12 +554,7 @@ impl Batcher {
             open.start = Some(position);
             open.oldest_ms = arrival_ms;
             let waited = Duration::from_millis(super::now_ms().saturating_sub(arrival_ms));
-            let dest = &self.definition.destination;
-            let interval = if dest.dynamic_partitioning {
-                dest.buffer_interval.min(partitions::INTAKE_INTERVAL)
-            } else {
-                dest.buffer_interval
-            };
+            let (_, interval) = partitions::intake_hints(&self.definition.destination);
             open.deadline = Some(Instant::now() + interval.saturating_sub(waited));
         }
         open.bytes += data.len() as u64;
@@ -746,7 +742,7 @@ async fn deliver(
     ops: &mpsc::Sender<JournalOp>,
     batch: Batch,
     mut plan: ObjectPlan,
-    seal: Option<(Seal, oneshot::Receiver<Result<(), String>>)>,
+    seal: Option<(Seal, JournalAnswer)>,
     definition: Arc<StreamDefinition>,
     events: &mpsc::UnboundedSender<Event>,
 ) -> bool {
@@ -773,7 +769,7 @@ async fn deliver(
 async fn durable(
     shared: &Shared,
     ops: &mpsc::Sender<JournalOp>,
-    mut answer: oneshot::Receiver<Result<(), String>>,
+    mut answer: JournalAnswer,
     op: impl Fn(oneshot::Sender<Result<(), String>>) -> JournalOp,
 ) -> bool {
     let ctx = &shared.ctx;
@@ -802,17 +798,12 @@ async fn write_records(shared: &Shared, plan: ObjectPlan, records: Vec<Bytes>, b
     let ctx = &shared.ctx;
     let count = records.len() as u64;
     let level = ctx.upload.gzip_level;
-    let compression = plan.compression;
-    let body = if let Some(conversion) = &plan.format {
-        Payload::Parquet(conversion.clone(), Arc::new(records))
-    } else {
-        let encoded = in_slot(shared, &ctx.encode_slots, move || {
-            encode::encode(compression, level, records)
-        });
-        let Some(body) = encoded.await else {
-            return false;
-        };
-        Payload::Ready(body)
+    let (compression, format) = (plan.compression, plan.format.clone());
+    let encoded = in_slot(shared, &ctx.encode_slots, move || {
+        Payload::of(compression, format.as_ref(), level, records)
+    });
+    let Some(body) = encoded.await else {
+        return false;
     };
     let object = Output {
         plan,
@@ -922,6 +913,22 @@ enum Payload {
     Parquet(crate::catalog::conversion::Conversion, Arc<Vec<Bytes>>),
 }
 
+impl Payload {
+    /// Records of a data object: Parquet when `format` says so (encoded later, while it
+    /// uploads), else JSON lines encoded now with `compression`.
+    fn of(
+        compression: crate::catalog::definition::Compression,
+        format: Option<&crate::catalog::conversion::Conversion>,
+        gzip_level: u32,
+        records: Vec<Bytes>,
+    ) -> std::io::Result<Payload> {
+        Ok(match format {
+            Some(conversion) => Payload::Parquet(conversion.clone(), Arc::new(records)),
+            None => Payload::Ready(encode::encode(compression, gzip_level, records)?),
+        })
+    }
+}
+
 /// One object of a processed batch, encoded and named.
 struct Output {
     plan: ObjectPlan,
@@ -1000,10 +1007,8 @@ fn prepare(
     for p in processed.partitions {
         // Partitions differ by prefix, so they share the batch's id: a partition's name does
         // not depend on which other partitions the batch happened to have.
-        let prefix = p
-            .prefix
-            .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""));
-        let key = object_key(shared, layout, start, &prefix, 0);
+        let prefix = partition_prefix(p.prefix, layout);
+        let key = object_key(shared, layout.version, layout.at_ms, start, &prefix, 0);
         objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
@@ -1014,10 +1019,7 @@ fn prepare(
             },
             records: p.records.len() as u64,
             payload_bytes: p.bytes,
-            body: match format {
-                Some(conversion) => Payload::Parquet(conversion.clone(), Arc::new(p.records)),
-                None => Payload::Ready(encode::encode(plan.compression, level, p.records)?),
-            },
+            body: Payload::of(plan.compression, format, level, p.records)?,
             error_output: None,
         });
     }
@@ -1055,9 +1057,7 @@ async fn deliver_partitioned(
                     version: layout.version,
                     bucket: plan.bucket.clone(),
                     compression: plan.compression,
-                    prefix: p
-                        .prefix
-                        .unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], "")),
+                    prefix: partition_prefix(p.prefix, &layout),
                     format: sealed_conversion(&layout).cloned(),
                 },
                 records: p.records,
@@ -1149,7 +1149,14 @@ fn error_objects(
                 bucket: plan.bucket.clone(),
                 key: format!(
                     "{}{}",
-                    object_key(shared, layout, start, &prefix, ERROR_OBJECT_BASE + t as u64),
+                    object_key(
+                        shared,
+                        layout.version,
+                        layout.at_ms,
+                        start,
+                        &prefix,
+                        ERROR_OBJECT_BASE + t as u64
+                    ),
                     plan.compression.suffix()
                 ),
                 compression: plan.compression,
@@ -1165,24 +1172,31 @@ fn error_objects(
     Ok(objects)
 }
 
+/// A partition's rendered prefix; the stream's prefix for the one partition of a stream
+/// without dynamic partitioning.
+fn partition_prefix(rendered: Option<String>, layout: &Layout) -> String {
+    rendered.unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""))
+}
+
 /// The record format conversion a processed batch was sealed with.
 fn sealed_conversion(layout: &Layout) -> Option<&crate::catalog::conversion::Conversion> {
     layout.settings.as_ref()?.conversion.as_ref()
 }
 
-/// The key of one object of a processed batch, without its suffix: its prefix, then
-/// Firehose's name with an id from the batch's position and `index` (which object of the batch).
+/// The key of an object of processed records, without its suffix: its prefix, then Firehose's
+/// name (stream `version`, the oldest record's time `at_ms`) with an id from the position of
+/// the batch it is named after and `index` (which object of that batch).
 fn object_key(
     shared: &Shared,
-    layout: &Layout,
+    version: u64,
+    at_ms: u64,
     start: Position,
     prefix: &str,
     index: u64,
 ) -> String {
-    let at: DateTime<Utc> =
-        DateTime::from_timestamp_millis(layout.at_ms as i64).unwrap_or_default();
+    let at: DateTime<Utc> = DateTime::from_timestamp_millis(at_ms as i64).unwrap_or_default();
     let unique = unique_id(shared.incarnation.wrapping_add(index), start);
-    prefix::object_name(prefix, shared.name.as_str(), layout.version, at, &unique)
+    prefix::object_name(prefix, shared.name.as_str(), version, at, &unique)
 }
 
 /// UUID-shaped and derived from the journal position, so a replayed batch gets the same name.

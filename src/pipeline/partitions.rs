@@ -34,6 +34,19 @@ pub const INTAKE_BYTES: u64 = 4 << 20;
 /// the interval hint then counts for its partition's buffer from the record's arrival.
 pub const INTAKE_INTERVAL: Duration = Duration::from_secs(1);
 
+/// When the stream's open buffer is sealed (size, age): its buffering hints, or for a stream
+/// with dynamic partitioning the shorter intake limits (the hints then apply per partition).
+pub fn intake_hints(dest: &crate::catalog::definition::Destination) -> (u64, Duration) {
+    if dest.dynamic_partitioning {
+        (
+            dest.buffer_bytes.min(INTAKE_BYTES),
+            dest.buffer_interval.min(INTAKE_INTERVAL),
+        )
+    } else {
+        (dest.buffer_bytes, dest.buffer_interval)
+    }
+}
+
 /// Which buffer a batch's records of one partition join: records sealed under different
 /// stream versions, buckets or compressions never share an object.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
