@@ -517,7 +517,7 @@ impl Batcher {
         for r in records {
             self.shared.ctx.memory.force_reserve(r.data.len() as u64);
             self.push(r.position, r.arrival_ms, r.data);
-            if self.open.bytes >= self.definition.destination.buffer_bytes {
+            if self.open.bytes >= self.seal_threshold() {
                 self.seal_open().await;
             }
         }
