@@ -1129,7 +1129,7 @@ fn process_batch(
         max_partitions: shared.ctx.max_active_partitions,
         metrics: &shared.metrics,
     };
-    process::run(&job, records)
+    process::run(&job, &records)
 }
 
 /// One object per error output type, named after the batch.

@@ -141,7 +141,7 @@ pub fn error_record(
     Bytes::from(line)
 }
 
-pub fn run(job: &Job<'_>, records: Vec<Record>) -> Processed {
+pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     let lambda = job.processing.and_then(|p| p.lambda.as_ref());
     let mut failures = Failures {
         lambda_arn: lambda.map(|l| l.arn.as_str()),
@@ -155,11 +155,11 @@ pub fn run(job: &Job<'_>, records: Vec<Record>) -> Processed {
             let mut survivors = Vec::with_capacity(records.len());
             let mut start = 0;
             while start < records.len() {
-                let end = call_end(&records, start, lambda.call_bytes);
+                let end = call_end(records, start, lambda.call_bytes);
                 transform_chunk(
                     module,
                     lambda.retries,
-                    &records,
+                    records,
                     start..end,
                     metrics,
                     &mut survivors,
@@ -173,7 +173,7 @@ pub fn run(job: &Job<'_>, records: Vec<Record>) -> Processed {
         // Configured, but the component is not loaded (a replay whose component is gone from
         // the cache and the stream): the records fail rather than pass untransformed.
         (Some(_), None) => {
-            for record in &records {
+            for record in records {
                 failures.add(
                     ErrorOutput::ProcessingFailed,
                     record,
