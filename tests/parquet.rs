@@ -135,18 +135,13 @@ def plain(v):
 print(json.dumps({"schema": [f"{f.name}: {f.type}" for f in t.schema],
                   "rows": [plain(r) for r in t.to_pylist()]}))
 "#;
-    let out = std::process::Command::new(venv_python())
-        .arg("-c")
-        .arg(script)
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        std::process::Command::new(venv_python())
+            .arg("-c")
+            .arg(script)
+            .arg(&path),
     );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
     let schema = v["schema"]
         .as_array()
         .unwrap()

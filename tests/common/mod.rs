@@ -708,18 +708,24 @@ pub fn venv_python() -> PathBuf {
     python
 }
 
+/// Runs a command that must succeed; returns its standard output.
+pub fn stdout_of(cmd: &mut Command) -> Vec<u8> {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 /// `spillway check-config` on a file of this repository, which must pass; returns its output.
 pub fn check_config(path: &str) -> String {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(env!("CARGO_BIN_EXE_spillway"))
-        .arg("check-config")
-        .arg(root.join(path))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = stdout_of(
+        Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .arg("check-config")
+            .arg(root.join(path)),
     );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(out).unwrap()
 }
