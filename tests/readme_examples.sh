@@ -69,36 +69,38 @@ echo "$checked" | tail -8
 echo "$checked" | grep -q "examples/minio.toml: ok" || { echo "check-config did not accept the example"; exit 1; }
 echo "$checked" | grep -q "game-events: s3://game-data/" || { echo "check-config did not list the stream"; exit 1; }
 
-echo "== README: transform and partition"
-rm -rf spillway-data .venv
-transform_out=$(bash -euo pipefail -c "$(example transform)" 2>&1) || {
-  echo "$transform_out" | tail -40; echo "the transform example failed"; exit 1
+# Runs the README example NAME from a clean state (no data dir, no .venv), shows the last
+# SHOWN lines of its output (without indented CLI JSON), and fails unless the output contains
+# every further argument. The output is left in $out.
+run_expecting() {
+  local name=$1 shown=$2
+  shift 2
+  rm -rf spillway-data .venv
+  out=$(bash -euo pipefail -c "$(example "$name")" 2>&1) || {
+    echo "$out" | tail -40; echo "the $name example failed"; exit 1
+  }
+  echo "$out" | grep -v '^ ' | tail -"$shown"
+  for expected in "$@"; do
+    echo "$out" | grep -qF "$expected" || { echo "$name example: missing $expected"; exit 1; }
+  done
 }
-echo "$transform_out" | grep -v '^ ' | tail -12
-for expected in \
+
+echo "== README: transform and partition"
+run_expecting transform 12 \
   'players/location=KR/' '{"user_id":7,"age":31,"location":"KR","play_time":"3725"}' \
   'players/location=DE/' '{"user_id":9,"age":44,"location":"DE","play_time":"980"}' \
-  'errors/processing-failed/' '"rawData":"bm90IGEgcGxheWVy"'; do
-  echo "$transform_out" | grep -qF "$expected" || { echo "transform example: missing $expected"; exit 1; }
-done
-if echo "$transform_out" | grep -q '"user_id":8'; then echo "a premium player was delivered"; exit 1; fi
+  'errors/processing-failed/' '"rawData":"bm90IGEgcGxheWVy"'
+if echo "$out" | grep -q '"user_id":8'; then echo "a premium player was delivered"; exit 1; fi
 ls spillway-data/transform-cache/*.cwasm >/dev/null || { echo "no compiled component cached"; exit 1; }
 rm -rf spillway-data .venv
 
 echo "== README: Parquet output"
-rm -rf spillway-data .venv
-parquet_out=$(bash -euo pipefail -c "$(example parquet)" 2>&1) || {
-  echo "$parquet_out" | tail -40; echo "the Parquet example failed"; exit 1
-}
-echo "$parquet_out" | grep -v '^ ' | tail -14
-for expected in \
+run_expecting parquet 14 \
   'user_id: int64' 'ts: timestamp[us]' 'price: decimal128(10, 2)' 'geo_city: string' \
   "'user_id': 7, 'age': 31, 'location': 'KR', 'ts': datetime.datetime(2026, 11, 29, 10, 0), 'price': Decimal('19.99')" \
   "'geo_city': 'Seoul'" \
   "'user_id': 8, 'age': 19, 'location': None, 'ts': datetime.datetime(2026, 11, 29, 10, 0, 0, 123000), 'price': None, 'tags': ['new']" \
-  '"errorCode":"DataFormatConversion.MalformedData"' 'user_id: expected an integer (bigint), got \"nine\"'; do
-  echo "$parquet_out" | grep -qF "$expected" || { echo "Parquet example: missing $expected"; exit 1; }
-done
+  '"errorCode":"DataFormatConversion.MalformedData"' 'user_id: expected an integer (bigint), got \"nine\"'
 rm -rf spillway-data .venv
 
 echo "== README: local stack command (Docker is not here: the compose file is checked by tests/stack.py)"
