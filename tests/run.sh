@@ -6,8 +6,11 @@
 #      pyarrow (an independent Parquet reader for the format conversion tests)
 #   2. checks formatting and lints
 #   3. runs unit, property and black-box tests (cargo test)
-#   4. runs every example in the README against a real daemon (tests/readme_examples.sh)
-#   5. checks deploy/ and grafana/ and runs the stack's configurations natively, with a real
+#   4. builds the release binaries, with no time limit: a fresh build takes 10-28 minutes on a
+#      2-core machine, and no later step may depend on how fast this machine compiles
+#   5. runs every example in the README against a real daemon (tests/readme_examples.sh), with
+#      the README's own commands; their `cargo run --release` finds the build up to date
+#   6. checks deploy/ and grafana/ and runs the stack's configurations natively, with a real
 #      Prometheus scraping spillway under load (tests/stack.py)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,6 +61,8 @@ if [ -n "$s3s_install" ]; then
 fi
 step "cargo test"
 cargo test --locked
+step "cargo build --release (what the README's commands and the stack check run)"
+cargo build --release --locked --bins
 step "README examples"
 PATH="$PWD/$venv/bin:$PATH" bash tests/readme_examples.sh
 step "local stack: compose, Kubernetes, Prometheus and the Grafana dashboard"
