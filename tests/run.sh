@@ -62,7 +62,7 @@ fi
 step "cargo test"
 cargo test --locked
 step "cargo build --release (what the README's commands and the stack check run)"
-cargo build --release --locked --bins
+cargo build --release --locked --bins --timings
 step "README examples"
 PATH="$PWD/$venv/bin:$PATH" bash tests/readme_examples.sh
 step "local stack: compose, Kubernetes, Prometheus and the Grafana dashboard"
