@@ -320,3 +320,96 @@ async fn s3_from_the_environment_alone_and_json_logs() {
         "stream name on stream log lines: {log}"
     );
 }
+
+/// Non-ASCII letters and punctuation that URLs and file systems treat specially are the same
+/// bytes in the key an S3 server stores and in the local store's file path. Before, the local
+/// store wrote `caf%C3%A9/...`, then looked for `café/...` to fsync it, and retried for good;
+/// S3 got the percent-encoded text as the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn awkward_prefixes_are_the_same_keys_in_s3_and_in_the_local_store() {
+    let prefix = "café/日本/~[a] %20 *?#\"\\ $x/";
+    let s3 = S3Server::start();
+    s3.create_bucket("awkward");
+    let mut remote = daemon_for(&s3);
+    let mut local = Daemon::start("");
+    for d in [&remote, &local] {
+        let fh = d.firehose();
+        create_stream(&fh, "awk", s3_destination("awkward", 1, 1).prefix(prefix)).await;
+        assert_eq!(put_batch(&fh, "awk", 0..3, 100).await.len(), 3);
+    }
+
+    let store = s3.client("awkward");
+    let in_s3 = wait_for(Duration::from_secs(20), || async {
+        let found = objects(&store).await;
+        (!found.is_empty()).then_some(found)
+    })
+    .await
+    .expect("an object in S3");
+    assert_eq!(in_s3.len(), 1);
+    let (key, body) = &in_s3[0];
+    // The prefix as given, then the date path Firehose appends to a prefix without one.
+    assert!(key.starts_with(prefix), "{key}");
+    let name_at = key.find("awk-1-").expect("the object name");
+    assert_eq!(name_at, prefix.len() + "yyyy/MM/dd/HH/".len(), "{key}");
+    assert_eq!(ids_in(std::slice::from_ref(&body.to_vec())), [0, 1, 2]);
+
+    let bucket_dir = local.data_dir.join("buckets/awkward");
+    let files = wait_for(Duration::from_secs(20), || async {
+        let files = walk(&bucket_dir);
+        (!files.is_empty()).then_some(files)
+    })
+    .await
+    .expect("an object file in the local store");
+    assert_eq!(files.len(), 1);
+    let relative = files[0].strip_prefix(&bucket_dir).unwrap();
+    let relative = relative.to_str().unwrap();
+    // The same prefix and name as in S3, byte for byte (the name's time and id differ).
+    assert!(relative.starts_with(prefix), "{relative}");
+    assert_eq!(relative.find("awk-1-"), Some(name_at), "{relative}");
+    assert_eq!(ids_in(&[std::fs::read(&files[0]).unwrap()]), [0, 1, 2]);
+    for d in [&local, &remote] {
+        assert_eq!(
+            d.metric("spillway_upload_failures_total{stream=\"awk\"}"),
+            0.0
+        );
+    }
+    assert!(remote.terminate().success());
+    assert!(local.terminate().success());
+}
+
+/// Prefixes that object stores cannot keep as given are refused when the stream is defined,
+/// with the reason, instead of being written under another key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefixes_no_store_can_keep_are_refused() {
+    let d = Daemon::start("");
+    let fh = d.firehose();
+    for (prefix, says) in [
+        ("/leading/", "cannot start with '/'"),
+        ("a//b/", "'//'"),
+        ("a/./b/", "'.' or '..'"),
+        ("../up/", "'.' or '..'"),
+        (&format!("{}/", "s".repeat(256)), "longer than a file name"),
+    ] {
+        let err = fh
+            .create_delivery_stream()
+            .delivery_stream_name("refused")
+            .extended_s3_destination_configuration(
+                s3_destination("bkt", 1, 1).prefix(prefix).build().unwrap(),
+            )
+            .send()
+            .await
+            .expect_err(prefix);
+        let text = format!("{:?}", err.into_service_error());
+        assert!(
+            text.contains("InvalidArgumentException"),
+            "{prefix}: {text}"
+        );
+        assert!(text.contains(says), "{prefix}: {text}");
+    }
+    create_stream(
+        &fh,
+        "fine",
+        s3_destination("bkt", 1, 1).prefix("a..b/.x/é/"),
+    )
+    .await;
+}

@@ -151,6 +151,49 @@ pub enum PrefixError {
     ErrorOutputPrefixRequired,
     #[error("{field}: character {at} is a control character; prefixes cannot contain them")]
     ControlCharacter { field: PrefixField, at: usize },
+    #[error("{field}: {problem}")]
+    Shape {
+        field: PrefixField,
+        problem: &'static str,
+    },
+}
+
+/// Longest path segment of an object key: a file name on the local store (and on most file
+/// systems S3-compatible servers keep objects on).
+pub const MAX_SEGMENT_BYTES: usize = 255;
+/// The most an object name adds after its prefix: a stream name of up to 64 characters,
+/// version, timestamp, id and file extension.
+pub const MAX_OBJECT_NAME_BYTES: usize = 135;
+
+/// Checks that a rendered prefix names the same object in every store: object_store (and so
+/// S3 and the local store alike) has no empty, `.` or `..` path segments, and a local file name
+/// is at most 255 bytes. A prefix that broke these would be written under another key than the
+/// one asked for, or not at all.
+pub fn check_key_prefix(rendered: &str) -> Result<(), &'static str> {
+    if rendered.starts_with('/') {
+        return Err("cannot start with '/' (an empty first path segment)");
+    }
+    if rendered.contains("//") {
+        return Err("cannot contain '//' (an empty path segment)");
+    }
+    let mut segments = rendered.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        if segment == "." || segment == ".." {
+            return Err("cannot have '.' or '..' as a path segment");
+        }
+        let room = if segments.peek().is_some() {
+            MAX_SEGMENT_BYTES
+        } else {
+            // The object's name is appended to the last segment.
+            MAX_SEGMENT_BYTES - MAX_OBJECT_NAME_BYTES
+        };
+        if segment.len() > room {
+            return Err(
+                "a path segment would be longer than a file name may be (255 bytes, with the object's name of up to 135 bytes after the last '/')",
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Options for [`PrefixTemplate::parse_with`].
@@ -408,12 +451,28 @@ impl PrefixTemplate {
                 }
             }
         }
-        Ok(Self::build(
-            text.to_owned(),
-            field,
-            scan.parts,
-            scan.has_expressions,
-        ))
+        let template = Self::build(text.to_owned(), field, scan.parts, scan.has_expressions);
+        template.check_shape()?;
+        Ok(template)
+    }
+
+    /// Renders the template with sample values (Wednesday 30 September, 23:59:59.999 UTC: the widest names and numbers; `x` for each
+    /// partition key, the longest error output type) and checks the result's shape.
+    fn check_shape(&self) -> Result<(), PrefixError> {
+        let sample = DateTime::from_timestamp(1_790_812_799, 999_000_000).unwrap_or_default();
+        let pieces = self.partition_pieces(sample);
+        let keys: Vec<(String, String)> = pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Query(k) | Piece::Lambda(k) => Some((k.clone(), "x".to_owned())),
+                _ => None,
+            })
+            .collect();
+        let rendered = fill(&pieces, &keys, &keys, "format-conversion-failed");
+        check_key_prefix(&rendered).map_err(|problem| PrefixError::Shape {
+            field: self.field,
+            problem,
+        })
     }
 
     fn build(source: String, field: PrefixField, parts: Vec<Part>, has_expressions: bool) -> Self {
@@ -1425,7 +1484,19 @@ mod tests {
 
     #[test]
     fn length_limit() {
-        let ok = "a".repeat(MAX_PREFIX_CHARS);
+        // In path segments a file name can hold.
+        let segments = |c: &str, n: usize| {
+            (0..n)
+                .map(|i| {
+                    if i % 120 == 119 {
+                        "/".to_owned()
+                    } else {
+                        c.to_owned()
+                    }
+                })
+                .collect::<String>()
+        };
+        let ok = segments("a", MAX_PREFIX_CHARS);
         assert!(PrefixTemplate::parse_prefix(&ok).is_ok());
         let long = "a".repeat(MAX_PREFIX_CHARS + 1);
         assert_eq!(
@@ -1437,7 +1508,7 @@ mod tests {
             }
         );
         // Counted in characters: 1024 two-byte characters fit.
-        assert!(PrefixTemplate::parse_error_prefix(&"é".repeat(MAX_PREFIX_CHARS)).is_ok());
+        assert!(PrefixTemplate::parse_error_prefix(&segments("é", MAX_PREFIX_CHARS)).is_ok());
         let err = PrefixTemplate::parse_error_prefix(&long).unwrap_err();
         assert!(
             err.to_string().starts_with("ErrorOutputPrefix is 1025"),
@@ -1695,5 +1766,49 @@ mod tests {
                 .to_string(),
             "ErrorOutputPrefix: character 1 is a control character; prefixes cannot contain them"
         );
+    }
+
+    #[test]
+    fn prefixes_no_store_keeps_as_written_are_refused() {
+        let shape = |text: &str| match PrefixTemplate::parse_prefix(text) {
+            Err(PrefixError::Shape { problem, .. }) => Some(problem),
+            Err(other) => panic!("{text}: {other}"),
+            Ok(_) => None,
+        };
+        assert!(shape("/a/").unwrap().contains("start with '/'"));
+        assert!(shape("a//b/").unwrap().contains("'//'"));
+        assert!(
+            shape("a/!{timestamp:''}/b/").is_none(),
+            "'' is a quote character"
+        );
+        assert!(shape("a/./").unwrap().contains("'.' or '..'"));
+        assert!(shape("../a/").unwrap().contains("'.' or '..'"));
+        assert!(shape(&format!("{}/", "x".repeat(255))).is_none());
+        assert!(shape(&format!("{}/", "x".repeat(256))).is_some());
+        let tail = |n: usize| format!("!{{timestamp:yyyy}}/{}", "x".repeat(n));
+        assert!(shape(&tail(120)).is_none());
+        assert!(
+            shape(&tail(121)).is_some(),
+            "the object name joins the last segment"
+        );
+        // The rendered text counts: a month name makes the segment longer than the pattern.
+        assert!(shape(&format!("{}!{{timestamp:MMMM}}/", "x".repeat(250))).is_some());
+        for fine in [
+            "",
+            "café/日本/",
+            "~[a] %20 *?#\"\\ $x/",
+            "a..b/.x/",
+            "!{firehose:random-string}/",
+        ] {
+            assert!(shape(fine).is_none(), "{fine}");
+        }
+        let error = PrefixTemplate::parse_error_prefix("e//!{firehose:error-output-type}/");
+        assert!(matches!(
+            error,
+            Err(PrefixError::Shape {
+                field: PrefixField::ErrorOutputPrefix,
+                ..
+            })
+        ));
     }
 }

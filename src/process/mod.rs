@@ -495,13 +495,8 @@ fn check_prefix(rendered: &str) -> Result<(), String> {
             rendered.len()
         ));
     }
-    if let Some(seg) = rendered.split('/').find(|s| s.len() > 255) {
-        return Err(format!(
-            "a prefix segment would be {} bytes; at most 255",
-            seg.len()
-        ));
-    }
-    Ok(())
+    crate::catalog::prefix::check_key_prefix(rendered)
+        .map_err(|m| format!("the rendered prefix {rendered:?}: {m}"))
 }
 
 #[cfg(test)]
@@ -551,6 +546,7 @@ mod tests {
             Piece::Text("p/".into()),
             Piece::Query("a".into()),
             Piece::Query("b".into()),
+            Piece::Text("/".into()),
         ];
         let keys = |a: usize, b: usize| {
             vec![

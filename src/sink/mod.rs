@@ -112,6 +112,8 @@ pub struct StoreError {
 pub struct Stores {
     settings: StoreSettings,
     cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// The local store's buckets again, for the file an object was written to.
+    local: Mutex<HashMap<String, Arc<LocalFileSystem>>>,
     /// Local directories whose own entry is already durable: synced once, not per object.
     synced_dirs: Arc<Mutex<std::collections::HashSet<PathBuf>>>,
 }
@@ -121,6 +123,7 @@ impl Stores {
         Stores {
             settings,
             cache: Mutex::new(HashMap::new()),
+            local: Mutex::new(HashMap::new()),
             synced_dirs: Arc::default(),
         }
     }
@@ -138,15 +141,23 @@ impl Stores {
         }
     }
 
-    /// For the local store: the object's file and the bucket directory it lives under.
-    fn local_file(&self, bucket: &str, key: &str) -> Option<(PathBuf, PathBuf)> {
-        match &self.settings {
-            StoreSettings::Local { root } => {
-                let dir = root.join(bucket);
-                Some((dir.join(key), dir))
-            }
-            StoreSettings::S3(_) => None,
-        }
+    /// For the local store: the file the object at `path` is written to (as the store itself
+    /// maps it) and the bucket directory it lives under.
+    fn local_file(
+        &self,
+        bucket: &str,
+        path: &ObjectPath,
+    ) -> Option<object_store::Result<(PathBuf, PathBuf)>> {
+        let StoreSettings::Local { root } = &self.settings else {
+            return None;
+        };
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        let store = local.get(bucket)?;
+        Some(
+            store
+                .path_to_filesystem(path)
+                .map(|file| (file, root.join(bucket))),
+        )
     }
 
     pub fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
@@ -163,11 +174,16 @@ impl Stores {
                 let dir = root.join(bucket);
                 std::fs::create_dir_all(&dir)
                     .map_err(|e| err(format!("{}: {e}", dir.display())))?;
-                Arc::new(
+                let local = Arc::new(
                     LocalFileSystem::new_with_prefix(&dir)
                         .map_err(|e| err(e.to_string()))?
                         .with_automatic_cleanup(true),
-                )
+                );
+                self.local
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(bucket.to_owned(), local.clone());
+                local
             }
             StoreSettings::S3(s3) => Arc::new(s3_store(s3, bucket).map_err(err)?),
         };
@@ -283,7 +299,7 @@ where
 {
     let ctx = &shared.ctx;
     let settings = &ctx.upload;
-    let path = ObjectPath::from(plan.key.as_str());
+    let path = object_path(&plan.key);
     let mut delay = settings.retry_initial;
     let mut attempt = 0u32;
     loop {
@@ -303,11 +319,12 @@ where
         }
         attempt += 1;
         let started = Instant::now();
-        let local = ctx.stores.local_file(&plan.bucket, &plan.key);
+        let local = ctx.stores.local_file(&plan.bucket, &path);
         let result = tokio::select! {
             r = async {
                 let bytes = attempt_once(store, path.clone()).await?;
-                if let Some((file, bucket_dir)) = local {
+                if let Some(file) = local {
+                    let (file, bucket_dir) = file?;
                     make_durable(file, bucket_dir, ctx.stores.synced_dirs.clone()).await?;
                 }
                 Ok::<u64, object_store::Error>(bytes)
@@ -338,6 +355,18 @@ where
             }
         }
     }
+}
+
+/// The key as the object's path, byte for byte: `é`, `%` or `#` in a key are the same
+/// characters in S3 and in the local store's file names (object_store's `Path::from` would
+/// percent-encode them instead). Prefixes and partition values are checked when a stream is
+/// defined and when a record is partitioned, so parsing fails only for a key that escaped both
+/// checks; that one is written percent-encoded rather than not at all.
+fn object_path(key: &str) -> ObjectPath {
+    ObjectPath::parse(key).unwrap_or_else(|e| {
+        tracing::error!(key, error = %e, "object key is not a valid path; writing it percent-encoded");
+        ObjectPath::from(key)
+    })
 }
 
 /// A local object counts as landed only once it is on disk: the journal releases its records
