@@ -327,3 +327,88 @@ async fn journal_warnings_name_their_stream_at_warn_level_too() {
     // The ten acknowledged records survived the cut.
     assert_eq!(d.metric("spillway_buffered_bytes{stream=\"torn\"}"), 1000.0);
 }
+
+/// Firehose's default quota is 5,000 streams a region. Each stream used to keep a blocking
+/// thread for its journal, and tokio's blocking pool has 512: the 512th create never answered,
+/// and a restart with that many streams never became ready. Now 2,000 streams are created,
+/// each gets a record, and after a restart all are there, ready, and delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_streams_create_deliver_and_restart() {
+    const STREAMS: usize = 2000;
+    let mut d = Daemon::start("");
+    let fh = d.firehose();
+    let name = |i: usize| format!("s{i:04}");
+    let create = |i: usize| {
+        let fh = fh.clone();
+        async move {
+            fh.create_delivery_stream()
+                .delivery_stream_name(name(i))
+                .extended_s3_destination_configuration(
+                    s3_destination("many", 1, 900)
+                        .prefix(format!("{}/", name(i)))
+                        .build()
+                        .unwrap(),
+                )
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("create {}: {e:?}", name(i)));
+        }
+    };
+    all(STREAMS, create).await;
+    let put = |i: usize, round: u64| {
+        let fh = fh.clone();
+        async move {
+            let acked = put_batch(&fh, &name(i), round..round + 1, 64).await;
+            assert_eq!(acked, [round], "{}", name(i));
+        }
+    };
+    all(STREAMS, |i| put(i, 0)).await;
+    // SIGTERM flushes every stream's buffer (the 900 s interval would not).
+    assert!(d.terminate().success(), "{}", d.log());
+
+    d.restart();
+    let listed = fh
+        .list_delivery_streams()
+        .limit(10_000)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(listed.delivery_stream_names().len(), STREAMS);
+    all(STREAMS, |i| put(i, 1)).await;
+    assert!(d.terminate().success());
+
+    let bucket = d.data_dir.join("buckets/many");
+    for i in 0..STREAMS {
+        let dir = bucket.join(name(i));
+        let files = walk_files(&dir);
+        let bodies: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
+        let mut ids = ids_in(&bodies);
+        ids.sort();
+        assert_eq!(ids, [0, 1], "{}", name(i));
+    }
+}
+
+/// Runs `work(0..n)`, 32 at a time. A call that never answers (the old failure: the 512th
+/// create hung) fails the test after 5 minutes instead of hanging it.
+async fn all<F: std::future::Future<Output = ()>>(n: usize, work: impl Fn(usize) -> F) {
+    use futures::StreamExt as _;
+    let calls = futures::stream::iter((0..n).map(work))
+        .buffer_unordered(32)
+        .collect::<Vec<()>>();
+    tokio::time::timeout(Duration::from_secs(300), calls)
+        .await
+        .expect("every call answered");
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk_files(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}

@@ -1,4 +1,4 @@
-//! The one thread that writes a stream's journal. It takes every operation waiting in its
+//! The task that writes a stream's journal. It takes every operation waiting in its
 //! queue, writes them all, syncs once (group commit: one fsync serves every waiting request),
 //! then answers each request and hands the now-durable records to the pipeline.
 //!
@@ -62,26 +62,46 @@ pub struct Appended {
     pub records: Vec<Bytes>,
 }
 
-pub fn run(
-    mut journal: Journal,
+/// What a stream's journal writer carries from one group commit to the next.
+struct Writer {
+    journal: Journal,
+    to_pipeline: Option<mpsc::UnboundedSender<Appended>>,
+    /// Journal bytes this stream has added to `journal_total`.
+    accounted_bytes: u64,
+    shared: Arc<Shared>,
+}
+
+/// The stream's journal writer: waits for operations without holding a thread, and runs each
+/// group commit (writes and one sync) on a blocking thread. Streams are cheap: thousands of
+/// idle streams hold no thread, where one long-lived blocking task each exhausted tokio's
+/// blocking pool at 512 streams.
+pub async fn run(
+    journal: Journal,
     mut ops: mpsc::Receiver<JournalOp>,
     to_pipeline: mpsc::UnboundedSender<Appended>,
     shared: Arc<Shared>,
+    span: tracing::Span,
 ) {
-    let stream = shared.name.clone();
-    let mut to_pipeline = Some(to_pipeline);
     // A replayed journal counts against the cap from the start, not from its first write.
-    let mut accounted_bytes = journal.disk_bytes();
+    let accounted_bytes = journal.disk_bytes();
     shared
         .ctx
         .journal_total
         .fetch_add(accounted_bytes, Ordering::AcqRel);
     shared.metrics.journal_bytes.set(accounted_bytes as i64);
-    let mut batch = Vec::with_capacity(MAX_OPS_PER_COMMIT);
+    let stream = shared.name.clone();
+    let ctx = shared.ctx.clone();
+    let mut writer = Writer {
+        journal,
+        to_pipeline: Some(to_pipeline),
+        accounted_bytes,
+        shared,
+    };
     loop {
-        let Some(first) = ops.blocking_recv() else {
+        let Some(first) = ops.recv().await else {
             break;
         };
+        let mut batch = Vec::with_capacity(MAX_OPS_PER_COMMIT);
         batch.push(first);
         while batch.len() < MAX_OPS_PER_COMMIT {
             match ops.try_recv() {
@@ -89,7 +109,42 @@ pub fn run(
                 Err(_) => break,
             }
         }
+        let span = span.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            let _in_stream = span.entered();
+            let stop = commit_group(&mut writer, batch);
+            (writer, stop)
+        })
+        .await;
+        match round {
+            Ok((back, stop)) => {
+                writer = back;
+                if stop {
+                    break;
+                }
+            }
+            Err(e) => {
+                // The journal went down with the round: the stream takes no more writes
+                // (puts answer ServiceUnavailable) and the next start replays what it holds.
+                tracing::error!(stream = %stream, error = %e, "the journal writer failed; the stream stops taking records");
+                return;
+            }
+        }
+    }
+    ctx.journal_total
+        .fetch_sub(writer.accounted_bytes, Ordering::AcqRel);
+}
 
+/// Writes one group of operations, syncs once, answers them. True when the writer stops.
+fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
+    let Writer {
+        journal,
+        to_pipeline,
+        accounted_bytes,
+        shared,
+    } = writer;
+    let stream = &shared.name;
+    {
         let mut appends = Vec::new();
         let mut seals = Vec::new();
         let mut stop = false;
@@ -163,7 +218,7 @@ pub fn run(
             }
             // Hand over before answering, so a record the producer saw acknowledged is
             // already on its way to the buffer when a shutdown begins.
-            if let Some(tx) = &to_pipeline {
+            if let Some(tx) = to_pipeline.as_ref() {
                 let _ = tx.send(Appended {
                     first,
                     arrival_ms,
@@ -179,7 +234,7 @@ pub fn run(
             });
         }
         if end_input {
-            to_pipeline = None;
+            *to_pipeline = None;
         }
         if let (Some(low), None) = (release_to, &write_error)
             && let Err(e) = journal.release(low)
@@ -188,25 +243,19 @@ pub fn run(
         }
 
         let bytes = journal.disk_bytes();
-        if bytes >= accounted_bytes {
+        if bytes >= *accounted_bytes {
             shared
                 .ctx
                 .journal_total
-                .fetch_add(bytes - accounted_bytes, Ordering::AcqRel);
+                .fetch_add(bytes - *accounted_bytes, Ordering::AcqRel);
         } else {
             shared
                 .ctx
                 .journal_total
-                .fetch_sub(accounted_bytes - bytes, Ordering::AcqRel);
+                .fetch_sub(*accounted_bytes - bytes, Ordering::AcqRel);
         }
-        accounted_bytes = bytes;
+        *accounted_bytes = bytes;
         shared.metrics.journal_bytes.set(bytes as i64);
-        if stop {
-            break;
-        }
+        stop
     }
-    shared
-        .ctx
-        .journal_total
-        .fetch_sub(accounted_bytes, Ordering::AcqRel);
 }

@@ -172,13 +172,13 @@ impl StreamRuntime {
             );
         }
 
-        ctx.tracker.spawn_blocking({
-            let shared = shared.clone();
-            move || {
-                let _in_stream = span.entered();
-                group_commit::run(journal, ops_rx, appended_tx, shared)
-            }
-        });
+        ctx.tracker.spawn(group_commit::run(
+            journal,
+            ops_rx,
+            appended_tx,
+            shared.clone(),
+            span,
+        ));
         let batcher = batcher::Batcher::new(shared.clone(), ops_tx.clone(), def_rx, next_position);
         ctx.tracker.spawn(async move {
             batcher.run(replay, appended_rx).await;
