@@ -70,6 +70,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         process_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
         transforms,
         max_active_partitions: settings.max_active_partitions,
+        queries: crate::process::sandbox::QuerySandbox::for_this_binary(
+            settings.query_limits.clone(),
+        ),
         tables: settings.tables.clone(),
     });
 

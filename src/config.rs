@@ -72,6 +72,11 @@ pub enum Command {
     /// process, so the compiler's peak memory never becomes the daemon's.
     #[command(hide = true)]
     CompileTransform { input: PathBuf, output: PathBuf },
+    /// Run `MetadataExtractionQuery` programs for the daemon, on stdin and stdout, with this
+    /// many bytes of memory at most. The daemon starts these; a query over budget ends only
+    /// its worker.
+    #[command(hide = true)]
+    JqWorker { memory_bytes: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -201,6 +206,10 @@ struct RawPartitioning {
     /// Partitions one batch of a stream may fill; records for further partitions go to the
     /// error output as activePartitionExceeded. 500 (Firehose's default).
     max_active_partitions: Option<u64>,
+    /// Time budget of a `MetadataExtractionQuery` on one record. Milliseconds; 1000.
+    query_timeout_ms: Option<u64>,
+    /// Memory cap of each process that runs queries. MiB; 128.
+    query_memory_mib: Option<u64>,
 }
 
 /// Firehose's `ProcessingConfiguration`, with parameters as a table:
@@ -387,6 +396,8 @@ pub struct Settings {
     pub store: StoreSettings,
     pub transform: TransformSettings,
     pub max_active_partitions: usize,
+    /// The budget of `MetadataExtractionQuery` programs.
+    pub query_limits: crate::process::sandbox::QueryLimits,
     /// Streams declared in the file: read-only over the API.
     pub streams: Vec<(StreamName, S3Destination)>,
     /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
@@ -557,6 +568,18 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         raw.partitioning.max_active_partitions,
         500,
     ) as usize;
+    let query_limits = crate::process::sandbox::QueryLimits {
+        timeout: Duration::from_millis(positive(
+            "partitioning.query_timeout_ms",
+            raw.partitioning.query_timeout_ms,
+            1000,
+        )),
+        memory_bytes: positive(
+            "partitioning.query_memory_mib",
+            raw.partitioning.query_memory_mib,
+            128,
+        ) * MIB,
+    };
     let shutdown_timeout = Duration::from_secs(raw.shutdown_timeout_seconds.unwrap_or(60));
     if !(5 * MIB..=5 * 1024 * MIB).contains(&upload.part_size) {
         problems.push("upload.part_size_mib: must be between 5 and 5120 (S3's part limits)".into());
@@ -719,6 +742,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             store,
             transform,
             max_active_partitions,
+            query_limits,
             streams,
             tables,
         }),

@@ -28,8 +28,12 @@ fn main() -> std::process::ExitCode {
                 }
             };
         }
+        Some(Command::JqWorker { memory_bytes }) => {
+            return spillway::process::sandbox::serve_worker(*memory_bytes);
+        }
         None => {}
     }
+    raise_open_files_limit();
     let settings = match Settings::load(&cli) {
         Ok(s) => s,
         Err(e) => {
@@ -58,7 +62,11 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(spillway::app::run(settings)) {
+    let outcome = runtime.block_on(spillway::app::run(settings));
+    // Everything that matters is flushed or left in the journal by now; a blocking task still
+    // running (a transform call winding down) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    match outcome {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -76,5 +84,23 @@ fn limit_malloc_arenas() {
     // SAFETY: mallopt only sets an allocator tunable; no threads exist yet.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+    }
+}
+
+/// Each stream keeps its journal segment and lock open, so thousands of streams need thousands
+/// of descriptors; many systems start processes with a soft limit of 1024 and a far higher hard
+/// limit. Raise the soft limit to the hard one, as servers commonly do.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: reads and sets this process's own limit through a valid struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
     }
 }

@@ -36,6 +36,7 @@ pub struct Metrics {
     error_records: IntCounterVec,
     active_partitions: IntGaugeVec,
     partition_cap_exceeded: IntCounterVec,
+    query_over_budget: IntCounterVec,
     memory_reserved_bytes: IntGauge,
     memory_limit_bytes: IntGauge,
     journal_limit_bytes: IntGauge,
@@ -68,6 +69,7 @@ pub struct StreamMetrics {
     pub transform_call_seconds: Histogram,
     pub active_partitions: IntGauge,
     pub partition_cap_exceeded: IntCounter,
+    pub query_over_budget: IntCounter,
     transform_failures: IntCounterVec,
     error_records: IntCounterVec,
     stream: String,
@@ -338,6 +340,12 @@ impl Metrics {
                 "Records sent to the error output because their intake batch had reached partitioning.max_active_partitions partitions.",
                 &["stream"],
             ),
+            query_over_budget: counter(
+                &r,
+                "spillway_query_over_budget_records_total",
+                "Records sent to processing-failed because the MetadataExtractionQuery went over its time, memory or stack budget on them (or was not run after two such records in a batch).",
+                &["stream"],
+            ),
             memory_reserved_bytes,
             memory_limit_bytes,
             journal_limit_bytes,
@@ -384,6 +392,7 @@ impl Metrics {
             transform_call_seconds: self.transform_call_seconds.with_label_values(l),
             active_partitions: self.active_partitions.with_label_values(l),
             partition_cap_exceeded: self.partition_cap_exceeded.with_label_values(l),
+            query_over_budget: self.query_over_budget.with_label_values(l),
             transform_failures: self.transform_failures.clone(),
             error_records: self.error_records.clone(),
             stream: stream.to_owned(),
@@ -405,6 +414,7 @@ impl Metrics {
             &self.upload_failures,
             &self.upload_retries,
             &self.partition_cap_exceeded,
+            &self.query_over_budget,
         ] {
             let _ = vec.remove_label_values(l);
         }

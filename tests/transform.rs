@@ -1007,3 +1007,167 @@ async fn update_destination_swaps_the_transform() {
         "2"
     );
 }
+
+/// Queries that recurse without end, allocate without end or loop, each run by the daemon's
+/// own worker processes: the record they were on fails with the budget it broke, two such
+/// records fail the rest of the batch without running, and the sandbox keeps working.
+#[test]
+fn the_jq_sandbox_contains_queries_that_recurse_allocate_or_loop() {
+    use spillway::process::sandbox::{KeysError, QueryLimits, QuerySandbox};
+    let sandbox = QuerySandbox::new(
+        Some(env!("CARGO_BIN_EXE_spillway").into()),
+        QueryLimits {
+            timeout: Duration::from_millis(400),
+            memory_bytes: 64 << 20,
+        },
+    );
+    let records: [&[u8]; 3] = [br#"{"c":"a"}"#, br#"{"c":"b"}"#, br#"{"c":"c"}"#];
+    let keys = |c: &str| Ok(vec![("k".to_string(), c.to_string())]);
+    let budget = |answer: &Result<Vec<(String, String)>, KeysError>, says: &str| match answer {
+        Err(KeysError::Budget(m)) => assert!(m.contains(says), "{m}"),
+        other => panic!("expected a budget failure ({says}), got {other:?}"),
+    };
+    let good = sandbox.keys("{k: .c}", &records);
+    assert_eq!(good, [keys("a"), keys("b"), keys("c")]);
+
+    for (query, says) in [
+        // Recursion: the worker's stack (or memory) runs out and the process ends.
+        ("def f: [f]; {k: f}", "process ended"),
+        // 2.2 GB in the issue's report: here the 64 MiB cap ends the process.
+        ("{k: ([range(1e9)]|length|tostring)}", "process ended"),
+        ("{k: (last(range(1e18))|tostring)}", "time budget of 400 ms"),
+        ("def f: f; f", ""),
+    ] {
+        let answers = sandbox.keys(query, &records);
+        assert_eq!(answers.len(), 3, "{query}");
+        budget(&answers[0], says);
+        budget(&answers[1], says);
+        budget(
+            &answers[2],
+            "not run: the query went over its budget on 2 earlier records",
+        );
+    }
+
+    // Only the record the query loops on fails; its neighbours get their keys.
+    let picky = sandbox.keys(
+        r#"if .c == "b" then last(range(1e18)) else {k: .c} end"#,
+        &records,
+    );
+    assert_eq!(picky[0], keys("a"));
+    budget(&picky[1], "time budget");
+    assert_eq!(picky[2], keys("c"));
+    // Errors of the query itself are answers about the record, not budget failures.
+    let answers = sandbox.keys("{k: .c}", &[b"not json", br#"{"c":"z"}"#]);
+    assert!(matches!(&answers[0], Err(KeysError::Query(m)) if m.contains("not JSON")));
+    assert_eq!(answers[1], keys("z"));
+}
+
+/// The issue's exact requests: a jq query that overflows the stack crashed the daemon at the
+/// first record and at every replay after it, and a looping one held a processing slot for
+/// good. Now their records go to processing-failed, other streams deliver, SIGTERM ends the
+/// daemon, and a restart does not replay them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_jq_queries_fail_their_records_and_never_the_daemon() {
+    let s3 = S3Server::start();
+    s3.create_bucket("bkt");
+    s3.create_bucket("calm");
+    let config = format!(
+        "{}\n[partitioning]\nquery_timeout_ms = 300\nquery_memory_mib = 64\n",
+        s3.config()
+    );
+    let mut d = Daemon::start(&config);
+    let hostile = [
+        ("s", "def f: [f]; {k: f}"),
+        ("big", "{k: ([range(1e9)]|length|tostring)}"),
+        ("loop", "def f: f; f"),
+        ("last", "{k: (last(range(1e18))|tostring)}"),
+    ];
+    for (name, query) in hostile {
+        let body = serde_json::json!({
+            "DeliveryStreamName": name,
+            "ExtendedS3DestinationConfiguration": {
+                "BucketARN": "arn:aws:s3:::bkt",
+                "Prefix": format!("{name}/k=!{{partitionKeyFromQuery:k}}/"),
+                "ErrorOutputPrefix": format!("e/{name}/!{{firehose:error-output-type}}/"),
+                "BufferingHints": {"IntervalInSeconds": 1},
+                "DynamicPartitioningConfiguration": {"Enabled": true},
+                "ProcessingConfiguration": {"Enabled": true, "Processors": [{
+                    "Type": "MetadataExtraction",
+                    "Parameters": [{"ParameterName": "MetadataExtractionQuery", "ParameterValue": query}]
+                }]}
+            }
+        });
+        let (status, answer) = d.raw(Some("CreateDeliveryStream"), body.to_string().as_bytes());
+        assert_eq!(status, 200, "{name}: {answer}");
+    }
+    let fh = d.firehose();
+    let dest = s3_destination("calm", 1, 1)
+        .prefix("c=!{partitionKeyFromQuery:c}/")
+        .error_output_prefix("errors/!{firehose:error-output-type}/")
+        .dynamic_partitioning_configuration(
+            DynamicPartitioningConfiguration::builder()
+                .enabled(true)
+                .build(),
+        )
+        .processing_configuration(processing(vec![
+            Processor::builder()
+                .r#type(ProcessorType::MetadataExtraction)
+                .parameters(
+                    ProcessorParameter::builder()
+                        .parameter_name(ProcessorParameterName::MetadataExtractionQuery)
+                        .parameter_value("{c: .c}")
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        ]));
+    create_stream(&fh, "calm", dest).await;
+
+    for (name, _) in hostile {
+        put_all(&fh, name, &[b"{}\n".to_vec(), b"{\"a\":1}\n".to_vec()]).await;
+    }
+    put_all(&fh, "calm", &[br#"{"c":"x","n":1}"#.to_vec()]).await;
+
+    let calm_lines = lines_under(&s3, "calm", "c=x/", 1).await;
+    assert_eq!(calm_lines[0].1[0]["n"], 1);
+    for (name, _) in hostile {
+        let failed = lines_under(&s3, "bkt", &format!("e/{name}/processing-failed/"), 2).await;
+        let failed: Vec<&Value> = failed.iter().flat_map(|(_, l)| l).collect();
+        assert_eq!(failed.len(), 2, "{name}");
+        let mut raws: Vec<Vec<u8>> = failed.iter().map(|e| raw_data(e)).collect();
+        raws.sort();
+        assert_eq!(raws, [b"{\"a\":1}\n".to_vec(), b"{}\n".to_vec()], "{name}");
+        assert_eq!(
+            failed[0]["errorCode"],
+            "DynamicPartitioning.MetadataExtractionFailed"
+        );
+        assert!(
+            failed[0]["errorMessage"]
+                .as_str()
+                .unwrap()
+                .contains("budget"),
+            "{name}: {}",
+            failed[0]
+        );
+        assert_eq!(
+            d.metric(&format!(
+                "spillway_query_over_budget_records_total{{stream=\"{name}\"}}"
+            )),
+            2.0,
+            "{name}"
+        );
+    }
+    assert!(!d.exited());
+    assert_eq!(d.get("/readyz").0, 200);
+
+    // SIGTERM ends the daemon, and a restart finds nothing to process again: the error
+    // objects are where they were, once each.
+    assert!(d.terminate().success());
+    let before = objects(&s3.client("bkt")).await.len();
+    d.restart();
+    put_all(&fh, "calm", &[br#"{"c":"y","n":2}"#.to_vec()]).await;
+    lines_under(&s3, "calm", "c=y/", 1).await;
+    assert!(d.terminate().success());
+    assert_eq!(objects(&s3.client("bkt")).await.len(), before);
+}

@@ -631,7 +631,7 @@ fn validate_processing(processors: &[Processor]) -> Result<Processing, String> {
                         ));
                     }
                 }
-                crate::process::jq::Query::compile(&query)
+                crate::process::jq::check(&query)
                     .map_err(|m| format!("{at}: MetadataExtractionQuery: {m}"))?;
                 out.metadata_query = Some(query);
             }

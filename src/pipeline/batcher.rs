@@ -1127,6 +1127,7 @@ fn process_batch(
         converter: converter.as_ref(),
         partition_by: partitioned.then_some(&layout.prefix[..]),
         max_partitions: shared.ctx.max_active_partitions,
+        queries: &shared.ctx.queries,
         metrics: &shared.metrics,
     };
     process::run(&job, &records)

@@ -54,6 +54,8 @@ pub struct Context {
     pub transforms: Arc<crate::transform::Host>,
     /// `partitioning.max_active_partitions`.
     pub max_active_partitions: usize,
+    /// The processes that run `MetadataExtractionQuery` programs, shared by every stream.
+    pub queries: crate::process::sandbox::QuerySandbox,
     /// The config file's tables, for record format conversion schemas.
     pub tables: crate::catalog::conversion::Tables,
 }

@@ -82,6 +82,33 @@ impl Query {
     }
 }
 
+/// Longest query accepted, in bytes: Firehose's limit on a processor parameter's value.
+pub const MAX_QUERY_BYTES: usize = 5120;
+/// Stack of the thread that checks a query: jaq's parser and compiler recurse once per level
+/// of nesting, and a query arrives over the network. A query of `MAX_QUERY_BYTES` nested as
+/// deep as it can be needs a small fraction of this.
+const CHECK_STACK_BYTES: usize = 64 << 20;
+
+/// Checks that `text` compiles, as a stream is defined. The daemon compiles again (and runs)
+/// the query only in its sandboxed worker processes.
+pub fn check(text: &str) -> Result<(), String> {
+    if text.len() > MAX_QUERY_BYTES {
+        return Err(format!(
+            "the query is {} bytes; at most {MAX_QUERY_BYTES}",
+            text.len()
+        ));
+    }
+    let owned = text.to_owned();
+    let checker = std::thread::Builder::new()
+        .name("jq-check".into())
+        .stack_size(CHECK_STACK_BYTES)
+        .spawn(move || Query::compile(&owned).map(drop))
+        .map_err(|e| format!("cannot check the query: {e}"))?;
+    checker
+        .join()
+        .unwrap_or_else(|_| Err("cannot compile the query".into()))
+}
+
 /// Deepest nesting of arrays and objects a record may have for the query.
 pub const MAX_DEPTH: usize = 128;
 
@@ -183,5 +210,39 @@ mod tests {
         );
         let empty = Query::compile("empty").unwrap();
         assert!(empty.keys(b"{}").unwrap_err().contains("no output"));
+    }
+
+    #[test]
+    fn checking_hostile_queries_neither_crashes_nor_hangs() {
+        let n = MAX_QUERY_BYTES;
+        for text in [
+            "(".repeat(n),
+            "[".repeat(n),
+            "{a:".repeat(n / 3),
+            format!("{}1{}", "(".repeat(n / 2 - 1), ")".repeat(n / 2 - 1)),
+            format!("{}1{}", "[".repeat(n / 2 - 1), "]".repeat(n / 2 - 1)),
+            format!("{}1", "1+".repeat(n / 2 - 1)),
+            format!("{}1", "-".repeat(n - 1)),
+            format!("{}.", ".a|".repeat(n / 4 - 1)),
+            format!(
+                "{}1{}",
+                "if 1 then ".repeat(n / 15),
+                " else 2 end".repeat(n / 15)
+            )[..n]
+                .to_string(),
+            format!("{}f", "def f: 1; ".repeat(n / 10 - 1)),
+            "def f: [f]; {k: f}".into(),
+            "def f: f; f".into(),
+        ] {
+            assert!(text.len() <= n, "{}", text.len());
+            let _ = check(&text);
+        }
+        assert!(
+            check(&"1".repeat(n + 1))
+                .unwrap_err()
+                .contains("at most 5120")
+        );
+        assert!(check("{k: .a}").is_ok());
+        assert!(check("{k: .a").is_err());
     }
 }

@@ -5,6 +5,7 @@
 //! async workers. Knows nothing of journals, object names or uploads.
 
 pub mod jq;
+pub mod sandbox;
 
 use std::collections::HashMap;
 use std::time::Instant;
@@ -72,6 +73,8 @@ pub struct Job<'a> {
     /// Record format conversion: records that do not fit the Parquet columns fail.
     pub converter: Option<&'a crate::encode::parquet::Converter>,
     pub max_partitions: usize,
+    /// Where `MetadataExtractionQuery` programs run, under their budget.
+    pub queries: &'a sandbox::QuerySandbox,
     pub metrics: &'a StreamMetrics,
 }
 
@@ -197,36 +200,33 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     };
 
     if let Some(text) = job.processing.and_then(|p| p.metadata_query.as_deref()) {
-        match jq::Query::compile(text) {
-            Ok(query) => survivors.retain_mut(|s| match query.keys(&s.data) {
+        let inputs: Vec<&[u8]> = survivors.iter().map(|s| &s.data[..]).collect();
+        let mut answers = job.queries.keys(text, &inputs).into_iter();
+        drop(inputs);
+        survivors.retain_mut(|s| {
+            // A missing answer cannot happen (the sandbox answers every record); treated as
+            // a failure of the record rather than a pass without keys.
+            let answer = answers.next().unwrap_or_else(|| {
+                Err(sandbox::KeysError::Budget(
+                    "the query gave no answer".into(),
+                ))
+            });
+            let (to, message) = match answer {
                 Ok(keys) => {
                     s.query_keys = keys;
-                    true
+                    return true;
                 }
-                Err(m) => {
-                    failures.add(
-                        ErrorOutput::PartitioningFailed,
-                        &records[s.index],
-                        1,
-                        codes::QUERY_FAILED,
-                        &m,
-                    );
-                    false
+                Err(sandbox::KeysError::Query(m)) => (ErrorOutput::PartitioningFailed, m),
+                // Over its time, memory or stack budget: a failure of processing, like a
+                // transform's timeout, not an answer about the record.
+                Err(sandbox::KeysError::Budget(m)) => {
+                    metrics.query_over_budget.inc();
+                    (ErrorOutput::ProcessingFailed, m)
                 }
-            }),
-            // Validated when the stream was defined; kept as a per-record error regardless.
-            Err(m) => {
-                for s in survivors.drain(..) {
-                    failures.add(
-                        ErrorOutput::PartitioningFailed,
-                        &records[s.index],
-                        1,
-                        codes::QUERY_FAILED,
-                        &m,
-                    );
-                }
-            }
-        }
+            };
+            failures.add(to, &records[s.index], 1, codes::QUERY_FAILED, &message);
+            false
+        });
     }
 
     // Parquet rows need no delimiter.

@@ -390,11 +390,20 @@ impl Daemon {
     }
 
     /// A sample's value from /metrics, e.g. `metric("spillway_delivered_records_total{stream=\"s\"}")`.
+    /// Panics if the series is not there: a misspelled name must fail a test, not read as 0.
     pub fn metric(&self, series: &str) -> f64 {
+        self.metric_if_any(series)
+            .unwrap_or_else(|| panic!("no series {series} in /metrics"))
+    }
+
+    /// A sample's value, or `None` if the series does not exist (yet).
+    pub fn metric_if_any(&self, series: &str) -> Option<f64> {
         let (_, text) = self.get("/metrics");
-        text.lines()
-            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
-            .unwrap_or(0.0)
+        text.lines().find_map(|l| {
+            l.strip_prefix(series)
+                .filter(|v| v.starts_with(' '))
+                .and_then(|v| v.trim().parse().ok())
+        })
     }
 }
 
