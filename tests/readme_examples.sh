@@ -19,7 +19,7 @@ for name in run cli boto3 config check-config stack transform parquet bench; do
 done
 
 # Every example runs the release binaries; build them first, with no time limit (a fresh
-# build takes 10-28 minutes on 2 cores). After tests/run.sh's build step this finds them fresh.
+# build takes 8-28 minutes on 2 cores). After tests/run.sh's build step this finds them fresh.
 echo "== cargo build --release --bins (the binaries the README's commands run)"
 cargo build --release --locked --bins
 

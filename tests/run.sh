@@ -6,7 +6,7 @@
 #      pyarrow (an independent Parquet reader for the format conversion tests)
 #   2. checks formatting and lints
 #   3. runs unit, property and black-box tests (cargo test)
-#   4. builds the release binaries, with no time limit: a fresh build takes 10-28 minutes on a
+#   4. builds the release binaries, with no time limit: a fresh build takes 8-28 minutes on a
 #      2-core machine, and no later step may depend on how fast this machine compiles
 #   5. runs every example in the README against a real daemon (tests/readme_examples.sh), with
 #      the README's own commands; their `cargo run --release` finds the build up to date
