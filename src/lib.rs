@@ -7,8 +7,9 @@
 //! - [`catalog`]: delivery streams: definitions, control-plane operations, persistence.
 //! - [`journal`]: the per-stream write-ahead log: append, group commit, replay, release.
 //! - [`pipeline`]: per stream: buffer, seal by size or age, hand sealed batches to the sink.
-//! - [`process`]: for streams with processing: transform, partition keys (jq), delimiter, and
-//!   error records; one sealed batch -> records per partition plus failures.
+//! - [`process`]: for streams with processing: transform, partition keys (jq, run in sandboxed
+//!   worker processes by [`process::sandbox`]), delimiter, and error records; one sealed batch
+//!   -> records per partition plus failures.
 //! - [`transform`]: WebAssembly components (wasmtime): compile cache, sandbox, instance pool.
 //! - [`encode`]: sealed batch -> object bytes (JSON lines, gzip).
 //! - [`sink`]: object bytes -> object store, under deterministic keys, retried until they land.

@@ -34,6 +34,9 @@ fn main() -> std::process::ExitCode {
         None => {}
     }
     raise_open_files_limit();
+    // Test builds only: faults named in FAILPOINTS (e.g. `parquet-row-group=1*panic`).
+    #[cfg(feature = "failpoints")]
+    let _faults = fail::FailScenario::setup();
     let settings = match Settings::load(&cli) {
         Ok(s) => s,
         Err(e) => {

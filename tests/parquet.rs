@@ -682,3 +682,54 @@ compression = "UNCOMPRESSED"
     assert_eq!(count("partNumber="), 3, "{requests:?}");
     assert_eq!(count("uploadId="), 4, "{requests:?}");
 }
+
+/// An encoder that panics between row groups (injected) used to end its channel, which the
+/// upload read as the end of the object: a Parquet file without its footer was uploaded and
+/// committed, and its records released. Now the attempt fails, no object is written, and the
+/// retry writes the whole object: every row exactly once, every object readable.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_encoder_panic_writes_no_object_and_the_retry_delivers_once() {
+    let s3 = S3Server::start();
+    s3.create_bucket("crash");
+    let config = format!(
+        "{}{}",
+        s3.config(),
+        by_location(
+            "crash",
+            r#"columns = [{ name = "user_id", type = "bigint" }, { name = "location", type = "string" }]"#
+        )
+    );
+    let mut d = Daemon::start_with(&config, &[], &[("FAILPOINTS", "parquet-row-group=1*panic")]);
+    let fh = d.firehose();
+    let records: Vec<String> = (0..40)
+        .map(|i| format!(r#"{{"user_id":{i},"location":"{}"}}"#, ["KR", "US"][i % 2]))
+        .collect();
+    let refs: Vec<&str> = records.iter().map(String::as_str).collect();
+    put_all(&fh, "crash", &refs).await;
+
+    let objs = parquet_under(&s3, "crash", "loc=", 40).await;
+    assert_eq!(objs.len(), 2, "one object per location, no partial one");
+    let mut ids: Vec<i64> = objs
+        .iter()
+        .flat_map(|(_, b)| {
+            read(b)
+                .column(0)
+                .as_primitive::<Int64Type>()
+                .values()
+                .to_vec()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..40).collect::<Vec<_>>(), "every row exactly once");
+    assert!(
+        d.metric("spillway_upload_failures_total{stream=\"crash\"}") >= 1.0,
+        "the injected panic failed an attempt"
+    );
+    assert!(
+        d.log().contains("stopped before the end of the object"),
+        "{}",
+        d.log()
+    );
+    assert!(d.terminate().success());
+}

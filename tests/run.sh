@@ -54,13 +54,13 @@ fi
 step "cargo fmt --check"
 cargo fmt --check
 step "cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets --features failpoints -- -D warnings
 if [ -n "$s3s_install" ]; then
   step "waiting for the s3s-fs install"
   wait "$s3s_install" || { cat "$s3s_log"; echo "installing s3s-fs failed"; exit 1; }
 fi
 step "cargo test"
-cargo test --locked
+cargo test --locked --features failpoints
 step "cargo build --release (what the README's commands and the stack check run)"
 cargo build --release --locked --bins --timings
 step "README examples"

@@ -894,12 +894,10 @@ fn encode_parquet(
         };
         let _ = tokio::task::spawn_blocking(move || {
             let result = encode::parquet::encode_to(&conversion, &records, |chunk| {
-                tx.blocking_send(Ok(chunk))
+                tx.blocking_send(Ok(sink::Chunk::Data(chunk)))
                     .map_err(|_| std::io::Error::other("the upload stopped"))
             });
-            if let Err(e) = result {
-                let _ = tx.blocking_send(Err(e));
-            }
+            let _ = tx.blocking_send(result.map(|()| sink::Chunk::End));
             drop(slot);
         })
         .await;

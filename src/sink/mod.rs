@@ -258,18 +258,27 @@ pub enum UploadOutcome {
 /// Uploads until the object lands (or shutdown abandons it), counting failures and retries.
 pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOutcome {
     upload_streamed(shared, plan, || {
-        let (tx, rx) = tokio::sync::mpsc::channel(body.len().max(1));
+        let (tx, rx) = tokio::sync::mpsc::channel(body.len() + 1);
         for chunk in &body {
-            // The channel holds every chunk: sending cannot fail.
-            let _ = tx.try_send(Ok(chunk.clone()));
+            // The channel holds every chunk and the end: sending cannot fail.
+            let _ = tx.try_send(Ok(Chunk::Data(chunk.clone())));
         }
+        let _ = tx.try_send(Ok(Chunk::End));
         rx
     })
     .await
 }
 
-/// Chunks of an object as its encoder produces them.
-pub type Chunks = tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>;
+/// What an encoder sends an upload.
+pub enum Chunk {
+    Data(Bytes),
+    /// The object is complete. A channel that closes without it means the encoder died (a
+    /// panic, a dropped task): the upload fails and no object is written, never a truncated one.
+    End,
+}
+
+/// Chunks of an object as its encoder produces them, then [`Chunk::End`].
+pub type Chunks = tokio::sync::mpsc::Receiver<std::io::Result<Chunk>>;
 
 /// Uploads an object whose bytes come from an encoder while it runs: `start` begins one
 /// encoding per attempt (a failed attempt is encoded again), and the object goes up in parts
@@ -435,11 +444,21 @@ async fn put_streamed(
     let mut total = 0u64;
     let mut upload: Option<Box<dyn object_store::MultipartUpload>> = None;
     let result = async {
+        let mut ended = false;
         while let Some(chunk) = chunks.recv().await {
-            let chunk = chunk.map_err(|e| object_store::Error::Generic {
-                store: "encoder",
-                source: Box::new(e),
-            })?;
+            let chunk = match chunk {
+                Ok(Chunk::Data(chunk)) => chunk,
+                Ok(Chunk::End) => {
+                    ended = true;
+                    break;
+                }
+                Err(e) => {
+                    return Err(object_store::Error::Generic {
+                        store: "encoder",
+                        source: Box::new(e),
+                    });
+                }
+            };
             total += chunk.len() as u64;
             pending_len += chunk.len();
             pending.push_back(chunk);
@@ -455,6 +474,12 @@ async fn put_streamed(
                 pending_len -= part_size;
                 up.put_part(part).await?;
             }
+        }
+        if !ended {
+            return Err(object_store::Error::Generic {
+                store: "encoder",
+                source: "the encoder stopped before the end of the object".into(),
+            });
         }
         let rest: PutPayload = pending.drain(..).collect();
         match &mut upload {
@@ -543,12 +568,20 @@ mod tests {
         }
     }
 
-    fn feed(chunks: Vec<std::io::Result<Bytes>>) -> Chunks {
-        let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+    /// The chunks, then the end marker if `end`.
+    fn feed_with(chunks: Vec<std::io::Result<Bytes>>, end: bool) -> Chunks {
+        let (tx, rx) = tokio::sync::mpsc::channel(chunks.len() + 1);
         for c in chunks {
-            tx.try_send(c).unwrap();
+            tx.try_send(c.map(Chunk::Data)).unwrap();
+        }
+        if end {
+            tx.try_send(Ok(Chunk::End)).unwrap();
         }
         rx
+    }
+
+    fn feed(chunks: Vec<std::io::Result<Bytes>>) -> Chunks {
+        feed_with(chunks, true)
     }
 
     #[tokio::test]
@@ -597,6 +630,23 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("boom"), "{err}");
         assert!(store.get(&failed).await.is_err());
+
+        // An encoder that dies (its channel closes without the end marker) is not the end of
+        // the object: whole or in parts, nothing is written. Before, a Parquet file without its
+        // footer went up as if complete.
+        for (name, size) in [("died-small", 3), ("died-in-parts", 12)] {
+            let path = ObjectPath::from(name);
+            let err = put_streamed(
+                &store,
+                &path,
+                feed_with(vec![chunk(1, size)], false),
+                &settings(5, 5),
+            )
+            .await
+            .unwrap_err();
+            assert!(err.to_string().contains("stopped before the end"), "{err}");
+            assert!(store.get(&path).await.is_err(), "{name}");
+        }
     }
 
     #[test]
