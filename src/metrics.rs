@@ -37,6 +37,7 @@ pub struct Metrics {
     active_partitions: IntGaugeVec,
     partition_cap_exceeded: IntCounterVec,
     query_over_budget: IntCounterVec,
+    delivery_failures: IntCounterVec,
     memory_reserved_bytes: IntGauge,
     memory_limit_bytes: IntGauge,
     journal_limit_bytes: IntGauge,
@@ -72,6 +73,7 @@ pub struct StreamMetrics {
     pub query_over_budget: IntCounter,
     transform_failures: IntCounterVec,
     error_records: IntCounterVec,
+    delivery_failures: IntCounterVec,
     stream: String,
 }
 
@@ -80,6 +82,14 @@ impl StreamMetrics {
     pub fn transform_failure(&self, kind: &str) {
         self.transform_failures
             .with_label_values(&[self.stream.as_str(), kind])
+            .inc();
+    }
+
+    /// A delivery step that failed and is retried (or, for processing, replaced by delivering
+    /// the batch unprocessed to processing-failed): `encode` or `process`.
+    pub fn delivery_failure(&self, stage: &str) {
+        self.delivery_failures
+            .with_label_values(&[self.stream.as_str(), stage])
             .inc();
     }
 
@@ -131,6 +141,9 @@ fn histogram(
         .expect("each metric is registered once");
     h
 }
+
+/// Label values of `spillway_delivery_failures_total{stage}`.
+pub const DELIVERY_FAILURE_STAGES: [&str; 2] = ["encode", "process"];
 
 /// Label values of `spillway_transform_failures_total{kind}`.
 pub const TRANSFORM_FAILURE_KINDS: [&str; 5] = [
@@ -340,6 +353,12 @@ impl Metrics {
                 "Records sent to the error output because their intake batch had reached partitioning.max_active_partitions partitions.",
                 &["stream"],
             ),
+            delivery_failures: counter(
+                &r,
+                "spillway_delivery_failures_total",
+                "Delivery steps that failed before the upload: encode (retried with backoff) or process (the batch then goes to processing-failed unprocessed).",
+                &["stream", "stage"],
+            ),
             query_over_budget: counter(
                 &r,
                 "spillway_query_over_budget_records_total",
@@ -363,6 +382,9 @@ impl Metrics {
         }
         for t in ERROR_OUTPUT_TYPES {
             self.error_records.with_label_values(&[stream, t]);
+        }
+        for stage in DELIVERY_FAILURE_STAGES {
+            self.delivery_failures.with_label_values(&[stream, stage]);
         }
         StreamMetrics {
             incoming_records: self.incoming_records.with_label_values(l),
@@ -395,6 +417,7 @@ impl Metrics {
             query_over_budget: self.query_over_budget.with_label_values(l),
             transform_failures: self.transform_failures.clone(),
             error_records: self.error_records.clone(),
+            delivery_failures: self.delivery_failures.clone(),
             stream: stream.to_owned(),
         }
     }
@@ -422,6 +445,7 @@ impl Metrics {
             (&self.processed_records, &["ok", "dropped", "failed"][..]),
             (&self.transform_failures, &TRANSFORM_FAILURE_KINDS[..]),
             (&self.error_records, &ERROR_OUTPUT_TYPES[..]),
+            (&self.delivery_failures, &DELIVERY_FAILURE_STAGES[..]),
         ] {
             for v in values {
                 let _ = vec.remove_label_values(&[stream, v]);

@@ -1171,3 +1171,45 @@ async fn hostile_jq_queries_fail_their_records_and_never_the_daemon() {
     assert!(d.terminate().success());
     assert_eq!(objects(&s3.client("bkt")).await.len(), before);
 }
+
+/// Processing that panics on a batch (injected once) used to leave the batch held for good:
+/// never retried, its journal never released, the stream stuck. Now its records go to
+/// processing-failed as they were received, the stream goes on, and a restart does not
+/// deliver them again.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_processing_panic_delivers_the_batch_unprocessed_and_the_stream_goes_on() {
+    let s3 = S3Server::start();
+    s3.create_bucket("panicky");
+    let config = partitioned_by_c(&s3.config(), "panicky", "c=!{partitionKeyFromQuery:c}/", 1);
+    let mut d = Daemon::start_with(&config, &[], &[("FAILPOINTS", "process-batch=1*panic")]);
+    let fh = d.firehose();
+    let first: Vec<Vec<u8>> = (0..3)
+        .map(|n| format!(r#"{{"c":"a","n":{n}}}"#).into_bytes())
+        .collect();
+    put_all(&fh, "panicky", &first).await;
+    let failed = lines_under(&s3, "panicky", "errors/processing-failed/", 3).await;
+    let failed: Vec<&Value> = failed.iter().flat_map(|(_, l)| l).collect();
+    let mut raws: Vec<Vec<u8>> = failed.iter().map(|e| raw_data(e)).collect();
+    raws.sort();
+    assert_eq!(raws, first);
+    assert!(
+        failed
+            .iter()
+            .all(|e| e["errorCode"] == "Processing.Crashed")
+    );
+    assert_eq!(
+        d.metric("spillway_delivery_failures_total{stage=\"process\",stream=\"panicky\"}"),
+        1.0
+    );
+
+    put_all(&fh, "panicky", &[br#"{"c":"b","n":9}"#.to_vec()]).await;
+    let b = lines_under(&s3, "panicky", "c=b/", 1).await;
+    assert_eq!(b[0].1[0]["n"], 9);
+    assert!(d.terminate().success());
+    let before = objects(&s3.client("panicky")).await;
+    d.restart();
+    assert!(d.terminate().success());
+    let after = objects(&s3.client("panicky")).await;
+    assert_eq!(before.len(), after.len(), "nothing delivered again");
+}

@@ -798,12 +798,22 @@ async fn write_records(shared: &Shared, plan: ObjectPlan, records: Vec<Bytes>, b
     let ctx = &shared.ctx;
     let count = records.len() as u64;
     let level = ctx.upload.gzip_level;
-    let (compression, format) = (plan.compression, plan.format.clone());
-    let encoded = in_slot(shared, &ctx.encode_slots, move || {
-        Payload::of(compression, format.as_ref(), level, records)
-    });
-    let Some(body) = encoded.await else {
-        return false;
+    let mut delay = ctx.upload.retry_initial;
+    // Encoding JSON lines fails only if something is badly wrong (a panic): retried with the
+    // uploads' backoff for as long as it takes, counted and logged, never left behind.
+    let body = loop {
+        let (compression, format) = (plan.compression, plan.format.clone());
+        let attempt = records.clone();
+        let encoded = in_slot(shared, &ctx.encode_slots, move || {
+            Payload::of(compression, format.as_ref(), level, attempt)
+        });
+        if let Some(body) = encoded.await {
+            break body;
+        }
+        shared.metrics.delivery_failure("encode");
+        if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+            return false;
+        }
     };
     let object = Output {
         plan,
@@ -948,13 +958,89 @@ async fn deliver_processed(
 ) -> bool {
     let ctx = &shared.ctx;
     let job_shared = shared.clone();
+    let unprocessed = Unprocessed::of(&batch, &plan, &layout);
     let prepared = in_slot(shared, &ctx.process_slots, move || {
         prepare(&job_shared, batch, &plan, &layout, &definition)
     });
-    let Some(objects) = prepared.await else {
-        return false;
+    let objects = match prepared.await {
+        Some(objects) => {
+            drop(unprocessed);
+            objects
+        }
+        None => match unprocessed.objects(shared).await {
+            Some(objects) => objects,
+            None => return false,
+        },
     };
     write_all(shared, objects).await
+}
+
+/// What it takes to deliver a batch without processing it: after processing failed on it (a
+/// panic, an encoding error), its records go to `processing-failed` as they were received, so
+/// a record that broke processing once can never break it again, here or on a replay.
+struct Unprocessed {
+    start: Position,
+    records: Vec<Bytes>,
+    arrivals: Vec<u64>,
+    plan: ObjectPlan,
+    layout: Layout,
+}
+
+impl Unprocessed {
+    fn of(batch: &Batch, plan: &ObjectPlan, layout: &Layout) -> Unprocessed {
+        Unprocessed {
+            start: batch.start,
+            records: batch.records.clone(),
+            arrivals: batch.arrivals.clone(),
+            plan: plan.clone(),
+            layout: layout.clone(),
+        }
+    }
+
+    /// The batch's error objects, retried with backoff until encoded; None if shutdown gave up.
+    async fn objects(self, shared: &Arc<Shared>) -> Option<Vec<Output>> {
+        let ctx = &shared.ctx;
+        shared.metrics.delivery_failure("process");
+        tracing::error!(stream = %shared.name, start = %self.start, records = self.records.len(), "processing failed on this batch; its records go to processing-failed unprocessed");
+        let mut delay = ctx.upload.retry_initial;
+        let this = Arc::new(self);
+        loop {
+            let (job_shared, job) = (shared.clone(), this.clone());
+            let built = in_slot(shared, &ctx.encode_slots, move || job.encode(&job_shared));
+            if let Some(objects) = built.await {
+                return Some(objects);
+            }
+            shared.metrics.delivery_failure("encode");
+            if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+                return None;
+            }
+        }
+    }
+
+    fn encode(&self, shared: &Shared) -> std::io::Result<Vec<Output>> {
+        let lines = self
+            .records
+            .iter()
+            .zip(&self.arrivals)
+            .enumerate()
+            .map(|(i, (data, arrival_ms))| {
+                let record = process::Record {
+                    id: shared.record_id(Position(self.start.0 + i as u64)),
+                    arrival_ms: *arrival_ms,
+                    data: data.clone(),
+                };
+                process::error_record(
+                    &record,
+                    1,
+                    process::codes::PROCESSING_CRASHED,
+                    "processing this batch failed (see the daemon's log); the record is here as it was received",
+                    None,
+                )
+            })
+            .collect();
+        let errors = vec![(ErrorOutput::ProcessingFailed, lines)];
+        error_objects(shared, self.start, &self.plan, &self.layout, errors)
+    }
 }
 
 /// The component a batch was sealed with: the stream's current one if it is the same, else
@@ -1044,6 +1130,7 @@ async fn deliver_partitioned(
     let ctx = &shared.ctx;
     let job_shared = shared.clone();
     let (start, oldest_ms) = (batch.start, layout.at_ms);
+    let unprocessed = Unprocessed::of(&batch, &plan, &layout);
     let prepared = in_slot(shared, &ctx.process_slots, move || {
         let start = batch.start;
         let processed = process_batch(&job_shared, batch, &layout, &definition);
@@ -1065,8 +1152,15 @@ async fn deliver_partitioned(
         let errors = error_objects(&job_shared, start, &plan, &layout, processed.errors)?;
         Ok((parts, errors))
     });
-    let Some((parts, errors)) = prepared.await else {
-        return false;
+    let (parts, errors) = match prepared.await {
+        Some(prepared) => {
+            drop(unprocessed);
+            prepared
+        }
+        None => match unprocessed.objects(shared).await {
+            Some(errors) => (Vec::new(), errors),
+            None => return false,
+        },
     };
     let _ = events.send(Event::Processed {
         start,
@@ -1128,6 +1222,8 @@ fn process_batch(
         queries: &shared.ctx.queries,
         metrics: &shared.metrics,
     };
+    // A crash of processing itself (a bug, not a record's fault).
+    fail::fail_point!("process-batch");
     process::run(&job, &records)
 }
 

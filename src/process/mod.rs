@@ -54,6 +54,9 @@ pub mod codes {
     pub const KEY_INVALID: &str = "DynamicPartitioning.PartitionKeyInvalid";
     pub const CAP_EXCEEDED: &str = "DynamicPartitioning.ActivePartitionExceeded";
     pub const CONVERSION_FAILED: &str = "DataFormatConversion.MalformedData";
+    /// Processing itself failed on the batch (a panic, an encoding error): its records are
+    /// delivered unprocessed so they cannot fail it again.
+    pub const PROCESSING_CRASHED: &str = "Processing.Crashed";
 }
 
 /// A record as the journal holds it.
