@@ -38,6 +38,7 @@ pub struct Metrics {
     partition_cap_exceeded: IntCounterVec,
     query_over_budget: IntCounterVec,
     delivery_failures: IntCounterVec,
+    journal_write_failures: IntCounterVec,
     memory_reserved_bytes: IntGauge,
     memory_limit_bytes: IntGauge,
     journal_limit_bytes: IntGauge,
@@ -71,6 +72,7 @@ pub struct StreamMetrics {
     pub active_partitions: IntGauge,
     pub partition_cap_exceeded: IntCounter,
     pub query_over_budget: IntCounter,
+    pub journal_write_failures: IntCounter,
     transform_failures: IntCounterVec,
     error_records: IntCounterVec,
     delivery_failures: IntCounterVec,
@@ -359,6 +361,12 @@ impl Metrics {
                 "Delivery steps that failed before the upload: encode (retried with backoff) or process (the batch then goes to processing-failed unprocessed).",
                 &["stream", "stage"],
             ),
+            journal_write_failures: counter(
+                &r,
+                "spillway_journal_write_failures_total",
+                "Journal writes or fsyncs that failed (a full or failing disk): the stream answers ServiceUnavailableException until the journal recovers, which it retries on its own.",
+                &["stream"],
+            ),
             query_over_budget: counter(
                 &r,
                 "spillway_query_over_budget_records_total",
@@ -415,6 +423,7 @@ impl Metrics {
             active_partitions: self.active_partitions.with_label_values(l),
             partition_cap_exceeded: self.partition_cap_exceeded.with_label_values(l),
             query_over_budget: self.query_over_budget.with_label_values(l),
+            journal_write_failures: self.journal_write_failures.with_label_values(l),
             transform_failures: self.transform_failures.clone(),
             error_records: self.error_records.clone(),
             delivery_failures: self.delivery_failures.clone(),
@@ -438,6 +447,7 @@ impl Metrics {
             &self.upload_retries,
             &self.partition_cap_exceeded,
             &self.query_over_budget,
+            &self.journal_write_failures,
         ] {
             let _ = vec.remove_label_values(l);
         }

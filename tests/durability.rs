@@ -298,3 +298,159 @@ async fn a_delete_interrupted_by_kill_9_still_delivers_what_was_acknowledged() {
     .await;
     assert!(recreated.is_some());
 }
+
+/// A tmpfs mounted for the test (the tests run as root in CI), unmounted when dropped.
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    /// None when this process may not mount (not root): the test then says so and passes.
+    fn mount(size: &str) -> Option<Tmpfs> {
+        let dir = tempfile::tempdir().unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Tmpfs { dir })
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A full disk under the journal and the local store: ingest answers
+/// ServiceUnavailableException (nothing acknowledged that is not on disk), uploads wait, and
+/// once space is freed the same daemon takes records again and delivers every acknowledged
+/// one exactly once. Before, one failed write left the journal refusing everything until a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_throttles_and_the_stream_resumes_when_space_returns() {
+    if unsafe { libc_geteuid() } != 0 {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return;
+    }
+    let disk = Tmpfs::mount("16m").expect("mount a tmpfs");
+    let filler = disk.path().join("filler");
+    std::fs::write(&filler, vec![7u8; 12 << 20]).unwrap();
+    let data_dir = disk.path().join("data");
+    let mut d = Daemon::start_in(
+        "[upload]\nretry_initial_ms = 50\nretry_max_ms = 500\n",
+        &data_dir,
+    );
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "full", s3_destination("full-disk", 1, 1)).await;
+
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut next = 0u64;
+    let put = async |next: &mut u64| -> (Vec<u64>, bool) {
+        let ids = *next..*next + 100;
+        *next += 100;
+        let records: Vec<_> = ids
+            .clone()
+            .map(|i| {
+                aws_sdk_firehose::types::Record::builder()
+                    .data(aws_sdk_firehose::primitives::Blob::new(record(i, 1024)))
+                    .build()
+                    .unwrap()
+            })
+            .collect();
+        match fh
+            .put_record_batch()
+            .delivery_stream_name("full")
+            .set_records(Some(records))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let ok: Vec<u64> = ids
+                    .zip(out.request_responses())
+                    .filter(|(_, r)| r.record_id().is_some())
+                    .map(|(i, _)| i)
+                    .collect();
+                let all = ok.len() == 100;
+                (ok, all)
+            }
+            Err(e) => {
+                let e = e.into_service_error();
+                assert!(e.is_service_unavailable_exception(), "{e:?}");
+                (Vec::new(), false)
+            }
+        }
+    };
+    for _ in 0..200 {
+        let (ok, all) = put(&mut next).await;
+        acked.extend(ok);
+        if !all {
+            refused += 1;
+            if refused >= 3 {
+                break;
+            }
+        }
+    }
+    assert!(refused >= 3, "the disk never filled");
+    assert!(d.metric("spillway_journal_write_failures_total{stream=\"full\"}") >= 1.0);
+    assert!(d.get("/healthz").0 == 200);
+
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut resumed = false;
+    while !resumed && std::time::Instant::now() < deadline {
+        let (ok, all) = put(&mut next).await;
+        acked.extend(ok);
+        resumed = all;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(resumed, "the stream took records again without a restart");
+    assert!(d.terminate().success());
+
+    let bucket = data_dir.join("buckets/full-disk");
+    let bodies: Vec<Vec<u8>> = walk(&bucket)
+        .iter()
+        .map(|f| std::fs::read(f).unwrap())
+        .collect();
+    let mut counts = HashMap::new();
+    for id in ids_in(&bodies) {
+        *counts.entry(id).or_default() += 1;
+    }
+    assert_exactly_once(&counts, &acked);
+    // The journal the failures left behind opens cleanly and holds nothing more to deliver.
+    d.restart();
+    assert!(d.terminate().success());
+    let again = walk(&bucket).len();
+    assert_eq!(
+        again,
+        bodies.len(),
+        "nothing delivered twice after a restart"
+    );
+}
+
+unsafe extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}

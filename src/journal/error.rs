@@ -37,8 +37,9 @@ pub enum WriteError {
         cause: io::Error,
     },
     /// An earlier write or fsync failed, so what reached the disk is unknown; the journal
-    /// refuses further writes until it is reopened (which replays and cuts any torn tail).
-    #[error("journal: {} failed an earlier write and must be reopened", dir.display())]
+    /// refuses further writes until [`recover`](super::Journal::recover) succeeds (or it is
+    /// reopened, which replays and cuts any torn tail).
+    #[error("journal: {} failed an earlier write and is not writable until it recovers", dir.display())]
     Failed { dir: PathBuf },
     #[error("journal: {}: an entry of {bytes} bytes exceeds the limit of {max} bytes", dir.display())]
     TooLarge { dir: PathBuf, bytes: u64, max: u64 },

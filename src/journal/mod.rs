@@ -175,7 +175,11 @@ pub struct Journal {
     /// `active.written` is always a multiple of [`BLOCK`].
     direct: bool,
     next: Position,
-    /// Set when a write or fsync failed: what reached the disk is then unknown.
+    /// `next` when everything appended was last made durable: where appends resume after
+    /// [`Journal::recover`].
+    durable_next: Position,
+    /// Set when a write or fsync failed: what reached the disk past the last sync is then
+    /// unknown, and writes are refused until [`Journal::recover`] succeeds.
     failed: bool,
 }
 
@@ -330,6 +334,7 @@ impl Journal {
             buf,
             direct,
             next,
+            durable_next: next,
             failed: false,
         };
         tracing::debug!(
@@ -414,7 +419,46 @@ impl Journal {
     pub fn sync(&mut self) -> Result<(), WriteError> {
         self.check_usable()?;
         let result = self.write_buffer().and_then(|()| self.sync_active());
+        if result.is_ok() {
+            self.durable_next = self.next;
+        }
         self.fail_on_err(result)
+    }
+
+    /// Whether a write or fsync failed and [`Journal::recover`] has not succeeded since.
+    pub fn is_failed(&self) -> bool {
+        self.failed
+    }
+
+    /// After a failed write or fsync (a full disk, an I/O error): drops everything appended
+    /// since the last successful sync (its callers were told it failed), cuts the active segment
+    /// back to what was synced, and makes the journal writable again, appending from the first
+    /// position that is not durable. An error (the disk still failing) leaves it failed; call
+    /// again later. Nothing durable is touched: what was synced ends on a frame boundary.
+    pub fn recover(&mut self) -> Result<(), WriteError> {
+        if !self.failed {
+            return Ok(());
+        }
+        self.buf.clear();
+        let keep = self.active.synced;
+        let path = &self.active.path;
+        self.active
+            .file
+            .set_len(keep)
+            .map_err(write_io("truncate", path))?;
+        self.active
+            .file
+            .sync_all()
+            .map_err(write_io("fsync", path))?;
+        self.active.written = keep;
+        self.next = self.durable_next;
+        if keep == 0 {
+            // Not even the header was synced: the segment starts over.
+            push_header(&mut self.buf, self.active.first);
+        }
+        self.failed = false;
+        tracing::info!(dir = %self.dir.display(), next = self.next.0, "journal writable again");
+        Ok(())
     }
 
     /// Deletes closed segments none of whose records is at or above `low` (the lowest position
@@ -525,8 +569,18 @@ impl Journal {
         self.write_buffer()?;
         // Durable before its successor exists, so only the last segment can ever be torn.
         self.sync_active()?;
+        self.durable_next = self.next;
         let path = self.dir.join(segment::file_name(self.next));
-        let file = open_segment(&path, true, self.direct).map_err(write_io("create", &path))?;
+        let file = match open_segment(&path, true, self.direct) {
+            // Left by a roll that failed after creating it (its directory entry not synced):
+            // it never became the active segment, so it holds nothing.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                fs::remove_file(&path).map_err(write_io("delete", &path))?;
+                open_segment(&path, true, self.direct)
+            }
+            other => other,
+        }
+        .map_err(write_io("create", &path))?;
         if self.opts.fsync {
             crate::durable::sync_dir(&self.dir).map_err(write_io("fsync directory", &self.dir))?;
         }

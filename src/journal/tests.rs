@@ -697,6 +697,51 @@ fn a_failed_journal_refuses_writes() {
     assert!(matches!(journal.sync(), Err(WriteError::Failed { .. })));
 }
 
+/// A failed write leaves unknown bytes after the last sync (here: garbage, as a torn write
+/// would). `recover` cuts them off and appends go on from the first position not durable, in
+/// the same segment or, after a roll, in the new one; a reopen replays exactly what was synced
+/// before and written after, with no gap and no corruption.
+#[test]
+fn a_failed_journal_recovers_in_place() {
+    for direct in [false, true] {
+        let tmp = direct_tempdir();
+        let (mut journal, _) = open_with(tmp.path(), 4096, direct);
+        let mut kept = append(&mut journal, &[100, 200]);
+        journal.sync().expect("sync");
+        // Appended, partly written, never synced: the producer was told it failed.
+        let lost = append(&mut journal, &[300]);
+        journal.write_buffer().expect("write");
+        let mut garbage = vec![0xAB; BLOCK];
+        garbage[..8].copy_from_slice(b"GARBAGE!");
+        fs::OpenOptions::new()
+            .append(true)
+            .open(&journal.active.path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, &garbage))
+            .expect("torn bytes");
+        journal.failed = true;
+        assert!(matches!(journal.sync(), Err(WriteError::Failed { .. })));
+        journal.recover().expect("recover");
+        assert!(!journal.is_failed());
+        assert_eq!(
+            journal.next_position().0,
+            lost[0].0,
+            "the lost position is reused"
+        );
+        // Enough to roll into new segments, and a failure right after a roll too.
+        kept.extend(append(&mut journal, &[1500, 1500, 1500]));
+        journal.sync().expect("sync after recovery");
+        append(&mut journal, &[1500]);
+        journal.failed = true;
+        journal.recover().expect("recover again");
+        kept.extend(append(&mut journal, &[10, 20]));
+        journal.sync().expect("sync");
+        drop(journal);
+        let (journal, replay) = open_with(tmp.path(), 4096, direct);
+        assert_eq!(records(&replay), kept, "direct: {direct}");
+        assert_eq!(journal.next_position().0, kept.len() as u64);
+    }
+}
+
 #[test]
 fn fsync_mode_rolls_releases_and_reopens() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -69,7 +70,15 @@ struct Writer {
     /// Journal bytes this stream has added to `journal_total`.
     accounted_bytes: u64,
     shared: Arc<Shared>,
+    /// After a failed write: when to try [`Journal::recover`] next, and the wait after that.
+    recover_at: Option<std::time::Instant>,
+    recover_delay: Duration,
 }
+
+/// First wait before a failed journal tries to become writable again; doubled per failure.
+const RECOVER_INITIAL: Duration = Duration::from_millis(100);
+/// Longest wait between tries: a disk that was full is used again within this of being freed.
+const RECOVER_MAX: Duration = Duration::from_secs(5);
 
 /// The stream's journal writer: waits for operations without holding a thread, and runs each
 /// group commit (writes and one sync) on a blocking thread. Streams are cheap: thousands of
@@ -96,6 +105,8 @@ pub async fn run(
         to_pipeline: Some(to_pipeline),
         accounted_bytes,
         shared,
+        recover_at: None,
+        recover_delay: RECOVER_INITIAL,
     };
     loop {
         let Some(first) = ops.recv().await else {
@@ -137,14 +148,16 @@ pub async fn run(
 
 /// Writes one group of operations, syncs once, answers them. True when the writer stops.
 fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
+    recover_if_due(writer);
     let Writer {
         journal,
         to_pipeline,
         accounted_bytes,
         shared,
+        ..
     } = writer;
     let stream = &shared.name;
-    {
+    let stop = {
         let mut appends = Vec::new();
         let mut seals = Vec::new();
         let mut stop = false;
@@ -208,7 +221,10 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
             .journal_sync_seconds
             .observe(started.elapsed().as_secs_f64());
         if let Err(e) = synced {
-            tracing::error!(stream = %stream, error = %e, "journal sync failed");
+            // Logged once per failure; while the journal recovers, refusals are only counted.
+            if !matches!(e, crate::journal::WriteError::Failed { .. }) {
+                tracing::error!(stream = %stream, error = %e, "journal write failed; refusing records until it recovers");
+            }
             write_error = Some(e.to_string());
         }
         for (first, arrival_ms, records, reply) in appends {
@@ -257,5 +273,35 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         *accounted_bytes = bytes;
         shared.metrics.journal_bytes.set(bytes as i64);
         stop
+    };
+    if writer.journal.is_failed() && writer.recover_at.is_none() {
+        writer.shared.metrics.journal_write_failures.inc();
+        writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
+    }
+    stop
+}
+
+/// A journal that failed a write refuses every write (its callers answer
+/// ServiceUnavailable and retry) until it recovers: tried here, with a growing wait between
+/// tries, so a full or failing disk is retried without spinning and used again without a
+/// restart once it works.
+fn recover_if_due(writer: &mut Writer) {
+    if !writer.journal.is_failed()
+        || writer
+            .recover_at
+            .is_some_and(|at| std::time::Instant::now() < at)
+    {
+        return;
+    }
+    match writer.journal.recover() {
+        Ok(()) => {
+            writer.recover_at = None;
+            writer.recover_delay = RECOVER_INITIAL;
+        }
+        Err(e) => {
+            tracing::warn!(stream = %writer.shared.name, error = %e, retry_in = ?writer.recover_delay, "the journal is not writable yet");
+            writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
+            writer.recover_delay = (writer.recover_delay * 2).min(RECOVER_MAX);
+        }
     }
 }

@@ -180,6 +180,14 @@ impl Daemon {
         d
     }
 
+    /// Starts with `data_dir` as its data directory (a mount the test made, say).
+    pub fn start_in(config: &str, data_dir: &std::path::Path) -> Daemon {
+        let mut d = Daemon::start_stopped(config);
+        d.data_dir = data_dir.to_path_buf();
+        d.launch(None);
+        d
+    }
+
     fn start_stopped(config: &str) -> Daemon {
         let dir = TempDir::new().unwrap();
         let data_dir = dir.path().join("data");
