@@ -746,3 +746,172 @@ pub fn check_config(path: &str) -> String {
     );
     String::from_utf8(out).unwrap()
 }
+
+/// A fault a [`FaultProxy`] applies to one request.
+#[derive(Clone, Debug)]
+pub enum Fault {
+    /// Answer with this status and S3 error code (`InternalError`, `SlowDown`, ...).
+    Status(u16, &'static str),
+    /// Reset the connection once the request's headers are read.
+    Reset,
+    /// Forward the headers and this many bytes of the body, then reset both sides: a
+    /// connection that breaks in the middle of an upload.
+    ResetMidBody(usize),
+    /// Forward the request, and hold the answer back this long.
+    Delay(Duration),
+}
+
+/// A loopback proxy in front of the S3 server that breaks chosen requests. Each rule is a
+/// substring of the request line (`PUT /bucket/`, `partNumber=2`) with a fault and how many
+/// requests it hits; rules are tried in order, and requests that match none pass through.
+/// Every request goes on its own connection (the proxy asks for `Connection: close`), so each
+/// one is seen and judged.
+pub struct FaultProxy {
+    pub port: u16,
+    rules: Arc<Mutex<Vec<(String, Fault, usize)>>>,
+    /// Request lines and what was done to them (`pass` or the fault).
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl FaultProxy {
+    pub fn start(target_port: u16) -> FaultProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let rules: Arc<Mutex<Vec<(String, Fault, usize)>>> = Arc::default();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (r, l) = (rules.clone(), log.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { break };
+                let (rules, log) = (r.clone(), l.clone());
+                std::thread::spawn(move || serve_one(client, target_port, &rules, &log));
+            }
+        });
+        FaultProxy { port, rules, log }
+    }
+
+    /// Breaks the next `times` requests whose request line contains `matching`.
+    pub fn inject(&self, matching: &str, fault: Fault, times: usize) {
+        self.rules
+            .lock()
+            .unwrap()
+            .push((matching.to_owned(), fault, times));
+    }
+
+    /// Faults not applied yet.
+    pub fn pending(&self) -> usize {
+        self.rules.lock().unwrap().iter().map(|r| r.2).sum()
+    }
+
+    pub fn config(&self) -> String {
+        format!(
+            "[object_store]\nkind = \"s3\"\nendpoint = \"http://127.0.0.1:{}\"\nregion = \"us-east-1\"\naccess_key_id = \"{ACCESS_KEY}\"\nsecret_access_key = \"{SECRET_KEY}\"\n",
+            self.port
+        )
+    }
+}
+
+fn reset(stream: &TcpStream) {
+    use std::os::fd::AsRawFd;
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: a valid socket and option struct; SO_LINGER 0 makes close send a reset.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+fn serve_one(
+    mut client: TcpStream,
+    target_port: u16,
+    rules: &Mutex<Vec<(String, Fault, usize)>>,
+    log: &Mutex<Vec<String>>,
+) {
+    // The request's header block.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match client.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return,
+        }
+    }
+    let text = String::from_utf8_lossy(&head).into_owned();
+    let line = text.lines().next().unwrap_or("").to_owned();
+    let fault = {
+        let mut rules = rules.lock().unwrap();
+        rules
+            .iter_mut()
+            .find(|(m, _, n)| *n > 0 && line.contains(m.as_str()))
+            .map(|(_, f, n)| {
+                *n -= 1;
+                f.clone()
+            })
+    };
+    log.lock().unwrap().push(format!(
+        "{line} -> {}",
+        fault.as_ref().map_or("pass".into(), |f| format!("{f:?}"))
+    ));
+    // Every request on its own connection, so the next one is judged too.
+    let mut headers: String = text
+        .split("\r\n")
+        .filter(|h| !h.is_empty() && !h.to_ascii_lowercase().starts_with("connection:"))
+        .map(|h| format!("{h}\r\n"))
+        .collect();
+    headers.push_str("Connection: close\r\n\r\n");
+    match fault {
+        Some(Fault::Status(status, code)) => {
+            let body = format!(
+                "<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>{code}</Code><Message>injected by the test proxy</Message></Error>"
+            );
+            let _ = write!(
+                client,
+                "HTTP/1.1 {status} Injected\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+        Some(Fault::Reset) => reset(&client),
+        Some(Fault::ResetMidBody(n)) => {
+            if let Ok(mut server) = TcpStream::connect(("127.0.0.1", target_port)) {
+                let _ = server.write_all(headers.as_bytes());
+                let mut body = vec![0u8; n];
+                if client.read_exact(&mut body).is_ok() {
+                    let _ = server.write_all(&body);
+                }
+                reset(&server);
+            }
+            reset(&client);
+        }
+        Some(Fault::Delay(wait)) => pass(client, target_port, &headers, Some(wait)),
+        None => pass(client, target_port, &headers, None),
+    }
+}
+
+/// Forwards the rest of the connection both ways; the answer starts after `delay`.
+fn pass(client: TcpStream, target_port: u16, headers: &str, delay: Option<Duration>) {
+    let Ok(mut server) = TcpStream::connect(("127.0.0.1", target_port)) else {
+        return;
+    };
+    if server.write_all(headers.as_bytes()).is_err() {
+        return;
+    }
+    let (mut c_read, mut s_write) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut c_read, &mut s_write);
+        let _ = s_write.shutdown(std::net::Shutdown::Write);
+    });
+    if let Some(wait) = delay {
+        std::thread::sleep(wait);
+    }
+    let mut c_write = client;
+    let _ = std::io::copy(&mut server, &mut c_write);
+    let _ = c_write.shutdown(std::net::Shutdown::Write);
+}
