@@ -39,6 +39,7 @@ pub struct Metrics {
     query_over_budget: IntCounterVec,
     delivery_failures: IntCounterVec,
     journal_write_failures: IntCounterVec,
+    stalled: IntGaugeVec,
     memory_reserved_bytes: IntGauge,
     memory_limit_bytes: IntGauge,
     journal_limit_bytes: IntGauge,
@@ -76,6 +77,7 @@ pub struct StreamMetrics {
     transform_failures: IntCounterVec,
     error_records: IntCounterVec,
     delivery_failures: IntCounterVec,
+    stalled: IntGaugeVec,
     stream: String,
 }
 
@@ -93,6 +95,13 @@ impl StreamMetrics {
         self.delivery_failures
             .with_label_values(&[self.stream.as_str(), stage])
             .inc();
+    }
+
+    /// Whether the stream is stalled for `reason` (see `pipeline::STALL_REASONS`).
+    pub fn set_stalled(&self, reason: &str, stalled: bool) {
+        self.stalled
+            .with_label_values(&[self.stream.as_str(), reason])
+            .set(i64::from(stalled));
     }
 
     /// Records delivered to the error output, by error output type.
@@ -361,6 +370,12 @@ impl Metrics {
                 "Delivery steps that failed before the upload: encode (retried with backoff) or process (the batch then goes to processing-failed unprocessed).",
                 &["stream", "stage"],
             ),
+            stalled: gauge(
+                &r,
+                "spillway_stream_stalled",
+                "1 while a stream cannot make progress, by reason: journal (its journal refuses writes after a failed write or fsync, so it takes no records) or upload (3 or more uploads failed in a row, so records wait in the journal).",
+                &["stream", "reason"],
+            ),
             journal_write_failures: counter(
                 &r,
                 "spillway_journal_write_failures_total",
@@ -393,6 +408,9 @@ impl Metrics {
         }
         for stage in DELIVERY_FAILURE_STAGES {
             self.delivery_failures.with_label_values(&[stream, stage]);
+        }
+        for reason in crate::pipeline::STALL_REASONS {
+            self.stalled.with_label_values(&[stream, reason]);
         }
         StreamMetrics {
             incoming_records: self.incoming_records.with_label_values(l),
@@ -427,6 +445,7 @@ impl Metrics {
             transform_failures: self.transform_failures.clone(),
             error_records: self.error_records.clone(),
             delivery_failures: self.delivery_failures.clone(),
+            stalled: self.stalled.clone(),
             stream: stream.to_owned(),
         }
     }
@@ -470,6 +489,9 @@ impl Metrics {
             &self.active_partitions,
         ] {
             let _ = vec.remove_label_values(l);
+        }
+        for reason in crate::pipeline::STALL_REASONS {
+            let _ = self.stalled.remove_label_values(&[stream, reason]);
         }
         let _ = self.upload_seconds.remove_label_values(l);
         let _ = self.transform_call_seconds.remove_label_values(l);

@@ -416,6 +416,17 @@ async fn a_full_disk_throttles_and_the_stream_resumes_when_space_returns() {
     assert!(refused >= 3, "the disk never filled");
     assert!(d.metric("spillway_journal_write_failures_total{stream=\"full\"}") >= 1.0);
     assert!(d.get("/healthz").0 == 200);
+    // Not ready while the journal refuses writes, and the reason is shown.
+    let (status, body) = d.get("/readyz");
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        body.contains("stalled: stream full: its journal refuses writes"),
+        "{body}"
+    );
+    assert_eq!(
+        d.metric("spillway_stream_stalled{reason=\"journal\",stream=\"full\"}"),
+        1.0
+    );
 
     std::fs::remove_file(&filler).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -427,6 +438,11 @@ async fn a_full_disk_throttles_and_the_stream_resumes_when_space_returns() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(resumed, "the stream took records again without a restart");
+    assert_eq!(d.get("/readyz").0, 200);
+    assert_eq!(
+        d.metric("spillway_stream_stalled{reason=\"journal\",stream=\"full\"}"),
+        0.0
+    );
     assert!(d.terminate().success());
 
     let bucket = data_dir.join("buckets/full-disk");
@@ -467,7 +483,7 @@ async fn s3_faults_are_retried_and_nothing_is_lost_or_duplicated() {
     s3.create_bucket("faulty");
     s3.create_bucket("not-yet");
     let proxy = FaultProxy::start(s3.port);
-    proxy.inject("PUT /not-yet/", Fault::Status(404, "NoSuchBucket"), 3);
+    proxy.inject("PUT /not-yet/", Fault::Status(404, "NoSuchBucket"), 8);
     proxy.inject("PUT /faulty/small/", Fault::Status(500, "InternalError"), 2);
     proxy.inject("PUT /faulty/small/", Fault::Status(503, "SlowDown"), 2);
     proxy.inject("PUT /faulty/small/", Fault::Reset, 1);
@@ -514,6 +530,14 @@ async fn s3_faults_are_retried_and_nothing_is_lost_or_duplicated() {
         refused.is_some(),
         "uploads to a missing bucket fail and are retried"
     );
+    // Three failures in a row mark the stream stalled on its destination, until one lands;
+    // the replica stays ready (its journal still takes records).
+    let stalled = wait_for(Duration::from_secs(30), || async {
+        let (status, body) = d.get("/readyz");
+        (status == 200 && body.contains("stalled: stream later: uploads are failing")).then_some(())
+    })
+    .await;
+    assert!(stalled.is_some(), "{}", d.get("/readyz").1);
 
     let faulty: Vec<u64> = small.iter().chain(&large).copied().collect();
     let counts = wait_for(Duration::from_secs(90), || async {
@@ -539,6 +563,11 @@ async fn s3_faults_are_retried_and_nothing_is_lost_or_duplicated() {
     .await
     .expect("the missing bucket's records once it exists");
     assert_exactly_once(&later_counts, &later);
+    assert_eq!(
+        d.metric("spillway_stream_stalled{reason=\"upload\",stream=\"later\"}"),
+        0.0
+    );
+    assert_eq!(d.get("/readyz").0, 200);
 
     assert_eq!(
         proxy.pending(),

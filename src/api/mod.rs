@@ -137,13 +137,7 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/") => firehose(api, req).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            if api.ready() {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
+        (&Method::GET, "/readyz") => readiness(api),
         (&Method::GET, "/metrics") => {
             if let Some(catalog) = api.catalog.get() {
                 catalog.refresh_gauges();
@@ -156,6 +150,40 @@ async fn handle(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
             resp
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
+    }
+}
+
+/// `/readyz`: 200 while serving, with a line per stalled stream; 503 while starting or
+/// draining, and while a stream's journal refuses writes (a full or failing disk: a load
+/// balancer should send producers to a replica that can take their records). A destination
+/// that fails uploads keeps the replica ready: its journal still takes records, and every
+/// replica shares the destination.
+fn readiness(api: &Api) -> Response<Full<Bytes>> {
+    if !api.ready() {
+        return text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n");
+    }
+    let mut detail = String::new();
+    let mut journal_failed = false;
+    if let Some(catalog) = api.catalog.get() {
+        for entry in catalog.list() {
+            let reasons = entry.runtime.shared().stalled();
+            for reason in &reasons {
+                let what = match *reason {
+                    "journal" => "its journal refuses writes (disk full or failing); retrying",
+                    _ => "uploads are failing; records wait in the journal",
+                };
+                detail.push_str(&format!("stalled: stream {}: {what}\n", entry.name));
+            }
+            journal_failed |= reasons.contains(&"journal");
+        }
+    }
+    if journal_failed {
+        text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready\n{detail}"),
+        )
+    } else {
+        text(StatusCode::OK, format!("ready\n{detail}"))
     }
 }
 
@@ -241,8 +269,8 @@ async fn dispatch(api: &Api, operation: &str, body: &[u8]) -> Result<Vec<u8>, Ap
     }
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
-    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
     resp
 }

@@ -157,7 +157,7 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         ..
     } = writer;
     let stream = &shared.name;
-    let stop = {
+    let (stop, round_failed) = {
         let mut appends = Vec::new();
         let mut seals = Vec::new();
         let mut stop = false;
@@ -272,8 +272,11 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         }
         *accounted_bytes = bytes;
         shared.metrics.journal_bytes.set(bytes as i64);
-        stop
+        (stop, write_error.is_some())
     };
+    // Stalled from a failed round until a round writes and syncs again (a recovery alone does
+    // not prove the disk takes writes).
+    writer.shared.set_journal_failed(round_failed);
     if writer.journal.is_failed() && writer.recover_at.is_none() {
         writer.shared.metrics.journal_write_failures.inc();
         writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);

@@ -12,7 +12,7 @@ mod partitions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -70,9 +70,52 @@ pub struct Shared {
     pub ctx: Arc<Context>,
     /// Arrival time (ms since the epoch) of the oldest record not yet delivered; 0 if none.
     oldest_pending_ms: AtomicU64,
+    /// Why the stream cannot make progress, if it cannot: `/readyz` and
+    /// `spillway_stream_stalled` show it.
+    journal_failed: AtomicBool,
+    /// Uploads that failed since one last landed.
+    upload_failure_streak: AtomicU32,
 }
 
+/// Failed uploads in a row after which a stream counts as stalled on its destination.
+pub const UPLOAD_STALL_AFTER: u32 = 3;
+
+/// Why a stream is stalled: label values of `spillway_stream_stalled{reason}`.
+pub const STALL_REASONS: [&str; 2] = ["journal", "upload"];
+
 impl Shared {
+    /// The journal refuses writes (a failed write or fsync) until it recovers.
+    pub fn set_journal_failed(&self, failed: bool) {
+        if self.journal_failed.swap(failed, Ordering::AcqRel) != failed {
+            self.metrics.set_stalled("journal", failed);
+        }
+    }
+
+    pub fn upload_failed(&self) {
+        if self.upload_failure_streak.fetch_add(1, Ordering::AcqRel) + 1 == UPLOAD_STALL_AFTER {
+            self.metrics.set_stalled("upload", true);
+        }
+    }
+
+    pub fn upload_landed(&self) {
+        if self.upload_failure_streak.swap(0, Ordering::AcqRel) >= UPLOAD_STALL_AFTER {
+            self.metrics.set_stalled("upload", false);
+        }
+    }
+
+    /// What keeps the stream from making progress now: a journal that refuses writes (the
+    /// stream takes no records), uploads failing in a row (records wait in the journal).
+    pub fn stalled(&self) -> Vec<&'static str> {
+        let mut reasons = Vec::new();
+        if self.journal_failed.load(Ordering::Acquire) {
+            reasons.push("journal");
+        }
+        if self.upload_failure_streak.load(Ordering::Acquire) >= UPLOAD_STALL_AFTER {
+            reasons.push("upload");
+        }
+        reasons
+    }
+
     pub fn record_id(&self, position: Position) -> String {
         format!("{:016x}{:016x}", self.incarnation, position.0)
     }
@@ -159,6 +202,8 @@ impl StreamRuntime {
             incarnation,
             ctx: ctx.clone(),
             oldest_pending_ms: AtomicU64::new(0),
+            journal_failed: AtomicBool::new(false),
+            upload_failure_streak: AtomicU32::new(0),
         });
         let (ops_tx, ops_rx) = mpsc::channel(JOURNAL_QUEUE);
         let (appended_tx, appended_rx) = mpsc::unbounded_channel();

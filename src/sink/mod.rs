@@ -316,6 +316,7 @@ where
             Ok(store) => store,
             Err(e) => {
                 shared.metrics.upload_failures.inc();
+                shared.upload_failed();
                 tracing::warn!(stream = %shared.name, error = %e, "object store unavailable; will retry");
                 if !backoff(&mut delay, settings, &ctx.abandon).await {
                     return UploadOutcome::Abandoned;
@@ -346,10 +347,12 @@ where
                     .metrics
                     .upload_seconds
                     .observe(started.elapsed().as_secs_f64());
+                shared.upload_landed();
                 return UploadOutcome::Landed { bytes };
             }
             Err(e) => {
                 shared.metrics.upload_failures.inc();
+                shared.upload_failed();
                 tracing::warn!(
                     stream = %shared.name,
                     bucket = %plan.bucket,
