@@ -587,3 +587,65 @@ async fn s3_faults_are_retried_and_nothing_is_lost_or_duplicated() {
     assert!(parts >= 3, "the large object went up in parts");
     assert!(d.terminate().success());
 }
+
+/// A stream whose destination keeps failing (one CreateDeliveryStream naming a bucket that
+/// does not exist is enough) used to fill the whole memory buffer with records it could not
+/// deliver, after which every other stream was throttled. Once stalled it now takes new
+/// records only within 1/8 of the memory cap: other streams keep the rest, and when the
+/// destination works again everything it accepted lands once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_that_cannot_deliver_does_not_take_the_others_memory() {
+    let s3 = S3Server::start();
+    s3.create_bucket("stuck");
+    s3.create_bucket("healthy");
+    let proxy = FaultProxy::start(s3.port);
+    proxy.inject("PUT /stuck/", Fault::Status(404, "NoSuchBucket"), 1_000_000);
+    let config = format!(
+        "{}\n[buffer]\nmax_memory_mib = 8\n[upload]\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        proxy.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "stuck", s3_destination("stuck", 1, 1)).await;
+    create_stream(&fh, "healthy", s3_destination("healthy", 1, 1)).await;
+
+    let mut stuck = put_batch(&fh, "stuck", 0..100, 1024).await;
+    let stalled = wait_for(Duration::from_secs(30), || async {
+        (d.metric("spillway_stream_stalled{reason=\"upload\",stream=\"stuck\"}") == 1.0)
+            .then_some(())
+    })
+    .await;
+    assert!(stalled.is_some(), "the stream is seen to stall");
+    // The stuck stream's producer keeps sending: it is held to its share.
+    let mut next = 100;
+    for _ in 0..40 {
+        let acked = put_batch_or_throttled(&fh, "stuck", next..next + 500, 1024).await;
+        next += 500;
+        stuck.extend(acked);
+    }
+    assert!(
+        d.metric("spillway_buffered_bytes{stream=\"stuck\"}") <= (2 << 20) as f64,
+        "the stuck stream holds about 1/8 of the 8 MiB cap"
+    );
+    assert!(d.metric("spillway_throttled_records_total{stream=\"stuck\"}") > 0.0);
+    // The other stream takes 4 MiB without a refusal.
+    let healthy = put_batches(&fh, "healthy", 1_000_000..1_004_000, 1024).await;
+    assert_eq!(healthy.len(), 4000, "the healthy stream was not throttled");
+    assert_eq!(
+        d.metric("spillway_throttled_records_total{stream=\"healthy\"}"),
+        0.0
+    );
+
+    proxy.clear();
+    let counts = wait_for(Duration::from_secs(60), || async {
+        let counts = delivered_counts(&s3, "stuck").await;
+        stuck
+            .iter()
+            .all(|id| counts.contains_key(id))
+            .then_some(counts)
+    })
+    .await
+    .expect("the stuck stream's records once its destination works");
+    assert_exactly_once(&counts, &stuck);
+    assert!(d.terminate().success());
+}

@@ -80,6 +80,10 @@ pub struct Shared {
 /// Failed uploads in a row after which a stream counts as stalled on its destination.
 pub const UPLOAD_STALL_AFTER: u32 = 3;
 
+/// A stream stalled on its uploads takes new records only while it holds less than this
+/// fraction (1/8) of the memory cap.
+pub const STALLED_SHARE: u64 = 8;
+
 /// Why a stream is stalled: label values of `spillway_stream_stalled{reason}`.
 pub const STALL_REASONS: [&str; 2] = ["journal", "upload"];
 
@@ -250,6 +254,17 @@ impl StreamRuntime {
         let ctx = &self.shared.ctx;
         let metrics = &self.shared.metrics;
         let offered = records.len();
+        // A stream whose uploads keep failing holds its records until they land; past a small
+        // share of the memory cap it takes no more, so it cannot take the memory every other
+        // stream needs (its producers retry; the journal keeps what it accepted).
+        if self.shared.upload_failure_streak.load(Ordering::Acquire) >= UPLOAD_STALL_AFTER
+            && metrics.buffered_bytes.get().max(0) as u64 >= ctx.memory.cap() / STALLED_SHARE
+        {
+            metrics.throttled_records.inc_by(offered as u64);
+            return Err(PutError::Throttled(
+                "the stream's uploads are failing and it holds its share of the memory buffer; retry later",
+            ));
+        }
         if ctx.journal_total.load(Ordering::Acquire) >= ctx.journal.max_bytes {
             metrics.throttled_records.inc_by(offered as u64);
             return Err(PutError::Throttled(

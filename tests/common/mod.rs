@@ -522,6 +522,43 @@ pub async fn put_batch(
         .collect()
 }
 
+/// Like [`put_batch`], but a request refused as a whole with ServiceUnavailableException
+/// acknowledges nothing instead of failing the test.
+pub async fn put_batch_or_throttled(
+    client: &Client,
+    stream: &str,
+    ids: std::ops::Range<u64>,
+    size: usize,
+) -> Vec<u64> {
+    let records: Vec<Record> = ids
+        .clone()
+        .map(|i| {
+            Record::builder()
+                .data(Blob::new(record(i, size)))
+                .build()
+                .unwrap()
+        })
+        .collect();
+    match client
+        .put_record_batch()
+        .delivery_stream_name(stream)
+        .set_records(Some(records))
+        .send()
+        .await
+    {
+        Ok(out) => ids
+            .zip(out.request_responses())
+            .filter(|(_, r)| r.record_id().is_some())
+            .map(|(i, _)| i)
+            .collect(),
+        Err(e) => {
+            let e = e.into_service_error();
+            assert!(e.is_service_unavailable_exception(), "{e:?}");
+            Vec::new()
+        }
+    }
+}
+
 /// Sends records `ids` as PutRecordBatch requests of up to 500 (the API's limit), in order;
 /// returns the ids the daemon acknowledged.
 pub async fn put_batches(
@@ -796,6 +833,11 @@ impl FaultProxy {
             .lock()
             .unwrap()
             .push((matching.to_owned(), fault, times));
+    }
+
+    /// Drops every fault not applied yet: from now on requests pass.
+    pub fn clear(&self) {
+        self.rules.lock().unwrap().clear();
     }
 
     /// Faults not applied yet.
