@@ -2,6 +2,11 @@
 # Runs the README's examples as a newcomer would: the run command (in the repo root, default
 # data dir), then the AWS CLI and boto3 blocks against it, then checks what landed and that
 # SIGTERM exits 0. Expects `aws` and boto3 on PATH (tests/run.sh installs them).
+#
+# The examples' commands work in the checkout (that is where a reader runs them), so this
+# refuses to start if their directories exist already rather than deleting someone's data,
+# and removes only what it made. Each example runs in a process group of its own; cleanup
+# stops those groups (a daemon an example left behind when it failed included), nothing else.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -26,18 +31,31 @@ cargo build --release --locked --bins
 if curl -s -o /dev/null http://localhost:4573/healthz; then
   echo "something already listens on localhost:4573; stop it first"; exit 1
 fi
-rm -rf spillway-data
-log=$(mktemp)
-bash -c "$(example run)" >"$log" 2>&1 &
-launcher=$!
+for made in spillway-data .venv; do
+  [ ! -e "$made" ] || { echo "$made exists: the README's examples would overwrite it; move it away first"; exit 1; }
+done
+groups=()
+work=$(mktemp -d)
 cleanup() {
-  pkill -TERM -f 'target/release/spillway$' 2>/dev/null || true
-  pkill -TERM -f 'spillway --data-dir /tmp/spillway-bench' 2>/dev/null || true
-  pkill -TERM -f 'spillway --config examples/game-transform.toml' 2>/dev/null || true
-  kill "$launcher" 2>/dev/null || true
-  rm -rf spillway-data /tmp/spillway-bench .venv
+  for g in "${groups[@]}"; do kill -TERM -- "-$g" 2>/dev/null || true; done
+  rm -rf spillway-data .venv /tmp/spillway-bench "$work"
 }
 trap cleanup EXIT
+
+# Runs the README example NAME (the block's text as given, or $2) in a process group of its
+# own, output to $work/NAME.out; returns its exit status.
+run_example() {
+  local name=$1 text=${2:-$(example "$1")}
+  setsid bash -euo pipefail -c "$text" >"$work/$name.out" 2>&1 &
+  local pid=$!
+  groups+=("$pid")
+  wait "$pid"
+}
+
+log=$work/run.out
+setsid bash -c "$(example run)" >"$log" 2>&1 &
+launcher=$!
+groups+=("$launcher")
 
 # The binaries were built before this point, so the wait is for the daemon's start alone,
 # however slowly this machine compiles. A `cargo run` that compiles anyway means the README's
@@ -54,7 +72,8 @@ done
 curl -sf -o /dev/null http://localhost:4573/healthz || { cat "$log"; echo "daemon not up after 60 s"; exit 1; }
 
 echo "== README: AWS CLI example"
-cli_out=$(bash -euo pipefail -c "$(example cli)")
+run_example cli || { cat "$work/cli.out"; echo "the cli example failed"; exit 1; }
+cli_out=$(cat "$work/cli.out")
 echo "$cli_out" | tail -5
 for id in 7 8 9; do
   echo "$cli_out" | grep -q "\"user_id\": $id," || { echo "record $id not delivered"; exit 1; }
@@ -66,7 +85,7 @@ echo "$py_out"
 [ "$py_out" = "failed records: 0" ] || { echo "unexpected boto3 output"; exit 1; }
 
 echo "== SIGTERM flushes and exits 0"
-pid=$(pgrep -f 'target/release/spillway$')
+pid=$(pgrep -g "$launcher" -x spillway)
 kill -TERM "$pid"
 wait "$launcher" || { cat "$log"; echo "daemon did not exit 0"; exit 1; }
 grep -q "stopped" "$log" || { cat "$log"; echo "no clean stop in the log"; exit 1; }
@@ -75,7 +94,8 @@ lines=$(find spillway-data/buckets/game-data -name '*.gz' -print0 | xargs -0 zca
 rm -rf spillway-data
 
 echo "== README: check-config"
-checked=$(bash -euo pipefail -c "$(example check-config)" 2>&1)
+run_example check-config || { cat "$work/check-config.out"; echo "the check-config example failed"; exit 1; }
+checked=$(cat "$work/check-config.out")
 echo "$checked" | tail -8
 echo "$checked" | grep -q "examples/minio.toml: ok" || { echo "check-config did not accept the example"; exit 1; }
 echo "$checked" | grep -q "game-events: s3://game-data/" || { echo "check-config did not list the stream"; exit 1; }
@@ -87,9 +107,8 @@ run_expecting() {
   local name=$1 shown=$2
   shift 2
   rm -rf spillway-data .venv
-  out=$(bash -euo pipefail -c "$(example "$name")" 2>&1) || {
-    echo "$out" | tail -40; echo "the $name example failed"; exit 1
-  }
+  run_example "$name" || { tail -40 "$work/$name.out"; echo "the $name example failed"; exit 1; }
+  out=$(cat "$work/$name.out")
   echo "$out" | grep -v '^ ' | tail -"$shown"
   for expected in "$@"; do
     echo "$out" | grep -qF "$expected" || { echo "$name example: missing $expected"; exit 1; }
@@ -123,10 +142,11 @@ echo "== README: benchmark command (load generator against a fresh daemon)"
 # machine's disk may not have to spare. BENCH_SECONDS=15 runs it exactly as in the README.
 bench=$(example bench | sed "s/--duration 15/--duration ${BENCH_SECONDS:-3}/")
 echo "disk before the benchmark: $(df -h --output=avail /tmp | tail -1)"
-bench_out=$(bash -euo pipefail -c "$bench" 2>&1) || {
-  echo "$bench_out" | tail -40; echo "--- daemon log"; tail -40 /tmp/spillway-bench.log
+run_example bench "$bench" || {
+  tail -40 "$work/bench.out"; echo "--- daemon log"; tail -40 /tmp/spillway-bench.log
   echo "the benchmark command failed"; exit 1
 }
+bench_out=$(cat "$work/bench.out")
 echo "$bench_out" | tail -14
 echo "$bench_out" | grep -q "payload MiB/s" || { echo "no benchmark result"; exit 1; }
 echo "$bench_out" | grep -Eq "delivered after +[0-9.]+ s" || { echo "not everything was delivered"; exit 1; }
