@@ -6,7 +6,8 @@
 //! - [`api`]: the HTTP edge: routing, the Firehose JSON 1.1 protocol, limits, AWS error shapes.
 //! - [`catalog`]: delivery streams: definitions, control-plane operations, persistence.
 //! - [`journal`]: the per-stream write-ahead log: append, group commit, replay, release.
-//! - [`pipeline`]: per stream: buffer, seal by size or age, hand sealed batches to the sink.
+//! - [`pipeline`]: per stream: buffer, seal by size or age, hand sealed batches to the sink;
+//!   its journal entries (seals, flushes) have a versioned on-disk format of their own.
 //! - [`process`]: for streams with processing: transform, partition keys (jq, run in sandboxed
 //!   worker processes by [`process::sandbox`]), delimiter, and error records; one sealed batch
 //!   -> records per partition plus failures.

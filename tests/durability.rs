@@ -330,19 +330,6 @@ impl Drop for Tmpfs {
     }
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 /// A full disk under the journal and the local store: ingest answers
 /// ServiceUnavailableException (nothing acknowledged that is not on disk), uploads wait, and
 /// once space is freed the same daemon takes records again and delivers every acknowledged
@@ -368,40 +355,13 @@ async fn a_full_disk_throttles_and_the_stream_resumes_when_space_returns() {
     let mut acked = Vec::new();
     let mut refused = 0;
     let mut next = 0u64;
+    // One request of 100 new records: the acknowledged ids, and whether all were.
     let put = async |next: &mut u64| -> (Vec<u64>, bool) {
         let ids = *next..*next + 100;
         *next += 100;
-        let records: Vec<_> = ids
-            .clone()
-            .map(|i| {
-                aws_sdk_firehose::types::Record::builder()
-                    .data(aws_sdk_firehose::primitives::Blob::new(record(i, 1024)))
-                    .build()
-                    .unwrap()
-            })
-            .collect();
-        match fh
-            .put_record_batch()
-            .delivery_stream_name("full")
-            .set_records(Some(records))
-            .send()
-            .await
-        {
-            Ok(out) => {
-                let ok: Vec<u64> = ids
-                    .zip(out.request_responses())
-                    .filter(|(_, r)| r.record_id().is_some())
-                    .map(|(i, _)| i)
-                    .collect();
-                let all = ok.len() == 100;
-                (ok, all)
-            }
-            Err(e) => {
-                let e = e.into_service_error();
-                assert!(e.is_service_unavailable_exception(), "{e:?}");
-                (Vec::new(), false)
-            }
-        }
+        let acked = put_batch_or_throttled(&fh, "full", ids, 1024).await;
+        let all = acked.len() == 100;
+        (acked, all)
     };
     for _ in 0..200 {
         let (ok, all) = put(&mut next).await;

@@ -380,7 +380,7 @@ async fn two_thousand_streams_create_deliver_and_restart() {
     let bucket = d.data_dir.join("buckets/many");
     for i in 0..STREAMS {
         let dir = bucket.join(name(i));
-        let files = walk_files(&dir);
+        let files = walk(&dir);
         let bodies: Vec<Vec<u8>> = files.iter().map(|f| std::fs::read(f).unwrap()).collect();
         let mut ids = ids_in(&bodies);
         ids.sort();
@@ -398,17 +398,4 @@ async fn all<F: std::future::Future<Output = ()>>(n: usize, work: impl Fn(usize)
     tokio::time::timeout(Duration::from_secs(300), calls)
         .await
         .expect("every call answered");
-}
-
-fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk_files(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
 }

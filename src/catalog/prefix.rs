@@ -583,7 +583,7 @@ impl PrefixTemplate {
 }
 
 /// A prefix rendered up to its per-object holes; see [`PrefixTemplate::render_pieces`].
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
     Text(String),
     Query(String),

@@ -363,7 +363,16 @@ impl Batcher {
             partition: key.prefix.clone(),
             contributors: buffer.contributors.iter().map(|c| c.0).collect(),
         };
-        let bytes = meta.to_meta();
+        let bytes = match super::entries::encode_flush(&meta) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                // Not expected (strings and numbers); never written as an empty entry.
+                tracing::error!(stream = %self.shared.name, error = %e, "flush entry not written; its records stay in the journal");
+                self.holding = true;
+                self.send_flushed(buffer.contributors, buffer.bytes, false);
+                return;
+            }
+        };
         let (reply, answer) = oneshot::channel();
         let op = JournalOp::Flush {
             meta: bytes.clone(),
@@ -480,7 +489,7 @@ impl Batcher {
             }
             self.next = self.next.max(seal.end);
             let complete = batch.records.len() as u64 == seal.end.0 - seal.start.0;
-            match ObjectPlan::from_meta(&seal.meta) {
+            match super::entries::decode_seal(&seal.meta) {
                 // Records of a sealed batch are only released after its commit is durable;
                 // if some are missing anyway, re-uploading would overwrite a complete object
                 // with a partial one under the same key.
@@ -607,12 +616,12 @@ impl Batcher {
                     error_prefix: dest.error_output_prefix.render_pieces(at, rng),
                     at_ms: batch.oldest_ms,
                     version: def.version,
-                    settings: Some(SealedSettings {
+                    settings: SealedSettings {
                         processing: dest.processing.clone(),
                         dynamic_partitioning: dest.dynamic_partitioning,
                         transform_sha256: def.transform.as_ref().map(|m| m.sha256().to_owned()),
                         conversion: dest.conversion.clone(),
-                    }),
+                    },
                 }),
                 format: None,
             };
@@ -653,10 +662,21 @@ impl Batcher {
             );
         }
         let seal = if needs_seal {
+            let meta = match super::entries::encode_seal(&plan) {
+                Ok(meta) => meta,
+                Err(e) => {
+                    // Not expected (strings and numbers); never written as an empty seal.
+                    tracing::error!(stream = %self.shared.name, error = %e, "seal not written; its records stay in the journal");
+                    self.in_flight.remove(&batch.start);
+                    self.holds.remove(&batch.start);
+                    self.holding = true;
+                    return;
+                }
+            };
             let seal = Seal {
                 start: batch.start,
                 end: batch.end,
-                meta: plan.to_meta(),
+                meta,
             };
             let (reply, answer) = oneshot::channel();
             let op = JournalOp::Seal {
@@ -1180,15 +1200,13 @@ async fn write_all(shared: &Shared, objects: Vec<Output>) -> bool {
     landed.into_iter().all(|l| l)
 }
 
-/// Runs the processing a batch was sealed with (the stream's current settings for seals
-/// written before they were recorded).
+/// Runs the processing a batch was sealed with.
 fn process_batch(
     shared: &Shared,
     batch: Batch,
     layout: &Layout,
     definition: &StreamDefinition,
 ) -> process::Processed {
-    let dest = &definition.destination;
     let records: Vec<process::Record> = batch
         .records
         .into_iter()
@@ -1200,18 +1218,9 @@ fn process_batch(
             data,
         })
         .collect();
-    let (processing, partitioned, transform) = match &layout.settings {
-        None => (
-            dest.processing.as_ref(),
-            dest.dynamic_partitioning,
-            definition.transform.clone(),
-        ),
-        Some(sealed) => (
-            sealed.processing.as_ref(),
-            sealed.dynamic_partitioning,
-            sealed_transform(shared, sealed, definition),
-        ),
-    };
+    let sealed = &layout.settings;
+    let (processing, partitioned) = (sealed.processing.as_ref(), sealed.dynamic_partitioning);
+    let transform = sealed_transform(shared, sealed, definition);
     let converter = sealed_conversion(layout).map(crate::encode::parquet::Converter::new);
     let job = process::Job {
         processing,
@@ -1275,7 +1284,7 @@ fn partition_prefix(rendered: Option<String>, layout: &Layout) -> String {
 
 /// The record format conversion a processed batch was sealed with.
 fn sealed_conversion(layout: &Layout) -> Option<&crate::catalog::conversion::Conversion> {
-    layout.settings.as_ref()?.conversion.as_ref()
+    layout.settings.conversion.as_ref()
 }
 
 /// The key of an object of processed records, without its suffix: its prefix, then Firehose's

@@ -7,6 +7,7 @@
 
 mod batcher;
 pub mod budget;
+mod entries;
 mod group_commit;
 mod partitions;
 

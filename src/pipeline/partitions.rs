@@ -20,7 +20,6 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use bytes::Bytes;
-use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
 
 use crate::catalog::definition::Compression;
@@ -159,7 +158,7 @@ impl Buffers {
 }
 
 /// The journal's flush entry: one partition object and where its records came from.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct FlushMeta {
     pub plan: ObjectPlan,
     pub version: u64,
@@ -177,11 +176,6 @@ impl FlushMeta {
             prefix: self.partition.clone(),
             format: self.plan.format.clone(),
         }
-    }
-
-    pub fn to_meta(&self) -> Vec<u8> {
-        // Serializing a struct of strings and numbers to JSON cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -251,7 +245,7 @@ impl Replayed {
         let mut out = Replayed::default();
         let mut unreadable = 0;
         for raw in flushes {
-            let Ok(meta) = serde_json::from_slice::<FlushMeta>(raw) else {
+            let Ok(meta) = super::entries::decode_flush(raw) else {
                 unreadable += 1;
                 continue;
             };
@@ -352,7 +346,7 @@ mod tests {
     }
 
     fn flush(prefix: &str, contributors: &[u64]) -> Vec<u8> {
-        FlushMeta {
+        let meta = FlushMeta {
             plan: ObjectPlan {
                 bucket: "b".into(),
                 key: format!("{prefix}object"),
@@ -363,8 +357,8 @@ mod tests {
             version: 1,
             partition: prefix.into(),
             contributors: contributors.to_vec(),
-        }
-        .to_meta()
+        };
+        super::super::entries::encode_flush(&meta).unwrap()
     }
 
     fn records(names: &[&str]) -> Vec<Bytes> {

@@ -14,7 +14,6 @@ use object_store::local::LocalFileSystem;
 use object_store::path::Path as ObjectPath;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 use rand::Rng;
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::definition::Compression;
@@ -22,27 +21,25 @@ use crate::config::{S3Settings, StoreSettings, UploadSettings};
 use crate::encode::Body;
 use crate::pipeline::Shared;
 
-/// Where one sealed batch goes. Serialized into the journal's seal entry, so a replay writes
-/// the same object (same bucket, same key, same encoding) rather than a second copy.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Where one sealed batch goes. Recorded in the journal's seal entry (as
+/// `pipeline::entries` encodes it), so a replay writes the same object (same bucket, same key,
+/// same encoding) rather than a second copy.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ObjectPlan {
     pub bucket: String,
     pub key: String,
-    #[serde(with = "compression_name")]
     pub compression: Compression,
     /// Set for streams with processing or dynamic partitioning: a batch becomes several
     /// objects (one per partition, one per error output type), named from this layout. `key`
     /// then holds only the object name's common tail, for logs.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<Layout>,
     /// Record format conversion: the object is Parquet, written from normalized records.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<crate::catalog::conversion::Conversion>,
 }
 
 /// The parts of a processed batch's object keys fixed when it is sealed; the partition keys
 /// and error output types fill the holes when its objects are written.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
     pub prefix: Vec<crate::catalog::prefix::Piece>,
     pub error_prefix: Vec<crate::catalog::prefix::Piece>,
@@ -51,54 +48,20 @@ pub struct Layout {
     /// The stream version in the object names.
     pub version: u64,
     /// Dynamic partitioning with partition buffers: the batch's records join buffers that
-    /// outlive it (`prefix` then keeps random strings as holes). Seals written before
-    /// partition buffers existed lack it and are replayed one object per partition.
-    #[serde(default)]
+    /// outlive it (`prefix` then keeps random strings as holes).
     pub buffered: bool,
     /// The processing settings in force when the batch was sealed: a replay after a crash
     /// processes the batch exactly as the first attempt did, whatever changed since.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub settings: Option<SealedSettings>,
+    pub settings: SealedSettings,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SealedSettings {
     pub processing: Option<crate::catalog::definition::Processing>,
     pub dynamic_partitioning: bool,
     /// SHA-256 of the transform component; a replay loads that compilation from the cache.
     pub transform_sha256: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub conversion: Option<crate::catalog::conversion::Conversion>,
-}
-
-mod compression_name {
-    use super::Compression;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(c: &Compression, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(c.api_name())
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Compression, D::Error> {
-        match String::deserialize(d)?.as_str() {
-            "UNCOMPRESSED" => Ok(Compression::Uncompressed),
-            "GZIP" => Ok(Compression::Gzip),
-            other => Err(serde::de::Error::custom(format!(
-                "unknown compression {other}"
-            ))),
-        }
-    }
-}
-
-impl ObjectPlan {
-    pub fn to_meta(&self) -> Vec<u8> {
-        // Serializing a struct of strings to JSON cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
-    }
-
-    pub fn from_meta(meta: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(meta)
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -670,19 +633,5 @@ mod tests {
             .flat_map(|p| p.iter().flat_map(|b| b.to_vec()).collect::<Vec<_>>())
             .collect();
         assert_eq!(&all[..7], &[1u8; 7]);
-    }
-
-    #[test]
-    fn plans_round_trip_through_the_journal_meta() {
-        let p = ObjectPlan {
-            bucket: "b-1".into(),
-            key: "2026/01/01/00/s-1-x.gz".into(),
-            compression: Compression::Gzip,
-            layout: None,
-            format: None,
-        };
-        let back = ObjectPlan::from_meta(&p.to_meta()).unwrap();
-        assert_eq!(back.key, p.key);
-        assert_eq!(back.compression, Compression::Gzip);
     }
 }

@@ -500,6 +500,35 @@ pub async fn put_batch(
     ids: std::ops::Range<u64>,
     size: usize,
 ) -> Vec<u64> {
+    try_put_batch(client, stream, ids, size)
+        .await
+        .unwrap_or_else(|e| panic!("put_record_batch: {e:?}"))
+}
+
+/// Like [`put_batch`], but a request refused as a whole with ServiceUnavailableException
+/// acknowledges nothing instead of failing the test.
+pub async fn put_batch_or_throttled(
+    client: &Client,
+    stream: &str,
+    ids: std::ops::Range<u64>,
+    size: usize,
+) -> Vec<u64> {
+    match try_put_batch(client, stream, ids, size).await {
+        Ok(acked) => acked,
+        Err(e) => {
+            assert!(e.is_service_unavailable_exception(), "{e:?}");
+            Vec::new()
+        }
+    }
+}
+
+/// One PutRecordBatch of records `ids`: the acknowledged ids, or the request's error.
+pub async fn try_put_batch(
+    client: &Client,
+    stream: &str,
+    ids: std::ops::Range<u64>,
+    size: usize,
+) -> Result<Vec<u64>, aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError> {
     let records: Vec<Record> = ids
         .clone()
         .map(|i| {
@@ -515,48 +544,26 @@ pub async fn put_batch(
         .set_records(Some(records))
         .send()
         .await
-        .expect("put_record_batch");
-    ids.zip(out.request_responses())
+        .map_err(|e| e.into_service_error())?;
+    Ok(ids
+        .zip(out.request_responses())
         .filter(|(_, r)| r.record_id().is_some())
         .map(|(i, _)| i)
-        .collect()
+        .collect())
 }
 
-/// Like [`put_batch`], but a request refused as a whole with ServiceUnavailableException
-/// acknowledges nothing instead of failing the test.
-pub async fn put_batch_or_throttled(
-    client: &Client,
-    stream: &str,
-    ids: std::ops::Range<u64>,
-    size: usize,
-) -> Vec<u64> {
-    let records: Vec<Record> = ids
-        .clone()
-        .map(|i| {
-            Record::builder()
-                .data(Blob::new(record(i, size)))
-                .build()
-                .unwrap()
-        })
-        .collect();
-    match client
-        .put_record_batch()
-        .delivery_stream_name(stream)
-        .set_records(Some(records))
-        .send()
-        .await
-    {
-        Ok(out) => ids
-            .zip(out.request_responses())
-            .filter(|(_, r)| r.record_id().is_some())
-            .map(|(i, _)| i)
-            .collect(),
-        Err(e) => {
-            let e = e.into_service_error();
-            assert!(e.is_service_unavailable_exception(), "{e:?}");
-            Vec::new()
+/// Every file below `dir`, at any depth (none if it does not exist).
+pub fn walk(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
         }
     }
+    out
 }
 
 /// Sends records `ids` as PutRecordBatch requests of up to 500 (the API's limit), in order;
