@@ -39,6 +39,7 @@ pub struct Metrics {
     query_over_budget: IntCounterVec,
     delivery_failures: IntCounterVec,
     journal_write_failures: IntCounterVec,
+    journal_damage: IntCounterVec,
     stalled: IntGaugeVec,
     memory_reserved_bytes: IntGauge,
     memory_limit_bytes: IntGauge,
@@ -74,6 +75,7 @@ pub struct StreamMetrics {
     pub partition_cap_exceeded: IntCounter,
     pub query_over_budget: IntCounter,
     pub journal_write_failures: IntCounter,
+    pub journal_damage: IntCounter,
     transform_failures: IntCounterVec,
     error_records: IntCounterVec,
     delivery_failures: IntCounterVec,
@@ -376,6 +378,12 @@ impl Metrics {
                 "1 while a stream cannot make progress, by reason: journal (its journal refuses writes after a failed write or fsync, so it takes no records) or upload (3 or more uploads failed in a row, so records wait in the journal).",
                 &["stream", "reason"],
             ),
+            journal_damage: counter(
+                &r,
+                "spillway_journal_damage_total",
+                "Damaged stretches of a stream's journal passed over when it was opened (a flipped byte, a cut or zeroed stretch, a missing or foreign segment): the records in them are lost, every intact one is replayed. The log names the file and offset.",
+                &["stream"],
+            ),
             journal_write_failures: counter(
                 &r,
                 "spillway_journal_write_failures_total",
@@ -442,6 +450,7 @@ impl Metrics {
             partition_cap_exceeded: self.partition_cap_exceeded.with_label_values(l),
             query_over_budget: self.query_over_budget.with_label_values(l),
             journal_write_failures: self.journal_write_failures.with_label_values(l),
+            journal_damage: self.journal_damage.with_label_values(l),
             transform_failures: self.transform_failures.clone(),
             error_records: self.error_records.clone(),
             delivery_failures: self.delivery_failures.clone(),
@@ -467,6 +476,7 @@ impl Metrics {
             &self.partition_cap_exceeded,
             &self.query_over_budget,
             &self.journal_write_failures,
+            &self.journal_damage,
         ] {
             let _ = vec.remove_label_values(l);
         }

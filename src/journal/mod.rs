@@ -130,6 +130,19 @@ pub struct Replay {
     pub pending_seals: Vec<Seal>,
     /// Every flush entry still in the journal, in the order written.
     pub flushes: Vec<Vec<u8>>,
+    /// Damage passed over (already logged): what it covered is lost, everything intact
+    /// around it is replayed.
+    pub skipped: Vec<Skipped>,
+}
+
+/// Damage in a segment that replay passed over: a flipped byte, a cut or zeroed stretch, a
+/// missing or foreign segment. Only the last segment's torn tail is expected (a crash
+/// mid-write) and is cut without being reported here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Skipped {
+    pub path: PathBuf,
+    pub offset: u64,
+    pub reason: String,
 }
 
 /// Buffered bytes are written out once the buffer reaches this, even before `sync`, so memory
@@ -231,8 +244,9 @@ fn push_padding(buf: &mut AlignedBuf, offset: u64) {
 
 impl Journal {
     /// Opens (creating the directory if needed) and replays. A torn / CRC-failing tail of the
-    /// LAST segment is cut off (logged with `tracing::warn`); corruption anywhere else is an
-    /// [`OpenError::Corrupt`]. Appends then go to a fresh segment, except when the last segment
+    /// LAST segment is cut off (logged with `tracing::warn`); damage anywhere else is passed
+    /// over, logged at error level and listed in [`Replay::skipped`]: the records it covered
+    /// are lost, every intact one is replayed. Appends then go to a fresh segment, except when the last segment
     /// holds no records (its name is the next position), which is reused after the cut.
     pub fn open(dir: &Path, opts: JournalOptions) -> Result<(Journal, Replay), OpenError> {
         let existed = dir.is_dir();
@@ -270,7 +284,16 @@ impl Journal {
                 file.sync_all().map_err(open_io("fsync", &last.path))?;
             }
         }
-        let replay = replay::load(&scan)?;
+        let mut replay = replay::load(&scan)?;
+        for skip in &scan.skipped {
+            tracing::error!(
+                path = %skip.path.display(),
+                offset = skip.offset,
+                reason = %skip.reason,
+                "journal damage passed over: records in it are lost, the rest is replayed"
+            );
+        }
+        replay.skipped = scan.skipped.clone();
         let next = scan.next;
 
         // A last segment without records would collide with a fresh one by name.

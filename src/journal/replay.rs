@@ -45,6 +45,8 @@ pub(super) struct Scan {
     seals: Vec<Seal>,
     commits: HashSet<Position>,
     flushes: Vec<Vec<u8>>,
+    /// Damage found and passed over (see [`super::Skipped`]).
+    pub skipped: Vec<super::Skipped>,
 }
 
 fn corrupt(path: &std::path::Path, offset: u64, reason: impl Into<String>) -> OpenError {
@@ -69,27 +71,46 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
         seals: Vec::new(),
         commits: HashSet::new(),
         flushes: Vec::new(),
+        skipped: Vec::new(),
     };
     let mut payload = Vec::new();
+    // Whether the previous segment was cut short by damage already reported: the positions
+    // it lost then show up as a gap before this one, which is not news.
+    let mut cut_short = false;
     for (index, (first, path)) in segments.iter().enumerate() {
         let is_last = index + 1 == segments.len();
         // Each segment is created at the then-next position, so a mismatch means a segment
-        // went missing or a non-last one lost its tail.
-        if *first != scan.next {
-            return Err(corrupt(
+        // went missing or an earlier one lost its tail: those positions are gone, and the
+        // scan goes on from this segment's.
+        if *first > scan.next && cut_short {
+            scan.next = *first;
+        } else if *first > scan.next {
+            scan.skip(
                 path,
                 0,
                 format!(
-                    "segment starts at position {first} but the previous segments end at {}",
+                    "positions {}..{first} are missing (a segment lost, or the one before cut short)",
                     scan.next
                 ),
-            ));
+            );
+            scan.next = *first;
+        } else if *first < scan.next {
+            scan.skip(
+                path,
+                0,
+                format!(
+                    "segment named for position {first} overlaps the positions before it (up to {}); skipped",
+                    scan.next
+                ),
+            );
+            continue;
         }
         let file = File::open(path).map_err(io_error("open", path))?;
         let file_len = file.metadata().map_err(io_error("stat", path))?.len();
         let mut reader = frame::Reader::new(BufReader::with_capacity(SCAN_BUFFER, file), file_len);
         let mut damage = None;
         let mut saw_header = false;
+        let reported = scan.skipped.len();
         loop {
             let offset = reader.offset();
             let kind = match reader.next(&mut payload).map_err(io_error("read", path))? {
@@ -98,39 +119,46 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                     damage = Some(d);
                     break;
                 }
-                Next::Damaged(d) => return Err(corrupt(path, offset, d.describe())),
+                // Damage before the last segment's tail: what follows in this segment is lost.
+                Next::Damaged(d) => {
+                    scan.skip(path, offset, d.describe());
+                    break;
+                }
                 Next::Frame { kind } => kind,
             };
-            let entry =
-                entry::decode(kind, &payload).map_err(|reason| corrupt(path, offset, reason))?;
+            let entry = match entry::decode(kind, &payload) {
+                Ok(entry) => entry,
+                Err(reason) => {
+                    scan.skip(path, offset, reason);
+                    break;
+                }
+            };
             if !saw_header && !matches!(entry, Entry::Header { .. }) {
-                return Err(corrupt(
-                    path,
-                    offset,
-                    "segment does not start with a header",
-                ));
+                scan.skip(path, offset, "segment does not start with a header");
+                break;
             }
             match entry {
                 Entry::Header { first: named } => {
-                    if saw_header {
-                        return Err(corrupt(path, offset, "second segment header"));
-                    }
-                    if named != *first {
-                        return Err(corrupt(
+                    if saw_header || named != *first {
+                        scan.skip(
                             path,
                             offset,
-                            format!("header says first position {named}, file name says {first}"),
-                        ));
+                            format!(
+                                "a header (first position {named}) where none belongs (file name says {first})"
+                            ),
+                        );
+                        break;
                     }
                     saw_header = true;
                 }
                 Entry::Records { first: at, count } => {
                     if at != scan.next {
-                        return Err(corrupt(
+                        scan.skip(
                             path,
                             offset,
                             format!("records start at position {at}, expected {}", scan.next),
-                        ));
+                        );
+                        break;
                     }
                     scan.locs.push(RecordsLoc {
                         segment: index,
@@ -144,14 +172,15 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 }
                 Entry::Seal(seal) => {
                     if seal.start >= seal.end || seal.end > scan.next {
-                        return Err(corrupt(
+                        scan.skip(
                             path,
                             offset,
                             format!(
-                                "seal {}..{} is empty or beyond the records before it (next {})",
+                                "seal {}..{} is empty or beyond the records before it (next {}); ignored",
                                 seal.start, seal.end, scan.next
                             ),
-                        ));
+                        );
+                        continue;
                     }
                     scan.seals.push(seal);
                 }
@@ -164,6 +193,7 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 Entry::Padding => {}
             }
         }
+        cut_short = scan.skipped.len() > reported;
         scan.segments.push(ScannedSegment {
             first: *first,
             path: path.clone(),
@@ -173,6 +203,16 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
         });
     }
     Ok(scan)
+}
+
+impl Scan {
+    fn skip(&mut self, path: &std::path::Path, offset: u64, reason: impl Into<String>) {
+        self.skipped.push(super::Skipped {
+            path: path.to_path_buf(),
+            offset,
+            reason: reason.into(),
+        });
+    }
 }
 
 /// Committed position ranges, sorted and merged, for a forward-only membership walk.
@@ -269,6 +309,7 @@ pub(super) fn load(scan: &Scan) -> Result<Replay, OpenError> {
         records,
         pending_seals,
         flushes: scan.flushes.clone(),
+        skipped: Vec::new(),
     })
 }
 

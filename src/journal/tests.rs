@@ -609,8 +609,11 @@ fn torn_tail(direct: bool) {
     assert_eq!(records(&replay), all[2..].to_vec());
 }
 
+/// Damage before the last segment's tail (a flipped byte, a cut, a missing segment, a file
+/// that is not a segment) no longer stops the journal from opening: it is passed over and
+/// reported, the positions it covered are lost, and every intact record is replayed.
 #[test]
-fn damage_outside_the_last_segment_is_an_error() {
+fn damage_outside_the_last_segment_is_passed_over_and_reported() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let source = tmp.path().join("source");
     let (mut journal, _) = open(&source, 200);
@@ -622,63 +625,96 @@ fn damage_outside_the_last_segment_is_an_error() {
     let files = segment_files(&source);
     assert!(files.len() >= 4);
     let name = |i: usize| files[i].file_name().expect("file name").to_owned();
+    let first = |i: usize| {
+        segment::parse_file_name(name(i).to_str().unwrap())
+            .unwrap()
+            .0
+    };
+    // Positions held by segment i.
+    let held = |i: usize| first(i)..files.get(i + 1).map_or(10, |_| first(i + 1));
 
-    // A flipped byte in a middle segment.
-    let work = tempfile::tempdir().expect("tempdir");
-    copy_dir(&source, work.path());
-    let path = work.path().join(name(1));
-    let mut bytes = fs::read(&path).expect("read");
-    let at = bytes.len() - 5;
-    bytes[at] ^= 1;
-    fs::write(&path, &bytes).expect("write");
-    let err = Journal::open(work.path(), opts(200)).expect_err("corrupt middle segment");
-    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
-    assert!(
-        err.to_string().contains(&path.display().to_string()),
-        "{err}"
+    let damaged = |damage: &dyn Fn(&Path), lost: std::ops::Range<u64>, says: &str| {
+        let work = tempfile::tempdir().expect("tempdir");
+        copy_dir(&source, work.path());
+        damage(work.path());
+        let (mut journal, replay) =
+            Journal::open(work.path(), opts(200)).expect("opens despite the damage");
+        assert!(!replay.skipped.is_empty(), "{says}: the damage is reported");
+        assert!(
+            replay.skipped.iter().any(|s| s.reason.contains(says)),
+            "{says}: {:?}",
+            replay.skipped
+        );
+        let got: Vec<u64> = replay.records.iter().map(|r| r.position.0).collect();
+        let want: Vec<u64> = (0..10).filter(|p| !lost.contains(p)).collect();
+        assert_eq!(got, want, "{says}: every intact record, and only those");
+        assert_eq!(journal.next_position(), Position(10));
+        // The journal goes on taking records past the damage.
+        append(&mut journal, &[10]);
+        journal.sync().expect("sync");
+        drop(journal);
+        let (_, again) = Journal::open(work.path(), opts(200)).expect("reopen");
+        assert_eq!(again.records.last().map(|r| r.position.0), Some(10));
+    };
+
+    // A flipped byte in a middle segment's records.
+    damaged(
+        &|dir| {
+            let path = dir.join(name(1));
+            let mut bytes = fs::read(&path).expect("read");
+            let at = bytes.len() - 5;
+            bytes[at] ^= 1;
+            fs::write(&path, &bytes).expect("write");
+        },
+        held(1),
+        "",
+    );
+    // A middle segment cut short.
+    damaged(
+        &|dir| {
+            let path = dir.join(name(1));
+            let len = fs::metadata(&path).expect("stat").len();
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .expect("open")
+                .set_len(len - 3)
+                .expect("truncate");
+        },
+        held(1),
+        "",
+    );
+    // A middle segment zeroed from its middle on.
+    damaged(
+        &|dir| {
+            let path = dir.join(name(2));
+            let mut bytes = fs::read(&path).expect("read");
+            let half = bytes.len() / 2;
+            bytes[half..].fill(0);
+            fs::write(&path, &bytes).expect("write");
+        },
+        held(2),
+        "",
+    );
+    // A missing middle segment.
+    damaged(
+        &|dir| fs::remove_file(dir.join(name(2))).expect("remove"),
+        held(2),
+        "missing",
+    );
+    // A file that is not a segment of this format, in place of the first.
+    damaged(
+        &|dir| {
+            fs::write(dir.join(name(0)), b"not a journal at all").expect("write");
+        },
+        held(0),
+        "",
     );
 
-    // A truncated middle segment.
-    let work = tempfile::tempdir().expect("tempdir");
-    copy_dir(&source, work.path());
-    let path = work.path().join(name(1));
-    let len = fs::metadata(&path).expect("stat").len();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&path)
-        .expect("open")
-        .set_len(len - 3)
-        .expect("truncate");
-    assert!(matches!(
-        Journal::open(work.path(), opts(200)),
-        Err(OpenError::Corrupt { .. })
-    ));
-
-    // A missing middle segment.
-    let work = tempfile::tempdir().expect("tempdir");
-    copy_dir(&source, work.path());
-    fs::remove_file(work.path().join(name(2))).expect("remove");
-    assert!(matches!(
-        Journal::open(work.path(), opts(200)),
-        Err(OpenError::Corrupt { .. })
-    ));
-
-    // A file that is not a segment of this format.
-    let work = tempfile::tempdir().expect("tempdir");
-    copy_dir(&source, work.path());
-    fs::write(
-        work.path().join(segment::file_name(Position(0))),
-        b"not a journal at all",
-    )
-    .expect("write");
-    assert!(matches!(
-        Journal::open(work.path(), opts(200)),
-        Err(OpenError::Corrupt { .. })
-    ));
-
-    // The untouched copy still opens.
+    // The untouched copy still opens, with nothing to report.
     let (journal, replay) = open(&source, 200);
     assert_eq!(replay.records.len(), 10);
+    assert!(replay.skipped.is_empty());
     assert_eq!(journal.next_position(), Position(10));
 }
 
@@ -866,7 +902,7 @@ fn replay_skips_padding_between_entries() {
 }
 
 #[test]
-fn misplaced_or_nonzero_padding_is_corrupt() {
+fn misplaced_or_nonzero_padding_is_reported() {
     // Padding in place of the header.
     let tmp = tempfile::tempdir().expect("tempdir");
     let mut buf = AlignedBuf::new();
@@ -875,8 +911,14 @@ fn misplaced_or_nonzero_padding_is_corrupt() {
     frame::finish(&mut buf, start);
     push_header(&mut buf, Position(0));
     fs::write(tmp.path().join(segment::file_name(Position(0))), &buf[..]).expect("write");
-    let err = Journal::open(tmp.path(), opts(1 << 20)).expect_err("padding first");
-    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    let (_, replay) = Journal::open(tmp.path(), opts(1 << 20)).expect("padding first");
+    assert!(
+        replay.skipped[0]
+            .reason
+            .contains("does not start with a header"),
+        "{:?}",
+        replay.skipped
+    );
 
     // A CRC-valid padding frame holding something other than zeros, even in the last
     // segment's tail, is not a torn write.
@@ -888,8 +930,9 @@ fn misplaced_or_nonzero_padding_is_corrupt() {
     frame::finish(&mut journal.buf, start);
     journal.sync().expect("sync");
     drop(journal);
-    let err = Journal::open(tmp.path(), opts(1 << 20)).expect_err("non-zero padding");
-    assert!(matches!(err, OpenError::Corrupt { .. }), "{err}");
+    let (_, replay) = Journal::open(tmp.path(), opts(1 << 20)).expect("non-zero padding");
+    assert_eq!(replay.skipped.len(), 1, "{:?}", replay.skipped);
+    assert_eq!(replay.records.len(), 1, "the record before it is kept");
 }
 
 #[test]

@@ -210,6 +210,10 @@ impl StreamRuntime {
             journal_failed: AtomicBool::new(false),
             upload_failure_streak: AtomicU32::new(0),
         });
+        shared
+            .metrics
+            .journal_damage
+            .inc_by(replay.skipped.len() as u64);
         let (ops_tx, ops_rx) = mpsc::channel(JOURNAL_QUEUE);
         let (appended_tx, appended_rx) = mpsc::unbounded_channel();
         let (def_tx, def_rx) = watch::channel(definition);
