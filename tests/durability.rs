@@ -663,7 +663,11 @@ async fn a_damaged_journal_segment_is_passed_over_and_the_rest_delivered() {
         .collect();
     // Only records of the damaged segment (1 MiB, two requests of 500 records) from the
     // damaged frame to the segment's end are lost.
-    assert!(!lost.is_empty() && lost.len() <= 1000, "{} lost", lost.len());
+    assert!(
+        !lost.is_empty() && lost.len() <= 1000,
+        "{} lost",
+        lost.len()
+    );
     assert!(lost.len() <= acked.len() / 4);
     assert_eq!(
         lost.last().unwrap() - lost.first().unwrap() + 1,

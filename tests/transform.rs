@@ -1060,6 +1060,66 @@ fn the_jq_sandbox_contains_queries_that_recurse_allocate_or_loop() {
     let answers = sandbox.keys("{k: .c}", &[b"not json", br#"{"c":"z"}"#]);
     assert!(matches!(&answers[0], Err(KeysError::Query(m)) if m.contains("not JSON")));
     assert_eq!(answers[1], keys("z"));
+
+    // A query cannot make an answer bigger than a partition key, nor read the daemon's
+    // environment or the clock (a replay would partition differently).
+    let query_error = |query: &str, says: &str| {
+        let answers = sandbox.keys(query, &[b"{}"]);
+        match &answers[0] {
+            Err(KeysError::Query(m)) => {
+                assert!(m.contains(says), "{query}: {m}");
+                assert!(m.len() < 1200, "{query}: a message of {} bytes", m.len());
+            }
+            other => panic!("{query}: {other:?}"),
+        }
+    };
+    query_error(r#"{k: ("x" * 10000000)}"#, "is 10000000 bytes; at most 200");
+    query_error(r#"{("k" * 1000): 1}"#, "at most 256");
+    query_error(r#"error("x" * 10000000)"#, "bytes in all");
+    query_error("{k: env.HOME}", "env is not available");
+    query_error("{k: (now | tostring)}", "now is not available");
+}
+
+/// Records that each stay within their budget but add up past the batch's (10 budgets) are
+/// not all run: the rest of the batch fails unrun, so a stream's query holds a processing
+/// slot for a bounded time.
+#[test]
+fn the_jq_sandbox_bounds_the_time_of_a_whole_batch() {
+    use spillway::process::sandbox::{KeysError, QueryLimits, QuerySandbox};
+    let timeout = Duration::from_millis(1000);
+    let sandbox = QuerySandbox::new(
+        Some(env!("CARGO_BIN_EXE_spillway").into()),
+        QueryLimits {
+            timeout,
+            memory_bytes: 64 << 20,
+        },
+    );
+    let query = "{k: (last(range(.n)) | tostring)}";
+    // Calibrated here, since machines differ: about a third of the budget per record.
+    let probe = 200_000u64;
+    let probe_record = format!(r#"{{"n":{probe}}}"#);
+    // Once to start a worker, then timed on the warm one.
+    let _ = sandbox.keys(query, &[probe_record.as_bytes()]);
+    let started = std::time::Instant::now();
+    let _ = sandbox.keys(query, &[probe_record.as_bytes(); 3]);
+    let per_probe = (started.elapsed().as_secs_f64() / 3.0).max(0.001);
+    let n = ((probe as f64) * 0.3 / per_probe) as u64;
+    let record = format!(r#"{{"n":{n}}}"#);
+    let records: Vec<&[u8]> = (0..60).map(|_| record.as_bytes()).collect();
+    let started = std::time::Instant::now();
+    let answers = sandbox.keys(query, &records);
+    let took = started.elapsed();
+    assert_eq!(answers.len(), 60);
+    assert!(answers[0].is_ok(), "{:?}", answers[0]);
+    let unrun = answers
+        .iter()
+        .filter(|a| matches!(a, Err(KeysError::Budget(m)) if m.contains("used up its time on this batch")))
+        .count();
+    assert!(unrun > 0, "took {took:?}: {:?}", answers.last());
+    assert!(
+        matches!(answers.last(), Some(Err(KeysError::Budget(_)))),
+        "the batch's tail is not run"
+    );
 }
 
 /// The issue's exact requests: a jq query that overflows the stack crashed the daemon at the

@@ -23,23 +23,32 @@ impl Query {
             .chain(jaq_json::funs());
         let loader = Loader::new(defs);
         let arena = Arena::default();
+        // The prelude shadows what a query must not reach: the daemon's environment, and the
+        // clock (a key from `now` would put a replayed record in another partition).
+        let code = format!("{PRELUDE}{text}");
         let program = File {
-            code: text,
+            code: code.as_str(),
             path: (),
         };
         let modules = loader
             .load(&arena, program)
-            .map_err(|errs| format!("cannot parse the query: {}", describe(&errs)))?;
+            .map_err(|errs| bounded(format!("cannot parse the query: {}", describe(&errs))))?;
         let filter = Compiler::default()
             .with_funs(funs)
             .compile(modules)
-            .map_err(|errs| format!("cannot compile the query: {}", describe(&errs)))?;
+            .map_err(|errs| bounded(format!("cannot compile the query: {}", describe(&errs))))?;
         Ok(Query { filter })
     }
 
     /// Runs the query on one record. The first output must be an object whose values are
-    /// strings, numbers or booleans; they become the record's partition keys, as text.
+    /// strings, numbers or booleans; they become the record's partition keys, as text. An
+    /// error message is at most [`MAX_MESSAGE_BYTES`], keys are bounded in number and size: a
+    /// query cannot make an answer bigger than the limits of a partition key.
     pub fn keys(&self, record: &[u8]) -> Result<Vec<(String, String)>, String> {
+        self.unbounded_keys(record).map_err(bounded)
+    }
+
+    fn unbounded_keys(&self, record: &[u8]) -> Result<Vec<(String, String)>, String> {
         // The parser recurses once per level: a deep record would overflow the thread's stack
         // and abort the daemon (and again at every replay). Measured first, without recursion.
         if nesting_depth(record) > MAX_DEPTH {
@@ -60,13 +69,32 @@ impl Query {
         let Val::Obj(map) = first else {
             return Err(format!("the query must produce an object, got {first}"));
         };
+        if map.len() > MAX_KEYS {
+            return Err(format!(
+                "the query produced {} partition keys; at most {MAX_KEYS}",
+                map.len()
+            ));
+        }
         let mut keys = Vec::with_capacity(map.len());
         for (k, v) in map.iter() {
             let name = match k {
                 Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
                 other => other.to_string(),
             };
+            if name.len() > MAX_KEY_NAME_BYTES {
+                return Err(format!(
+                    "a partition key name is {} bytes; at most {MAX_KEY_NAME_BYTES}",
+                    name.len()
+                ));
+            }
             let value = match v {
+                Val::TStr(s) | Val::BStr(s) if s.len() > crate::process::MAX_VALUE_BYTES => {
+                    return Err(format!(
+                        "partition key {name:?} is {} bytes; at most {}",
+                        s.len(),
+                        crate::process::MAX_VALUE_BYTES
+                    ));
+                }
                 Val::TStr(s) | Val::BStr(s) => String::from_utf8_lossy(s).into_owned(),
                 Val::Num(_) | Val::Bool(_) => v.to_string(),
                 Val::Null => return Err(format!("partition key {name:?} is null")),
@@ -80,6 +108,31 @@ impl Query {
         }
         Ok(keys)
     }
+}
+
+/// Definitions every query is compiled after.
+const PRELUDE: &str = "def env: error(\"env is not available to queries\"); \
+def now: error(\"now is not available to queries: a replay after a crash would partition the record differently; use a time from the record, or !{timestamp:...} in the prefix (the arrival time)\"); ";
+/// Most partition keys one query answer may hold.
+pub const MAX_KEYS: usize = 64;
+/// Longest partition key name, in bytes.
+pub const MAX_KEY_NAME_BYTES: usize = 256;
+/// Longest error message of a record's query, in bytes; longer ones are cut (the message of
+/// `error(...)` or a printed value can be as large as the query makes it).
+pub const MAX_MESSAGE_BYTES: usize = 1024;
+
+/// `message`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary.
+pub fn bounded(mut message: String) -> String {
+    if message.len() > MAX_MESSAGE_BYTES {
+        let total = message.len();
+        let mut end = MAX_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        message.truncate(end);
+        message.push_str(&format!("... ({total} bytes in all)"));
+    }
+    message
 }
 
 /// Longest query accepted, in bytes: Firehose's limit on a processor parameter's value.

@@ -120,6 +120,9 @@ impl Failures<'_> {
     }
 }
 
+/// Longest `errorMessage` in an error record, in bytes; longer messages are cut.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
+
 /// Firehose's error-record envelope, one JSON line: what failed, when, and the record's
 /// original bytes in base64.
 pub fn error_record(
@@ -129,6 +132,16 @@ pub fn error_record(
     message: &str,
     lambda_arn: Option<&str>,
 ) -> Bytes {
+    // A transform's or a query's message is as long as it makes it; the record is what counts.
+    let message = if message.len() > MAX_ERROR_MESSAGE_BYTES {
+        let mut end = MAX_ERROR_MESSAGE_BYTES;
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}... ({} bytes in all)", &message[..end], message.len())
+    } else {
+        message.to_owned()
+    };
     let mut v = serde_json::json!({
         "attemptsMade": attempts,
         "arrivalTimestamp": record.arrival_ms,

@@ -28,6 +28,12 @@ pub const MAX_STRIKES: usize = 2;
 const WORKER_STACK_BYTES: usize = 16 << 20;
 /// Idle children kept for reuse (processing runs one batch per core at a time).
 const MAX_IDLE: usize = 4;
+/// Longest string in a worker's answer (keys and messages are bounded well below this).
+const MAX_ANSWER_TEXT_BYTES: usize = 64 << 10;
+/// The query's time on one batch, in per-record budgets: past it the rest of the batch fails
+/// unrun, so one stream's query holds a processing slot for a bounded time whatever its
+/// records (each within its own budget) add up to.
+pub const BATCH_BUDGETS: u32 = 10;
 
 /// `[partitioning]` budget of a query.
 #[derive(Clone, Debug)]
@@ -86,6 +92,7 @@ impl QuerySandbox {
         };
         let mut answers = Vec::with_capacity(records.len());
         let mut strikes = 0;
+        let batch_deadline = Instant::now() + self.limits.timeout * BATCH_BUDGETS;
         while answers.len() < records.len() {
             if strikes >= MAX_STRIKES {
                 let why = format!(
@@ -108,14 +115,26 @@ impl QuerySandbox {
                 },
             };
             let rest = &records[answers.len()..];
-            match worker.run(query, rest, &self.limits, &mut answers) {
+            match worker.run(query, rest, &self.limits, batch_deadline, &mut answers) {
                 Ok(()) => {
                     let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
                     if idle.len() < MAX_IDLE {
                         idle.push(worker);
                     }
                 }
-                Err(why) => {
+                Err(Stop::BatchSpent) => {
+                    let why = format!(
+                        "not run: the query used up its time on this batch ({} x partitioning.query_timeout_ms)",
+                        BATCH_BUDGETS
+                    );
+                    tracing::warn!(
+                        records = records.len() - answers.len(),
+                        "a jq query used up its time on a batch; the rest of the batch fails"
+                    );
+                    drop(worker);
+                    answers.resize(records.len(), Err(KeysError::Budget(why)));
+                }
+                Err(Stop::Record(why)) => {
                     // The record it was on is the first one without an answer.
                     tracing::warn!(reason = %why, "a jq query went over its budget; its record fails");
                     drop(worker);
@@ -157,7 +176,9 @@ impl Drop for Worker {
 
 impl Worker {
     fn spawn(exe: &PathBuf, memory_bytes: u64) -> std::io::Result<Worker> {
+        // No environment: a query must not read the daemon's (credentials live there).
         let mut child = Command::new(exe)
+            .env_clear()
             .arg(WORKER_COMMAND)
             .arg(memory_bytes.to_string())
             .stdin(Stdio::piped())
@@ -178,29 +199,34 @@ impl Worker {
         })
     }
 
-    /// Sends one request and collects its answers into `answers`. An error names why the
+    /// Sends one request and collects its answers into `answers`. An error says why the
     /// child cannot go on; the answers received before it are kept.
     fn run(
         &mut self,
         query: &str,
         records: &[&[u8]],
         limits: &QueryLimits,
+        batch_deadline: Instant,
         answers: &mut Vec<Keys>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Stop> {
         if let Err(e) = self.send(query, records) {
-            return Err(self.ended(&format!("could not take the records: {e}"), limits));
+            let why = self.ended(&format!("could not take the records: {e}"), limits);
+            return Err(Stop::Record(why));
         }
         for _ in records {
-            let deadline = Instant::now() + limits.timeout;
+            let deadline = (Instant::now() + limits.timeout).min(batch_deadline);
             match self.answer(deadline) {
                 Ok(keys) => answers.push(keys),
+                Err(Failure::Timeout) if Instant::now() >= batch_deadline => {
+                    return Err(Stop::BatchSpent);
+                }
                 Err(Failure::Timeout) => {
-                    return Err(format!(
+                    return Err(Stop::Record(format!(
                         "the query ran past its time budget of {} ms on this record (partitioning.query_timeout_ms)",
                         limits.timeout.as_millis()
-                    ));
+                    )));
                 }
-                Err(Failure::Ended(e)) => return Err(self.ended(&e, limits)),
+                Err(Failure::Ended(e)) => return Err(Stop::Record(self.ended(&e, limits))),
             }
         }
         Ok(())
@@ -248,6 +274,10 @@ impl Worker {
 
     fn text(&mut self, deadline: Instant) -> Result<String, Failure> {
         let len = self.u32(deadline)?;
+        // The worker bounds what it sends; more means it is not the worker any more.
+        if len > MAX_ANSWER_TEXT_BYTES {
+            return Err(Failure::Ended(format!("an answer of {len} bytes")));
+        }
         let bytes = self.take(len, deadline)?;
         Ok(String::from_utf8_lossy(&bytes).into_owned())
     }
@@ -311,6 +341,14 @@ impl Worker {
 enum Failure {
     Timeout,
     Ended(String),
+}
+
+/// Why a worker stopped before answering every record of a request.
+enum Stop {
+    /// Over a budget on the first record without an answer (the reason), or dead.
+    Record(String),
+    /// The batch's time is spent: the records without an answer are not run.
+    BatchSpent,
 }
 
 fn put_u32(w: &mut impl Write, n: usize) -> std::io::Result<()> {
