@@ -83,7 +83,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let local = listener.local_addr().context("no local address")?;
     let api = Arc::new(Api::new(metrics.clone()));
     let stop = CancellationToken::new();
-    let server = tokio::spawn(api::serve(listener, api.clone(), stop.clone(), DRAIN));
+    let server = tokio::spawn(api::serve(
+        listener,
+        api.clone(),
+        settings.http.clone(),
+        stop.clone(),
+        DRAIN,
+    ));
     tracing::info!("listening on http://{local}; replaying the journal");
 
     let opened = tokio::select! {

@@ -117,6 +117,8 @@ struct RawConfig {
     transform: RawTransform,
     #[serde(default)]
     partitioning: RawPartitioning,
+    #[serde(default)]
+    http: RawHttp,
     #[serde(default, rename = "stream")]
     streams: Vec<RawStream>,
     #[serde(default, rename = "table")]
@@ -198,6 +200,18 @@ struct RawTransform {
     timeout_seconds: Option<u64>,
     /// Where compiled components are cached. `<data_dir>/transform-cache`.
     cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    /// A client must send a request's headers within this, or its connection is closed
+    /// (idle keep-alive connections included). Seconds; 30.
+    header_read_timeout_seconds: Option<u64>,
+    /// A client must send a request's body within this. Seconds; 60.
+    body_read_timeout_seconds: Option<u64>,
+    /// Connections open at once; more are closed as soon as they are accepted. 4096.
+    max_connections: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -398,10 +412,29 @@ pub struct Settings {
     pub max_active_partitions: usize,
     /// The budget of `MetadataExtractionQuery` programs.
     pub query_limits: crate::process::sandbox::QueryLimits,
+    pub http: HttpSettings,
     /// Streams declared in the file: read-only over the API.
     pub streams: Vec<(StreamName, S3Destination)>,
     /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
     pub tables: crate::catalog::conversion::Tables,
+}
+
+/// Limits of the HTTP listener against slow or piled-up clients.
+#[derive(Clone, Debug)]
+pub struct HttpSettings {
+    pub header_read_timeout: Duration,
+    pub body_read_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for HttpSettings {
+    fn default() -> Self {
+        HttpSettings {
+            header_read_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(60),
+            max_connections: 4096,
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -580,6 +613,19 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             128,
         ) * MIB,
     };
+    let http = HttpSettings {
+        header_read_timeout: Duration::from_secs(positive(
+            "http.header_read_timeout_seconds",
+            raw.http.header_read_timeout_seconds,
+            30,
+        )),
+        body_read_timeout: Duration::from_secs(positive(
+            "http.body_read_timeout_seconds",
+            raw.http.body_read_timeout_seconds,
+            60,
+        )),
+        max_connections: positive("http.max_connections", raw.http.max_connections, 4096) as usize,
+    };
     let shutdown_timeout = Duration::from_secs(raw.shutdown_timeout_seconds.unwrap_or(60));
     if !(5 * MIB..=5 * 1024 * MIB).contains(&upload.part_size) {
         problems.push("upload.part_size_mib: must be between 5 and 5120 (S3's part limits)".into());
@@ -743,6 +789,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             transform,
             max_active_partitions,
             query_limits,
+            http,
             streams,
             tables,
         }),

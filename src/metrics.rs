@@ -12,6 +12,7 @@ use prometheus::{
 pub struct Metrics {
     registry: Registry,
     api_requests: IntCounterVec,
+    connections_refused: prometheus::IntCounter,
     api_request_seconds: HistogramVec,
     incoming_records: IntCounterVec,
     incoming_bytes: IntCounterVec,
@@ -211,7 +212,15 @@ impl Metrics {
             "spillway_ready",
             "1 while serving; 0 while the journal replays at startup and while draining at shutdown (as /readyz).",
         );
+        let connections_refused = prometheus::IntCounter::new(
+            "spillway_connections_refused_total",
+            "Connections closed as soon as they were accepted because http.max_connections were open.",
+        )
+        .expect("metric definitions are static and valid");
+        r.register(Box::new(connections_refused.clone()))
+            .expect("each metric is registered once");
         Metrics {
+            connections_refused,
             api_requests: counter(
                 &r,
                 "spillway_api_requests_total",
@@ -506,6 +515,11 @@ impl Metrics {
         let _ = self.upload_seconds.remove_label_values(l);
         let _ = self.transform_call_seconds.remove_label_values(l);
         let _ = self.journal_sync_seconds.remove_label_values(l);
+    }
+
+    /// A connection closed at once: `http.max_connections` were open.
+    pub fn connection_refused(&self) {
+        self.connections_refused.inc();
     }
 
     pub fn api_request(&self, operation: &str, outcome: &str, seconds: f64) {

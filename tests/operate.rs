@@ -399,3 +399,73 @@ async fn all<F: std::future::Future<Output = ()>>(n: usize, work: impl Fn(usize)
         .await
         .expect("every call answered");
 }
+
+/// Reads until the server closes the connection or `within` passes; true if it closed.
+fn closed_within(stream: &mut std::net::TcpStream, within: Duration) -> (bool, String) {
+    use std::io::Read;
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (true, String::from_utf8_lossy(&got).into_owned()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            // A reset counts as closed too.
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return (true, String::from_utf8_lossy(&got).into_owned());
+            }
+            Err(_) => return (false, String::from_utf8_lossy(&got).into_owned()),
+        }
+    }
+}
+
+/// Slow or piled-up clients cannot hold the daemon: headers and bodies have read timeouts,
+/// idle connections are closed, and past `http.max_connections` new connections are closed at
+/// once, so the descriptors journals and uploads need stay free and `/healthz` answers.
+#[test]
+fn slow_and_piled_up_connections_are_cut_off() {
+    use std::io::Write;
+    use std::net::TcpStream;
+    let d = Daemon::start(
+        "[http]\nheader_read_timeout_seconds = 1\nbody_read_timeout_seconds = 1\nmax_connections = 16\n",
+    );
+    // Headers that never end.
+    let mut slow = TcpStream::connect(d.addr).unwrap();
+    slow.write_all(b"POST / HTTP/1.1\r\nHo").unwrap();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)).0,
+        "a header that never ends"
+    );
+    // A connection that sends nothing.
+    let mut idle = TcpStream::connect(d.addr).unwrap();
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).0,
+        "an idle connection"
+    );
+    // A body that never ends: an AWS-shaped error, then the connection closes.
+    let mut short = TcpStream::connect(d.addr).unwrap();
+    write!(
+        short,
+        "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.ListDeliveryStreams\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 1000\r\n\r\n{{\"a\":"
+    )
+    .unwrap();
+    let (_, answer) = closed_within(&mut short, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("not received within 1 s"), "{answer}");
+
+    // Past the cap, connections are closed at once.
+    let mut held: Vec<TcpStream> = (0..24)
+        .map(|_| TcpStream::connect(d.addr).unwrap())
+        .collect();
+    let refused = held
+        .iter_mut()
+        .map(|s| closed_within(s, Duration::from_millis(300)).0)
+        .filter(|closed| *closed)
+        .count();
+    assert!(refused >= 8, "{refused} of 24 closed at once");
+    assert!(d.metric("spillway_connections_refused_total") >= 8.0);
+    drop(held);
+    // Once they are gone, the daemon answers as before.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(d.get("/healthz").0, 200);
+}

@@ -18,7 +18,7 @@ use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -95,8 +95,15 @@ impl Api {
 
 /// Serves until `stop` is cancelled, then stops accepting and waits (up to `drain`) for the
 /// requests in flight to be answered.
-pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: CancellationToken, drain: Duration) {
+pub async fn serve(
+    listener: TcpListener,
+    api: Arc<Api>,
+    limits: crate::config::HttpSettings,
+    stop: CancellationToken,
+    drain: Duration,
+) {
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -111,19 +118,30 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: CancellationToken
                 continue;
             }
         };
+        // Past the cap a connection is closed at once, so piled-up clients cannot use up
+        // the descriptors that journals and uploads need.
+        let Ok(permit) = connections.clone().try_acquire_owned() else {
+            api.metrics.connection_refused();
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let api = api.clone();
+        let body_timeout = limits.body_read_timeout;
         let service = service_fn(move |req| {
             let api = api.clone();
-            async move { Ok::<_, Infallible>(handle(&api, req).await) }
+            async move { Ok::<_, Infallible>(handle(&api, req, body_timeout).await) }
         });
         let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.header_read_timeout)
             .keep_alive(true)
             .serve_connection(TokioIo::new(stream), service);
         let conn = graceful.watch(conn);
         // Tracked by `graceful`, which shutdown awaits below.
         tokio::spawn(async move {
             let _ = conn.await;
+            drop(permit);
         });
     }
     drop(listener);
@@ -133,9 +151,13 @@ pub async fn serve(listener: TcpListener, api: Arc<Api>, stop: CancellationToken
     }
 }
 
-async fn handle(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    api: &Api,
+    req: Request<Incoming>,
+    body_timeout: Duration,
+) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
-        (&Method::POST, "/") => firehose(api, req).await,
+        (&Method::POST, "/") => firehose(api, req, body_timeout).await,
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/readyz") => readiness(api),
         (&Method::GET, "/metrics") => {
@@ -201,7 +223,11 @@ const OPERATIONS: &[&str] = &[
 /// Operations that change nothing: answered while draining too.
 const READ_ONLY: &[&str] = &["DescribeDeliveryStream", "ListDeliveryStreams"];
 
-async fn firehose(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn firehose(
+    api: &Api,
+    req: Request<Incoming>,
+    body_timeout: Duration,
+) -> Response<Full<Bytes>> {
     let operation = req
         .headers()
         .get("x-amz-target")
@@ -214,15 +240,19 @@ async fn firehose(api: &Api, req: Request<Incoming>) -> Response<Full<Bytes>> {
             ErrorKind::UnknownOperation,
             "Missing or unknown X-Amz-Target; expected Firehose_20150804.<Operation>.",
         )),
-        Some(op) => match Limited::new(req.into_body(), MAX_BODY_BYTES)
-            .collect()
-            .await
-        {
-            Err(_) => Err(ApiError::invalid(format!(
-                "Request body is larger than {MAX_BODY_BYTES} bytes or was cut off."
-            ))),
-            Ok(body) => dispatch(api, op, &body.to_bytes()).await,
-        },
+        Some(op) => {
+            let body = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+            match tokio::time::timeout(body_timeout, body).await {
+                Err(_) => Err(ApiError::invalid(format!(
+                    "Request body not received within {} s.",
+                    body_timeout.as_secs()
+                ))),
+                Ok(Err(_)) => Err(ApiError::invalid(format!(
+                    "Request body is larger than {MAX_BODY_BYTES} bytes or was cut off."
+                ))),
+                Ok(Ok(body)) => dispatch(api, op, &body.to_bytes()).await,
+            }
+        }
     };
     let label = operation.unwrap_or("unknown");
     let (status, body, outcome) = match result {
