@@ -108,6 +108,7 @@ async fn data_plane_limits_at_their_edges() {
 async fn malformed_requests_get_aws_errors() {
     let d = Daemon::start("");
     create_stream(&d.firehose(), "s", s3_destination("b-1", 1, 60)).await;
+    let long_name = format!(r#"{{"DeliveryStreamName":"{}"}}"#, "n".repeat(100_000));
     let cases: &[(Option<&str>, &str, u16, &str)] = &[
         (None, "{}", 400, "UnknownOperationException"),
         (Some("Explode"), "{}", 400, "UnknownOperationException"),
@@ -154,6 +155,13 @@ async fn malformed_requests_get_aws_errors() {
             400,
             "ResourceNotFoundException",
         ),
+        // A name no stream can have is a validation error, answered without echoing it.
+        (
+            Some("DescribeDeliveryStream"),
+            &long_name,
+            400,
+            "ValidationException",
+        ),
         (
             Some("CreateDeliveryStream"),
             r#"{"DeliveryStreamName":"x","DeliveryStreamType":"KinesisStreamAsSource","ExtendedS3DestinationConfiguration":{"BucketARN":"arn:aws:s3:::b-1"}}"#,
@@ -191,6 +199,12 @@ async fn malformed_requests_get_aws_errors() {
         assert!(
             !v["message"].as_str().unwrap_or("").is_empty(),
             "{got_body}"
+        );
+        // No answer echoes the request back at length.
+        assert!(
+            got_body.len() < 2048,
+            "{target:?}: {} bytes",
+            got_body.len()
         );
     }
     // A body over the read limit is refused without reading it all into memory.

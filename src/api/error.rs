@@ -73,6 +73,7 @@ impl From<CatalogError> for ApiError {
     fn from(e: CatalogError) -> Self {
         let kind = match &e {
             CatalogError::NotFound(_) => ErrorKind::ResourceNotFound,
+            CatalogError::BadName => ErrorKind::Validation,
             CatalogError::InUse(_) => ErrorKind::ResourceInUse,
             CatalogError::Invalid(_) => ErrorKind::InvalidArgument,
             CatalogError::VersionMismatch { .. } => ErrorKind::ConcurrentModification,

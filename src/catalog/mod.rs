@@ -67,6 +67,11 @@ impl StreamEntry {
 pub enum CatalogError {
     #[error("Delivery stream {0} not found.")]
     NotFound(String),
+    /// A name no stream can have: answered without echoing it (it may be megabytes).
+    #[error(
+        "1 validation error detected: Value at 'deliveryStreamName' failed to satisfy constraint: Member must have length between 1 and 64 and match [a-zA-Z0-9_.-]+"
+    )]
+    BadName,
     #[error("{0}")]
     InUse(String),
     #[error("{0}")]
@@ -378,7 +383,10 @@ impl Catalog {
             .iter()
             .find(|(k, _)| k.as_str() == name)
             .map(|(_, v)| v.clone())
-            .ok_or_else(|| CatalogError::NotFound(name.to_owned()))
+            .ok_or_else(|| match StreamName::parse(name) {
+                Ok(_) => CatalogError::NotFound(name.to_owned()),
+                Err(_) => CatalogError::BadName,
+            })
     }
 
     pub fn list(&self) -> Vec<Arc<StreamEntry>> {
