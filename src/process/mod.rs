@@ -5,6 +5,7 @@
 //! async workers. Knows nothing of journals, object names or uploads.
 
 pub mod jq;
+mod jq_path;
 pub mod sandbox;
 
 use std::collections::HashMap;

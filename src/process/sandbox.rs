@@ -87,6 +87,29 @@ impl QuerySandbox {
     /// call it from a blocking thread. Never panics and never takes longer than about
     /// `MAX_STRIKES + 1` budgets beyond the records' own evaluation time.
     pub fn keys(&self, query: &str, records: &[&[u8]]) -> Vec<Keys> {
+        // An object of plain paths is answered here for the records it can answer (the
+        // common case, at no cost of a process); the rest go to a worker.
+        let Some(paths) = super::jq_path::PathQuery::parse(query) else {
+            return self.sandboxed(query, records);
+        };
+        let mut answers: Vec<Option<Keys>> =
+            records.iter().map(|r| paths.keys(r).map(Ok)).collect();
+        let rest: Vec<usize> = (0..records.len())
+            .filter(|&i| answers[i].is_none())
+            .collect();
+        if !rest.is_empty() {
+            let subset: Vec<&[u8]> = rest.iter().map(|&i| records[i]).collect();
+            for (i, answer) in rest.into_iter().zip(self.sandboxed(query, &subset)) {
+                answers[i] = Some(answer);
+            }
+        }
+        answers
+            .into_iter()
+            .map(|a| a.unwrap_or_else(|| Err(KeysError::Budget("no answer".into()))))
+            .collect()
+    }
+
+    fn sandboxed(&self, query: &str, records: &[&[u8]]) -> Vec<Keys> {
         let Some(exe) = &self.exe else {
             return in_process(query, records);
         };
