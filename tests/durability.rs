@@ -389,6 +389,13 @@ async fn a_full_disk_throttles_and_the_stream_resumes_when_space_returns() {
     );
 
     std::fs::remove_file(&filler).unwrap();
+    // With nothing sent, the journal recovers on its own and the replica is ready again (a
+    // load balancer sends a replica that is not ready no traffic to wake it).
+    let ready = wait_for(Duration::from_secs(20), || async {
+        (d.get("/readyz").0 == 200).then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "{}", d.get("/readyz").1);
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let mut resumed = false;
     while !resumed && std::time::Instant::now() < deadline {

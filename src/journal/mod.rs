@@ -263,14 +263,14 @@ impl Journal {
         let listed = segment::list(dir).map_err(open_io("list directory", dir))?;
         let scan = replay::scan(&listed)?;
         if let Some(last) = scan.segments.last()
-            && let Some(damage) = last.damage
+            && (last.damage.is_some() || last.cut)
         {
             tracing::warn!(
                 path = %last.path.display(),
                 valid_bytes = last.valid_len,
                 file_bytes = last.file_len,
-                damage = damage.describe(),
-                "cutting the torn tail off the journal's last segment"
+                damage = last.damage.map_or("reported above", |d| d.describe()),
+                "cutting the torn or damaged tail off the journal's last segment"
             );
             // Cut for real (not just skip) so the tail can never be read as part of a
             // non-last segment, nor be followed by new frames.
@@ -448,6 +448,12 @@ impl Journal {
         self.fail_on_err(result)
     }
 
+    /// Records below this position are durable: synced, or written and synced by a roll
+    /// even when the sync that followed failed.
+    pub fn durable_next(&self) -> Position {
+        self.durable_next
+    }
+
     /// Whether a write or fsync failed and [`Journal::recover`] has not succeeded since.
     pub fn is_failed(&self) -> bool {
         self.failed
@@ -469,10 +475,12 @@ impl Journal {
             .file
             .set_len(keep)
             .map_err(write_io("truncate", path))?;
-        self.active
-            .file
-            .sync_all()
-            .map_err(write_io("fsync", path))?;
+        if self.opts.fsync {
+            self.active
+                .file
+                .sync_all()
+                .map_err(write_io("fsync", path))?;
+        }
         self.active.written = keep;
         self.next = self.durable_next;
         if keep == 0 {

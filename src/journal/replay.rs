@@ -23,9 +23,13 @@ pub(super) struct ScannedSegment {
     pub first: Position,
     pub path: PathBuf,
     pub file_len: u64,
-    /// End of the last good frame; shorter than `file_len` only for a torn last segment.
+    /// End of the last good frame; shorter than `file_len` for a torn or damaged segment.
     pub valid_len: u64,
+    /// A torn tail (a crash mid-write): cut without a report.
     pub damage: Option<Damage>,
+    /// Damage that is not a torn write, reported in `skipped`; a last segment is cut there
+    /// too, so nothing is ever appended after it.
+    pub cut: bool,
 }
 
 /// Where one records entry lives, for the second pass.
@@ -95,11 +99,18 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
             );
             scan.next = *first;
         } else if *first < scan.next {
+            // Out of the way for good: left in place it would be scanned first once the
+            // segments before it are released, and shadow the real ones.
+            let aside = path.with_extension("wal.damaged");
+            let moved = std::fs::rename(path, &aside).map_or_else(
+                |e| format!("could not be moved aside: {e}"),
+                |()| format!("moved to {}", aside.display()),
+            );
             scan.skip(
                 path,
                 0,
                 format!(
-                    "segment named for position {first} overlaps the positions before it (up to {}); skipped",
+                    "segment named for position {first} overlaps the positions before it (up to {}); {moved}",
                     scan.next
                 ),
             );
@@ -110,7 +121,8 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
         let mut reader = frame::Reader::new(BufReader::with_capacity(SCAN_BUFFER, file), file_len);
         let mut damage = None;
         let mut saw_header = false;
-        let reported = scan.skipped.len();
+        // Where damage that is not a torn write starts: the segment is cut there.
+        let mut bad_at: Option<u64> = None;
         loop {
             let offset = reader.offset();
             let kind = match reader.next(&mut payload).map_err(io_error("read", path))? {
@@ -122,6 +134,7 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 // Damage before the last segment's tail: what follows in this segment is lost.
                 Next::Damaged(d) => {
                     scan.skip(path, offset, d.describe());
+                    bad_at = Some(offset);
                     break;
                 }
                 Next::Frame { kind } => kind,
@@ -130,11 +143,13 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 Ok(entry) => entry,
                 Err(reason) => {
                     scan.skip(path, offset, reason);
+                    bad_at = Some(offset);
                     break;
                 }
             };
             if !saw_header && !matches!(entry, Entry::Header { .. }) {
                 scan.skip(path, offset, "segment does not start with a header");
+                bad_at = Some(offset);
                 break;
             }
             match entry {
@@ -147,6 +162,7 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                                 "a header (first position {named}) where none belongs (file name says {first})"
                             ),
                         );
+                        bad_at = Some(offset);
                         break;
                     }
                     saw_header = true;
@@ -158,6 +174,7 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                             offset,
                             format!("records start at position {at}, expected {}", scan.next),
                         );
+                        bad_at = Some(offset);
                         break;
                     }
                     scan.locs.push(RecordsLoc {
@@ -193,13 +210,14 @@ pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> 
                 Entry::Padding => {}
             }
         }
-        cut_short = scan.skipped.len() > reported;
+        cut_short = bad_at.is_some();
         scan.segments.push(ScannedSegment {
             first: *first,
             path: path.clone(),
             file_len,
-            valid_len: reader.offset(),
+            valid_len: bad_at.unwrap_or(reader.offset()),
             damage,
+            cut: bad_at.is_some(),
         });
     }
     Ok(scan)

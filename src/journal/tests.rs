@@ -778,6 +778,51 @@ fn a_failed_journal_recovers_in_place() {
     }
 }
 
+/// Damage in the last segment that is not a torn write (here: a CRC-valid frame that does
+/// not decode) is reported and cut off, so what is appended next is never behind it, and is
+/// replayed.
+#[test]
+fn a_damaged_last_segment_is_cut_before_appending() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut journal, _) = open(tmp.path(), 1 << 20);
+    let mut kept = append(&mut journal, &[5]);
+    let start = frame::begin(&mut journal.buf, entry::KIND_PADDING);
+    journal.buf.extend_from_slice(&[0, 0, 1]);
+    frame::finish(&mut journal.buf, start);
+    journal.sync().expect("sync");
+    drop(journal);
+    let (mut journal, replay) = open(tmp.path(), 1 << 20);
+    assert_eq!(replay.skipped.len(), 1, "{:?}", replay.skipped);
+    kept.extend(append(&mut journal, &[10, 20]));
+    journal.sync().expect("sync");
+    drop(journal);
+    let (_, again) = open(tmp.path(), 1 << 20);
+    assert!(again.skipped.is_empty(), "{:?}", again.skipped);
+    assert_eq!(records(&again), kept);
+}
+
+/// Records a roll synced before a failure are durable: `durable_next` covers them, so the
+/// writer acknowledges them and recovery appends after them.
+#[test]
+fn records_synced_by_a_roll_stay_durable_after_a_failure() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (mut journal, _) = open(tmp.path(), 300);
+    let mut kept = append(&mut journal, &[100]);
+    journal.sync().expect("sync");
+    kept.extend(append(&mut journal, &[150]));
+    // Past the segment size: this append rolls, syncing the one before it.
+    append(&mut journal, &[150]);
+    assert_eq!(journal.durable_next(), Position(2));
+    journal.failed = true;
+    journal.recover().expect("recover");
+    assert_eq!(journal.next_position(), Position(2));
+    kept.extend(append(&mut journal, &[5]));
+    journal.sync().expect("sync");
+    drop(journal);
+    let (_, replay) = open(tmp.path(), 300);
+    assert_eq!(records(&replay), kept);
+}
+
 #[test]
 fn fsync_mode_rolls_releases_and_reopens() {
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -109,18 +109,30 @@ pub async fn run(
         recover_delay: RECOVER_INITIAL,
     };
     loop {
-        let Some(first) = ops.recv().await else {
-            break;
+        // A failed journal also wakes on its own to recover: a replica that reports not ready
+        // gets no traffic, and must not wait for an operation to become writable again.
+        let wake = writer.recover_at.map(tokio::time::Instant::from_std);
+        let first = tokio::select! {
+            op = ops.recv() => match op {
+                Some(op) => Some(op),
+                None => break,
+            },
+            () = async {
+                if let Some(at) = wake {
+                    tokio::time::sleep_until(at).await;
+                }
+            }, if wake.is_some() => None,
         };
         let mut batch = Vec::with_capacity(MAX_OPS_PER_COMMIT);
-        batch.push(first);
-        while batch.len() < MAX_OPS_PER_COMMIT {
+        batch.extend(first);
+        while !batch.is_empty() && batch.len() < MAX_OPS_PER_COMMIT {
             match ops.try_recv() {
                 Ok(op) => batch.push(op),
                 Err(_) => break,
             }
         }
         let span = span.clone();
+        let accounted = writer.accounted_bytes;
         let round = tokio::task::spawn_blocking(move || {
             let _in_stream = span.entered();
             let stop = commit_group(&mut writer, batch);
@@ -138,6 +150,7 @@ pub async fn run(
                 // The journal went down with the round: the stream takes no more writes
                 // (puts answer ServiceUnavailable) and the next start replays what it holds.
                 tracing::error!(stream = %stream, error = %e, "the journal writer failed; the stream stops taking records");
+                ctx.journal_total.fetch_sub(accounted, Ordering::AcqRel);
                 return;
             }
         }
@@ -149,6 +162,7 @@ pub async fn run(
 /// Writes one group of operations, syncs once, answers them. True when the writer stops.
 fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
     recover_if_due(writer);
+    let had_work = !batch.is_empty();
     let Writer {
         journal,
         to_pipeline,
@@ -227,8 +241,14 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
             }
             write_error = Some(e.to_string());
         }
+        // After a failure, appends that a roll synced before it are durable all the same:
+        // acknowledged and handed over, so positions stay continuous for the pipeline.
+        let durable = journal.durable_next();
         for (first, arrival_ms, records, reply) in appends {
-            if let Some(e) = &write_error {
+            let end = first.0 + records.len() as u64;
+            if let Some(e) = &write_error
+                && end > durable.0
+            {
                 let _ = reply.send(Err(AppendRefused::Io(e.clone())));
                 continue;
             }
@@ -280,6 +300,10 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
     if writer.journal.is_failed() && writer.recover_at.is_none() {
         writer.shared.metrics.journal_write_failures.inc();
         writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
+        // A disk that stays full fails again right after each recovery: wait longer each time.
+        writer.recover_delay = (writer.recover_delay * 2).min(RECOVER_MAX);
+    } else if !round_failed && had_work {
+        writer.recover_delay = RECOVER_INITIAL;
     }
     stop
 }
@@ -297,10 +321,7 @@ fn recover_if_due(writer: &mut Writer) {
         return;
     }
     match writer.journal.recover() {
-        Ok(()) => {
-            writer.recover_at = None;
-            writer.recover_delay = RECOVER_INITIAL;
-        }
+        Ok(()) => writer.recover_at = None,
         Err(e) => {
             tracing::warn!(stream = %writer.shared.name, error = %e, retry_in = ?writer.recover_delay, "the journal is not writable yet");
             writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);

@@ -30,7 +30,10 @@ impl PathQuery {
             p.eat(b':')?;
             p.ws();
             let path = p.path()?;
-            if keys.iter().any(|(k, _)| *k == name) || keys.len() >= super::jq::MAX_KEYS {
+            if keys.iter().any(|(k, _)| *k == name)
+                || keys.len() >= super::jq::MAX_KEYS
+                || name.len() > super::jq::MAX_KEY_NAME_BYTES
+            {
                 return None;
             }
             keys.push((name, path));
@@ -184,6 +187,7 @@ mod tests {
             "{}",
             "{k: .a,}",
             "def f: .; {k: .a}",
+            &format!("{{{}: .a}}", "k".repeat(257)),
         ] {
             assert!(PathQuery::parse(other).is_none(), "{other}");
         }

@@ -80,6 +80,11 @@ impl QuerySandbox {
         let exe = std::env::current_exe()
             .ok()
             .filter(|p| p.file_stem().and_then(|s| s.to_str()) == Some("spillway"));
+        if exe.is_none() {
+            tracing::warn!(
+                "this binary is not spillway: jq queries run in-process, without a budget"
+            );
+        }
         QuerySandbox::new(exe, limits)
     }
 
