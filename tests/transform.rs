@@ -1036,7 +1036,10 @@ fn the_jq_sandbox_contains_queries_that_recurse_allocate_or_loop() {
         ("def f: [f]; {k: f}", "process ended"),
         // 2.2 GB in the report: here the 64 MiB cap ends the process.
         ("{k: ([range(1e9)]|length|tostring)}", "process ended"),
-        ("{k: (last(range(1e18))|tostring)}", "time budget of 3000 ms"),
+        (
+            "{k: (last(range(1e18))|tostring)}",
+            "time budget of 3000 ms",
+        ),
         ("def f: f; f", ""),
     ] {
         let answers = sandbox.keys(query, &records);
