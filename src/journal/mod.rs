@@ -265,12 +265,17 @@ impl Journal {
         if let Some(last) = scan.segments.last()
             && (last.damage.is_some() || last.cut)
         {
+            let what = if last.damage.is_some() {
+                "cutting the torn tail off the journal's last segment"
+            } else {
+                "cutting the damaged tail off the journal's last segment"
+            };
             tracing::warn!(
                 path = %last.path.display(),
                 valid_bytes = last.valid_len,
                 file_bytes = last.file_len,
                 damage = last.damage.map_or("reported above", |d| d.describe()),
-                "cutting the torn or damaged tail off the journal's last segment"
+                "{what}"
             );
             // Cut for real (not just skip) so the tail can never be read as part of a
             // non-last segment, nor be followed by new frames.
