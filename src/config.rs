@@ -427,16 +427,6 @@ pub struct HttpSettings {
     pub max_connections: usize,
 }
 
-impl Default for HttpSettings {
-    fn default() -> Self {
-        HttpSettings {
-            header_read_timeout: Duration::from_secs(30),
-            body_read_timeout: Duration::from_secs(60),
-            max_connections: 4096,
-        }
-    }
-}
-
 #[derive(Clone, Debug)]
 pub struct TransformSettings {
     pub memory_bytes: u64,

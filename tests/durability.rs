@@ -337,7 +337,8 @@ impl Drop for Tmpfs {
 /// restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_throttles_and_the_stream_resumes_when_space_returns() {
-    if unsafe { libc_geteuid() } != 0 {
+    // SAFETY: geteuid only reads this process's effective user id.
+    if unsafe { libc::geteuid() } != 0 {
         eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
         return;
     }
@@ -431,11 +432,6 @@ async fn a_full_disk_throttles_and_the_stream_resumes_when_space_returns() {
         bodies.len(),
         "nothing delivered twice after a restart"
     );
-}
-
-unsafe extern "C" {
-    #[link_name = "geteuid"]
-    fn libc_geteuid() -> u32;
 }
 
 /// S3 misbehaving in every way the proxy can make it: 500 InternalError, 503 SlowDown,

@@ -122,17 +122,11 @@ pub const MAX_KEY_NAME_BYTES: usize = 256;
 pub const MAX_MESSAGE_BYTES: usize = 1024;
 
 /// `message`, cut to [`MAX_MESSAGE_BYTES`] at a character boundary.
-pub fn bounded(mut message: String) -> String {
-    if message.len() > MAX_MESSAGE_BYTES {
-        let total = message.len();
-        let mut end = MAX_MESSAGE_BYTES;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str(&format!("... ({total} bytes in all)"));
+pub fn bounded(message: String) -> String {
+    if message.len() <= MAX_MESSAGE_BYTES {
+        return message;
     }
-    message
+    super::cut_message(&message, MAX_MESSAGE_BYTES)
 }
 
 /// Longest query accepted, in bytes: Firehose's limit on a processor parameter's value.

@@ -124,6 +124,18 @@ impl Failures<'_> {
 /// Longest `errorMessage` in an error record, in bytes; longer messages are cut.
 pub const MAX_ERROR_MESSAGE_BYTES: usize = 4096;
 
+/// `message`, cut to `max` bytes at a character boundary and marked with its full length.
+pub fn cut_message(message: &str, max: usize) -> String {
+    if message.len() <= max {
+        return message.to_owned();
+    }
+    let mut end = max;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes in all)", &message[..end], message.len())
+}
+
 /// Firehose's error-record envelope, one JSON line: what failed, when, and the record's
 /// original bytes in base64.
 pub fn error_record(
@@ -134,15 +146,7 @@ pub fn error_record(
     lambda_arn: Option<&str>,
 ) -> Bytes {
     // A transform's or a query's message is as long as it makes it; the record is what counts.
-    let message = if message.len() > MAX_ERROR_MESSAGE_BYTES {
-        let mut end = MAX_ERROR_MESSAGE_BYTES;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        format!("{}... ({} bytes in all)", &message[..end], message.len())
-    } else {
-        message.to_owned()
-    };
+    let message = cut_message(message, MAX_ERROR_MESSAGE_BYTES);
     let mut v = serde_json::json!({
         "attemptsMade": attempts,
         "arrivalTimestamp": record.arrival_ms,
