@@ -59,7 +59,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
     let ctx = Arc::new(Context {
         metrics: metrics.clone(),
-        memory: MemoryBudget::new(settings.max_memory_bytes, metrics.memory_reserved().clone()),
+        memory: Arc::new(MemoryBudget::new(
+            settings.max_memory_bytes,
+            metrics.memory_reserved().clone(),
+        )),
         journal_total: AtomicU64::new(0),
         journal: settings.journal.clone(),
         upload: settings.upload.clone(),

@@ -678,3 +678,77 @@ async fn a_damaged_journal_segment_is_passed_over_and_the_rest_delivered() {
         "the lost records are one contiguous stretch"
     );
 }
+
+/// Faults a real disk rarely gives on demand, injected: a journal round that panics after its
+/// writes and before its sync (a bug in the writer), then three fsyncs that fail with EIO. The
+/// requests they hit are refused (ServiceUnavailable), the stream shows the failure, the
+/// journal recovers on its own without a restart, every acknowledged record is delivered
+/// exactly once, and the memory budget is whole again afterwards.
+#[cfg(feature = "failpoints")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_journal_round_and_failing_fsyncs_are_survived() {
+    let s3 = S3Server::start();
+    s3.create_bucket("jfault");
+    let config = format!(
+        "{}\n[upload]\nretry_initial_ms = 50\nretry_max_ms = 300\n",
+        s3.config()
+    );
+    let mut d = Daemon::start_with(
+        &config,
+        &[],
+        &[("FAILPOINTS", "journal-round=1*panic;journal-fsync=3*return")],
+    );
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "jfault", s3_destination("jfault", 1, 1)).await;
+
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    let mut next = 0u64;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut in_a_row = 0;
+    // Until the journal took 20 requests in a row after the faults.
+    while in_a_row < 20 && std::time::Instant::now() < deadline {
+        let ok = put_batch_or_throttled(&fh, "jfault", next..next + 50, 512).await;
+        next += 50;
+        if ok.len() == 50 {
+            in_a_row += 1;
+        } else {
+            assert!(ok.is_empty(), "a refused request acknowledges nothing");
+            refused += 1;
+            in_a_row = 0;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        acked.extend(ok);
+    }
+    assert!(in_a_row >= 20, "the journal recovered without a restart");
+    assert!(
+        refused >= 4,
+        "one panic and three failed fsyncs, {refused} refusals"
+    );
+    assert!(d.metric("spillway_journal_write_failures_total{stream=\"jfault\"}") >= 4.0);
+    assert!(d.log().contains("a journal round failed"), "{}", d.log());
+    assert_eq!(
+        d.metric("spillway_stream_stalled{reason=\"journal\",stream=\"jfault\"}"),
+        0.0
+    );
+    assert_eq!(d.get("/readyz").0, 200);
+
+    let counts = wait_for(Duration::from_secs(30), || async {
+        let counts = delivered_counts(&s3, "jfault").await;
+        acked
+            .iter()
+            .all(|id| counts.contains_key(id))
+            .then_some(counts)
+    })
+    .await
+    .expect("every acknowledged record delivered");
+    assert_exactly_once(&counts, &acked);
+    // Only what was acknowledged was delivered: a refused request left nothing behind.
+    assert_eq!(counts.len(), acked.len());
+    let drained = wait_for(Duration::from_secs(10), || async {
+        (d.metric("spillway_memory_reserved_bytes") == 0.0).then_some(())
+    })
+    .await;
+    assert!(drained.is_some(), "every reservation given back");
+    assert!(d.terminate().success());
+}

@@ -192,6 +192,9 @@ fn readiness(api: &Api) -> Response<Full<Bytes>> {
             for reason in &reasons {
                 let what = match *reason {
                     "journal" => "its journal refuses writes (disk full or failing); retrying",
+                    "held" => {
+                        "records this run cannot deliver stay in the journal (see the log); the next start retries them"
+                    }
                     _ => "uploads are failing; records wait in the journal",
                 };
                 detail.push_str(&format!("stalled: stream {}: {what}\n", entry.name));

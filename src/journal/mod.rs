@@ -459,6 +459,12 @@ impl Journal {
         self.durable_next
     }
 
+    /// Treats the journal as failed (its writer stopped midway through a round): what was
+    /// not synced is dropped by the next [`Journal::recover`].
+    pub fn mark_failed(&mut self) {
+        self.failed = true;
+    }
+
     /// Whether a write or fsync failed and [`Journal::recover`] has not succeeded since.
     pub fn is_failed(&self) -> bool {
         self.failed
@@ -662,6 +668,13 @@ impl Journal {
     }
 
     fn sync_active(&mut self) -> Result<(), WriteError> {
+        // A disk that fails an fsync (EIO), on demand.
+        fail::fail_point!("journal-fsync", |_| Err(write_io(
+            "fsync",
+            &self.active.path
+        )(io::Error::other(
+            "injected fsync failure"
+        ))));
         if self.opts.fsync && self.active.synced < self.active.written {
             self.active
                 .file

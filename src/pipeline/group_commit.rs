@@ -13,9 +13,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::journal::{Journal, Position, RecordRef, Seal};
+use crate::journal::{Journal, Position, RecordRef, Seal, WriteError};
 
 use super::Shared;
+use super::budget::Reservation;
 
 /// How many queued operations one group commit takes at most, so a flood of appends cannot
 /// delay every answer behind one enormous write.
@@ -25,17 +26,20 @@ pub enum JournalOp {
     Append {
         arrival_ms: u64,
         records: Vec<Bytes>,
+        /// The records' bytes in the memory budget: handed to the pipeline with them, or
+        /// given back if they are refused.
+        memory: Reservation,
         reply: oneshot::Sender<Result<Position, AppendRefused>>,
     },
     /// Make a batch's boundaries and object key durable before it is uploaded.
     Seal {
         seal: Seal,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), JournalWriteFailed>>,
     },
     /// Make a partition object's name and sources durable before it is uploaded.
     Flush {
         meta: Vec<u8>,
-        reply: oneshot::Sender<Result<(), String>>,
+        reply: oneshot::Sender<Result<(), JournalWriteFailed>>,
     },
     /// The object for the seal starting here landed. Not synced on its own: if it is lost, a
     /// replay rewrites the same key, which overwrites rather than duplicates.
@@ -52,8 +56,19 @@ pub enum JournalOp {
 pub enum AppendRefused {
     #[error("the stream is shutting down")]
     Closed,
-    #[error("journal write failed: {0}")]
-    Io(String),
+    #[error(transparent)]
+    Io(JournalWriteFailed),
+}
+
+/// A journal write or sync failed; every operation of the round gets the same error.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("journal write failed: {0}")]
+pub struct JournalWriteFailed(Arc<WriteError>);
+
+impl From<WriteError> for JournalWriteFailed {
+    fn from(e: WriteError) -> Self {
+        JournalWriteFailed(Arc::new(e))
+    }
 }
 
 /// Records that are durable, in the order they were appended.
@@ -61,6 +76,7 @@ pub struct Appended {
     pub first: Position,
     pub arrival_ms: u64,
     pub records: Vec<Bytes>,
+    pub memory: Reservation,
 }
 
 /// What a stream's journal writer carries from one group commit to the next.
@@ -133,23 +149,54 @@ pub async fn run(
         }
         let span = span.clone();
         let accounted = writer.accounted_bytes;
+        // Kept even if the round fails: the input ends, and the writer stops, all the same.
+        let ends_input = batch.iter().any(|op| matches!(op, JournalOp::EndInput));
+        let stops = batch.iter().any(|op| matches!(op, JournalOp::Stop));
         let round = tokio::task::spawn_blocking(move || {
             let _in_stream = span.entered();
-            let stop = commit_group(&mut writer, batch);
+            // A round that panics (a bug) must not take the stream's journal with it: its
+            // operations go unanswered (their callers retry), and the journal is treated as
+            // failed, so what the round wrote and did not sync is dropped and it recovers
+            // like after a failed write.
+            let stop = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                commit_group(&mut writer, batch)
+            }));
+            if stop.is_err() {
+                if ends_input {
+                    writer.to_pipeline = None;
+                }
+                writer.journal.mark_failed();
+                writer.shared.set_journal_failed(true);
+                writer.shared.metrics.journal_write_failures.inc();
+                writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
+            }
             (writer, stop)
         })
         .await;
         match round {
-            Ok((back, stop)) => {
+            Ok((back, Ok(stop))) => {
                 writer = back;
                 if stop {
                     break;
                 }
             }
+            Ok((back, Err(panic))) => {
+                writer = back;
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(stream = %stream, panic = %what, "a journal round failed; its requests are refused and the journal recovers");
+                if stops {
+                    break;
+                }
+            }
             Err(e) => {
-                // The journal went down with the round: the stream takes no more writes
-                // (puts answer ServiceUnavailable) and the next start replays what it holds.
-                tracing::error!(stream = %stream, error = %e, "the journal writer failed; the stream stops taking records");
+                // Not expected: the round catches its own panics. The journal went down with
+                // it: the stream takes no more writes (puts answer ServiceUnavailable, the
+                // stream shows stalled) and the next start replays what it holds.
+                tracing::error!(stream = %stream, error = %e, "the journal writer failed; the stream stops taking records until a restart");
                 ctx.journal_total.fetch_sub(accounted, Ordering::AcqRel);
                 return;
             }
@@ -180,12 +227,13 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         // Applied only once the group (and so every commit in it) is durable: a release must
         // never outrun the commit that justifies it.
         let mut release_to: Option<Position> = None;
-        let mut write_error: Option<String> = None;
+        let mut write_error: Option<JournalWriteFailed> = None;
         for op in batch.drain(..) {
             match op {
                 JournalOp::Append {
                     arrival_ms,
                     records,
+                    memory,
                     reply,
                 } => {
                     if to_pipeline.is_none() || end_input {
@@ -197,22 +245,22 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
                         .map(|data| RecordRef { arrival_ms, data })
                         .collect();
                     match journal.append_records(&refs) {
-                        Ok(first) => appends.push((first, arrival_ms, records, reply)),
+                        Ok(first) => appends.push((first, arrival_ms, records, memory, reply)),
                         Err(e) => {
-                            let _ = reply.send(Err(AppendRefused::Io(e.to_string())));
+                            let _ = reply.send(Err(AppendRefused::Io(e.into())));
                         }
                     }
                 }
                 JournalOp::Seal { seal, reply } => match journal.append_seal(&seal) {
                     Ok(()) => seals.push(reply),
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(e.into()));
                     }
                 },
                 JournalOp::Flush { meta, reply } => match journal.append_flush(&meta) {
                     Ok(()) => seals.push(reply),
                     Err(e) => {
-                        let _ = reply.send(Err(e.to_string()));
+                        let _ = reply.send(Err(e.into()));
                     }
                 },
                 JournalOp::Commit { start } => {
@@ -228,6 +276,8 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
             }
         }
 
+        // A round that fails after its writes, before its sync (a bug), on demand.
+        fail::fail_point!("journal-round");
         let started = std::time::Instant::now();
         let synced = journal.sync();
         shared
@@ -239,12 +289,12 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
             if !matches!(e, crate::journal::WriteError::Failed { .. }) {
                 tracing::error!(stream = %stream, error = %e, "journal write failed; refusing records until it recovers");
             }
-            write_error = Some(e.to_string());
+            write_error = Some(e.into());
         }
         // After a failure, appends that a roll synced before it are durable all the same:
         // acknowledged and handed over, so positions stay continuous for the pipeline.
         let durable = journal.durable_next();
-        for (first, arrival_ms, records, reply) in appends {
+        for (first, arrival_ms, records, memory, reply) in appends {
             let end = first.0 + records.len() as u64;
             if let Some(e) = &write_error
                 && end > durable.0
@@ -259,6 +309,7 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
                     first,
                     arrival_ms,
                     records,
+                    memory,
                 });
             }
             let _ = reply.send(Ok(first));

@@ -7,8 +7,12 @@
 
 mod batcher;
 pub mod budget;
+mod delivery;
 mod entries;
 mod group_commit;
+mod holds;
+mod intake;
+mod naming;
 mod partitions;
 
 use std::path::{Path, PathBuf};
@@ -35,7 +39,7 @@ const JOURNAL_QUEUE: usize = 1024;
 /// What every stream shares: caps, stores, metrics, and the task tracker shutdown waits on.
 pub struct Context {
     pub metrics: Arc<Metrics>,
-    pub memory: MemoryBudget,
+    pub memory: Arc<MemoryBudget>,
     /// Journal bytes across all streams, against `journal.max_bytes`.
     pub journal_total: AtomicU64,
     pub journal: JournalSettings,
@@ -74,6 +78,8 @@ pub struct Shared {
     /// Why the stream cannot make progress, if it cannot: `/readyz` and
     /// `spillway_stream_stalled` show it.
     journal_failed: AtomicBool,
+    /// Records this run holds back in the journal for a reason other than shutdown.
+    held: AtomicBool,
     /// Uploads that failed since one last landed.
     upload_failure_streak: AtomicU32,
 }
@@ -86,13 +92,21 @@ pub const UPLOAD_STALL_AFTER: u32 = 3;
 pub const STALLED_SHARE: u64 = 8;
 
 /// Why a stream is stalled: label values of `spillway_stream_stalled{reason}`.
-pub const STALL_REASONS: [&str; 2] = ["journal", "upload"];
+pub const STALL_REASONS: [&str; 3] = ["journal", "upload", "held"];
 
 impl Shared {
     /// The journal refuses writes (a failed write or fsync) until it recovers.
     pub fn set_journal_failed(&self, failed: bool) {
         if self.journal_failed.swap(failed, Ordering::AcqRel) != failed {
             self.metrics.set_stalled("journal", failed);
+        }
+    }
+
+    /// Records stay in the journal that this run will not deliver (an unreadable journal
+    /// entry, a replayed object that cannot be rebuilt); the next start tries again.
+    fn set_held(&self, held: bool) {
+        if self.held.swap(held, Ordering::AcqRel) != held {
+            self.metrics.set_stalled("held", held);
         }
     }
 
@@ -118,7 +132,17 @@ impl Shared {
         if self.upload_failure_streak.load(Ordering::Acquire) >= UPLOAD_STALL_AFTER {
             reasons.push("upload");
         }
+        if self.held.load(Ordering::Acquire) {
+            reasons.push("held");
+        }
         reasons
+    }
+
+    fn namer(&self) -> naming::Namer<'_> {
+        naming::Namer {
+            stream: self.name.as_str(),
+            incarnation: self.incarnation,
+        }
     }
 
     pub fn record_id(&self, position: Position) -> String {
@@ -208,6 +232,7 @@ impl StreamRuntime {
             ctx: ctx.clone(),
             oldest_pending_ms: AtomicU64::new(0),
             journal_failed: AtomicBool::new(false),
+            held: AtomicBool::new(false),
             upload_failure_streak: AtomicU32::new(0),
         });
         shared
@@ -277,15 +302,15 @@ impl StreamRuntime {
             ));
         }
         let mut accepted = 0;
-        let mut reserved = 0u64;
+        let mut memory = ctx.memory.none();
         for r in &records {
-            let size = r.len() as u64;
-            if !ctx.memory.try_reserve(size) {
+            let Some(m) = ctx.memory.try_reserve(r.len() as u64) else {
                 break;
-            }
-            reserved += size;
+            };
+            memory.merge(m);
             accepted += 1;
         }
+        let reserved = memory.bytes();
         if accepted == 0 {
             metrics.throttled_records.inc_by(offered as u64);
             return Err(PutError::Throttled(
@@ -298,15 +323,24 @@ impl StreamRuntime {
         let op = JournalOp::Append {
             arrival_ms,
             records,
+            memory,
             reply,
         };
+        // A refused append's memory went back when the operation was dropped.
         let refuse = |e: PutError| {
-            ctx.memory.release(reserved);
             metrics.throttled_records.inc_by(offered as u64);
             Err(e)
         };
-        if self.ops.try_send(op).is_err() {
-            return refuse(PutError::Throttled("journal queue is full; retry later"));
+        match self.ops.try_send(op) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                return refuse(PutError::Throttled("journal queue is full; retry later"));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return refuse(PutError::Unavailable(
+                    "the delivery stream's journal has stopped".into(),
+                ));
+            }
         }
         match answer.await {
             Ok(Ok(first)) => {
@@ -320,8 +354,12 @@ impl StreamRuntime {
                 }
                 Ok(PutOutcome { first, accepted })
             }
-            Ok(Err(AppendRefused::Closed)) | Err(_) => refuse(PutError::Unavailable(
+            Ok(Err(AppendRefused::Closed)) => refuse(PutError::Unavailable(
                 "the delivery stream is shutting down".into(),
+            )),
+            // The journal round failed before it answered; its writer recovers.
+            Err(_) => refuse(PutError::Unavailable(
+                "the journal could not store the records".into(),
             )),
             Ok(Err(AppendRefused::Io(e))) => {
                 tracing::error!(stream = %self.shared.name, error = %e, "journal append failed");

@@ -26,6 +26,8 @@ use crate::catalog::definition::Compression;
 use crate::journal::Position;
 use crate::sink::ObjectPlan;
 
+use super::budget::Reservation;
+
 /// Largest intake batch of a partitioned stream, however large its buffering hint: records go
 /// through the transform and into their partition's buffer in steps of this size.
 pub const INTAKE_BYTES: u64 = 4 << 20;
@@ -63,13 +65,14 @@ pub struct PartKey {
 pub struct Part {
     pub key: PartKey,
     pub records: Vec<Bytes>,
-    pub bytes: u64,
+    /// The records' bytes in the memory budget.
+    pub memory: Reservation,
 }
 
 /// The records of one partition waiting to be written.
 pub struct Buffer {
     pub records: Vec<Bytes>,
-    pub bytes: u64,
+    pub memory: Reservation,
     /// Arrival of the oldest record, ms since the epoch.
     pub oldest_ms: u64,
     pub deadline: Instant,
@@ -100,25 +103,30 @@ impl Buffers {
     /// Adds a batch's records to their partition's buffer (opened with `deadline` if new) and
     /// returns its size.
     pub fn add(&mut self, part: Part, from: Position, oldest_ms: u64, deadline: Instant) -> u64 {
-        let buffer = self.open.entry(part.key).or_insert_with(|| Buffer {
+        let Part {
+            key,
+            records,
+            mut memory,
+        } = part;
+        self.bytes += memory.bytes();
+        let buffer = self.open.entry(key).or_insert_with(|| Buffer {
             records: Vec::new(),
-            bytes: 0,
+            memory: memory.split(0),
             oldest_ms,
             deadline,
             contributors: Vec::new(),
         });
-        buffer.records.extend(part.records);
-        buffer.bytes += part.bytes;
-        self.bytes += part.bytes;
+        buffer.records.extend(records);
+        buffer.memory.merge(memory);
         buffer.oldest_ms = buffer.oldest_ms.min(oldest_ms);
         buffer.deadline = buffer.deadline.min(deadline);
         buffer.contributors.push(from);
-        buffer.bytes
+        buffer.memory.bytes()
     }
 
     pub fn take(&mut self, key: &PartKey) -> Option<Buffer> {
         let buffer = self.open.remove(key)?;
-        self.bytes -= buffer.bytes;
+        self.bytes -= buffer.memory.bytes();
         Some(buffer)
     }
 
@@ -191,30 +199,29 @@ pub enum Claim {
 pub struct Rebuild {
     pub meta: FlushMeta,
     /// Per contributor, in the recorded order.
-    parts: Vec<Option<(Vec<Bytes>, u64)>>,
+    parts: Vec<Option<(Vec<Bytes>, Reservation)>>,
     /// Contributors not processed yet.
     waiting: usize,
 }
 
 impl Rebuild {
-    /// The records in the recorded order, their size, and the contributors that gave some.
-    pub fn into_object(self) -> (FlushMeta, Vec<Bytes>, u64, Vec<Position>) {
+    /// The records in the recorded order, their memory, and the contributors that gave
+    /// some; None if none did.
+    pub fn into_object(self) -> Option<(FlushMeta, Vec<Bytes>, Reservation, Vec<Position>)> {
         let mut records = Vec::new();
-        let mut bytes = 0;
+        let mut memory: Option<Reservation> = None;
         let mut gave = Vec::new();
         for (c, part) in self.meta.contributors.iter().zip(self.parts) {
-            if let Some((r, b)) = part {
+            if let Some((r, m)) = part {
                 records.extend(r);
-                bytes += b;
+                match &mut memory {
+                    Some(all) => all.merge(m),
+                    None => memory = Some(m),
+                }
                 gave.push(Position(*c));
             }
         }
-        (self.meta, records, bytes, gave)
-    }
-
-    /// The records this rebuild holds so far.
-    pub fn bytes(&self) -> u64 {
-        self.parts.iter().flatten().map(|(_, b)| b).sum()
+        Some((self.meta, records, memory?, gave))
     }
 
     /// Contributors whose records this rebuild holds.
@@ -270,7 +277,7 @@ impl Replayed {
             }
             out.rebuilds.push((!landed).then(|| Rebuild {
                 waiting: meta.contributors.len(),
-                parts: vec![None; meta.contributors.len()],
+                parts: meta.contributors.iter().map(|_| None).collect(),
                 meta,
             }));
         }
@@ -286,11 +293,11 @@ impl Replayed {
     }
 
     /// Gives a claimed part to its rebuild.
-    pub fn fill(&mut self, index: usize, from: Position, records: Vec<Bytes>, bytes: u64) {
+    pub fn fill(&mut self, index: usize, from: Position, records: Vec<Bytes>, memory: Reservation) {
         if let Some(Some(r)) = self.rebuilds.get_mut(index)
             && let Some(i) = r.meta.contributors.iter().position(|c| *c == from.0)
         {
-            r.parts[i] = Some((records, bytes));
+            r.parts[i] = Some((records, memory));
         }
     }
 
@@ -333,7 +340,17 @@ impl Replayed {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::pipeline::MemoryBudget;
+
+    fn budget() -> Arc<MemoryBudget> {
+        Arc::new(MemoryBudget::new(
+            1 << 20,
+            prometheus::IntGauge::new("t", "t").unwrap(),
+        ))
+    }
 
     fn key(prefix: &str) -> PartKey {
         PartKey {
@@ -369,6 +386,7 @@ mod tests {
     fn replay_routes_each_part_where_it_went_before() {
         // P's object holds batches 10 and 20; 10 committed, so it landed. R's holds 20 and
         // 30, both pending: it is rebuilt in the recorded order, whatever order they replay in.
+        let memory = budget();
         let pending: HashSet<Position> = [Position(20), Position(30)].into();
         let (mut r, unreadable) = Replayed::new(
             &[
@@ -386,47 +404,52 @@ mod tests {
         let Some(Claim::Rebuild(i)) = r.claim(Position(30), &key("R/")) else {
             panic!("R is rebuilt");
         };
-        r.fill(i, Position(30), records(&["c"]), 1);
+        r.fill(i, Position(30), records(&["c"]), memory.reserve(1));
         assert!(r.processed(Position(30)).is_empty(), "still waits for 20");
         let Some(Claim::Rebuild(j)) = r.claim(Position(20), &key("R/")) else {
             panic!("R is rebuilt");
         };
         assert_eq!(i, j);
-        r.fill(j, Position(20), records(&["a", "b"]), 2);
+        r.fill(j, Position(20), records(&["a", "b"]), memory.reserve(2));
         // A partition no flush names goes to a buffer.
         assert!(r.claim(Position(20), &key("Q/")).is_none());
         let ready = r.processed(Position(20));
         assert_eq!(ready.len(), 1);
-        let (meta, recs, bytes, gave) = ready.into_iter().next().unwrap().into_object();
+        let (meta, recs, held, gave) = ready.into_iter().next().unwrap().into_object().unwrap();
         assert_eq!(meta.plan.key, "R/object");
         assert_eq!(recs, records(&["a", "b", "c"]));
-        assert_eq!(bytes, 3);
+        assert_eq!((held.bytes(), memory.used()), (3, 3));
         assert_eq!(gave, [Position(20), Position(30)]);
     }
 
     #[test]
     fn a_rebuild_missing_a_contributor_is_given_up() {
+        let memory = budget();
         let pending: HashSet<Position> = [Position(1), Position(2)].into();
         let (mut r, _) = Replayed::new(&[flush("P/", &[1, 2])], &pending);
         let Some(Claim::Rebuild(i)) = r.claim(Position(1), &key("P/")) else {
             panic!("P is rebuilt");
         };
-        r.fill(i, Position(1), records(&["a"]), 1);
+        r.fill(i, Position(1), records(&["a"]), memory.reserve(1));
         assert!(r.processed(Position(1)).is_empty());
         let failed = r.failed(Position(2));
         assert_eq!(failed.len(), 1);
         assert_eq!(failed[0].holders(), [Position(1)]);
         assert!(r.abandon_all().is_empty());
+        assert_eq!(memory.used(), 1);
+        drop(failed);
+        assert_eq!(memory.used(), 0, "a rebuild given up gives its memory back");
     }
 
     #[test]
     fn buffers_gather_parts_and_report_the_oldest() {
+        let memory = budget();
         let mut b = Buffers::default();
         let now = Instant::now();
         let part = |p: &str, n: &[&str]| Part {
             key: key(p),
             records: records(n),
-            bytes: n.len() as u64,
+            memory: memory.reserve(n.len() as u64),
         };
         assert_eq!(
             b.add(
@@ -463,6 +486,7 @@ mod tests {
         assert_eq!(p.records, records(&["a", "c", "d"]));
         assert_eq!(p.contributors, [Position(1), Position(2)]);
         assert_eq!(b.bytes(), 1);
+        assert_eq!((p.memory.bytes(), memory.used()), (3, 4));
         assert_eq!(
             (p.oldest_ms, p.deadline),
             (400, now + Duration::from_secs(7))

@@ -1,0 +1,599 @@
+//! Delivery of sealed work: make its journal entry durable, process (transform, partition),
+//! encode, upload, and report the outcome to the stream's batcher. Each object is complete or
+//! absent: a streamed body ends with an explicit end marker, and an encoder that fails or
+//! panics aborts the upload. A delivery ends landed, or abandoned at shutdown (its records stay
+//! in the journal for the next start); a failure is retried with the uploads' capped backoff
+//! for as long as it takes, logged and counted, never left behind.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use tokio::sync::{Semaphore, mpsc, oneshot};
+
+use crate::catalog::definition::StreamDefinition;
+use crate::catalog::prefix;
+use crate::encode;
+use crate::journal::{Position, Seal};
+use crate::process::{self, ErrorOutput};
+use crate::sink::{self, Layout, ObjectPlan, SealedSettings, UploadOutcome};
+
+use super::Shared;
+use super::budget::Reservation;
+use super::group_commit::{JournalOp, JournalWriteFailed};
+use super::intake::Batch;
+use super::naming::{self, ERROR_OBJECT_BASE};
+use super::partitions::{Part, PartKey};
+
+/// Whether a journal entry the batcher queued was written (and synced).
+pub type JournalAnswer = oneshot::Receiver<Result<(), JournalWriteFailed>>;
+
+/// What delivery tasks report to the batcher.
+pub enum Event {
+    /// A batch's own work ended: its object, or for a partitioned batch its error objects.
+    /// `landed` is false when shutdown abandoned it: it stays pending in the journal.
+    Delivered { start: Position, landed: bool },
+    /// A partitioned batch was processed: its records by partition.
+    Processed {
+        start: Position,
+        oldest_ms: u64,
+        parts: Vec<Part>,
+    },
+    /// A partition object landed, or shutdown abandoned it.
+    Flushed {
+        contributors: Vec<Position>,
+        landed: bool,
+    },
+}
+
+/// Seal (unless replaying one), encode, upload. Returns false only when shutdown abandoned the
+/// batch; its seal stays pending in the journal and the next start re-delivers it. The
+/// batch's memory is given back as its records leave (in objects, or processed into partition
+/// buffers).
+pub async fn deliver(
+    shared: &Arc<Shared>,
+    ops: &mpsc::Sender<JournalOp>,
+    mut batch: Batch,
+    mut plan: ObjectPlan,
+    seal: Option<(Seal, JournalAnswer)>,
+    definition: Arc<StreamDefinition>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> bool {
+    let memory = batch.memory.split(u64::MAX);
+    if let Some((seal, answer)) = seal {
+        let resend = move |reply| JournalOp::Seal {
+            seal: seal.clone(),
+            reply,
+        };
+        if !durable(shared, ops, answer, resend).await {
+            return false;
+        }
+    }
+    match plan.layout.take() {
+        Some(layout) if layout.buffered => {
+            deliver_partitioned(shared, (batch, memory), plan, layout, definition, events).await
+        }
+        Some(layout) => {
+            let landed = deliver_processed(shared, batch, plan, layout, definition).await;
+            drop(memory);
+            landed
+        }
+        None => write_records(shared, plan, batch.records, memory).await,
+    }
+}
+
+/// Waits until a journal entry the batcher queued (in order) is durable, queueing it again
+/// after a failed write (or a journal round that failed before answering). False when
+/// shutdown gave up first, or the journal writer stopped.
+pub async fn durable(
+    shared: &Shared,
+    ops: &mpsc::Sender<JournalOp>,
+    mut answer: JournalAnswer,
+    op: impl Fn(oneshot::Sender<Result<(), JournalWriteFailed>>) -> JournalOp,
+) -> bool {
+    let ctx = &shared.ctx;
+    let mut delay = ctx.upload.retry_initial;
+    loop {
+        match answer.await {
+            Ok(Ok(())) => return true,
+            Ok(Err(e)) => {
+                tracing::error!(stream = %shared.name, error = %e, "journal write failed; retrying")
+            }
+            Err(_) if ops.is_closed() => return false,
+            Err(_) => {
+                tracing::error!(stream = %shared.name, "journal round failed before answering; retrying")
+            }
+        }
+        if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+            return false;
+        }
+        let (reply, next) = oneshot::channel();
+        if ops.send(op(reply)).await.is_err() {
+            return false;
+        }
+        answer = next;
+    }
+}
+
+/// Encodes records as one object and writes it (a plain batch, or a partition buffer); their
+/// memory is held until it landed.
+pub async fn write_records(
+    shared: &Shared,
+    plan: ObjectPlan,
+    records: Vec<Bytes>,
+    memory: Reservation,
+) -> bool {
+    let bytes = memory.bytes();
+    let ctx = &shared.ctx;
+    let count = records.len() as u64;
+    let level = ctx.upload.gzip_level;
+    let mut delay = ctx.upload.retry_initial;
+    // Encoding JSON lines fails only if something is badly wrong (a panic): retried with the
+    // uploads' backoff for as long as it takes, counted and logged, never left behind.
+    let body = loop {
+        let (compression, format) = (plan.compression, plan.format.clone());
+        let attempt = records.clone();
+        let encoded = in_slot(shared, &ctx.encode_slots, move || {
+            Payload::of(compression, format.as_ref(), level, attempt)
+        });
+        if let Some(body) = encoded.await {
+            break body;
+        }
+        shared.metrics.delivery_failure("encode");
+        if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+            return false;
+        }
+    };
+    let object = Output {
+        plan,
+        body,
+        records: count,
+        payload_bytes: bytes,
+        error_output: None,
+    };
+    let landed = write_object(shared, object).await;
+    drop(memory);
+    landed
+}
+
+/// Runs `work` on a blocking thread once one of `slots` is free. None when it failed (logged;
+/// the batch stays in the journal).
+async fn in_slot<T: Send + 'static>(
+    shared: &Shared,
+    slots: &Arc<Semaphore>,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Option<T> {
+    // The semaphores are never closed.
+    let slot = slots.clone().acquire_owned().await.ok()?;
+    let done = tokio::task::spawn_blocking(move || {
+        let out = work();
+        drop(slot);
+        out
+    })
+    .await;
+    match done {
+        Ok(Ok(out)) => Some(out),
+        Ok(Err(e)) => {
+            tracing::error!(stream = %shared.name, error = %e, "encoding failed; batch left in the journal");
+            None
+        }
+        Err(e) => {
+            tracing::error!(stream = %shared.name, error = %e, "encoder task failed; batch left in the journal");
+            None
+        }
+    }
+}
+
+/// Uploads one object until it lands (true, counted) or shutdown abandons it (false).
+async fn write_object(shared: &Shared, object: Output) -> bool {
+    let outcome = match object.body {
+        Payload::Parquet(conversion, records) => {
+            let slots = &shared.ctx.encode_slots;
+            sink::upload_streamed(shared, &object.plan, || {
+                encode_parquet(slots.clone(), conversion.clone(), records.clone())
+            })
+            .await
+        }
+        Payload::Ready(body) => sink::upload(shared, &object.plan, body).await,
+    };
+    match outcome {
+        UploadOutcome::Landed {
+            bytes: object_bytes,
+        } => {
+            let m = &shared.metrics;
+            m.objects_written.inc();
+            m.object_bytes.inc_by(object_bytes);
+            match object.error_output {
+                None => {
+                    m.delivered_records.inc_by(object.records);
+                    m.delivered_bytes.inc_by(object.payload_bytes);
+                }
+                Some(t) => m.error_records(t.as_str(), object.records),
+            }
+            tracing::debug!(stream = %shared.name, key = %object.plan.key, records = object.records, bytes = object_bytes, "object written");
+            true
+        }
+        UploadOutcome::Abandoned => {
+            tracing::warn!(stream = %shared.name, key = %object.plan.key, "upload abandoned at shutdown; the journal will deliver it on the next start");
+            false
+        }
+    }
+}
+
+/// Starts encoding normalized records as Parquet, in an encode slot, for one upload attempt.
+fn encode_parquet(
+    slots: Arc<Semaphore>,
+    conversion: crate::catalog::conversion::Conversion,
+    records: Arc<Vec<Bytes>>,
+) -> sink::Chunks {
+    // Two row groups in flight at most: the encoder waits for the upload.
+    let (tx, rx) = mpsc::channel(2);
+    tokio::spawn(async move {
+        // The semaphore is never closed.
+        let Ok(slot) = slots.acquire_owned().await else {
+            return;
+        };
+        let _ = tokio::task::spawn_blocking(move || {
+            let result = encode::parquet::encode_to(&conversion, &records, |chunk| {
+                tx.blocking_send(Ok(sink::Chunk::Data(chunk)))
+                    .map_err(|_| std::io::Error::other("the upload stopped"))
+            });
+            let _ = tx.blocking_send(result.map(|()| sink::Chunk::End));
+            drop(slot);
+        })
+        .await;
+    });
+    rx
+}
+
+/// An object's bytes: encoded already, or Parquet encoded while it uploads.
+enum Payload {
+    Ready(encode::Body),
+    Parquet(crate::catalog::conversion::Conversion, Arc<Vec<Bytes>>),
+}
+
+impl Payload {
+    /// Records of a data object: Parquet when `format` says so (encoded later, while it
+    /// uploads), else JSON lines encoded now with `compression`.
+    fn of(
+        compression: crate::catalog::definition::Compression,
+        format: Option<&crate::catalog::conversion::Conversion>,
+        gzip_level: u32,
+        records: Vec<Bytes>,
+    ) -> std::io::Result<Payload> {
+        Ok(match format {
+            Some(conversion) => Payload::Parquet(conversion.clone(), Arc::new(records)),
+            None => Payload::Ready(encode::encode(compression, gzip_level, records)?),
+        })
+    }
+}
+
+/// One object of a processed batch, encoded and named.
+struct Output {
+    plan: ObjectPlan,
+    body: Payload,
+    records: u64,
+    payload_bytes: u64,
+    error_output: Option<ErrorOutput>,
+}
+
+/// Runs the stream's processing on a sealed batch and writes its objects: one per partition,
+/// one per error output type. All must land before the batch is committed; a replay writes
+/// the same keys again (for a deterministic transform, the same objects).
+async fn deliver_processed(
+    shared: &Arc<Shared>,
+    batch: Batch,
+    plan: ObjectPlan,
+    layout: Layout,
+    definition: Arc<StreamDefinition>,
+) -> bool {
+    let ctx = &shared.ctx;
+    let job_shared = shared.clone();
+    let unprocessed = Unprocessed::of(&batch, &plan, &layout);
+    let prepared = in_slot(shared, &ctx.process_slots, move || {
+        prepare(&job_shared, batch, &plan, &layout, &definition)
+    });
+    let objects = match prepared.await {
+        Some(objects) => {
+            drop(unprocessed);
+            objects
+        }
+        None => match unprocessed.objects(shared).await {
+            Some(objects) => objects,
+            None => return false,
+        },
+    };
+    write_all(shared, objects).await
+}
+
+/// What it takes to deliver a batch without processing it: after processing failed on it (a
+/// panic, an encoding error), its records go to `processing-failed` as they were received, so
+/// a record that broke processing once can never break it again, here or on a replay.
+struct Unprocessed {
+    start: Position,
+    records: Vec<Bytes>,
+    arrivals: Vec<u64>,
+    plan: ObjectPlan,
+    layout: Layout,
+}
+
+impl Unprocessed {
+    fn of(batch: &Batch, plan: &ObjectPlan, layout: &Layout) -> Unprocessed {
+        Unprocessed {
+            start: batch.start,
+            records: batch.records.clone(),
+            arrivals: batch.arrivals.clone(),
+            plan: plan.clone(),
+            layout: layout.clone(),
+        }
+    }
+
+    /// The batch's error objects, retried with backoff until encoded; None if shutdown gave up.
+    async fn objects(self, shared: &Arc<Shared>) -> Option<Vec<Output>> {
+        let ctx = &shared.ctx;
+        shared.metrics.delivery_failure("process");
+        tracing::error!(stream = %shared.name, start = %self.start, records = self.records.len(), "processing failed on this batch; its records go to processing-failed unprocessed");
+        let mut delay = ctx.upload.retry_initial;
+        let this = Arc::new(self);
+        loop {
+            let (job_shared, job) = (shared.clone(), this.clone());
+            let built = in_slot(shared, &ctx.encode_slots, move || job.encode(&job_shared));
+            if let Some(objects) = built.await {
+                return Some(objects);
+            }
+            shared.metrics.delivery_failure("encode");
+            if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+                return None;
+            }
+        }
+    }
+
+    fn encode(&self, shared: &Shared) -> std::io::Result<Vec<Output>> {
+        let lines = self
+            .records
+            .iter()
+            .zip(&self.arrivals)
+            .enumerate()
+            .map(|(i, (data, arrival_ms))| {
+                let record = process::Record {
+                    id: shared.record_id(Position(self.start.0 + i as u64)),
+                    arrival_ms: *arrival_ms,
+                    data: data.clone(),
+                };
+                process::error_record(
+                    &record,
+                    1,
+                    process::codes::PROCESSING_CRASHED,
+                    "processing this batch failed (see the daemon's log); the record is here as it was received",
+                    None,
+                )
+            })
+            .collect();
+        let errors = vec![(ErrorOutput::ProcessingFailed, lines)];
+        error_objects(shared, self.start, &self.plan, &self.layout, errors)
+    }
+}
+
+/// The component a batch was sealed with: the stream's current one if it is the same, else
+/// that compilation from the cache; the current one (with a warning) if it is gone.
+fn sealed_transform(
+    shared: &Shared,
+    sealed: &SealedSettings,
+    definition: &StreamDefinition,
+) -> Option<Arc<crate::transform::Module>> {
+    let digest = sealed.transform_sha256.as_deref()?;
+    if let Some(current) = &definition.transform
+        && current.sha256() == digest
+    {
+        return Some(current.clone());
+    }
+    let name = sealed
+        .processing
+        .as_ref()
+        .and_then(|p| p.lambda.as_ref())
+        .map_or(digest, |l| l.arn.as_str());
+    match shared.ctx.transforms.load_compiled(digest, name) {
+        Some(m) => Some(m),
+        None => {
+            tracing::warn!(stream = %shared.name, sha256 = digest, "the transform this batch was sealed with is no longer in the compile cache; processing it with the current one");
+            definition.transform.clone()
+        }
+    }
+}
+
+fn prepare(
+    shared: &Shared,
+    batch: Batch,
+    plan: &ObjectPlan,
+    layout: &Layout,
+    definition: &StreamDefinition,
+) -> std::io::Result<Vec<Output>> {
+    let start = batch.start;
+    let namer = shared.namer();
+    let processed = process_batch(shared, batch, layout, definition);
+    let format = sealed_conversion(layout);
+    let level = shared.ctx.upload.gzip_level;
+    let mut objects = Vec::new();
+    for p in processed.partitions {
+        // Partitions differ by prefix, so they share the batch's id: a partition's name does
+        // not depend on which other partitions the batch happened to have.
+        let prefix = naming::partition_prefix(p.prefix, layout);
+        let key = namer.object_key(layout.version, layout.at_ms, start, &prefix, 0);
+        objects.push(Output {
+            plan: ObjectPlan {
+                bucket: plan.bucket.clone(),
+                key: format!("{key}{}", encode::data_suffix(plan.compression, format)),
+                compression: plan.compression,
+                layout: None,
+                format: format.cloned(),
+            },
+            records: p.records.len() as u64,
+            payload_bytes: p.bytes,
+            body: Payload::of(plan.compression, format, level, p.records)?,
+            error_output: None,
+        });
+    }
+    objects.extend(error_objects(
+        shared,
+        start,
+        plan,
+        layout,
+        processed.errors,
+    )?);
+    Ok(objects)
+}
+
+/// Processes a partitioned batch and writes its error objects; its records go back to the
+/// batcher by partition, for the partition buffers.
+async fn deliver_partitioned(
+    shared: &Arc<Shared>,
+    (batch, mut memory): (Batch, Reservation),
+    plan: ObjectPlan,
+    layout: Layout,
+    definition: Arc<StreamDefinition>,
+    events: &mpsc::UnboundedSender<Event>,
+) -> bool {
+    let ctx = &shared.ctx;
+    let job_shared = shared.clone();
+    let (start, oldest_ms) = (batch.start, layout.at_ms);
+    let unprocessed = Unprocessed::of(&batch, &plan, &layout);
+    let prepared = in_slot(shared, &ctx.process_slots, move || {
+        let start = batch.start;
+        let processed = process_batch(&job_shared, batch, &layout, &definition);
+        let parts: Vec<(PartKey, Vec<Bytes>, u64)> = processed
+            .partitions
+            .into_iter()
+            .map(|p| {
+                let key = PartKey {
+                    version: layout.version,
+                    bucket: plan.bucket.clone(),
+                    compression: plan.compression,
+                    prefix: naming::partition_prefix(p.prefix, &layout),
+                    format: sealed_conversion(&layout).cloned(),
+                };
+                (key, p.records, p.bytes)
+            })
+            .collect();
+        let errors = error_objects(&job_shared, start, &plan, &layout, processed.errors)?;
+        Ok((parts, errors))
+    });
+    let (parts, errors) = match prepared.await {
+        Some(prepared) => {
+            drop(unprocessed);
+            prepared
+        }
+        None => match unprocessed.objects(shared).await {
+            Some(errors) => (Vec::new(), errors),
+            None => return false,
+        },
+    };
+    // The batch's memory follows its records into their partitions (a transform may have
+    // made them larger or smaller); the rest covers the error objects until they land.
+    let parts = parts
+        .into_iter()
+        .map(|(key, records, bytes)| {
+            let mut part_memory = memory.split(bytes);
+            part_memory.resize(bytes);
+            Part {
+                key,
+                records,
+                memory: part_memory,
+            }
+        })
+        .collect();
+    let _ = events.send(Event::Processed {
+        start,
+        oldest_ms,
+        parts,
+    });
+    let landed = write_all(shared, errors).await;
+    drop(memory);
+    landed
+}
+
+/// Writes objects side by side; true when all landed.
+async fn write_all(shared: &Shared, objects: Vec<Output>) -> bool {
+    let landed: Vec<bool> = futures::stream::iter(objects)
+        .map(|object| write_object(shared, object))
+        .buffer_unordered(shared.ctx.upload.concurrency)
+        .collect()
+        .await;
+    landed.into_iter().all(|l| l)
+}
+
+/// Runs the processing a batch was sealed with.
+fn process_batch(
+    shared: &Shared,
+    batch: Batch,
+    layout: &Layout,
+    definition: &StreamDefinition,
+) -> process::Processed {
+    let records: Vec<process::Record> = batch
+        .records
+        .into_iter()
+        .zip(batch.arrivals)
+        .enumerate()
+        .map(|(i, (data, arrival_ms))| process::Record {
+            id: shared.record_id(Position(batch.start.0 + i as u64)),
+            arrival_ms,
+            data,
+        })
+        .collect();
+    let sealed = &layout.settings;
+    let (processing, partitioned) = (sealed.processing.as_ref(), sealed.dynamic_partitioning);
+    let transform = sealed_transform(shared, sealed, definition);
+    let converter = sealed_conversion(layout).map(crate::encode::parquet::Converter::new);
+    let job = process::Job {
+        processing,
+        transform: transform.as_deref(),
+        converter: converter.as_ref(),
+        partition_by: partitioned.then_some(&layout.prefix[..]),
+        max_partitions: shared.ctx.max_active_partitions,
+        queries: &shared.ctx.queries,
+        metrics: &shared.metrics,
+    };
+    // A crash of processing itself (a bug, not a record's fault).
+    fail::fail_point!("process-batch");
+    process::run(&job, &records)
+}
+
+/// One object per error output type, named after the batch.
+fn error_objects(
+    shared: &Shared,
+    start: Position,
+    plan: &ObjectPlan,
+    layout: &Layout,
+    errors: Vec<(ErrorOutput, Vec<Bytes>)>,
+) -> std::io::Result<Vec<Output>> {
+    let level = shared.ctx.upload.gzip_level;
+    let mut objects = Vec::new();
+    for (t, lines) in errors {
+        let prefix = prefix::fill(&layout.error_prefix, &[], &[], t.as_str());
+        let key = shared.namer().object_key(
+            layout.version,
+            layout.at_ms,
+            start,
+            &prefix,
+            ERROR_OBJECT_BASE + t as u64,
+        );
+        objects.push(Output {
+            plan: ObjectPlan {
+                bucket: plan.bucket.clone(),
+                key: format!("{key}{}", plan.compression.suffix()),
+                compression: plan.compression,
+                format: None,
+                layout: None,
+            },
+            records: lines.len() as u64,
+            payload_bytes: lines.iter().map(|l| l.len() as u64).sum(),
+            body: Payload::Ready(encode::encode(plan.compression, level, lines)?),
+            error_output: Some(t),
+        });
+    }
+    Ok(objects)
+}
+
+/// The record format conversion a processed batch was sealed with.
+fn sealed_conversion(layout: &Layout) -> Option<&crate::catalog::conversion::Conversion> {
+    layout.settings.conversion.as_ref()
+}
