@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use crate::catalog::definition;
 use crate::config::{Cli, Settings, StoreSettings};
+use crate::definition;
 
 /// Validates `file` as the daemon would at startup; prints what it declares, or every problem.
 pub fn check_config(file: &Path) -> ExitCode {
@@ -50,7 +50,7 @@ fn summary(file: &Path, s: &Settings) -> String {
     );
     for (name, raw) in &s.streams {
         // Validated by Settings::load already.
-        if let Ok(d) = definition::validate(raw, &s.tables) {
+        if let Ok(d) = definition::validate(raw, &s.tables, crate::process::jq::check) {
             out.push_str(&format!(
                 "    {name}: s3://{}/{} ({}, {} MiB / {} s)\n",
                 d.bucket.as_str(),
@@ -92,7 +92,7 @@ fn summary(file: &Path, s: &Settings) -> String {
 }
 
 /// `database.table` named by a stream's `SchemaConfiguration`, if it names one.
-fn raw_table(raw: &crate::catalog::definition::S3Destination) -> Option<String> {
+fn raw_table(raw: &crate::definition::S3Destination) -> Option<String> {
     let schema = raw
         .data_format_conversion_configuration
         .as_ref()?

@@ -11,7 +11,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::catalog::definition::{self, BufferingHints, S3Destination, StreamName};
+use crate::definition::{self, BufferingHints, S3Destination, StreamName};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
 pub const DEFAULT_DATA_DIR: &str = "spillway-data";
@@ -314,8 +314,8 @@ struct RawColumn {
 
 fn conversion_from_toml(
     c: RawConversion,
-) -> Result<crate::catalog::conversion::DataFormatConversionConfiguration, String> {
-    use crate::catalog::conversion as cv;
+) -> Result<crate::definition::conversion::DataFormatConversionConfiguration, String> {
+    use crate::definition::conversion as cv;
     let deserializer = match c.deserializer.as_deref().unwrap_or("OpenXJsonSerDe") {
         "OpenXJsonSerDe" => {
             if c.timestamp_formats.is_some() {
@@ -416,7 +416,7 @@ pub struct Settings {
     /// Streams declared in the file: read-only over the API.
     pub streams: Vec<(StreamName, S3Destination)>,
     /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
-    pub tables: crate::catalog::conversion::Tables,
+    pub tables: crate::definition::conversion::Tables,
 }
 
 /// Limits of the HTTP listener against slow or piled-up clients.
@@ -677,13 +677,13 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         }
     };
 
-    let mut tables = crate::catalog::conversion::Tables::default();
+    let mut tables = crate::definition::conversion::Tables::default();
     for (i, t) in raw.tables.into_iter().enumerate() {
         let database = t.database.unwrap_or_else(|| "default".into());
         let columns = t
             .columns
             .into_iter()
-            .map(|c| crate::catalog::conversion::Column {
+            .map(|c| crate::definition::conversion::Column {
                 name: c.name,
                 kind: c.kind,
                 comment: None,
@@ -751,7 +751,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             },
             other: Default::default(),
         };
-        match definition::validate(&dest, &tables) {
+        match definition::validate(&dest, &tables, crate::process::jq::check) {
             Ok(_) => streams.push((name, dest)),
             Err(errors) => {
                 for e in errors {
@@ -860,7 +860,8 @@ retry_duration_seconds = 300
             PathBuf::from("spillway-data/transform-cache")
         );
         assert_eq!(s.max_active_partitions, 7);
-        let d = definition::validate(&s.streams[0].1, &s.tables).unwrap();
+        let d =
+            definition::validate(&s.streams[0].1, &s.tables, crate::process::jq::check).unwrap();
         assert!(d.dynamic_partitioning);
         let p = d.processing.unwrap();
         assert!(p.append_delimiter);

@@ -100,7 +100,7 @@ impl StreamMetrics {
             .inc();
     }
 
-    /// Whether the stream is stalled for `reason` (see `pipeline::STALL_REASONS`).
+    /// Whether the stream is stalled for `reason` (one of [`STALL_REASONS`]).
     pub fn set_stalled(&self, reason: &str, stalled: bool) {
         self.stalled
             .with_label_values(&[self.stream.as_str(), reason])
@@ -155,6 +155,11 @@ fn histogram(
         .expect("each metric is registered once");
     h
 }
+
+/// Why a stream is stalled: label values of `spillway_stream_stalled{reason}`. `journal`: its
+/// journal refuses writes; `upload`: uploads keep failing; `held`: records this run cannot
+/// deliver stay in the journal.
+pub const STALL_REASONS: [&str; 3] = ["journal", "upload", "held"];
 
 /// Label values of `spillway_delivery_failures_total{stage}`.
 pub const DELIVERY_FAILURE_STAGES: [&str; 2] = ["encode", "process"];
@@ -384,7 +389,7 @@ impl Metrics {
             stalled: gauge(
                 &r,
                 "spillway_stream_stalled",
-                "1 while a stream cannot make progress, by reason: journal (its journal refuses writes after a failed write or fsync, so it takes no records) or upload (3 or more uploads failed in a row, so records wait in the journal).",
+                "1 while a stream cannot make progress, by reason: journal (its journal refuses writes after a failed write or fsync, so it takes no records) or upload (3 or more uploads failed in a row, so records wait in the journal) or held (records this run cannot deliver, such as those of an unreadable journal entry, stay in the journal until the next start).",
                 &["stream", "reason"],
             ),
             journal_damage: counter(
@@ -426,7 +431,7 @@ impl Metrics {
         for stage in DELIVERY_FAILURE_STAGES {
             self.delivery_failures.with_label_values(&[stream, stage]);
         }
-        for reason in crate::pipeline::STALL_REASONS {
+        for reason in STALL_REASONS {
             self.stalled.with_label_values(&[stream, reason]);
         }
         StreamMetrics {
@@ -509,7 +514,7 @@ impl Metrics {
         ] {
             let _ = vec.remove_label_values(l);
         }
-        for reason in crate::pipeline::STALL_REASONS {
+        for reason in STALL_REASONS {
             let _ = self.stalled.remove_label_values(&[stream, reason]);
         }
         let _ = self.upload_seconds.remove_label_values(l);

@@ -5,8 +5,8 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::error::{ApiError, from_json_error};
-use crate::catalog::definition::S3Destination;
 use crate::catalog::{Catalog, DESTINATION_ID, DestinationShape, StreamEntry};
+use crate::definition::S3Destination;
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| from_json_error(&e))

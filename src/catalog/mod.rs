@@ -4,10 +4,6 @@
 //! The catalog owns each stream's running pipeline. It speaks in domain errors
 //! ([`CatalogError`]); turning those into HTTP answers is the api's job alone.
 
-pub mod conversion;
-pub mod definition;
-pub mod prefix;
-
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -15,11 +11,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::{Context, StartError, StreamRuntime};
-use definition::{
+use crate::definition;
+use crate::definition::{
     BucketName, ComponentSource, Destination, FieldError, S3Destination, StreamDefinition,
     StreamName,
 };
+use crate::pipeline::{Context, StartError, StreamRuntime};
 
 /// Where a stream was declared. Config-file streams are read-only over the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -294,8 +291,8 @@ impl Catalog {
 
     /// Validates a destination and loads its transform.
     async fn prepare(&self, raw: &S3Destination) -> Result<Prepared, CatalogError> {
-        let destination =
-            definition::validate(raw, &self.ctx.tables).map_err(CatalogError::invalid)?;
+        let destination = definition::validate(raw, &self.ctx.tables, crate::process::jq::check)
+            .map_err(CatalogError::invalid)?;
         let transform = self
             .load_transform(&destination)
             .await

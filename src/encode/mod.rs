@@ -2,7 +2,6 @@
 //! no delimiter); GZIP wraps that in one gzip member. Knows nothing of HTTP, S3 or journals.
 //! CPU-heavy: callers run it off the async workers.
 
-pub mod hive_type;
 pub mod parquet;
 
 use std::io::Write;
@@ -11,7 +10,7 @@ use bytes::Bytes;
 use flate2::Compression as Level;
 use flate2::write::GzEncoder;
 
-use crate::catalog::definition::Compression;
+use crate::definition::Compression;
 
 /// Object bytes, as chunks. Encoders return one contiguous chunk: writing a thousand 1 KiB
 /// slices costs a thousand syscalls (and partial-page work) in the store, one copy costs less.
@@ -45,7 +44,7 @@ pub fn encode(
 /// What ends a data object's name: `.parquet` for converted records, else the compression's.
 pub fn data_suffix(
     compression: Compression,
-    format: Option<&crate::catalog::conversion::Conversion>,
+    format: Option<&crate::definition::conversion::Conversion>,
 ) -> &'static str {
     match format {
         Some(_) => ".parquet",

@@ -25,8 +25,8 @@ use parquet::file::properties::{WriterProperties, WriterVersion};
 use serde_json::{Map, Value};
 
 use super::Body;
-use super::hive_type;
-use crate::catalog::conversion::{Conversion, JsonInput, ParquetCompression};
+use crate::definition::conversion::{Conversion, JsonInput, ParquetCompression};
+use crate::definition::hive_type;
 
 /// Input JSON per row group, at most: memory stays bounded by this, not by the object size
 /// (`BlockSizeBytes` is larger than any buffer; it is the bound only when smaller).
@@ -596,7 +596,7 @@ pub fn encode_to(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::conversion::{ParquetOptions, SerDe};
+    use crate::definition::conversion::{ParquetOptions, SerDe};
 
     fn conversion(columns: Option<&[(&str, &str)]>) -> Conversion {
         Conversion {

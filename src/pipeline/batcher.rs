@@ -21,7 +21,7 @@ use bytes::Bytes;
 use tokio::sync::{Semaphore, mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::catalog::definition::StreamDefinition;
+use crate::definition::StreamDefinition;
 use crate::journal::{Position, Replay, Seal};
 use crate::sink::ObjectPlan;
 

@@ -11,8 +11,8 @@ use bytes::Bytes;
 use futures::StreamExt;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::catalog::definition::StreamDefinition;
-use crate::catalog::prefix;
+use crate::definition::StreamDefinition;
+use crate::definition::prefix;
 use crate::encode;
 use crate::journal::{Position, Seal};
 use crate::process::{self, ErrorOutput};
@@ -189,12 +189,12 @@ async fn write_object(shared: &Shared, object: Output) -> bool {
     let outcome = match object.body {
         Payload::Parquet(conversion, records) => {
             let slots = &shared.ctx.encode_slots;
-            sink::upload_streamed(shared, &object.plan, || {
+            sink::upload_streamed(&shared.uploader(), &object.plan, || {
                 encode_parquet(slots.clone(), conversion.clone(), records.clone())
             })
             .await
         }
-        Payload::Ready(body) => sink::upload(shared, &object.plan, body).await,
+        Payload::Ready(body) => sink::upload(&shared.uploader(), &object.plan, body).await,
     };
     match outcome {
         UploadOutcome::Landed {
@@ -223,7 +223,7 @@ async fn write_object(shared: &Shared, object: Output) -> bool {
 /// Starts encoding normalized records as Parquet, in an encode slot, for one upload attempt.
 fn encode_parquet(
     slots: Arc<Semaphore>,
-    conversion: crate::catalog::conversion::Conversion,
+    conversion: crate::definition::conversion::Conversion,
     records: Arc<Vec<Bytes>>,
 ) -> sink::Chunks {
     // Two row groups in flight at most: the encoder waits for the upload.
@@ -249,15 +249,15 @@ fn encode_parquet(
 /// An object's bytes: encoded already, or Parquet encoded while it uploads.
 enum Payload {
     Ready(encode::Body),
-    Parquet(crate::catalog::conversion::Conversion, Arc<Vec<Bytes>>),
+    Parquet(crate::definition::conversion::Conversion, Arc<Vec<Bytes>>),
 }
 
 impl Payload {
     /// Records of a data object: Parquet when `format` says so (encoded later, while it
     /// uploads), else JSON lines encoded now with `compression`.
     fn of(
-        compression: crate::catalog::definition::Compression,
-        format: Option<&crate::catalog::conversion::Conversion>,
+        compression: crate::definition::Compression,
+        format: Option<&crate::definition::conversion::Conversion>,
         gzip_level: u32,
         records: Vec<Bytes>,
     ) -> std::io::Result<Payload> {
@@ -349,6 +349,7 @@ impl Unprocessed {
     }
 
     fn encode(&self, shared: &Shared) -> std::io::Result<Vec<Output>> {
+        let ended_ms = super::now_ms();
         let lines = self
             .records
             .iter()
@@ -366,6 +367,7 @@ impl Unprocessed {
                     process::codes::PROCESSING_CRASHED,
                     "processing this batch failed (see the daemon's log); the record is here as it was received",
                     None,
+                    ended_ms,
                 )
             })
             .collect();
@@ -551,6 +553,7 @@ fn process_batch(
         max_partitions: shared.ctx.max_active_partitions,
         queries: &shared.ctx.queries,
         metrics: &shared.metrics,
+        now_ms: super::now_ms(),
     };
     // A crash of processing itself (a bug, not a record's fault).
     fail::fail_point!("process-batch");
@@ -594,6 +597,6 @@ fn error_objects(
 }
 
 /// The record format conversion a processed batch was sealed with.
-fn sealed_conversion(layout: &Layout) -> Option<&crate::catalog::conversion::Conversion> {
+fn sealed_conversion(layout: &Layout) -> Option<&crate::definition::conversion::Conversion> {
     layout.settings.conversion.as_ref()
 }

@@ -13,13 +13,11 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::conversion::{
+use crate::definition::conversion::{
     Conversion, JsonInput, ParquetCompression, ParquetOptions, SerDe,
 };
-use crate::catalog::definition::{
-    BucketName, ComponentSource, Compression, LambdaProcessor, Processing,
-};
-use crate::catalog::prefix::Piece;
+use crate::definition::prefix::Piece;
+use crate::definition::{BucketName, ComponentSource, Compression, LambdaProcessor, Processing};
 use crate::sink::{Layout, ObjectPlan, SealedSettings};
 
 use super::partitions::FlushMeta;

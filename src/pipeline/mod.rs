@@ -2,6 +2,12 @@
 //! until the size or age hint, seal the buffer into a batch with a deterministic object key,
 //! and hand the batch to the sink; once it lands, commit it and release the journal.
 //!
+//! Files, one job each: `group_commit` (the journal writer), `batcher` (the stream's task:
+//! what is open, sealed, in flight, held), `intake` (the open buffer and sealing), `holds` and
+//! `partitions` (pure state of partitioned batches and partition buffers), `delivery` (one
+//! sealed batch or buffer -> objects, with outcomes), `naming` (object names), `entries` (the
+//! on-disk format of seal and flush entries), `budget` (memory reservations).
+//!
 //! The pipeline never computes byte offsets (the journal's business) nor talks HTTP (the
 //! api's). Backpressure: ingest reserves memory before journaling and is throttled past the cap.
 
@@ -17,18 +23,18 @@ mod partitions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::catalog::definition::{StreamDefinition, StreamName};
 use crate::config::{JournalSettings, UploadSettings};
+use crate::definition::{StreamDefinition, StreamName};
 use crate::journal::{Journal, JournalOptions, Position};
 use crate::metrics::{Metrics, StreamMetrics};
-use crate::sink::Stores;
+use crate::sink::{Stores, UploadHealth, Uploader};
 
 pub use budget::MemoryBudget;
 use group_commit::{AppendRefused, JournalOp};
@@ -62,7 +68,7 @@ pub struct Context {
     /// The processes that run `MetadataExtractionQuery` programs, shared by every stream.
     pub queries: crate::process::sandbox::QuerySandbox,
     /// The config file's tables, for record format conversion schemas.
-    pub tables: crate::catalog::conversion::Tables,
+    pub tables: crate::definition::conversion::Tables,
 }
 
 /// One stream's state shared by its journal thread, pipeline task and uploads.
@@ -80,19 +86,13 @@ pub struct Shared {
     journal_failed: AtomicBool,
     /// Records this run holds back in the journal for a reason other than shutdown.
     held: AtomicBool,
-    /// Uploads that failed since one last landed.
-    upload_failure_streak: AtomicU32,
+    /// Whether its uploads are landing.
+    uploads: UploadHealth,
 }
-
-/// Failed uploads in a row after which a stream counts as stalled on its destination.
-pub const UPLOAD_STALL_AFTER: u32 = 3;
 
 /// A stream stalled on its uploads takes new records only while it holds less than this
 /// fraction (1/8) of the memory cap.
 pub const STALLED_SHARE: u64 = 8;
-
-/// Why a stream is stalled: label values of `spillway_stream_stalled{reason}`.
-pub const STALL_REASONS: [&str; 3] = ["journal", "upload", "held"];
 
 impl Shared {
     /// The journal refuses writes (a failed write or fsync) until it recovers.
@@ -110,15 +110,15 @@ impl Shared {
         }
     }
 
-    pub fn upload_failed(&self) {
-        if self.upload_failure_streak.fetch_add(1, Ordering::AcqRel) + 1 == UPLOAD_STALL_AFTER {
-            self.metrics.set_stalled("upload", true);
-        }
-    }
-
-    pub fn upload_landed(&self) {
-        if self.upload_failure_streak.swap(0, Ordering::AcqRel) >= UPLOAD_STALL_AFTER {
-            self.metrics.set_stalled("upload", false);
+    /// What the sink needs to upload this stream's objects.
+    fn uploader(&self) -> Uploader<'_> {
+        Uploader {
+            stores: &self.ctx.stores,
+            settings: &self.ctx.upload,
+            abandon: &self.ctx.abandon,
+            stream: self.name.as_str(),
+            metrics: &self.metrics,
+            health: &self.uploads,
         }
     }
 
@@ -129,7 +129,7 @@ impl Shared {
         if self.journal_failed.load(Ordering::Acquire) {
             reasons.push("journal");
         }
-        if self.upload_failure_streak.load(Ordering::Acquire) >= UPLOAD_STALL_AFTER {
+        if self.uploads.stalled() {
             reasons.push("upload");
         }
         if self.held.load(Ordering::Acquire) {
@@ -233,7 +233,7 @@ impl StreamRuntime {
             oldest_pending_ms: AtomicU64::new(0),
             journal_failed: AtomicBool::new(false),
             held: AtomicBool::new(false),
-            upload_failure_streak: AtomicU32::new(0),
+            uploads: UploadHealth::default(),
         });
         shared
             .metrics
@@ -287,7 +287,7 @@ impl StreamRuntime {
         // A stream whose uploads keep failing holds its records until they land; past a small
         // share of the memory cap it takes no more, so it cannot take the memory every other
         // stream needs (its producers retry; the journal keeps what it accepted).
-        if self.shared.upload_failure_streak.load(Ordering::Acquire) >= UPLOAD_STALL_AFTER
+        if self.shared.uploads.stalled()
             && metrics.buffered_bytes.get().max(0) as u64 >= ctx.memory.cap() / STALLED_SHARE
         {
             metrics.throttled_records.inc_by(offered as u64);

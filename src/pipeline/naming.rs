@@ -5,8 +5,8 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::catalog::definition::StreamDefinition;
-use crate::catalog::prefix;
+use crate::definition::StreamDefinition;
+use crate::definition::prefix;
 use crate::encode;
 use crate::journal::Position;
 use crate::sink::{Layout, ObjectPlan, SealedSettings};

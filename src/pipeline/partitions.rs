@@ -22,7 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use crate::catalog::definition::Compression;
+use crate::definition::Compression;
 use crate::journal::Position;
 use crate::sink::ObjectPlan;
 
@@ -37,7 +37,7 @@ pub const INTAKE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When the stream's open buffer is sealed (size, age): its buffering hints, or for a stream
 /// with dynamic partitioning the shorter intake limits (the hints then apply per partition).
-pub fn intake_hints(dest: &crate::catalog::definition::Destination) -> (u64, Duration) {
+pub fn intake_hints(dest: &crate::definition::Destination) -> (u64, Duration) {
     if dest.dynamic_partitioning {
         (
             dest.buffer_bytes.min(INTAKE_BYTES),
@@ -58,7 +58,7 @@ pub struct PartKey {
     /// The prefix rendered with the partition's keys, random strings still to be drawn.
     pub prefix: String,
     /// Parquet with these settings, or JSON lines.
-    pub format: Option<crate::catalog::conversion::Conversion>,
+    pub format: Option<crate::definition::conversion::Conversion>,
 }
 
 /// One batch's records of one partition.

@@ -14,8 +14,8 @@ use std::time::Instant;
 use base64::Engine as _;
 use bytes::Bytes;
 
-use crate::catalog::definition::Processing;
-use crate::catalog::prefix::Piece;
+use crate::definition::Processing;
+use crate::definition::prefix::Piece;
 use crate::metrics::StreamMetrics;
 use crate::transform::{InputRecord, Module, Outcome};
 
@@ -80,6 +80,8 @@ pub struct Job<'a> {
     /// Where `MetadataExtractionQuery` programs run, under their budget.
     pub queries: &'a sandbox::QuerySandbox,
     pub metrics: &'a StreamMetrics,
+    /// When this attempt runs (ms since the epoch), for error records' `attemptEndingTimestamp`.
+    pub now_ms: u64,
 }
 
 /// Records that go to one object.
@@ -111,12 +113,20 @@ struct Survivor {
 /// Collects error records for one batch.
 struct Failures<'a> {
     lambda_arn: Option<&'a str>,
+    now_ms: u64,
     by_type: HashMap<ErrorOutput, Vec<Bytes>>,
 }
 
 impl Failures<'_> {
     fn add(&mut self, to: ErrorOutput, record: &Record, attempts: u32, code: &str, message: &str) {
-        let line = error_record(record, attempts, code, message, self.lambda_arn);
+        let line = error_record(
+            record,
+            attempts,
+            code,
+            message,
+            self.lambda_arn,
+            self.now_ms,
+        );
         self.by_type.entry(to).or_default().push(line);
     }
 }
@@ -144,6 +154,7 @@ pub fn error_record(
     code: &str,
     message: &str,
     lambda_arn: Option<&str>,
+    ended_ms: u64,
 ) -> Bytes {
     // A transform's or a query's message is as long as it makes it; the record is what counts.
     let message = cut_message(message, MAX_ERROR_MESSAGE_BYTES);
@@ -152,7 +163,7 @@ pub fn error_record(
         "arrivalTimestamp": record.arrival_ms,
         "errorCode": code,
         "errorMessage": message,
-        "attemptEndingTimestamp": crate::pipeline::now_ms(),
+        "attemptEndingTimestamp": ended_ms,
         "rawData": base64::engine::general_purpose::STANDARD.encode(&record.data),
         "recordId": record.id,
     });
@@ -169,6 +180,7 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     let lambda = job.processing.and_then(|p| p.lambda.as_ref());
     let mut failures = Failures {
         lambda_arn: lambda.map(|l| l.arn.as_str()),
+        now_ms: job.now_ms,
         by_type: HashMap::new(),
     };
     let mut out = Processed::default();
@@ -471,7 +483,7 @@ fn partition_prefix(
             )
         })?;
     }
-    let rendered = crate::catalog::prefix::fill(pieces, query, lambda, "");
+    let rendered = crate::definition::prefix::fill(pieces, query, lambda, "");
     check_prefix(&rendered).map_err(|m| (codes::KEY_INVALID, m))?;
     Ok(rendered)
 }
@@ -516,7 +528,7 @@ fn check_prefix(rendered: &str) -> Result<(), String> {
             rendered.len()
         ));
     }
-    crate::catalog::prefix::check_key_prefix(rendered)
+    crate::definition::prefix::check_key_prefix(rendered)
         .map_err(|m| format!("the rendered prefix {rendered:?}: {m}"))
 }
 
@@ -605,7 +617,7 @@ mod tests {
             arrival_ms: 17,
             data: Bytes::from_static(b"{\"a\":1}"),
         };
-        let line = error_record(&r, 2, "Lambda.FunctionError", "boom", Some("x.wasm"));
+        let line = error_record(&r, 2, "Lambda.FunctionError", "boom", Some("x.wasm"), 7);
         assert_eq!(line.last(), Some(&b'\n'));
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(v["attemptsMade"], 2);

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -16,10 +17,10 @@ use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, Retry
 use rand::Rng;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::definition::Compression;
 use crate::config::{S3Settings, StoreSettings, UploadSettings};
+use crate::definition::Compression;
 use crate::encode::Body;
-use crate::pipeline::Shared;
+use crate::metrics::StreamMetrics;
 
 /// Where one sealed batch goes. Recorded in the journal's seal entry (as
 /// `pipeline::entries` encodes it), so a replay writes the same object (same bucket, same key,
@@ -34,15 +35,15 @@ pub struct ObjectPlan {
     /// then holds only the object name's common tail, for logs.
     pub layout: Option<Layout>,
     /// Record format conversion: the object is Parquet, written from normalized records.
-    pub format: Option<crate::catalog::conversion::Conversion>,
+    pub format: Option<crate::definition::conversion::Conversion>,
 }
 
 /// The parts of a processed batch's object keys fixed when it is sealed; the partition keys
 /// and error output types fill the holes when its objects are written.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Layout {
-    pub prefix: Vec<crate::catalog::prefix::Piece>,
-    pub error_prefix: Vec<crate::catalog::prefix::Piece>,
+    pub prefix: Vec<crate::definition::prefix::Piece>,
+    pub error_prefix: Vec<crate::definition::prefix::Piece>,
     /// The instant in the object names (the oldest record's arrival), ms since the epoch.
     pub at_ms: u64,
     /// The stream version in the object names.
@@ -57,11 +58,11 @@ pub struct Layout {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SealedSettings {
-    pub processing: Option<crate::catalog::definition::Processing>,
+    pub processing: Option<crate::definition::Processing>,
     pub dynamic_partitioning: bool,
     /// SHA-256 of the transform component; a replay loads that compilation from the cache.
     pub transform_sha256: Option<String>,
-    pub conversion: Option<crate::catalog::conversion::Conversion>,
+    pub conversion: Option<crate::definition::conversion::Conversion>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,6 +212,47 @@ fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3
     .map_err(|e| e.to_string())
 }
 
+/// Failed uploads in a row after which a stream counts as stalled on its destination.
+pub const UPLOAD_STALL_AFTER: u32 = 3;
+
+/// Whether a stream's uploads are landing: failures since one last landed.
+#[derive(Default)]
+pub struct UploadHealth {
+    failure_streak: AtomicU32,
+}
+
+impl UploadHealth {
+    /// [`UPLOAD_STALL_AFTER`] or more uploads failed in a row.
+    pub fn stalled(&self) -> bool {
+        self.failure_streak.load(Ordering::Acquire) >= UPLOAD_STALL_AFTER
+    }
+
+    fn failed(&self, metrics: &StreamMetrics) {
+        metrics.upload_failures.inc();
+        if self.failure_streak.fetch_add(1, Ordering::AcqRel) + 1 == UPLOAD_STALL_AFTER {
+            metrics.set_stalled("upload", true);
+        }
+    }
+
+    fn landed(&self, metrics: &StreamMetrics) {
+        if self.failure_streak.swap(0, Ordering::AcqRel) >= UPLOAD_STALL_AFTER {
+            metrics.set_stalled("upload", false);
+        }
+    }
+}
+
+/// What an upload needs from its stream: where to write, how to retry, when to give up, and
+/// where to count and log what happened.
+pub struct Uploader<'a> {
+    pub stores: &'a Stores,
+    pub settings: &'a UploadSettings,
+    /// Cancelled when shutdown gives up on uploads.
+    pub abandon: &'a CancellationToken,
+    pub stream: &'a str,
+    pub metrics: &'a StreamMetrics,
+    pub health: &'a UploadHealth,
+}
+
 pub enum UploadOutcome {
     /// With the object's size.
     Landed { bytes: u64 },
@@ -219,8 +261,8 @@ pub enum UploadOutcome {
 }
 
 /// Uploads until the object lands (or shutdown abandons it), counting failures and retries.
-pub async fn upload(shared: &Shared, plan: &ObjectPlan, body: Body) -> UploadOutcome {
-    upload_streamed(shared, plan, || {
+pub async fn upload(up: &Uploader<'_>, plan: &ObjectPlan, body: Body) -> UploadOutcome {
+    upload_streamed(up, plan, || {
         let (tx, rx) = tokio::sync::mpsc::channel(body.len() + 1);
         for chunk in &body {
             // The channel holds every chunk and the end: sending cannot fail.
@@ -247,12 +289,12 @@ pub type Chunks = tokio::sync::mpsc::Receiver<std::io::Result<Chunk>>;
 /// encoding per attempt (a failed attempt is encoded again), and the object goes up in parts
 /// as they fill, so only about one part of it is ever held in memory.
 pub async fn upload_streamed(
-    shared: &Shared,
+    up: &Uploader<'_>,
     plan: &ObjectPlan,
     start: impl Fn() -> Chunks,
 ) -> UploadOutcome {
-    let settings = &shared.ctx.upload;
-    upload_attempts(shared, plan, |store, path| {
+    let settings = up.settings;
+    upload_attempts(up, plan, |store, path| {
         let chunks = start();
         async move { put_streamed(store.as_ref(), &path, chunks, settings).await }
     })
@@ -261,7 +303,7 @@ pub async fn upload_streamed(
 
 /// Runs attempts (each returns the bytes written) until one lands or shutdown gives up.
 async fn upload_attempts<F, Fut>(
-    shared: &Shared,
+    up: &Uploader<'_>,
     plan: &ObjectPlan,
     mut attempt_once: F,
 ) -> UploadOutcome
@@ -269,62 +311,58 @@ where
     F: FnMut(Arc<dyn ObjectStore>, ObjectPath) -> Fut,
     Fut: std::future::Future<Output = object_store::Result<u64>>,
 {
-    let ctx = &shared.ctx;
-    let settings = &ctx.upload;
+    let settings = up.settings;
     let path = object_path(&plan.key);
     let mut delay = settings.retry_initial;
     let mut attempt = 0u32;
     loop {
-        let store = match ctx.stores.bucket(&plan.bucket) {
+        let store = match up.stores.bucket(&plan.bucket) {
             Ok(store) => store,
             Err(e) => {
-                shared.metrics.upload_failures.inc();
-                shared.upload_failed();
-                tracing::warn!(stream = %shared.name, error = %e, "object store unavailable; will retry");
-                if !backoff(&mut delay, settings, &ctx.abandon).await {
+                up.health.failed(up.metrics);
+                tracing::warn!(stream = %up.stream, error = %e, "object store unavailable; will retry");
+                if !backoff(&mut delay, settings, up.abandon).await {
                     return UploadOutcome::Abandoned;
                 }
                 continue;
             }
         };
         if attempt > 0 {
-            shared.metrics.upload_retries.inc();
+            up.metrics.upload_retries.inc();
         }
         attempt += 1;
         let started = Instant::now();
-        let local = ctx.stores.local_file(&plan.bucket, &path);
+        let local = up.stores.local_file(&plan.bucket, &path);
         let result = tokio::select! {
             r = async {
                 let bytes = attempt_once(store, path.clone()).await?;
                 if let Some(file) = local {
                     let (file, bucket_dir) = file?;
-                    make_durable(file, bucket_dir, ctx.stores.synced_dirs.clone()).await?;
+                    make_durable(file, bucket_dir, up.stores.synced_dirs.clone()).await?;
                 }
                 Ok::<u64, object_store::Error>(bytes)
             } => r,
-            _ = ctx.abandon.cancelled() => return UploadOutcome::Abandoned,
+            _ = up.abandon.cancelled() => return UploadOutcome::Abandoned,
         };
         match result {
             Ok(bytes) => {
-                shared
-                    .metrics
+                up.metrics
                     .upload_seconds
                     .observe(started.elapsed().as_secs_f64());
-                shared.upload_landed();
+                up.health.landed(up.metrics);
                 return UploadOutcome::Landed { bytes };
             }
             Err(e) => {
-                shared.metrics.upload_failures.inc();
-                shared.upload_failed();
+                up.health.failed(up.metrics);
                 tracing::warn!(
-                    stream = %shared.name,
+                    stream = %up.stream,
                     bucket = %plan.bucket,
                     key = %plan.key,
                     attempt,
                     error = %chain(&e),
                     "upload failed; will retry"
                 );
-                if !backoff(&mut delay, settings, &ctx.abandon).await {
+                if !backoff(&mut delay, settings, up.abandon).await {
                     return UploadOutcome::Abandoned;
                 }
             }

@@ -1,8 +1,17 @@
 //! What a delivery stream is: its name, its S3 destination settings in Firehose's shape, and the
-//! validation that turns those settings into trusted [`Destination`] values.
+//! validation that turns those settings into trusted [`Destination`] values; with the prefix
+//! language ([`prefix`]), record format conversion ([`conversion`]) and Hive column types
+//! ([`hive_type`]) those settings are written in.
 //!
-//! The same validation serves the API (`CreateDeliveryStream`, `UpdateDestination`) and the TOML
-//! config, so a setting means the same thing wherever it is written. Nothing here does I/O.
+//! The bottom layer: every other module may use it, and it uses nothing of spillway's but the
+//! handle of a loaded transform ([`crate::transform::Module`]). What it cannot check alone (a
+//! jq query compiles) its callers pass in. The same validation serves the API
+//! (`CreateDeliveryStream`, `UpdateDestination`) and the TOML config, so a setting means the
+//! same thing wherever it is written. Nothing here does I/O.
+
+pub mod conversion;
+pub mod hive_type;
+pub mod prefix;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -11,7 +20,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::prefix::{ParseOptions, Part, PrefixTemplate};
+use prefix::{ParseOptions, Part, PrefixTemplate};
 
 /// A validated delivery stream name: 1-64 characters of `[a-zA-Z0-9_.-]`, not only dots
 /// (it names a directory under the data dir).
@@ -135,8 +144,7 @@ pub struct S3Destination {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dynamic_partitioning_configuration: Option<DynamicPartitioningConfiguration>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_format_conversion_configuration:
-        Option<super::conversion::DataFormatConversionConfiguration>,
+    pub data_format_conversion_configuration: Option<conversion::DataFormatConversionConfiguration>,
     #[serde(flatten)]
     pub other: Map<String, Value>,
 }
@@ -299,7 +307,7 @@ pub struct Destination {
     /// `DynamicPartitioningConfiguration.Enabled`: the prefixes may use partition keys.
     pub dynamic_partitioning: bool,
     /// `DataFormatConversionConfiguration`, when enabled: objects are Parquet.
-    pub conversion: Option<super::conversion::Conversion>,
+    pub conversion: Option<conversion::Conversion>,
     /// The settings as given, with spillway's defaults filled in: what Describe echoes.
     pub raw: S3Destination,
 }
@@ -377,10 +385,15 @@ fn feature_off(name: &str, value: &Value) -> bool {
     }
 }
 
+/// Checks that a `MetadataExtractionQuery` compiles and fits its limits (the query engine
+/// lives above this module: `process::jq::check`).
+pub type QueryCheck = fn(&str) -> Result<(), String>;
+
 /// Validates a destination; `tables` are the config file's, for `SchemaConfiguration`.
 pub fn validate(
     raw: &S3Destination,
-    tables: &super::conversion::Tables,
+    tables: &conversion::Tables,
+    check_query: QueryCheck,
 ) -> Result<Destination, Vec<FieldError>> {
     let mut errors = Vec::new();
     let mut err = |field: Field, message: String| errors.push(FieldError { field, message });
@@ -401,10 +414,9 @@ pub fn validate(
             .as_ref()
             .is_some_and(|dp| dp.enabled == Some(true)),
     };
-    let prefix =
-        PrefixTemplate::parse_with(prefix_text, super::prefix::PrefixField::Prefix, options)
-            .map_err(|e| err(Field::Prefix, e.to_string()))
-            .ok();
+    let prefix = PrefixTemplate::parse_with(prefix_text, prefix::PrefixField::Prefix, options)
+        .map_err(|e| err(Field::Prefix, e.to_string()))
+        .ok();
     // The error prefix's default depends on the prefix, so it is parsed with it; once the
     // prefix itself parsed, any error here is the error prefix's.
     let error_output_prefix = match prefix {
@@ -470,7 +482,7 @@ pub fn validate(
     };
     let processing = match &raw.processing_configuration {
         Some(p) if p.enabled.unwrap_or(!p.processors.is_empty()) => {
-            match validate_processing(&p.processors) {
+            match validate_processing(&p.processors, check_query) {
                 Ok(p) => Some(p),
                 Err(m) => {
                     err(Field::Processing, m);
@@ -481,7 +493,7 @@ pub fn validate(
         _ => None,
     };
     let conversion = match &raw.data_format_conversion_configuration {
-        Some(c) if c.enabled != Some(false) => match super::conversion::validate(c, tables) {
+        Some(c) if c.enabled != Some(false) => match conversion::validate(c, tables) {
             Ok(c) => {
                 // As in Firehose: the Parquet file compresses itself.
                 if compression.is_some_and(|c| c != Compression::Uncompressed) {
@@ -553,7 +565,10 @@ pub fn validate(
     })
 }
 
-fn validate_processing(processors: &[Processor]) -> Result<Processing, String> {
+fn validate_processing(
+    processors: &[Processor],
+    check_query: QueryCheck,
+) -> Result<Processing, String> {
     let mut out = Processing {
         lambda: None,
         metadata_query: None,
@@ -631,8 +646,7 @@ fn validate_processing(processors: &[Processor]) -> Result<Processing, String> {
                         ));
                     }
                 }
-                crate::process::jq::check(&query)
-                    .map_err(|m| format!("{at}: MetadataExtractionQuery: {m}"))?;
+                check_query(&query).map_err(|m| format!("{at}: MetadataExtractionQuery: {m}"))?;
                 out.metadata_query = Some(query);
             }
             "AppendDelimiterToRecord" => {
@@ -748,6 +762,8 @@ fn check_partitioning(
 mod tests {
     use super::*;
 
+    const CHECK: QueryCheck = crate::process::jq::check;
+
     fn raw(json: &str) -> S3Destination {
         serde_json::from_str(json).unwrap()
     }
@@ -757,6 +773,7 @@ mod tests {
         let d = validate(
             &raw(r#"{"BucketARN":"arn:aws:s3:::my-bucket"}"#),
             &Default::default(),
+            CHECK,
         )
         .unwrap();
         assert_eq!(d.buffer_bytes, 1024 * 1024);
@@ -779,7 +796,7 @@ mod tests {
                 r#"{{"BucketARN":"arn:aws:s3:::b-1","BufferingHints":{{"SizeInMBs":{size},"IntervalInSeconds":{interval}}}}}"#
             ));
             assert_eq!(
-                validate(&r, &Default::default()).is_ok(),
+                validate(&r, &Default::default(), CHECK).is_ok(),
                 ok,
                 "{size} {interval}"
             );
@@ -790,7 +807,7 @@ mod tests {
     fn every_problem_is_reported_with_its_field() {
         let errs = validate(&raw(
             r#"{"BucketARN":"arn:aws:s3:::UPPER","CompressionFormat":"ZIP","BufferingHints":{"SizeInMBs":0},"Prefix":"!{nope}","ProcessingConfiguration":{"Enabled":true}}"#,
-        ), &Default::default())
+        ), &Default::default(), CHECK)
         .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.api_name()).collect();
         assert_eq!(
@@ -809,7 +826,7 @@ mod tests {
     fn disabled_features_and_ignored_settings_are_accepted() {
         validate(&raw(
             r#"{"BucketARN":"arn:aws:s3:::b-1","ProcessingConfiguration":{"Enabled":false},"S3BackupMode":"Disabled","EncryptionConfiguration":{"NoEncryptionConfig":"NoEncryption"},"CloudWatchLoggingOptions":{"Enabled":true}}"#,
-        ), &Default::default())
+        ), &Default::default(), CHECK)
         .unwrap();
     }
 
