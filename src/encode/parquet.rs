@@ -43,6 +43,24 @@ pub struct Converter {
     schema: Option<SchemaRef>,
 }
 
+/// Why a record does not fit a stream's Parquet columns: data, not a failure of spillway's;
+/// its text becomes the error record's `errorMessage`.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DoesNotFit(pub String);
+
+impl From<String> for DoesNotFit {
+    fn from(reason: String) -> Self {
+        DoesNotFit(reason)
+    }
+}
+
+impl From<&str> for DoesNotFit {
+    fn from(reason: &str) -> Self {
+        DoesNotFit(reason.to_owned())
+    }
+}
+
 impl Converter {
     /// The column types were checked when the stream was defined; one that no longer parses
     /// (it cannot happen) leaves the schema to inference.
@@ -61,11 +79,11 @@ impl Converter {
     }
 
     /// The record as JSON that fits the columns (one line, no newline), or why it does not.
-    pub fn normalize(&self, data: &[u8]) -> Result<Bytes, String> {
+    pub fn normalize(&self, data: &[u8]) -> Result<Bytes, DoesNotFit> {
         let value: Value =
             serde_json::from_slice(trim_line(data)).map_err(|e| format!("not valid JSON: {e}"))?;
         if depth_exceeds(&value, MAX_DEPTH) {
-            return Err(format!("nested deeper than {MAX_DEPTH} levels"));
+            return Err(DoesNotFit(format!("nested deeper than {MAX_DEPTH} levels")));
         }
         let Value::Object(map) = value else {
             return Err("not a JSON object".into());
@@ -109,7 +127,7 @@ impl Converter {
         map: &Map<String, Value>,
         fields: &Fields,
         path: &str,
-    ) -> Result<Map<String, Value>, String> {
+    ) -> Result<Map<String, Value>, DoesNotFit> {
         let mut by_key: HashMap<String, &Value> = HashMap::with_capacity(map.len());
         for (k, v) in map {
             by_key.entry(self.key(k)).or_insert(v);
@@ -143,8 +161,8 @@ impl Converter {
         Ok(out)
     }
 
-    fn convert(&self, v: &Value, ty: &DataType, at: &str) -> Result<Value, String> {
-        let refuse = |what: &str| Err(format!("{at}: {what}, got {}", short(v)));
+    fn convert(&self, v: &Value, ty: &DataType, at: &str) -> Result<Value, DoesNotFit> {
+        let refuse = |what: &str| Err(DoesNotFit(format!("{at}: {what}, got {}", short(v))));
         match ty {
             DataType::Utf8 | DataType::LargeUtf8 => Ok(Value::String(match v {
                 Value::String(s) => s.clone(),
@@ -199,7 +217,7 @@ impl Converter {
             },
             DataType::Decimal128(p, s) => match decimal_text(v, *p, *s) {
                 Ok(text) => Ok(Value::String(text)),
-                Err(m) => refuse(&m),
+                Err(m) => refuse(&m.0),
             },
             DataType::List(item) => match v {
                 Value::Array(items) => items
@@ -238,7 +256,7 @@ impl Converter {
                 }
                 Ok(Value::Object(out))
             }
-            other => Err(format!("{at}: type {other} is not supported")),
+            other => Err(DoesNotFit(format!("{at}: type {other} is not supported"))),
         }
     }
 
@@ -342,7 +360,7 @@ fn date_days(v: &Value) -> Option<i64> {
 
 /// The value as decimal text with exactly `scale` fraction digits, rounded half away from
 /// zero (as Hive does); refused if its integer part needs more than `precision - scale` digits.
-fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, String> {
+fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, DoesNotFit> {
     let text = match v {
         Value::Number(n) => n.to_string(),
         Value::String(s) => s.trim().to_owned(),
@@ -369,7 +387,7 @@ fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, String> {
             .all(|c| c.is_ascii_digit())
         || exp.abs() > 100
     {
-        return Err(invalid());
+        return Err(invalid().into());
     }
     // All digits, and where the point goes (from the left).
     let all: Vec<u8> = int_part
@@ -421,7 +439,9 @@ fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, String> {
     let ints: Vec<u8> = ints.iter().copied().skip_while(|d| *d == 0).collect();
     let max_int_digits = precision as i64 - scale;
     if ints.len() as i64 > max_int_digits {
-        return Err(format!("does not fit decimal({precision},{scale})"));
+        return Err(DoesNotFit(format!(
+            "does not fit decimal({precision},{scale})"
+        )));
     }
     let mut frac_digits: Vec<u8> = vec![0; (scale - fracs.len() as i64).max(0) as usize];
     frac_digits.extend_from_slice(fracs);
@@ -670,10 +690,15 @@ mod tests {
             (br#"{"l":[1,"x"]}"#, "l[1]: expected an integer"),
         ] {
             let e = c.normalize(record).unwrap_err();
-            assert!(e.contains(reason), "{e} / {reason}");
+            assert!(e.0.contains(reason), "{e} / {reason}");
         }
         let deep = format!("{{\"n\":{}1{}}}", "[".repeat(100), "]".repeat(100));
-        assert!(c.normalize(deep.as_bytes()).unwrap_err().contains("nested"));
+        assert!(
+            c.normalize(deep.as_bytes())
+                .unwrap_err()
+                .0
+                .contains("nested")
+        );
     }
 
     #[test]
@@ -703,6 +728,7 @@ mod tests {
         assert!(
             c.normalize(nested(65).as_bytes())
                 .unwrap_err()
+                .0
                 .contains("nested deeper than 64")
         );
     }

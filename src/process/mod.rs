@@ -315,7 +315,7 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
                 &records[s.index],
                 1,
                 codes::CONVERSION_FAILED,
-                &m,
+                &m.0,
             );
             continue;
         }

@@ -66,10 +66,17 @@ pub struct SealedSettings {
 }
 
 #[derive(Debug, thiserror::Error)]
-#[error("cannot open bucket {bucket}: {message}")]
-pub struct StoreError {
-    bucket: String,
-    message: String,
+pub enum StoreError {
+    #[error("cannot create the local bucket directory {dir}: {source}")]
+    LocalDir {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot open bucket {bucket}: {source}")]
+    Store {
+        bucket: String,
+        source: object_store::Error,
+    },
 }
 
 /// Buckets resolved to object stores, built once each.
@@ -129,18 +136,20 @@ impl Stores {
         if let Some(store) = cache.get(bucket) {
             return Ok(store.clone());
         }
-        let err = |message: String| StoreError {
+        let err = |source| StoreError::Store {
             bucket: bucket.to_owned(),
-            message,
+            source,
         };
         let store: Arc<dyn ObjectStore> = match &self.settings {
             StoreSettings::Local { root } => {
                 let dir = root.join(bucket);
-                std::fs::create_dir_all(&dir)
-                    .map_err(|e| err(format!("{}: {e}", dir.display())))?;
+                std::fs::create_dir_all(&dir).map_err(|source| StoreError::LocalDir {
+                    dir: dir.clone(),
+                    source,
+                })?;
                 let local = Arc::new(
                     LocalFileSystem::new_with_prefix(&dir)
-                        .map_err(|e| err(e.to_string()))?
+                        .map_err(err)?
                         .with_automatic_cleanup(true),
                 );
                 self.local
@@ -163,7 +172,7 @@ fn s3_endpoint_from_env() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3, String> {
+fn s3_store(s3: &S3Settings, bucket: &str) -> object_store::Result<object_store::aws::AmazonS3> {
     // The environment first (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ALLOW_HTTP, ...), then the
     // config file's values on top.
     // Client options first: setting them later would replace allow_http set below.
@@ -209,7 +218,6 @@ fn s3_store(s3: &S3Settings, bucket: &str) -> Result<object_store::aws::AmazonS3
         ..Default::default()
     })
     .build()
-    .map_err(|e| e.to_string())
 }
 
 /// Failed uploads in a row after which a stream counts as stalled on its destination.

@@ -382,23 +382,46 @@ impl Module {
     }
 }
 
+/// Why a component was not compiled in a child process (it is then compiled in-process).
+#[derive(Debug, thiserror::Error)]
+enum ChildCompileError {
+    #[error("{0} is not the spillway binary")]
+    NotSpillway(PathBuf),
+    #[error("cannot {what}: {source}")]
+    Io {
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the compiler process ran over {0:?}")]
+    TimedOut(Duration),
+    #[error("the compiler process failed ({status}): {stderr}")]
+    Failed {
+        status: std::process::ExitStatus,
+        stderr: String,
+    },
+}
+
+fn io(what: &'static str) -> impl FnOnce(std::io::Error) -> ChildCompileError {
+    move |source| ChildCompileError::Io { what, source }
+}
+
 /// Compiles in a child `spillway compile-transform` process: compiling a large component takes
 /// hundreds of MiB that the allocator would otherwise keep in the daemon for good. Only when this
 /// binary is `spillway` (not a test harness embedding the library).
-fn compile_in_child(bytes: &[u8], output: &Path) -> Result<(), String> {
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+fn compile_in_child(bytes: &[u8], output: &Path) -> Result<(), ChildCompileError> {
+    let exe = std::env::current_exe().map_err(io("find this executable"))?;
     if exe.file_stem().and_then(|s| s.to_str()) != Some("spillway") {
-        return Err(format!("{} is not the spillway binary", exe.display()));
+        return Err(ChildCompileError::NotSpillway(exe));
     }
     // Compilations are serialized by the caller; the input is removed whatever happens.
     let input = output.with_extension("input.wasm");
-    std::fs::write(&input, bytes).map_err(|e| e.to_string())?;
+    std::fs::write(&input, bytes).map_err(io("write the compiler's input"))?;
     let result = run_compiler(&exe, &input, output);
     let _ = std::fs::remove_file(&input);
     result
 }
 
-fn run_compiler(exe: &Path, input: &Path, output: &Path) -> Result<(), String> {
+fn run_compiler(exe: &Path, input: &Path, output: &Path) -> Result<(), ChildCompileError> {
     let mut child = std::process::Command::new(exe)
         .arg("compile-transform")
         .arg(input)
@@ -407,7 +430,7 @@ fn run_compiler(exe: &Path, input: &Path, output: &Path) -> Result<(), String> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot start the compiler process: {e}"))?;
+        .map_err(io("start the compiler process"))?;
     let started = Instant::now();
     let status = loop {
         match child.try_wait() {
@@ -415,10 +438,10 @@ fn run_compiler(exe: &Path, input: &Path, output: &Path) -> Result<(), String> {
             Ok(None) if started.elapsed() > COMPILE_TIMEOUT => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(format!("the compiler process ran over {COMPILE_TIMEOUT:?}"));
+                return Err(ChildCompileError::TimedOut(COMPILE_TIMEOUT));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(format!("waiting for the compiler process: {e}")),
+            Err(e) => return Err(io("wait for the compiler process")(e)),
         }
     };
     if status.success() {
@@ -429,10 +452,10 @@ fn run_compiler(exe: &Path, input: &Path, output: &Path) -> Result<(), String> {
         use std::io::Read;
         let _ = pipe.read_to_string(&mut stderr);
     }
-    Err(format!(
-        "the compiler process failed ({status}): {}",
-        stderr.trim()
-    ))
+    Err(ChildCompileError::Failed {
+        status,
+        stderr: stderr.trim().to_owned(),
+    })
 }
 
 /// SHA-256 of `bytes`, as lowercase hex: names compiled components and fetched copies.
