@@ -752,3 +752,100 @@ async fn a_panicking_journal_round_and_failing_fsyncs_are_survived() {
     assert!(drained.is_some(), "every reservation given back");
     assert!(d.terminate().success());
 }
+
+/// A sealed batch whose seal entry cannot be read (written here with the journal library, as
+/// a future format or a bug might leave it): the batch is held in the journal, not delivered
+/// and not released, the stream shows `stalled{reason="held"}` and `/readyz` names it (still
+/// 200: the journal takes records), and every other record is delivered; a restart keeps it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_with_an_unreadable_seal_is_held_and_shown_not_dropped() {
+    use spillway::journal::{Journal, JournalOptions, Position, RecordRef, Seal};
+
+    let s3 = S3Server::start();
+    s3.create_bucket("held");
+    // Small segments: what comes after the held batch fills several, which the journal would
+    // release if the hold did not keep them.
+    let mut d = Daemon::start(&format!("{}\n[journal]\nsegment_mib = 1\n", s3.config()));
+    let fh = d.firehose();
+    create_stream(&fh, "held", s3_destination("held", 1, 1)).await;
+    assert!(d.terminate().success());
+
+    let dir = d.data_dir.join("streams/held/journal");
+    let opts = JournalOptions {
+        segment_bytes: 1 << 20,
+        fsync: true,
+        direct_io: false,
+    };
+    let (mut journal, _) = Journal::open(&dir, opts).unwrap();
+    let first = journal.next_position();
+    let lines: Vec<Vec<u8>> = (0..20).map(|i| record(i, 100)).collect();
+    let refs: Vec<RecordRef<'_>> = lines
+        .iter()
+        .map(|data| RecordRef {
+            arrival_ms: 1_800_000_000_000,
+            data,
+        })
+        .collect();
+    assert_eq!(journal.append_records(&refs[..10]).unwrap(), first);
+    journal
+        .append_seal(&Seal {
+            start: first,
+            end: Position(first.0 + 10),
+            meta: b"{\"v\":99,\"from\":\"the future\"}".to_vec(),
+        })
+        .unwrap();
+    journal.append_records(&refs[10..]).unwrap();
+    journal.sync().unwrap();
+    drop(journal);
+
+    d.restart();
+    let delivered = wait_for(Duration::from_secs(20), || async {
+        let counts = delivered_counts(&s3, "held").await;
+        (counts.len() >= 10).then_some(counts)
+    })
+    .await
+    .expect("the unsealed records are delivered");
+    assert_exactly_once(&delivered, &(10..20).collect::<Vec<_>>());
+    assert_eq!(delivered.len(), 10, "the held batch is not delivered");
+    assert_eq!(
+        d.metric("spillway_stream_stalled{reason=\"held\",stream=\"held\"}"),
+        1.0
+    );
+    let (status, body) = d.get("/readyz");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains("stalled: stream held: records this run cannot deliver"),
+        "{body}"
+    );
+    assert!(
+        d.log().contains("unreadable seal in the journal"),
+        "{}",
+        d.log()
+    );
+    // More records come and go; the held ones stay in the journal.
+    let acked = put_batches(&d.firehose(), "held", 100..3100, 1024).await;
+    assert_eq!(acked.len(), 3000);
+    let more = wait_for(Duration::from_secs(30), || async {
+        let counts = delivered_counts(&s3, "held").await;
+        (counts.len() >= 3010).then_some(counts)
+    })
+    .await
+    .expect("new records are delivered");
+    assert!(!(0..10).any(|id| more.contains_key(&id)));
+    let segments = walk(&dir)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "wal"))
+        .count();
+    assert!(
+        segments >= 3,
+        "{segments} segments: everything after the held batch is kept too"
+    );
+    assert!(d.terminate().success());
+    d.restart();
+    assert_eq!(
+        d.metric("spillway_stream_stalled{reason=\"held\",stream=\"held\"}"),
+        1.0,
+        "still held after a restart: the records were not released"
+    );
+    assert!(d.terminate().success());
+}
