@@ -1277,3 +1277,53 @@ async fn a_processing_panic_delivers_the_batch_unprocessed_and_the_stream_goes_o
     let after = objects(&s3.client("panicky")).await;
     assert_eq!(before.len(), after.len(), "nothing delivered again");
 }
+
+/// Shutdown ends on time whatever the transforms do: 16 streams each have a batch for a
+/// transform that sleeps until its 2 s timeout, 16 × 2 s of processing for 2 slots. Once the
+/// shutdown timeout (2 s) has passed, batches still waiting for a slot are not started: the
+/// daemon exits after at most the batches already running, and the next start delivers the
+/// rest, each record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_on_time_with_a_backlog_of_slow_transforms() {
+    let wasm = component("hostile");
+    let s3 = S3Server::start();
+    s3.create_bucket("backlog");
+    let config = format!(
+        "shutdown_timeout_seconds = 2\n{}\n[transform]\ntimeout_seconds = 2\n",
+        s3.config()
+    );
+    let mut d = Daemon::start(&config);
+    let fh = d.firehose();
+    let streams: Vec<String> = (0..16).map(|i| format!("slow{i}")).collect();
+    for name in &streams {
+        let dest = s3_destination("backlog", 1, 1)
+            .prefix(format!("{name}/ok/"))
+            .error_output_prefix(format!("{name}/!{{firehose:error-output-type}}/"))
+            .processing_configuration(processing(vec![lambda(
+                &wasm,
+                &[(ProcessorParameterName::LambdaNumberOfRetries, "0")],
+            )]));
+        create_stream(&fh, name, dest).await;
+    }
+    for name in &streams {
+        put_all(&fh, name, &[b"sleep".to_vec()]).await;
+    }
+    // Every batch sealed (1 s interval) and waiting for one of the 2 processing slots.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let asked = std::time::Instant::now();
+    d.send_term();
+    assert!(d.wait_exit().success());
+    let took = asked.elapsed();
+    // 2 s of shutdown timeout, then the running batches' 2 s; not the 16 s of the backlog.
+    assert!(took < Duration::from_secs(10), "shutdown took {took:?}");
+    assert!(d.log().contains("shutdown timeout reached"), "{}", d.log());
+
+    d.restart();
+    for name in &streams {
+        let errors = lines_under(&s3, "backlog", &format!("{name}/processing-failed/"), 1).await;
+        let lines: Vec<&Value> = errors.iter().flat_map(|(_, l)| l).collect();
+        assert_eq!(lines.len(), 1, "{name}: exactly once");
+        assert_eq!(lines[0]["errorCode"], "Lambda.FunctionTimedOut");
+    }
+    assert!(d.terminate().success());
+}

@@ -136,8 +136,10 @@ pub async fn write_records(
         let encoded = in_slot(shared, &ctx.encode_slots, move || {
             Payload::of(compression, format.as_ref(), level, attempt)
         });
-        if let Some(body) = encoded.await {
-            break body;
+        match encoded.await {
+            Slot::Done(body) => break body,
+            Slot::Failed => {}
+            Slot::Abandoned => return false,
         }
         shared.metrics.delivery_failure("encode");
         if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
@@ -156,15 +158,32 @@ pub async fn write_records(
     landed
 }
 
-/// Runs `work` on a blocking thread once one of `slots` is free. None when it failed (logged;
-/// the batch stays in the journal).
+/// How work run in a slot ended.
+enum Slot<T> {
+    Done(T),
+    /// It returned an error or panicked (logged).
+    Failed,
+    /// Shutdown gave up before a slot was free: the work never started.
+    Abandoned,
+}
+
+/// Runs `work` on a blocking thread once one of `slots` is free, unless shutdown gives up on
+/// deliveries first: a backlog waiting for slots then ends at once instead of running batch
+/// after batch past the shutdown timeout.
 async fn in_slot<T: Send + 'static>(
     shared: &Shared,
     slots: &Arc<Semaphore>,
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
-) -> Option<T> {
-    // The semaphores are never closed.
-    let slot = slots.clone().acquire_owned().await.ok()?;
+) -> Slot<T> {
+    let slot = tokio::select! {
+        biased;
+        _ = shared.ctx.abandon.cancelled() => return Slot::Abandoned,
+        slot = slots.clone().acquire_owned() => match slot {
+            Ok(slot) => slot,
+            // The semaphores are never closed.
+            Err(_) => return Slot::Abandoned,
+        },
+    };
     let done = tokio::task::spawn_blocking(move || {
         let out = work();
         drop(slot);
@@ -172,14 +191,14 @@ async fn in_slot<T: Send + 'static>(
     })
     .await;
     match done {
-        Ok(Ok(out)) => Some(out),
+        Ok(Ok(out)) => Slot::Done(out),
         Ok(Err(e)) => {
-            tracing::error!(stream = %shared.name, error = %e, "encoding failed; batch left in the journal");
-            None
+            tracing::error!(stream = %shared.name, error = %e, "work on a batch failed");
+            Slot::Failed
         }
         Err(e) => {
-            tracing::error!(stream = %shared.name, error = %e, "encoder task failed; batch left in the journal");
-            None
+            tracing::error!(stream = %shared.name, error = %e, "work on a batch panicked");
+            Slot::Failed
         }
     }
 }
@@ -294,14 +313,15 @@ async fn deliver_processed(
         prepare(&job_shared, batch, &plan, &layout, &definition)
     });
     let objects = match prepared.await {
-        Some(objects) => {
+        Slot::Done(objects) => {
             drop(unprocessed);
             objects
         }
-        None => match unprocessed.objects(shared).await {
+        Slot::Failed => match unprocessed.objects(shared).await {
             Some(objects) => objects,
             None => return false,
         },
+        Slot::Abandoned => return false,
     };
     write_all(shared, objects).await
 }
@@ -338,8 +358,10 @@ impl Unprocessed {
         loop {
             let (job_shared, job) = (shared.clone(), this.clone());
             let built = in_slot(shared, &ctx.encode_slots, move || job.encode(&job_shared));
-            if let Some(objects) = built.await {
-                return Some(objects);
+            match built.await {
+                Slot::Done(objects) => return Some(objects),
+                Slot::Failed => {}
+                Slot::Abandoned => return None,
             }
             shared.metrics.delivery_failure("encode");
             if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
@@ -480,14 +502,15 @@ async fn deliver_partitioned(
         Ok((parts, errors))
     });
     let (parts, errors) = match prepared.await {
-        Some(prepared) => {
+        Slot::Done(prepared) => {
             drop(unprocessed);
             prepared
         }
-        None => match unprocessed.objects(shared).await {
+        Slot::Failed => match unprocessed.objects(shared).await {
             Some(errors) => (Vec::new(), errors),
             None => return false,
         },
+        Slot::Abandoned => return false,
     };
     // The batch's memory follows its records into their partitions (a transform may have
     // made them larger or smaller); the rest covers the error objects until they land.

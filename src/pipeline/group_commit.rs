@@ -116,6 +116,7 @@ pub async fn run(
     shared.metrics.journal_bytes.set(accounted_bytes as i64);
     let stream = shared.name.clone();
     let ctx = shared.ctx.clone();
+    let status = shared.clone();
     let mut writer = Writer {
         journal,
         to_pipeline: Some(to_pipeline),
@@ -198,6 +199,7 @@ pub async fn run(
                 // stream shows stalled) and the next start replays what it holds.
                 tracing::error!(stream = %stream, error = %e, "the journal writer failed; the stream stops taking records until a restart");
                 ctx.journal_total.fetch_sub(accounted, Ordering::AcqRel);
+                status.set_journal_failed(true);
                 return;
             }
         }
