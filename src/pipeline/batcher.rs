@@ -28,7 +28,7 @@ use crate::sink::ObjectPlan;
 use super::Shared;
 use super::budget::Reservation;
 use super::delivery::{self, Event, JournalAnswer};
-use super::group_commit::{Appended, JournalOp};
+use super::group_commit::{Appended, Control, JournalOp};
 use super::holds::{Holds, Settled};
 use super::intake::{Batch, Now, OpenBuffer};
 use super::partitions::{self, Buffers, Claim, FlushMeta, Part, PartKey, Rebuild, Replayed};
@@ -47,7 +47,8 @@ enum Held {
 
 pub struct Batcher {
     shared: Arc<Shared>,
-    ops: mpsc::Sender<JournalOp>,
+    /// The journal writer's control queue: seals, flushes, commits, releases, stop.
+    ops: Control,
     definition_rx: watch::Receiver<Arc<StreamDefinition>>,
     definition: Arc<StreamDefinition>,
     open: OpenBuffer,
@@ -69,7 +70,7 @@ pub struct Batcher {
 impl Batcher {
     pub fn new(
         shared: Arc<Shared>,
-        ops: mpsc::Sender<JournalOp>,
+        ops: Control,
         definition_rx: watch::Receiver<Arc<StreamDefinition>>,
         next: Position,
     ) -> Self {
@@ -103,15 +104,25 @@ impl Batcher {
                 appended = input.recv() => match appended {
                     Some(a) => {
                         self.accept(a).await;
-                        // Take everything already waiting before looking at timers, so an
-                        // interval of 0 still gathers what arrived together.
-                        while let Ok(a) = input.try_recv() {
+                        // Take what was already waiting before looking at timers, so an
+                        // interval of 0 still gathers what arrived together; but only that:
+                        // under steady input, draining until the queue is empty would never
+                        // end, and landed batches (commits, releases) would wait with it.
+                        for _ in 0..input.len() {
+                            let Ok(a) = input.try_recv() else { break };
                             self.accept(a).await;
                         }
                     }
                     None => break,
                 },
-                Some(event) = self.events_rx.recv() => self.event(event).await,
+                Some(event) = self.events_rx.recv() => {
+                    self.event(event).await;
+                    // All that are waiting: under steady input each turn of this loop may
+                    // seal a batch, and commits and releases must keep up with that.
+                    while let Ok(event) = self.events_rx.try_recv() {
+                        self.event(event).await;
+                    }
+                }
                 _ = sleep_until(deadline), if deadline.is_some() => self.seal_open().await,
                 _ = sleep_until(partition_deadline), if partition_deadline.is_some() => {
                     for key in self.buffers.due(Instant::now()) {
@@ -150,12 +161,17 @@ impl Batcher {
                 None => break,
             }
         }
-        let _ = self.ops.send(JournalOp::Stop).await;
+        let _ = self.ops.send(JournalOp::Stop);
     }
 
     async fn event(&mut self, event: Event) {
         match event {
-            Event::Delivered { start, landed } if self.holds.contains(start) => {
+            Event::Delivered {
+                start,
+                landed,
+                memory,
+            } if self.holds.contains(start) => {
+                drop(memory);
                 if self.holds.processed(start) {
                     // Its processing never finished: objects a replay was rebuilding with its
                     // records cannot be completed now.
@@ -170,7 +186,12 @@ impl Batcher {
                 }
                 self.release_hold(start, landed).await;
             }
-            Event::Delivered { start, landed } => {
+            Event::Delivered {
+                start,
+                landed,
+                memory,
+            } => {
+                drop(memory);
                 let held = (!landed).then_some(Held::Shutdown);
                 self.landed(start, held);
             }
@@ -182,7 +203,9 @@ impl Batcher {
             Event::Flushed {
                 contributors,
                 landed,
+                memory,
             } => {
+                drop(memory);
                 for c in contributors {
                     self.release_hold(c, landed).await;
                 }
@@ -197,7 +220,7 @@ impl Batcher {
         match self.holds.release(start, landed) {
             None => {}
             Some(Settled::Landed) => {
-                let _ = self.ops.send(JournalOp::Commit { start }).await;
+                let _ = self.ops.send(JournalOp::Commit { start });
                 self.landed(start, None);
             }
             // Shutdown's, unless [`Batcher::abandon_rebuild`] recorded why first.
@@ -226,8 +249,13 @@ impl Batcher {
             match self.replayed.claim(start, &key) {
                 Some(Claim::Landed) => continue,
                 Some(Claim::Rebuild(index)) => {
-                    self.replayed.fill(index, start, part.records, part.memory);
                     self.holds.add(start);
+                    if !self.replayed.fill(index, start, part.records, part.memory) {
+                        // Its object cannot be rebuilt in this run (another contributor
+                        // failed): the batch must not commit; the next start tries again.
+                        self.hold_back(start, Held::NotRebuilt);
+                        self.release_hold(start, false).await;
+                    }
                     continue;
                 }
                 None => {}
@@ -305,9 +333,9 @@ impl Batcher {
             meta: bytes.clone(),
             reply,
         };
-        if self.ops.send(op).await.is_err() {
+        if self.ops.send(op).is_err() {
             // The journal writer has stopped: the records stay in the journal.
-            self.send_flushed(buffer.contributors, false);
+            self.send_flushed(buffer.contributors, false, buffer.memory);
             return;
         }
         let object = (meta.plan, buffer.records, buffer.memory);
@@ -349,11 +377,12 @@ impl Batcher {
                 }
                 None => true,
             };
-            let landed =
-                durable_entry && delivery::write_records(&shared, plan, records, memory).await;
+            let landed = durable_entry
+                && delivery::write_records(&shared, plan, records, memory.bytes()).await;
             let _ = events.send(Event::Flushed {
                 contributors,
                 landed,
+                memory,
             });
             drop(permit);
         });
@@ -371,10 +400,11 @@ impl Batcher {
         }
     }
 
-    fn send_flushed(&self, contributors: Vec<Position>, landed: bool) {
+    fn send_flushed(&self, contributors: Vec<Position>, landed: bool, memory: Reservation) {
         let _ = self.events_tx.send(Event::Flushed {
             contributors,
             landed,
+            memory,
         });
     }
 
@@ -382,7 +412,13 @@ impl Batcher {
     /// the records that were never sealed.
     async fn resume(&mut self, replay: Replay) {
         let memory = self.shared.ctx.memory.clone();
-        let pending: HashSet<Position> = replay.pending_seals.iter().map(|s| s.start).collect();
+        let landed_before = released_prefixes(&replay);
+        let pending: HashSet<Position> = replay
+            .pending_seals
+            .iter()
+            .map(|s| s.start)
+            .filter(|s| !landed_before.contains(s))
+            .collect();
         let (replayed, unreadable) = Replayed::new(&replay.flushes, &pending);
         if unreadable > 0 {
             // Which objects hold which records is unknown: keep everything in the journal.
@@ -415,6 +451,10 @@ impl Batcher {
             }
             self.next = self.next.max(seal.end);
             let complete = batch.records.len() as u64 == seal.end.0 - seal.start.0;
+            if landed_before.contains(&seal.start) {
+                tracing::info!(stream = %self.shared.name, start = %seal.start, "pending seal whose first records were released: it landed before; not delivered again");
+                continue;
+            }
             match super::entries::decode_seal(&seal.meta) {
                 // Records of a sealed batch are only released after its commit is durable;
                 // if some are missing anyway, re-uploading would overwrite a complete object
@@ -537,7 +577,7 @@ impl Batcher {
             };
             // Sent from here rather than from the upload task so seals reach the journal in
             // position order. The journal writer never waits on this task: no deadlock.
-            if self.ops.send(op).await.is_err() {
+            if self.ops.send(op).is_err() {
                 // The journal writer has stopped: nothing can be sealed; keep what it holds.
                 self.hold_back(start, Held::Shutdown);
                 return;
@@ -557,13 +597,17 @@ impl Batcher {
         let events = self.events_tx.clone();
         let definition = self.definition.clone();
         self.shared.ctx.tracker.spawn(async move {
-            let landed =
+            let (landed, memory) =
                 delivery::deliver(&shared, &ops, batch, plan, seal, definition, &events).await;
             // A partitioned batch is committed by the batcher, once its partitions are written.
             if landed && !buffered {
-                let _ = ops.send(JournalOp::Commit { start }).await;
+                let _ = ops.send(JournalOp::Commit { start });
             }
-            let _ = events.send(Event::Delivered { start, landed });
+            let _ = events.send(Event::Delivered {
+                start,
+                landed,
+                memory,
+            });
             drop(permit);
         });
     }
@@ -593,8 +637,7 @@ impl Batcher {
         .flatten()
         .min()
         .unwrap_or(self.next);
-        // Best effort: a skipped release is covered by the next one.
-        let _ = self.ops.try_send(JournalOp::Release { low });
+        let _ = self.ops.send(JournalOp::Release { low });
         self.publish_gauges();
     }
 
@@ -622,9 +665,89 @@ impl Batcher {
     }
 }
 
+/// Pending seals whose first records were released, all the rest present: they landed. A
+/// release passes a batch only once it landed; if its commit entry was lost (a journal written
+/// before commits were retried after a failed round), the batch shows as pending with its
+/// first records gone. Delivering it again would overwrite its object with a partial one.
+fn released_prefixes(replay: &Replay) -> HashSet<Position> {
+    // Damage can also remove a batch's first records: then nothing is inferred.
+    let Some(kept_from) = replay.records.first().map(|r| r.position) else {
+        return HashSet::new();
+    };
+    if !replay.skipped.is_empty() {
+        return HashSet::new();
+    }
+    let present = |from: Position, end: Position| {
+        let lo = replay.records.partition_point(|r| r.position < from);
+        let hi = replay.records.partition_point(|r| r.position < end);
+        (hi - lo) as u64
+    };
+    replay
+        .pending_seals
+        .iter()
+        .filter(|s| {
+            s.start < kept_from && present(kept_from, s.end) == s.end.0.saturating_sub(kept_from.0)
+        })
+        .map(|s| s.start)
+        .collect()
+}
+
 async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{ReplayedRecord, Skipped};
+
+    fn replay(records: std::ops::Range<u64>, seals: &[(u64, u64)]) -> Replay {
+        Replay {
+            records: records
+                .map(|p| ReplayedRecord {
+                    position: Position(p),
+                    arrival_ms: 0,
+                    data: Bytes::new(),
+                })
+                .collect(),
+            pending_seals: seals
+                .iter()
+                .map(|(start, end)| Seal {
+                    start: Position(*start),
+                    end: Position(*end),
+                    meta: Vec::new(),
+                })
+                .collect(),
+            flushes: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_pending_seal_with_its_first_records_released_had_landed() {
+        // Records from 150 on are kept; 100..200's first half was released, 200..300 whole.
+        let r = replay(150..300, &[(100, 200), (200, 300)]);
+        assert_eq!(released_prefixes(&r), [Position(100)].into());
+        // Wholly released.
+        assert_eq!(
+            released_prefixes(&replay(150..160, &[(100, 140), (150, 160)])),
+            [Position(100)].into()
+        );
+        // A gap inside the batch is not a release.
+        let mut gap = replay(150..200, &[(100, 200)]);
+        gap.records.remove(10);
+        assert!(released_prefixes(&gap).is_empty());
+        // Nor is anything when damage was passed over.
+        let mut damaged = replay(150..200, &[(100, 200)]);
+        damaged.skipped.push(Skipped {
+            path: "x".into(),
+            offset: 0,
+            reason: "flipped".into(),
+        });
+        assert!(released_prefixes(&damaged).is_empty());
+        assert!(released_prefixes(&replay(0..0, &[(0, 10)])).is_empty());
     }
 }

@@ -20,7 +20,7 @@ use crate::sink::{self, Layout, ObjectPlan, SealedSettings, UploadOutcome};
 
 use super::Shared;
 use super::budget::Reservation;
-use super::group_commit::{JournalOp, JournalWriteFailed};
+use super::group_commit::{Control, JournalOp, JournalWriteFailed};
 use super::intake::Batch;
 use super::naming::{self, ERROR_OBJECT_BASE};
 use super::partitions::{Part, PartKey};
@@ -31,55 +31,59 @@ pub type JournalAnswer = oneshot::Receiver<Result<(), JournalWriteFailed>>;
 /// What delivery tasks report to the batcher.
 pub enum Event {
     /// A batch's own work ended: its object, or for a partitioned batch its error objects.
-    /// `landed` is false when shutdown abandoned it: it stays pending in the journal.
-    Delivered { start: Position, landed: bool },
+    /// `landed` is false when shutdown abandoned it: it stays pending in the journal. The
+    /// memory its records held comes back with it and is given back when the batcher has
+    /// taken note, so producers cannot outrun the batcher's bookkeeping (commits, releases).
+    Delivered {
+        start: Position,
+        landed: bool,
+        memory: Reservation,
+    },
     /// A partitioned batch was processed: its records by partition.
     Processed {
         start: Position,
         oldest_ms: u64,
         parts: Vec<Part>,
     },
-    /// A partition object landed, or shutdown abandoned it.
+    /// A partition object landed, or shutdown abandoned it; with its records' memory.
     Flushed {
         contributors: Vec<Position>,
         landed: bool,
+        memory: Reservation,
     },
 }
 
 /// Seal (unless replaying one), encode, upload. Returns false only when shutdown abandoned the
-/// batch; its seal stays pending in the journal and the next start re-delivers it. The
-/// batch's memory is given back as its records leave (in objects, or processed into partition
-/// buffers).
+/// batch; its seal stays pending in the journal and the next start re-delivers it. Returns
+/// the memory of the batch's records that did not move on into partition buffers.
 pub async fn deliver(
     shared: &Arc<Shared>,
-    ops: &mpsc::Sender<JournalOp>,
+    ops: &Control,
     mut batch: Batch,
     mut plan: ObjectPlan,
     seal: Option<(Seal, JournalAnswer)>,
     definition: Arc<StreamDefinition>,
     events: &mpsc::UnboundedSender<Event>,
-) -> bool {
-    let memory = batch.memory.split(u64::MAX);
+) -> (bool, Reservation) {
+    let mut memory = batch.memory.split(u64::MAX);
     if let Some((seal, answer)) = seal {
         let resend = move |reply| JournalOp::Seal {
             seal: seal.clone(),
             reply,
         };
         if !durable(shared, ops, answer, resend).await {
-            return false;
+            return (false, memory);
         }
     }
-    match plan.layout.take() {
+    let landed = match plan.layout.take() {
         Some(layout) if layout.buffered => {
-            deliver_partitioned(shared, (batch, memory), plan, layout, definition, events).await
+            let batch = (batch, &mut memory);
+            deliver_partitioned(shared, batch, plan, layout, definition, events).await
         }
-        Some(layout) => {
-            let landed = deliver_processed(shared, batch, plan, layout, definition).await;
-            drop(memory);
-            landed
-        }
-        None => write_records(shared, plan, batch.records, memory).await,
-    }
+        Some(layout) => deliver_processed(shared, batch, plan, layout, definition).await,
+        None => write_records(shared, plan, batch.records, memory.bytes()).await,
+    };
+    (landed, memory)
 }
 
 /// Waits until a journal entry the batcher queued (in order) is durable, queueing it again
@@ -87,7 +91,7 @@ pub async fn deliver(
 /// shutdown gave up first, or the journal writer stopped.
 pub async fn durable(
     shared: &Shared,
-    ops: &mpsc::Sender<JournalOp>,
+    ops: &Control,
     mut answer: JournalAnswer,
     op: impl Fn(oneshot::Sender<Result<(), JournalWriteFailed>>) -> JournalOp,
 ) -> bool {
@@ -108,22 +112,21 @@ pub async fn durable(
             return false;
         }
         let (reply, next) = oneshot::channel();
-        if ops.send(op(reply)).await.is_err() {
+        if ops.send(op(reply)).is_err() {
             return false;
         }
         answer = next;
     }
 }
 
-/// Encodes records as one object and writes it (a plain batch, or a partition buffer); their
-/// memory is held until it landed.
+/// Encodes records (`bytes` of payload) as one object and writes it (a plain batch, or a
+/// partition buffer).
 pub async fn write_records(
     shared: &Shared,
     plan: ObjectPlan,
     records: Vec<Bytes>,
-    memory: Reservation,
+    bytes: u64,
 ) -> bool {
-    let bytes = memory.bytes();
     let ctx = &shared.ctx;
     let count = records.len() as u64;
     let level = ctx.upload.gzip_level;
@@ -153,9 +156,7 @@ pub async fn write_records(
         payload_bytes: bytes,
         error_output: None,
     };
-    let landed = write_object(shared, object).await;
-    drop(memory);
-    landed
+    write_object(shared, object).await
 }
 
 /// How work run in a slot ended.
@@ -471,7 +472,7 @@ fn prepare(
 /// batcher by partition, for the partition buffers.
 async fn deliver_partitioned(
     shared: &Arc<Shared>,
-    (batch, mut memory): (Batch, Reservation),
+    (batch, memory): (Batch, &mut Reservation),
     plan: ObjectPlan,
     layout: Layout,
     definition: Arc<StreamDefinition>,
@@ -531,9 +532,7 @@ async fn deliver_partitioned(
         oldest_ms,
         parts,
     });
-    let landed = write_all(shared, errors).await;
-    drop(memory);
-    landed
+    write_all(shared, errors).await
 }
 
 /// Writes objects side by side; true when all landed.

@@ -22,6 +22,10 @@ use super::budget::Reservation;
 /// delay every answer behind one enormous write.
 const MAX_OPS_PER_COMMIT: usize = 256;
 
+/// The writer's queue for everything but appends (and the end of input, which must follow
+/// them): the batcher and delivery tasks send on it without waiting.
+pub type Control = mpsc::UnboundedSender<JournalOp>;
+
 pub enum JournalOp {
     Append {
         arrival_ms: u64,
@@ -79,9 +83,26 @@ pub struct Appended {
     pub memory: Reservation,
 }
 
+/// An append written in the current round, answered once the round's sync settles it.
+type PendingAppend = (
+    Position,
+    u64,
+    Vec<Bytes>,
+    Reservation,
+    oneshot::Sender<Result<Position, AppendRefused>>,
+);
+
 /// What a stream's journal writer carries from one group commit to the next.
 struct Writer {
     journal: Journal,
+    /// The current round's appends, kept here rather than in the round so that a round that
+    /// panics still settles them: those a roll made durable are handed over and acknowledged
+    /// (the pipeline's positions stay continuous), the rest refused.
+    round_appends: Vec<PendingAppend>,
+    /// Commits not yet durable: written again after a failed round, until one syncs them. A
+    /// lost commit would let a release pass its batch, and the next start would find the
+    /// batch's seal with its first records gone.
+    unsynced_commits: Vec<Position>,
     to_pipeline: Option<mpsc::UnboundedSender<Appended>>,
     /// Journal bytes this stream has added to `journal_total`.
     accounted_bytes: u64,
@@ -103,6 +124,7 @@ const RECOVER_MAX: Duration = Duration::from_secs(5);
 pub async fn run(
     journal: Journal,
     mut ops: mpsc::Receiver<JournalOp>,
+    mut control: mpsc::UnboundedReceiver<JournalOp>,
     to_pipeline: mpsc::UnboundedSender<Appended>,
     shared: Arc<Shared>,
     span: tracing::Span,
@@ -119,20 +141,37 @@ pub async fn run(
     let status = shared.clone();
     let mut writer = Writer {
         journal,
+        round_appends: Vec::new(),
+        unsynced_commits: Vec::new(),
         to_pipeline: Some(to_pipeline),
         accounted_bytes,
         shared,
         recover_at: None,
         recover_delay: RECOVER_INITIAL,
     };
+    let (mut ops_open, mut control_open) = (true, true);
     loop {
         // A failed journal also wakes on its own to recover: a replica that reports not ready
         // gets no traffic, and must not wait for an operation to become writable again.
         let wake = writer.recover_at.map(tokio::time::Instant::from_std);
+        if !(ops_open || control_open) {
+            break;
+        }
         let first = tokio::select! {
-            op = ops.recv() => match op {
+            biased;
+            op = control.recv(), if control_open => match op {
                 Some(op) => Some(op),
-                None => break,
+                None => {
+                    control_open = false;
+                    continue;
+                }
+            },
+            op = ops.recv(), if ops_open => match op {
+                Some(op) => Some(op),
+                None => {
+                    ops_open = false;
+                    continue;
+                }
             },
             () = async {
                 if let Some(at) = wake {
@@ -142,6 +181,13 @@ pub async fn run(
         };
         let mut batch = Vec::with_capacity(MAX_OPS_PER_COMMIT);
         batch.extend(first);
+        // Control first, then appends, up to the round's size.
+        while !batch.is_empty() && batch.len() < MAX_OPS_PER_COMMIT {
+            match control.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
         while !batch.is_empty() && batch.len() < MAX_OPS_PER_COMMIT {
             match ops.try_recv() {
                 Ok(op) => batch.push(op),
@@ -163,13 +209,7 @@ pub async fn run(
                 commit_group(&mut writer, batch)
             }));
             if stop.is_err() {
-                if ends_input {
-                    writer.to_pipeline = None;
-                }
-                writer.journal.mark_failed();
-                writer.shared.set_journal_failed(true);
-                writer.shared.metrics.journal_write_failures.inc();
-                writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
+                settle_after_panic(&mut writer, ends_input);
             }
             (writer, stop)
         })
@@ -208,12 +248,47 @@ pub async fn run(
         .fetch_sub(writer.accounted_bytes, Ordering::AcqRel);
 }
 
+/// After a round panicked: appends a roll made durable are handed over and acknowledged, the
+/// rest refused; the journal is treated as failed (what it did not sync is dropped when it
+/// recovers), and a panic that repeats waits longer each time.
+fn settle_after_panic(writer: &mut Writer, ends_input: bool) {
+    let durable = writer.journal.durable_next();
+    let refused = JournalWriteFailed::from(crate::journal::WriteError::Failed {
+        dir: writer.journal.dir().to_path_buf(),
+    });
+    for (first, arrival_ms, records, memory, reply) in writer.round_appends.drain(..) {
+        if first.0 + records.len() as u64 > durable.0 {
+            let _ = reply.send(Err(AppendRefused::Io(refused.clone())));
+            continue;
+        }
+        if let Some(tx) = writer.to_pipeline.as_ref() {
+            let _ = tx.send(Appended {
+                first,
+                arrival_ms,
+                records,
+                memory,
+            });
+        }
+        let _ = reply.send(Ok(first));
+    }
+    if ends_input {
+        writer.to_pipeline = None;
+    }
+    writer.journal.mark_failed();
+    writer.shared.set_journal_failed(true);
+    writer.shared.metrics.journal_write_failures.inc();
+    writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
+    writer.recover_delay = (writer.recover_delay * 2).min(RECOVER_MAX);
+}
+
 /// Writes one group of operations, syncs once, answers them. True when the writer stops.
 fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
     recover_if_due(writer);
     let had_work = !batch.is_empty();
     let Writer {
         journal,
+        round_appends: appends,
+        unsynced_commits,
         to_pipeline,
         accounted_bytes,
         shared,
@@ -221,8 +296,15 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
     } = writer;
     let stream = &shared.name;
     let (stop, round_failed) = {
-        let mut appends = Vec::new();
         let mut seals = Vec::new();
+        // Commits a failed round lost go first, so a release in this round cannot pass them.
+        let mut commit_failed = false;
+        for start in unsynced_commits.iter() {
+            if let Err(e) = journal.append_commit(*start) {
+                commit_failed = true;
+                tracing::debug!(stream = %stream, error = %e, "journal commit entry not written yet");
+            }
+        }
         let mut stop = false;
         // Input ends after this group's accepted appends are handed over, never before.
         let mut end_input = false;
@@ -266,8 +348,10 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
                     }
                 },
                 JournalOp::Commit { start } => {
+                    unsynced_commits.push(start);
                     if let Err(e) = journal.append_commit(start) {
-                        tracing::warn!(stream = %stream, error = %e, "journal commit entry not written; a restart would re-upload that object under the same key");
+                        commit_failed = true;
+                        tracing::debug!(stream = %stream, error = %e, "journal commit entry not written yet; retried with the next round");
                     }
                 }
                 JournalOp::Release { low } => {
@@ -296,7 +380,10 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         // After a failure, appends that a roll synced before it are durable all the same:
         // acknowledged and handed over, so positions stay continuous for the pipeline.
         let durable = journal.durable_next();
-        for (first, arrival_ms, records, memory, reply) in appends {
+        if write_error.is_none() && !commit_failed {
+            unsynced_commits.clear();
+        }
+        for (first, arrival_ms, records, memory, reply) in appends.drain(..) {
             let end = first.0 + records.len() as u64;
             if let Some(e) = &write_error
                 && end > durable.0
@@ -325,7 +412,7 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         if end_input {
             *to_pipeline = None;
         }
-        if let (Some(low), None) = (release_to, &write_error)
+        if let (Some(low), None, false) = (release_to, &write_error, commit_failed)
             && let Err(e) = journal.release(low)
         {
             tracing::warn!(stream = %stream, error = %e, "journal segments not released");

@@ -240,6 +240,10 @@ impl StreamRuntime {
             .journal_damage
             .inc_by(replay.skipped.len() as u64);
         let (ops_tx, ops_rx) = mpsc::channel(JOURNAL_QUEUE);
+        // Seals, flushes, commits and releases never wait behind appends: a commit held up
+        // by producers keeping the append queue full would hold every release with it.
+        // Unbounded in count, bounded by the batches in flight.
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
         let (appended_tx, appended_rx) = mpsc::unbounded_channel();
         let (def_tx, def_rx) = watch::channel(definition);
         let (finished_tx, finished_rx) = watch::channel(false);
@@ -256,11 +260,12 @@ impl StreamRuntime {
         ctx.tracker.spawn(group_commit::run(
             journal,
             ops_rx,
+            control_rx,
             appended_tx,
             shared.clone(),
             span,
         ));
-        let batcher = batcher::Batcher::new(shared.clone(), ops_tx.clone(), def_rx, next_position);
+        let batcher = batcher::Batcher::new(shared.clone(), control_tx, def_rx, next_position);
         ctx.tracker.spawn(async move {
             batcher.run(replay, appended_rx).await;
             let _ = finished_tx.send(true);

@@ -292,13 +292,23 @@ impl Replayed {
         self.claims.remove(&(from, key.clone()))
     }
 
-    /// Gives a claimed part to its rebuild.
-    pub fn fill(&mut self, index: usize, from: Position, records: Vec<Bytes>, memory: Reservation) {
+    /// Gives a claimed part to its rebuild. False when that rebuild was given up already (a
+    /// contributor failed): the part has nowhere to go in this run.
+    #[must_use]
+    pub fn fill(
+        &mut self,
+        index: usize,
+        from: Position,
+        records: Vec<Bytes>,
+        memory: Reservation,
+    ) -> bool {
         if let Some(Some(r)) = self.rebuilds.get_mut(index)
             && let Some(i) = r.meta.contributors.iter().position(|c| *c == from.0)
         {
             r.parts[i] = Some((records, memory));
+            return true;
         }
+        false
     }
 
     /// `from` was processed: returns the rebuilds that no longer wait for anyone.
@@ -404,13 +414,13 @@ mod tests {
         let Some(Claim::Rebuild(i)) = r.claim(Position(30), &key("R/")) else {
             panic!("R is rebuilt");
         };
-        r.fill(i, Position(30), records(&["c"]), memory.reserve(1));
+        assert!(r.fill(i, Position(30), records(&["c"]), memory.reserve(1)));
         assert!(r.processed(Position(30)).is_empty(), "still waits for 20");
         let Some(Claim::Rebuild(j)) = r.claim(Position(20), &key("R/")) else {
             panic!("R is rebuilt");
         };
         assert_eq!(i, j);
-        r.fill(j, Position(20), records(&["a", "b"]), memory.reserve(2));
+        assert!(r.fill(j, Position(20), records(&["a", "b"]), memory.reserve(2)));
         // A partition no flush names goes to a buffer.
         assert!(r.claim(Position(20), &key("Q/")).is_none());
         let ready = r.processed(Position(20));
@@ -430,7 +440,7 @@ mod tests {
         let Some(Claim::Rebuild(i)) = r.claim(Position(1), &key("P/")) else {
             panic!("P is rebuilt");
         };
-        r.fill(i, Position(1), records(&["a"]), memory.reserve(1));
+        assert!(r.fill(i, Position(1), records(&["a"]), memory.reserve(1)));
         assert!(r.processed(Position(1)).is_empty());
         let failed = r.failed(Position(2));
         assert_eq!(failed.len(), 1);
@@ -439,6 +449,79 @@ mod tests {
         assert_eq!(memory.used(), 1);
         drop(failed);
         assert_eq!(memory.used(), 0, "a rebuild given up gives its memory back");
+    }
+
+    #[test]
+    fn a_part_claimed_by_a_rebuild_given_up_has_nowhere_to_go() {
+        let memory = budget();
+        let pending: HashSet<Position> = [Position(1), Position(2)].into();
+        let (mut r, _) = Replayed::new(&[flush("P/", &[1, 2])], &pending);
+        // 2's seal could not be read: the rebuild is given up before 1 is processed.
+        assert_eq!(r.failed(Position(2)).len(), 1);
+        let Some(Claim::Rebuild(i)) = r.claim(Position(1), &key("P/")) else {
+            panic!("1's part of P is still claimed");
+        };
+        assert!(!r.fill(i, Position(1), records(&["a"]), memory.reserve(1)));
+        assert_eq!(memory.used(), 0);
+    }
+
+    /// A partition's buffer is due the interval hint after its oldest record arrived, however
+    /// long that record spent in the intake buffer first; later parts never push it back.
+    #[tokio::test(start_paused = true)]
+    async fn a_partition_buffer_is_due_its_interval_after_its_oldest_arrival() {
+        let memory = budget();
+        let mut b = Buffers::default();
+        let interval = Duration::from_secs(60);
+        let now = crate::pipeline::intake::Now {
+            ms: 1_000_000,
+            instant: Instant::now(),
+        };
+        // Processed 1 s after it arrived (the intake interval of a partitioned stream).
+        let first = Part {
+            key: key("P/"),
+            records: records(&["a"]),
+            memory: memory.reserve(1),
+        };
+        b.add(first, Position(0), 999_000, now.deadline(999_000, interval));
+        tokio::time::advance(Duration::from_secs(30)).await;
+        let later = crate::pipeline::intake::Now {
+            ms: 1_030_000,
+            instant: Instant::now(),
+        };
+        let second = Part {
+            key: key("P/"),
+            records: records(&["b"]),
+            memory: memory.reserve(1),
+        };
+        b.add(
+            second,
+            Position(1),
+            1_029_000,
+            later.deadline(1_029_000, interval),
+        );
+        let due_at = b.next_deadline().unwrap();
+        assert_eq!(due_at, now.instant + Duration::from_secs(59));
+        assert!(b.due(Instant::now()).is_empty());
+        tokio::time::sleep_until(due_at).await;
+        assert_eq!(b.due(Instant::now()), [key("P/")]);
+    }
+
+    #[test]
+    fn a_partitioned_stream_seals_small_intake_batches() {
+        let mut dest = crate::definition::validate(
+            &serde_json::from_str(r#"{"BucketARN":"arn:aws:s3:::bkt","BufferingHints":{"SizeInMBs":64,"IntervalInSeconds":900}}"#)
+                .unwrap(),
+            &Default::default(),
+            crate::process::jq::check,
+        )
+        .unwrap();
+        assert_eq!(
+            intake_hints(&dest),
+            (64 << 20, Duration::from_secs(900)),
+            "the hints, without partitioning"
+        );
+        dest.dynamic_partitioning = true;
+        assert_eq!(intake_hints(&dest), (INTAKE_BYTES, INTAKE_INTERVAL));
     }
 
     #[test]
