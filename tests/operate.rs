@@ -8,6 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use aws_sdk_firehose::error::ProvideErrorMetadata;
+use aws_sdk_firehose::types::CompressionFormat;
 use common::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_spillway");
@@ -468,4 +469,55 @@ fn slow_and_piled_up_connections_are_cut_off() {
     // Once they are gone, the daemon answers as before.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(d.get("/healthz").0, 200);
+}
+
+/// Under sustained load from 8 producers, what a stream holds stays bounded by the memory
+/// cap: delivered batches are committed and their journal segments released while the load
+/// goes on, not only once it stops. (A build whose delivery tasks gave memory back before the
+/// stream's task had committed them let producers run ahead: the journal grew with every
+/// record sent until the load ended.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn under_sustained_load_the_journal_is_released_as_batches_land() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+
+    let d = Daemon::start("[buffer]\nmax_memory_mib = 16\n[journal]\nsegment_mib = 1\n");
+    let fh = d.firehose();
+    // GZIP: encoding is the slow stage, so delivered batches queue behind it.
+    let dest = s3_destination("steady", 1, 1).compression_format(CompressionFormat::Gzip);
+    create_stream(&fh, "steady", dest).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(AtomicU64::new(0));
+    let mut producers = Vec::new();
+    for p in 0..8u64 {
+        let (fh, stop, acked) = (fh.clone(), stop.clone(), acked.clone());
+        producers.push(tokio::spawn(async move {
+            let mut next = p << 40;
+            while !stop.load(Relaxed) {
+                let ok = put_batch_or_throttled(&fh, "steady", next..next + 200, 1024).await;
+                acked.fetch_add(ok.len() as u64 * 1024, Relaxed);
+                next += 200;
+            }
+        }));
+    }
+    // Until 4 times the memory cap went through (or a minute passed on a slow machine).
+    let target = 64u64 << 20;
+    let mut peak = 0.0f64;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked.load(Relaxed) < target && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        peak = peak.max(d.metric("spillway_journal_bytes{stream=\"steady\"}"));
+    }
+    stop.store(true, Relaxed);
+    for p in producers {
+        p.await.unwrap();
+    }
+    let sent_mib = acked.load(Relaxed) as f64 / 1048576.0;
+    assert!(sent_mib >= 64.0, "enough load to tell: {sent_mib:.0} MiB");
+    // Records in memory (16 MiB), a few 1 MiB segments, and room for a slow release.
+    assert!(
+        peak <= 40.0 * 1048576.0,
+        "the journal reached {:.0} MiB while {sent_mib:.0} MiB were sent",
+        peak / 1048576.0
+    );
 }
