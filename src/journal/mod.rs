@@ -56,7 +56,7 @@ pub use error::{OpenError, WriteError};
 
 /// Position of a record in the journal: consecutive, starting at 0 for a new journal, never
 /// reused.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Position(pub u64);
 
 impl Position {
@@ -133,6 +133,9 @@ pub struct Replay {
     /// Damage passed over (already logged): what it covered is lost, everything intact
     /// around it is replayed.
     pub skipped: Vec<Skipped>,
+    /// The first position of the oldest segment left: everything below it was released (or
+    /// its segment lost outside the journal's knowledge).
+    pub first_position: Position,
 }
 
 /// Damage in a segment that replay passed over: a flipped byte, a cut or zeroed stretch, a

@@ -43,6 +43,8 @@ struct RecordsLoc {
 
 pub(super) struct Scan {
     pub segments: Vec<ScannedSegment>,
+    /// The oldest segment's first position.
+    pub first: Position,
     /// One past the last record found; at least the last segment's first position.
     pub next: Position,
     locs: Vec<RecordsLoc>,
@@ -70,6 +72,7 @@ fn io_error(op: &'static str, path: &std::path::Path) -> impl FnOnce(std::io::Er
 pub(super) fn scan(segments: &[(Position, PathBuf)]) -> Result<Scan, OpenError> {
     let mut scan = Scan {
         segments: Vec::with_capacity(segments.len()),
+        first: segments.first().map_or(Position(0), |(first, _)| *first),
         next: segments.first().map_or(Position(0), |(first, _)| *first),
         locs: Vec::new(),
         seals: Vec::new(),
@@ -328,6 +331,7 @@ pub(super) fn load(scan: &Scan) -> Result<Replay, OpenError> {
         pending_seals,
         flushes: scan.flushes.clone(),
         skipped: Vec::new(),
+        first_position: scan.first,
     })
 }
 

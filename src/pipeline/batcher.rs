@@ -65,6 +65,8 @@ pub struct Batcher {
     holds: Holds,
     buffers: Buffers,
     replayed: Replayed,
+    /// The input ended: what cannot be delivered now is shutdown's to leave behind.
+    closing: bool,
 }
 
 impl Batcher {
@@ -92,6 +94,7 @@ impl Batcher {
             holds: Holds::default(),
             buffers: Buffers::default(),
             replayed: Replayed::default(),
+            closing: false,
         }
     }
 
@@ -140,6 +143,7 @@ impl Batcher {
                 }
             }
         }
+        self.closing = true;
         self.seal_open().await;
         // Partitioned batches still being processed add to the buffers; then every buffer is
         // written, and the objects of a replay that cannot be completed are left to the next.
@@ -252,8 +256,14 @@ impl Batcher {
                     self.holds.add(start);
                     if !self.replayed.fill(index, start, part.records, part.memory) {
                         // Its object cannot be rebuilt in this run (another contributor
-                        // failed): the batch must not commit; the next start tries again.
-                        self.hold_back(start, Held::NotRebuilt);
+                        // failed, or shutdown gave it up): the batch must not commit; the
+                        // next start tries again.
+                        let why = if self.closing {
+                            Held::Shutdown
+                        } else {
+                            Held::NotRebuilt
+                        };
+                        self.hold_back(start, why);
                         self.release_hold(start, false).await;
                     }
                     continue;
@@ -494,7 +504,9 @@ impl Batcher {
                 self.seal_open().await;
             }
         }
-        self.publish_gauges();
+        // What the replay found delivered (committed, or counted as landed) can go now, not
+        // only once the next batch lands.
+        self.release();
     }
 
     async fn accept(&mut self, appended: Appended) {
@@ -628,6 +640,11 @@ impl Batcher {
         if let Some(why) = held {
             self.hold_back(start, why);
         }
+        self.release();
+    }
+
+    /// Lets the journal drop what no batch needs any more.
+    fn release(&self) {
         let low = [
             self.in_flight.keys().next().copied(),
             self.open.start(),
@@ -665,18 +682,17 @@ impl Batcher {
     }
 }
 
-/// Pending seals whose first records were released, all the rest present: they landed. A
-/// release passes a batch only once it landed; if its commit entry was lost (a journal written
-/// before commits were retried after a failed round), the batch shows as pending with its
-/// first records gone. Delivering it again would overwrite its object with a partial one.
+/// Pending seals whose first records were released (below the oldest segment left), all the
+/// rest present: they landed. A release passes a batch only once it landed; if its commit
+/// entry was lost (a journal written before commits were retried after a failed round), the
+/// batch shows as pending with its first records gone. Delivering it again would overwrite
+/// its object with a partial one; holding it would keep the journal from ever being released.
 fn released_prefixes(replay: &Replay) -> HashSet<Position> {
     // Damage can also remove a batch's first records: then nothing is inferred.
-    let Some(kept_from) = replay.records.first().map(|r| r.position) else {
-        return HashSet::new();
-    };
     if !replay.skipped.is_empty() {
         return HashSet::new();
     }
+    let kept_from = replay.first_position;
     let present = |from: Position, end: Position| {
         let lo = replay.records.partition_point(|r| r.position < from);
         let hi = replay.records.partition_point(|r| r.position < end);
@@ -705,6 +721,7 @@ mod tests {
     use crate::journal::{ReplayedRecord, Skipped};
 
     fn replay(records: std::ops::Range<u64>, seals: &[(u64, u64)]) -> Replay {
+        let first_position = Position(records.start);
         Replay {
             records: records
                 .map(|p| ReplayedRecord {
@@ -723,6 +740,7 @@ mod tests {
                 .collect(),
             flushes: Vec::new(),
             skipped: Vec::new(),
+            first_position,
         }
     }
 
@@ -736,6 +754,15 @@ mod tests {
             released_prefixes(&replay(150..160, &[(100, 140), (150, 160)])),
             [Position(100)].into()
         );
+        // Wholly released, and everything after it committed: no record replayed at all.
+        let mut idle = replay(0..0, &[(100, 140)]);
+        idle.first_position = Position(300);
+        assert_eq!(released_prefixes(&idle), [Position(100)].into());
+        // Records of the oldest segment are committed (not replayed): the seal's first
+        // records sit in a segment still there, so they were not released.
+        let mut kept = replay(180..200, &[(100, 200)]);
+        kept.first_position = Position(50);
+        assert!(released_prefixes(&kept).is_empty());
         // A gap inside the batch is not a release.
         let mut gap = replay(150..200, &[(100, 200)]);
         gap.records.remove(10);
@@ -749,5 +776,9 @@ mod tests {
         });
         assert!(released_prefixes(&damaged).is_empty());
         assert!(released_prefixes(&replay(0..0, &[(0, 10)])).is_empty());
+        assert_eq!(
+            released_prefixes(&replay(5..10, &[(0, 10)])),
+            [Position(0)].into()
+        );
     }
 }

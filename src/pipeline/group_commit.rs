@@ -98,11 +98,15 @@ struct Writer {
     /// The current round's appends, kept here rather than in the round so that a round that
     /// panics still settles them: those a roll made durable are handed over and acknowledged
     /// (the pipeline's positions stay continuous), the rest refused.
-    round_appends: Vec<PendingAppend>,
-    /// Commits not yet durable: written again after a failed round, until one syncs them. A
-    /// lost commit would let a release pass its batch, and the next start would find the
-    /// batch's seal with its first records gone.
+    round_appends: std::collections::VecDeque<PendingAppend>,
+    /// Commits not yet durable: taken out of their round before anything else runs (so even
+    /// a round that panics keeps them) and written again after a failed round, until one syncs
+    /// them. A lost commit would let a release pass its batch, and the next start would find
+    /// the batch's seal with its first records gone.
     unsynced_commits: Vec<Position>,
+    /// The highest release asked for and not applied yet: applied by the first round that
+    /// syncs with every commit written, so a failed round does not lose it.
+    pending_release: Option<Position>,
     to_pipeline: Option<mpsc::UnboundedSender<Appended>>,
     /// Journal bytes this stream has added to `journal_total`.
     accounted_bytes: u64,
@@ -141,8 +145,9 @@ pub async fn run(
     let status = shared.clone();
     let mut writer = Writer {
         journal,
-        round_appends: Vec::new(),
+        round_appends: std::collections::VecDeque::new(),
         unsynced_commits: Vec::new(),
+        pending_release: None,
         to_pipeline: Some(to_pipeline),
         accounted_bytes,
         shared,
@@ -256,7 +261,7 @@ fn settle_after_panic(writer: &mut Writer, ends_input: bool) {
     let refused = JournalWriteFailed::from(crate::journal::WriteError::Failed {
         dir: writer.journal.dir().to_path_buf(),
     });
-    for (first, arrival_ms, records, memory, reply) in writer.round_appends.drain(..) {
+    while let Some((first, arrival_ms, records, memory, reply)) = writer.round_appends.pop_front() {
         if first.0 + records.len() as u64 > durable.0 {
             let _ = reply.send(Err(AppendRefused::Io(refused.clone())));
             continue;
@@ -283,12 +288,24 @@ fn settle_after_panic(writer: &mut Writer, ends_input: bool) {
 
 /// Writes one group of operations, syncs once, answers them. True when the writer stops.
 fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
+    batch.retain(|op| match op {
+        JournalOp::Commit { start } => {
+            writer.unsynced_commits.push(*start);
+            false
+        }
+        JournalOp::Release { low } => {
+            writer.pending_release = Some(writer.pending_release.map_or(*low, |r| r.max(*low)));
+            false
+        }
+        _ => true,
+    });
     recover_if_due(writer);
     let had_work = !batch.is_empty();
     let Writer {
         journal,
         round_appends: appends,
         unsynced_commits,
+        pending_release,
         to_pipeline,
         accounted_bytes,
         shared,
@@ -308,9 +325,6 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         let mut stop = false;
         // Input ends after this group's accepted appends are handed over, never before.
         let mut end_input = false;
-        // Applied only once the group (and so every commit in it) is durable: a release must
-        // never outrun the commit that justifies it.
-        let mut release_to: Option<Position> = None;
         let mut write_error: Option<JournalWriteFailed> = None;
         for op in batch.drain(..) {
             match op {
@@ -329,7 +343,7 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
                         .map(|data| RecordRef { arrival_ms, data })
                         .collect();
                     match journal.append_records(&refs) {
-                        Ok(first) => appends.push((first, arrival_ms, records, memory, reply)),
+                        Ok(first) => appends.push_back((first, arrival_ms, records, memory, reply)),
                         Err(e) => {
                             let _ = reply.send(Err(AppendRefused::Io(e.into())));
                         }
@@ -347,16 +361,8 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
                         let _ = reply.send(Err(e.into()));
                     }
                 },
-                JournalOp::Commit { start } => {
-                    unsynced_commits.push(start);
-                    if let Err(e) = journal.append_commit(start) {
-                        commit_failed = true;
-                        tracing::debug!(stream = %stream, error = %e, "journal commit entry not written yet; retried with the next round");
-                    }
-                }
-                JournalOp::Release { low } => {
-                    release_to = Some(release_to.map_or(low, |r| r.max(low)));
-                }
+                // Taken out of the round above.
+                JournalOp::Commit { .. } | JournalOp::Release { .. } => {}
                 JournalOp::EndInput => end_input = true,
                 JournalOp::Stop => stop = true,
             }
@@ -383,7 +389,9 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         if write_error.is_none() && !commit_failed {
             unsynced_commits.clear();
         }
-        for (first, arrival_ms, records, memory, reply) in appends.drain(..) {
+        // Each is taken out only as it is answered: a panic midway leaves the rest to
+        // `settle_after_panic`.
+        while let Some((first, arrival_ms, records, memory, reply)) = appends.pop_front() {
             let end = first.0 + records.len() as u64;
             if let Some(e) = &write_error
                 && end > durable.0
@@ -412,10 +420,15 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         if end_input {
             *to_pipeline = None;
         }
-        if let (Some(low), None, false) = (release_to, &write_error, commit_failed)
-            && let Err(e) = journal.release(low)
-        {
-            tracing::warn!(stream = %stream, error = %e, "journal segments not released");
+        // Applied only once every commit is durable: a release must never outrun the commit
+        // that justifies it.
+        if let (Some(low), None, false) = (*pending_release, &write_error, commit_failed) {
+            match journal.release(low) {
+                Ok(()) => *pending_release = None,
+                Err(e) => {
+                    tracing::warn!(stream = %stream, error = %e, "journal segments not released");
+                }
+            }
         }
 
         let bytes = journal.disk_bytes();
