@@ -96,7 +96,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     tracing::info!("listening on http://{local}; replaying the journal");
 
     let opened = tokio::select! {
-        opened = Catalog::open(ctx.clone(), data_dir, &settings.streams) => opened,
+        opened = Catalog::open(ctx.clone(), data_dir, &settings.streams, settings.max_streams) => opened,
         _ = &mut shutdown => {
             // Streams that opened already are dropped with their tasks; everything they
             // acknowledged before is in the journal, which the next start replays again.

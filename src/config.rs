@@ -105,6 +105,9 @@ struct RawConfig {
     log_level: Option<String>,
     /// How long SIGTERM waits for uploads before leaving the rest to the journal. Seconds; 60.
     shutdown_timeout_seconds: Option<u64>,
+    /// Delivery streams that may exist at once (API and config file together); 5000, like
+    /// Firehose's default quota per region.
+    max_delivery_streams: Option<u64>,
     #[serde(default)]
     journal: RawJournal,
     #[serde(default)]
@@ -404,6 +407,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub log_level: String,
     pub shutdown_timeout: Duration,
+    /// `max_delivery_streams`.
+    pub max_streams: usize,
     pub journal: JournalSettings,
     pub max_memory_bytes: u64,
     pub upload: UploadSettings,
@@ -617,6 +622,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         max_connections: positive("http.max_connections", raw.http.max_connections, 4096) as usize,
     };
     let shutdown_timeout = Duration::from_secs(raw.shutdown_timeout_seconds.unwrap_or(60));
+    let max_streams = positive("max_delivery_streams", raw.max_delivery_streams, 5000) as usize;
     if !(5 * MIB..=5 * 1024 * MIB).contains(&upload.part_size) {
         problems.push("upload.part_size_mib: must be between 5 and 5120 (S3's part limits)".into());
     }
@@ -765,6 +771,12 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         }
     }
 
+    if streams.len() > max_streams {
+        problems.push(format!(
+            "max_delivery_streams: the file declares {} streams, more than {max_streams}",
+            streams.len()
+        ));
+    }
     match (listen, store) {
         (Some(listen), Some(store)) if problems.is_empty() => Ok(Settings {
             listen,
@@ -772,6 +784,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             log_format: cli.log_format.or(raw.log_format).unwrap_or(LogFormat::Text),
             log_level: raw.log_level.unwrap_or_else(|| "info".into()),
             shutdown_timeout,
+            max_streams,
             journal,
             max_memory_bytes,
             upload,

@@ -646,3 +646,65 @@ async fn health_readiness_and_metrics_endpoints() {
             .contains("spillway_memory_reserved_bytes 0")
     );
 }
+
+/// `max_delivery_streams` at its edge: the streams up to it are created, one more is refused
+/// with `LimitExceededException` (nothing left behind), and deleting one makes room again. A
+/// config file declaring more streams than the limit is refused at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_count_limit_is_enforced_at_its_edge() {
+    let d = Daemon::start("max_delivery_streams = 2\n");
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "one", s3_destination("lim", 1, 60)).await;
+    create_stream(&fh, "two", s3_destination("lim", 1, 60)).await;
+    let create_three = || {
+        fh.create_delivery_stream()
+            .delivery_stream_name("three")
+            .extended_s3_destination_configuration(s3_destination("lim", 1, 60).build().unwrap())
+            .send()
+    };
+    let e = create_three().await.unwrap_err().into_service_error();
+    assert!(e.is_limit_exceeded_exception(), "{e:?}");
+    assert!(
+        e.message()
+            .unwrap_or("")
+            .contains("max_delivery_streams = 2"),
+        "{e:?}"
+    );
+    assert!(
+        !d.data_dir.join("streams/three").exists(),
+        "nothing left behind"
+    );
+    fh.delete_delivery_stream()
+        .delivery_stream_name("one")
+        .send()
+        .await
+        .unwrap();
+    let made = wait_for(Duration::from_secs(20), || async {
+        create_three().await.ok()
+    })
+    .await;
+    assert!(made.is_some(), "room again once the deleted stream drained");
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("spillway.toml");
+    let stream =
+        |name: &str| format!("[[stream]]\nname = \"{name}\"\nbucket_arn = \"arn:aws:s3:::lim\"\n");
+    let check = |limit: u32, names: &[&str]| {
+        let text: String = names.iter().map(|n| stream(n)).collect();
+        std::fs::write(&config, format!("max_delivery_streams = {limit}\n{text}")).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_spillway"))
+            .arg("check-config")
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    assert!(check(2, &["a", "b"]).status.success());
+    let over = check(1, &["a", "b"]);
+    assert!(!over.status.success());
+    let said =
+        String::from_utf8_lossy(&over.stderr).to_string() + &String::from_utf8_lossy(&over.stdout);
+    assert!(
+        said.contains("max_delivery_streams: the file declares 2 streams, more than 1"),
+        "{said}"
+    );
+}

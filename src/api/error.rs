@@ -15,6 +15,7 @@ pub enum ErrorKind {
     Validation,
     ConcurrentModification,
     ServiceUnavailable,
+    LimitExceeded,
     Serialization,
     UnknownOperation,
     Internal,
@@ -29,6 +30,7 @@ impl ErrorKind {
             ErrorKind::Validation => "ValidationException",
             ErrorKind::ConcurrentModification => "ConcurrentModificationException",
             ErrorKind::ServiceUnavailable => "ServiceUnavailableException",
+            ErrorKind::LimitExceeded => "LimitExceededException",
             ErrorKind::Serialization => "SerializationException",
             ErrorKind::UnknownOperation => "UnknownOperationException",
             ErrorKind::Internal => "InternalFailure",
@@ -78,6 +80,7 @@ impl From<CatalogError> for ApiError {
             CatalogError::Invalid(_) => ErrorKind::InvalidArgument,
             CatalogError::VersionMismatch { .. } => ErrorKind::ConcurrentModification,
             CatalogError::Unavailable(_) => ErrorKind::ServiceUnavailable,
+            CatalogError::LimitExceeded(_) => ErrorKind::LimitExceeded,
             CatalogError::Internal(detail) => {
                 tracing::error!(error = %detail, "control-plane operation failed");
                 return ApiError::new(ErrorKind::Internal, "internal error; see the daemon's log");

@@ -78,6 +78,8 @@ pub enum CatalogError {
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
+    LimitExceeded(String),
+    #[error("{0}")]
     Internal(String),
 }
 
@@ -116,6 +118,8 @@ pub struct Catalog {
     /// Set when shutdown begins: a stream created after that would never be closed.
     closing: std::sync::atomic::AtomicBool,
     region: String,
+    /// Streams that may exist at once, those still draining after a delete included.
+    max_streams: usize,
 }
 
 const STREAM_FILE: &str = "stream.json";
@@ -137,6 +141,7 @@ impl Catalog {
         ctx: Arc<Context>,
         data_dir: &Path,
         configured: &[(StreamName, S3Destination)],
+        max_streams: usize,
     ) -> Result<Catalog, OpenError> {
         let streams_dir = data_dir.join("streams");
         std::fs::create_dir_all(&streams_dir).map_err(|e| OpenError::Persisted {
@@ -152,6 +157,7 @@ impl Catalog {
             control: tokio::sync::Mutex::new(()),
             closing: Default::default(),
             region,
+            max_streams,
         };
         let now = crate::pipeline::now_ms();
         let mut persisted = Vec::new();
@@ -420,6 +426,18 @@ impl Catalog {
         {
             return Err(CatalogError::InUse(format!(
                 "Firehose {name} under account 000000000000 already exists."
+            )));
+        }
+        let existing = self.streams.read().unwrap_or_else(|p| p.into_inner()).len()
+            + self
+                .deleting
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .len();
+        if existing >= self.max_streams {
+            return Err(CatalogError::LimitExceeded(format!(
+                "This spillway already has {existing} delivery streams, its limit (max_delivery_streams = {}); delete one first.",
+                self.max_streams
             )));
         }
         let now = crate::pipeline::now_ms();

@@ -60,6 +60,13 @@ impl fmt::Display for StreamName {
     }
 }
 
+/// Bucket name beginnings S3 reserves.
+const RESERVED_BUCKET_PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
+/// Bucket name endings S3 reserves (access point aliases, Object Lambda, directory and table
+/// buckets, Multi-Region Access Points).
+const RESERVED_BUCKET_SUFFIXES: [&str; 5] =
+    ["-s3alias", "--ol-s3", "--x-s3", "--table-s3", ".mrap"];
+
 /// A validated S3 bucket name (from `BucketARN`), safe to use as a directory name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct BucketName(String);
@@ -76,9 +83,35 @@ impl BucketName {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-');
         let edges_ok = name.starts_with(|c: char| c.is_ascii_alphanumeric())
             && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !(3..=63).contains(&name.len()) || !valid_chars || !edges_ok || name.contains("..") {
+        if !(3..=63).contains(&name.len()) || !valid_chars || !edges_ok {
             return Err(format!(
                 "bucket name {name:?} is not a valid S3 bucket name (3-63 lowercase letters, digits, '.' or '-', starting and ending with a letter or digit)"
+            ));
+        }
+        if let Some(pair) = ["..", ".-", "-."].iter().find(|p| name.contains(**p)) {
+            return Err(format!(
+                "bucket name {name:?} is not a valid S3 bucket name (it holds {pair:?})"
+            ));
+        }
+        if name.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Err(format!(
+                "bucket name {name:?} is not a valid S3 bucket name (it has the form of an IP address)"
+            ));
+        }
+        if let Some(p) = RESERVED_BUCKET_PREFIXES
+            .iter()
+            .find(|p| name.starts_with(**p))
+        {
+            return Err(format!(
+                "bucket name {name:?} is not a valid S3 bucket name (the prefix {p:?} is reserved)"
+            ));
+        }
+        if let Some(sfx) = RESERVED_BUCKET_SUFFIXES
+            .iter()
+            .find(|x| name.ends_with(**x))
+        {
+            return Err(format!(
+                "bucket name {name:?} is not a valid S3 bucket name (the suffix {sfx:?} is reserved)"
             ));
         }
         Ok(BucketName(name.to_owned()))
@@ -763,6 +796,44 @@ mod tests {
     use super::*;
 
     const CHECK: QueryCheck = crate::process::jq::check;
+
+    #[test]
+    fn bucket_names_follow_s3s_rules_at_their_edges() {
+        let arn = |n: &str| format!("arn:aws:s3:::{n}");
+        for ok in [
+            "abc",
+            &"a".repeat(63),
+            "my.bucket-1",
+            "1.2.3",
+            "10.0.0.256",
+            "xn-a",
+            "a-s3alia",
+        ] {
+            assert!(BucketName::from_arn(&arn(ok)).is_ok(), "{ok}");
+        }
+        for bad in [
+            "ab",
+            &"a".repeat(64),
+            "Abc",
+            "-abc",
+            "abc-",
+            "a..b",
+            "a.-b",
+            "a-.b",
+            "192.168.5.4",
+            "xn--abc",
+            "sthree-abc",
+            "amzn-s3-demo-abc",
+            "abc-s3alias",
+            "abc--ol-s3",
+            "abc--x-s3",
+            "abc--table-s3",
+            "abc.mrap",
+            "a_b",
+        ] {
+            assert!(BucketName::from_arn(&arn(bad)).is_err(), "{bad}");
+        }
+    }
 
     fn raw(json: &str) -> S3Destination {
         serde_json::from_str(json).unwrap()
