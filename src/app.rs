@@ -84,7 +84,10 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr().context("no local address")?;
-    let api = Arc::new(Api::new(metrics.clone()));
+    let api = Arc::new(Api::new(
+        metrics.clone(),
+        settings.http.max_body_memory_bytes,
+    ));
     let stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(
         listener,

@@ -215,6 +215,8 @@ struct RawHttp {
     body_read_timeout_seconds: Option<u64>,
     /// Connections open at once; more are closed as soon as they are accepted. 4096.
     max_connections: Option<u64>,
+    /// Request bodies held in memory while they are read, across connections. MiB; 64.
+    max_body_memory_mib: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -430,6 +432,7 @@ pub struct HttpSettings {
     pub header_read_timeout: Duration,
     pub body_read_timeout: Duration,
     pub max_connections: usize,
+    pub max_body_memory_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -620,6 +623,11 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             60,
         )),
         max_connections: positive("http.max_connections", raw.http.max_connections, 4096) as usize,
+        max_body_memory_bytes: positive(
+            "http.max_body_memory_mib",
+            raw.http.max_body_memory_mib,
+            64,
+        ) * MIB,
     };
     let shutdown_timeout = Duration::from_secs(raw.shutdown_timeout_seconds.unwrap_or(60));
     let max_streams = positive("max_delivery_streams", raw.max_delivery_streams, 5000) as usize;

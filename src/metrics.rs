@@ -13,6 +13,8 @@ pub struct Metrics {
     registry: Registry,
     api_requests: IntCounterVec,
     connections_refused: prometheus::IntCounter,
+    bodies_refused: prometheus::IntCounter,
+    request_body_bytes: IntGauge,
     api_request_seconds: HistogramVec,
     incoming_records: IntCounterVec,
     incoming_bytes: IntCounterVec,
@@ -224,8 +226,22 @@ impl Metrics {
         .expect("metric definitions are static and valid");
         r.register(Box::new(connections_refused.clone()))
             .expect("each metric is registered once");
+        let bodies_refused = prometheus::IntCounter::new(
+            "spillway_request_bodies_refused_total",
+            "Requests answered ServiceUnavailableException while their body was read, because request bodies being read held http.max_body_memory_mib already.",
+        )
+        .expect("metric definitions are static and valid");
+        r.register(Box::new(bodies_refused.clone()))
+            .expect("each metric is registered once");
+        let request_body_bytes = single_gauge(
+            &r,
+            "spillway_request_body_bytes",
+            "Bytes of request bodies read and not yet turned into records (capped by http.max_body_memory_mib).",
+        );
         Metrics {
             connections_refused,
+            bodies_refused,
+            request_body_bytes,
             api_requests: counter(
                 &r,
                 "spillway_api_requests_total",
@@ -525,6 +541,15 @@ impl Metrics {
     /// A connection closed at once: `http.max_connections` were open.
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// A request refused while its body was read: bodies in memory were at their cap.
+    pub fn body_refused(&self) {
+        self.bodies_refused.inc();
+    }
+
+    pub fn request_body_bytes(&self) -> &IntGauge {
+        &self.request_body_bytes
     }
 
     pub fn api_request(&self, operation: &str, outcome: &str, seconds: f64) {

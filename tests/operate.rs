@@ -521,3 +521,81 @@ async fn under_sustained_load_the_journal_is_released_as_batches_land() {
         peak / 1048576.0
     );
 }
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// Request bodies count against `http.max_body_memory_mib` as they arrive. 40 connections
+/// each declare a 6 MB body and send 2 MB of it, then stall (80 MB in all, against a 16 MiB
+/// cap): the bodies held stay within the cap, those that would pass it are answered
+/// `ServiceUnavailableException` and closed at once, the daemon's memory stays bounded, and a
+/// normal request is answered once the stalled ones are gone (the body timeout ends them).
+#[test]
+fn request_bodies_being_read_are_bounded_in_memory() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let d = Daemon::start("[http]\nmax_body_memory_mib = 16\nbody_read_timeout_seconds = 3\n");
+    let before = rss_kib(d.pid());
+    let head = "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.ListDeliveryStreams\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 6000000\r\n\r\n";
+    let chunk = vec![b' '; 64 * 1024];
+    let mut open: Vec<TcpStream> = Vec::new();
+    let mut refused = 0;
+    for _ in 0..40 {
+        let mut s = TcpStream::connect(d.addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let mut sent_all = true;
+        for _ in 0..32 {
+            if s.write_all(&chunk).is_err() {
+                sent_all = false;
+                break;
+            }
+        }
+        s.set_read_timeout(Some(Duration::from_millis(300)))
+            .unwrap();
+        let mut answer = [0u8; 512];
+        match s.read(&mut answer) {
+            Ok(n) if n > 0 => {
+                let text = String::from_utf8_lossy(&answer[..n]).to_string();
+                assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+                assert!(text.contains("ServiceUnavailableException"), "{text}");
+                refused += 1;
+            }
+            _ if !sent_all => refused += 1,
+            _ => open.push(s),
+        }
+        let held = d.metric("spillway_request_body_bytes");
+        assert!(held <= 16.0 * 1048576.0, "{held} bytes of bodies held");
+    }
+    assert!(
+        refused >= 30,
+        "{refused} of 40 refused; {} held open",
+        open.len()
+    );
+    assert!(
+        open.len() >= 6,
+        "the cap admits about 8 of these bodies: {}",
+        open.len()
+    );
+    assert!(d.metric("spillway_request_bodies_refused_total") >= 30.0);
+    let grew_mib = (rss_kib(d.pid()).saturating_sub(before)) / 1024;
+    assert!(
+        grew_mib < 64,
+        "RSS grew {grew_mib} MiB for 80 MB of bodies offered"
+    );
+    // The stalled ones end at the body timeout, and their memory comes back.
+    let drained = (0..100).any(|_| {
+        std::thread::sleep(Duration::from_millis(100));
+        d.metric("spillway_request_body_bytes") == 0.0
+    });
+    assert!(drained, "{}", d.metric("spillway_request_body_bytes"));
+    drop(open);
+    let (status, body) = d.raw(Some("ListDeliveryStreams"), b"{}");
+    assert_eq!(status, 200, "{body}");
+}

@@ -50,6 +50,8 @@ impl ErrorKind {
 pub struct ApiError {
     pub kind: ErrorKind,
     pub message: String,
+    /// Answered before the request's body was read to its end: the connection closes.
+    pub close: bool,
 }
 
 impl ApiError {
@@ -57,6 +59,15 @@ impl ApiError {
         ApiError {
             kind,
             message: message.into(),
+            close: false,
+        }
+    }
+
+    /// Refused while its body was being read: the rest of the body is never read.
+    pub fn unread_body(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ApiError {
+            close: true,
+            ..Self::new(kind, message)
         }
     }
 

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::catalog::Catalog;
 use crate::metrics::Metrics;
+use crate::pipeline::MemoryBudget;
+use crate::pipeline::budget::Reservation;
 use error::{ApiError, ErrorKind};
 
 pub use data::{MAX_RECORD_BYTES, MAX_RECORDS, MAX_REQUEST_BYTES};
@@ -42,6 +44,10 @@ pub struct Api {
     catalog: OnceLock<Arc<Catalog>>,
     metrics: Arc<Metrics>,
     phase: AtomicU8,
+    /// Request bodies held in memory while they are read (`http.max_body_memory_mib`): a
+    /// reservation per chunk received, so a client that declares a large body and sends it
+    /// slowly holds only what it sent, and many of them cannot take the daemon's memory.
+    bodies: Arc<MemoryBudget>,
 }
 
 const STARTING: u8 = 0;
@@ -49,12 +55,17 @@ const READY: u8 = 1;
 const DRAINING: u8 = 2;
 
 impl Api {
-    pub fn new(metrics: Arc<Metrics>) -> Api {
+    pub fn new(metrics: Arc<Metrics>, max_body_memory_bytes: u64) -> Api {
         metrics.set_ready(false);
+        let bodies = Arc::new(MemoryBudget::new(
+            max_body_memory_bytes,
+            metrics.request_body_bytes().clone(),
+        ));
         Api {
             catalog: OnceLock::new(),
             metrics,
             phase: AtomicU8::new(STARTING),
+            bodies,
         }
     }
 
@@ -244,25 +255,27 @@ async fn firehose(
             "Missing or unknown X-Amz-Target; expected Firehose_20150804.<Operation>.",
         )),
         Some(op) => {
-            let body = Limited::new(req.into_body(), MAX_BODY_BYTES).collect();
+            let body = read_body(api, req.into_body());
             match tokio::time::timeout(body_timeout, body).await {
-                Err(_) => Err(ApiError::invalid(format!(
-                    "Request body not received within {} s.",
-                    body_timeout.as_secs()
-                ))),
-                Ok(Err(_)) => Err(ApiError::invalid(format!(
-                    "Request body is larger than {MAX_BODY_BYTES} bytes or was cut off."
-                ))),
-                Ok(Ok(body)) => dispatch(api, op, &body.to_bytes()).await,
+                Err(_) => Err(ApiError::unread_body(
+                    ErrorKind::InvalidArgument,
+                    format!(
+                        "Request body not received within {} s.",
+                        body_timeout.as_secs()
+                    ),
+                )),
+                Ok(Err(e)) => Err(e),
+                // The body's memory is held until its records are in the stream's budget.
+                Ok(Ok((body, _held))) => dispatch(api, op, &body).await,
             }
         }
     };
     let label = operation.unwrap_or("unknown");
-    let (status, body, outcome) = match result {
-        Ok(body) => (StatusCode::OK, body, "ok"),
+    let (status, body, outcome, close) = match result {
+        Ok(body) => (StatusCode::OK, body, "ok", false),
         Err(e) => {
             tracing::debug!(operation = label, error = e.kind.aws_type(), message = %e.message, "request refused");
-            (e.kind.status(), e.body(), e.kind.aws_type())
+            (e.kind.status(), e.body(), e.kind.aws_type(), e.close)
         }
     };
     api.metrics
@@ -271,9 +284,10 @@ async fn firehose(
     *resp.status_mut() = status;
     let headers = resp.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(JSON));
-    if !api.ready() {
+    if !api.ready() || close {
         // Starting or draining: close the connection so the client's retry opens a new one,
-        // which a load balancer can send to another instance.
+        // which a load balancer can send to another instance. Refused while reading: what is
+        // left of the body is not read.
         headers.insert(CONNECTION, HeaderValue::from_static("close"));
     }
     if outcome != "ok" {
@@ -283,6 +297,35 @@ async fn firehose(
         headers.insert("x-amzn-requestid", id);
     }
     resp
+}
+
+/// Reads a request body of at most [`MAX_BODY_BYTES`], reserving each chunk in the bodies'
+/// memory budget as it arrives; past that budget the request is refused at once.
+async fn read_body(api: &Api, body: Incoming) -> Result<(Bytes, Reservation), ApiError> {
+    let mut body = Limited::new(body, MAX_BODY_BYTES);
+    let mut held = api.bodies.none();
+    let mut buf = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| {
+            ApiError::unread_body(
+                ErrorKind::InvalidArgument,
+                format!("Request body is larger than {MAX_BODY_BYTES} bytes or was cut off."),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let Some(chunk) = api.bodies.try_reserve(data.len() as u64) else {
+            api.metrics.body_refused();
+            return Err(ApiError::unread_body(
+                ErrorKind::ServiceUnavailable,
+                "Too many request bodies are being received at once; retry later.",
+            ));
+        };
+        held.merge(chunk);
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
 }
 
 async fn dispatch(api: &Api, operation: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
