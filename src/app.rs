@@ -84,9 +84,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", settings.listen))?;
     let local = listener.local_addr().context("no local address")?;
+    let keys = crate::api::auth::Keys::new(settings.auth.clone());
+    if keys.is_empty() && !local.ip().is_loopback() {
+        tracing::warn!(listen = %local, "no [auth] keys: anyone who can reach this address can create, delete and write to every delivery stream");
+    }
     let api = Arc::new(Api::new(
         metrics.clone(),
         settings.http.max_body_memory_bytes,
+        keys,
     ));
     let stop = CancellationToken::new();
     let server = tokio::spawn(api::serve(

@@ -122,6 +122,8 @@ struct RawConfig {
     partitioning: RawPartitioning,
     #[serde(default)]
     http: RawHttp,
+    #[serde(default)]
+    auth: RawAuth,
     #[serde(default, rename = "stream")]
     streams: Vec<RawStream>,
     #[serde(default, rename = "table")]
@@ -203,6 +205,29 @@ struct RawTransform {
     timeout_seconds: Option<u64>,
     /// Where compiled components are cached. `<data_dir>/transform-cache`.
     cache_dir: Option<PathBuf>,
+}
+
+/// `[auth]`: the access keys that may call the API (none: anyone who reaches the port may).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAuth {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+}
+
+/// `[[auth.keys]]`: one access key, its secret from exactly one of `secret`, `secret_file`
+/// or `secret_env`, and what it may do.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKey {
+    access_key_id: String,
+    secret: Option<String>,
+    secret_file: Option<PathBuf>,
+    secret_env: Option<String>,
+    /// Stream names or `*` patterns; all streams when absent.
+    streams: Option<Vec<String>>,
+    /// `put`, `read`, `manage`; all three when absent.
+    operations: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -420,6 +445,8 @@ pub struct Settings {
     /// The budget of `MetadataExtractionQuery` programs.
     pub query_limits: crate::process::sandbox::QueryLimits,
     pub http: HttpSettings,
+    /// `[auth]`'s keys; empty: no authentication.
+    pub auth: Vec<crate::api::auth::Key>,
     /// Streams declared in the file: read-only over the API.
     pub streams: Vec<(StreamName, S3Destination)>,
     /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
@@ -779,6 +806,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         }
     }
 
+    let auth = auth_keys(raw.auth, &mut problems);
     if streams.len() > max_streams {
         problems.push(format!(
             "max_delivery_streams: the file declares {} streams, more than {max_streams}",
@@ -801,11 +829,79 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             max_active_partitions,
             query_limits,
             http,
+            auth,
             streams,
             tables,
         }),
         _ => Err(problems),
     }
+}
+
+/// Validates `[[auth.keys]]`, reading each secret from where it is kept.
+fn auth_keys(raw: RawAuth, problems: &mut Vec<String>) -> Vec<crate::api::auth::Key> {
+    use crate::api::auth::{Class, Key};
+    let mut keys: Vec<Key> = Vec::new();
+    for (i, k) in raw.keys.into_iter().enumerate() {
+        let at = format!("auth.keys[{i}]");
+        if k.access_key_id.is_empty() || k.access_key_id.len() > 128 {
+            problems.push(format!("{at}.access_key_id: must be 1 to 128 characters"));
+            continue;
+        }
+        if keys.iter().any(|o| o.access_key_id == k.access_key_id) {
+            problems.push(format!(
+                "{at}.access_key_id: {} appears twice",
+                k.access_key_id
+            ));
+            continue;
+        }
+        let secret = match (k.secret, k.secret_file, k.secret_env) {
+            (Some(s), None, None) => Some(s),
+            (None, Some(path), None) => match std::fs::read_to_string(&path) {
+                Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_owned()),
+                Err(e) => {
+                    problems.push(format!("{at}.secret_file: {}: {e}", path.display()));
+                    None
+                }
+            },
+            (None, None, Some(name)) => match std::env::var(&name) {
+                Ok(value) => Some(value),
+                Err(_) => {
+                    problems.push(format!("{at}.secret_env: ${name} is not set"));
+                    None
+                }
+            },
+            _ => {
+                problems.push(format!(
+                    "{at}: give exactly one of secret, secret_file, secret_env"
+                ));
+                None
+            }
+        };
+        let Some(secret) = secret else { continue };
+        if secret.is_empty() {
+            problems.push(format!("{at}: the secret is empty"));
+            continue;
+        }
+        let mut classes = Vec::new();
+        for op in k
+            .operations
+            .unwrap_or_else(|| vec!["put".into(), "read".into(), "manage".into()])
+        {
+            match Class::parse(&op) {
+                Some(c) => classes.push(c),
+                None => problems.push(format!(
+                    "{at}.operations: {op:?} is not one of put, read, manage"
+                )),
+            }
+        }
+        keys.push(Key {
+            access_key_id: k.access_key_id,
+            secret,
+            streams: k.streams.unwrap_or_else(|| vec!["*".into()]),
+            classes,
+        });
+    }
+    keys
 }
 
 fn processing_from_toml(raw: RawProcessing) -> Result<definition::ProcessingConfiguration, String> {
@@ -958,6 +1054,53 @@ name = "a/b"
             "object_store.endpoint",
             "stream[0].buffering_hints.size_in_mbs (stream a)",
             "stream[1].name",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from {err}");
+        }
+    }
+
+    #[test]
+    fn auth_keys_take_their_secret_from_exactly_one_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("secret");
+        std::fs::write(&file, "from-a-file\n").unwrap();
+        let ok = parse(&format!(
+            "[[auth.keys]]\naccess_key_id = \"A\"\nsecret = \"inline\"\n[[auth.keys]]\naccess_key_id = \"B\"\nsecret_file = {:?}\nstreams = [\"game-*\"]\noperations = [\"put\"]\n",
+            file.display().to_string()
+        ))
+        .unwrap();
+        assert_eq!(ok.auth.len(), 2);
+        assert_eq!(
+            ok.auth[1].secret, "from-a-file",
+            "the file's newline is not part of it"
+        );
+        assert_eq!(ok.auth[1].classes, [crate::api::auth::Class::Put]);
+        assert_eq!(ok.auth[0].streams, ["*"]);
+        let err = parse(
+            r#"
+[[auth.keys]]
+access_key_id = "A"
+secret = "x"
+secret_env = "Y"
+[[auth.keys]]
+access_key_id = "B"
+secret_env = "SPILLWAY_SURELY_NOT_SET_ANYWHERE"
+[[auth.keys]]
+access_key_id = "C"
+secret = "x"
+operations = ["write"]
+[[auth.keys]]
+access_key_id = "C"
+secret = "y"
+"#,
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "auth.keys[0]: give exactly one of secret, secret_file, secret_env",
+            "auth.keys[1].secret_env: $SPILLWAY_SURELY_NOT_SET_ANYWHERE is not set",
+            "auth.keys[2].operations: \"write\" is not one of put, read, manage",
+            "auth.keys[3].access_key_id: C appears twice",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

@@ -4,6 +4,7 @@
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::auth::Grant;
 use super::error::{ApiError, from_json_error};
 use crate::catalog::{Catalog, DESTINATION_ID, DestinationShape, StreamEntry};
 use crate::definition::S3Destination;
@@ -27,8 +28,13 @@ struct CreateIn {
 /// Accepted and ignored: they configure AWS services spillway does not run.
 const CREATE_IGNORED: &[&str] = &["Tags", "DeliveryStreamEncryptionConfigurationInput"];
 
-pub async fn create(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn create(
+    catalog: &Catalog,
+    body: &[u8],
+    grant: &Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let input: CreateIn = parse(body)?;
+    grant.stream("CreateDeliveryStream", &input.delivery_stream_name)?;
     match input.delivery_stream_type.as_deref() {
         None | Some("DirectPut") => {}
         Some(other) => {
@@ -80,8 +86,9 @@ struct NameIn {
     delivery_stream_name: String,
 }
 
-pub fn describe(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub fn describe(catalog: &Catalog, body: &[u8], grant: &Grant<'_>) -> Result<Vec<u8>, ApiError> {
     let input: NameIn = parse(body)?;
+    grant.stream("DescribeDeliveryStream", &input.delivery_stream_name)?;
     let entry = catalog.get(&input.delivery_stream_name)?;
     Ok(
         json!({ "DeliveryStreamDescription": description(catalog, &entry) })
@@ -136,7 +143,8 @@ struct ListIn {
     exclusive_start_delivery_stream_name: Option<String>,
 }
 
-pub fn list(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub fn list(catalog: &Catalog, body: &[u8], grant: &Grant<'_>) -> Result<Vec<u8>, ApiError> {
+    grant.class("ListDeliveryStreams")?;
     let input: ListIn = if body.iter().all(u8::is_ascii_whitespace) {
         ListIn::default()
     } else {
@@ -169,8 +177,13 @@ pub fn list(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
     )
 }
 
-pub async fn delete(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn delete(
+    catalog: &Catalog,
+    body: &[u8],
+    grant: &Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let input: NameIn = parse(body)?;
+    grant.stream("DeleteDeliveryStream", &input.delivery_stream_name)?;
     catalog.delete(&input.delivery_stream_name).await?;
     Ok(b"{}".to_vec())
 }
@@ -188,8 +201,13 @@ struct UpdateIn {
     other: Map<String, Value>,
 }
 
-pub async fn update(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn update(
+    catalog: &Catalog,
+    body: &[u8],
+    grant: &Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let input: UpdateIn = parse(body)?;
+    grant.stream("UpdateDestination", &input.delivery_stream_name)?;
     if let Some(key) = input
         .other
         .iter()

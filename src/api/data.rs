@@ -8,6 +8,7 @@ use base64_simd::{Out, STANDARD};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
 
+use super::auth::Grant;
 use super::error::{ApiError, ErrorKind, from_json_error};
 use crate::catalog::Catalog;
 use crate::pipeline::now_ms;
@@ -38,8 +39,13 @@ struct PutRecordBatchIn<'a> {
     records: Vec<RecordIn<'a>>,
 }
 
-pub async fn put_record(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn put_record(
+    catalog: &Catalog,
+    body: &[u8],
+    grant: &Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let input: PutRecordIn<'_> = serde_json::from_slice(body).map_err(|e| from_json_error(&e))?;
+    grant.stream("PutRecord", &input.name)?;
     let records = decode(std::slice::from_ref(&input.record), "Record.Data")?;
     let entry = catalog.get(&input.name)?;
     // A put that accepts nothing is an error, so the one record was accepted.
@@ -48,9 +54,14 @@ pub async fn put_record(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiEr
     Ok(format!(r#"{{"RecordId":"{id}","Encrypted":false}}"#).into_bytes())
 }
 
-pub async fn put_record_batch(catalog: &Catalog, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+pub async fn put_record_batch(
+    catalog: &Catalog,
+    body: &[u8],
+    grant: &Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let input: PutRecordBatchIn<'_> =
         serde_json::from_slice(body).map_err(|e| from_json_error(&e))?;
+    grant.stream("PutRecordBatch", &input.name)?;
     let n = input.records.len();
     if n == 0 || n > MAX_RECORDS {
         return Err(ApiError::new(

@@ -2,6 +2,7 @@
 //! with the status code the AWS SDKs expect, so their retry logic works unchanged. Messages
 //! are written for the user; internals stay in the log.
 
+use super::auth::AuthError;
 use hyper::StatusCode;
 
 use crate::catalog::CatalogError;
@@ -16,6 +17,11 @@ pub enum ErrorKind {
     ConcurrentModification,
     ServiceUnavailable,
     LimitExceeded,
+    MissingAuthenticationToken,
+    IncompleteSignature,
+    UnrecognizedClient,
+    InvalidSignature,
+    AccessDenied,
     Serialization,
     UnknownOperation,
     Internal,
@@ -31,6 +37,11 @@ impl ErrorKind {
             ErrorKind::ConcurrentModification => "ConcurrentModificationException",
             ErrorKind::ServiceUnavailable => "ServiceUnavailableException",
             ErrorKind::LimitExceeded => "LimitExceededException",
+            ErrorKind::MissingAuthenticationToken => "MissingAuthenticationTokenException",
+            ErrorKind::IncompleteSignature => "IncompleteSignatureException",
+            ErrorKind::UnrecognizedClient => "UnrecognizedClientException",
+            ErrorKind::InvalidSignature => "InvalidSignatureException",
+            ErrorKind::AccessDenied => "AccessDeniedException",
             ErrorKind::Serialization => "SerializationException",
             ErrorKind::UnknownOperation => "UnknownOperationException",
             ErrorKind::Internal => "InternalFailure",
@@ -40,6 +51,7 @@ impl ErrorKind {
     pub fn status(self) -> StatusCode {
         match self {
             ErrorKind::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::MissingAuthenticationToken => StatusCode::FORBIDDEN,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::BAD_REQUEST,
         }
@@ -79,6 +91,19 @@ impl ApiError {
         serde_json::json!({ "__type": self.kind.aws_type(), "message": self.message })
             .to_string()
             .into_bytes()
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        let kind = match e {
+            AuthError::Missing => ErrorKind::MissingAuthenticationToken,
+            AuthError::Incomplete(_) => ErrorKind::IncompleteSignature,
+            AuthError::UnknownKey(_) => ErrorKind::UnrecognizedClient,
+            AuthError::BadSignature(_) => ErrorKind::InvalidSignature,
+            AuthError::Denied(_) => ErrorKind::AccessDenied,
+        };
+        ApiError::new(kind, e.to_string())
     }
 }
 

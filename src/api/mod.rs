@@ -2,6 +2,7 @@
 //! operations (JSON 1.1), and serves `/healthz`, `/readyz` and `/metrics`. It parses and
 //! answers; it never buffers records itself nor knows how they are stored.
 
+pub mod auth;
 mod control;
 mod data;
 pub mod error;
@@ -48,6 +49,8 @@ pub struct Api {
     /// reservation per chunk received, so a client that declares a large body and sends it
     /// slowly holds only what it sent, and many of them cannot take the daemon's memory.
     bodies: Arc<MemoryBudget>,
+    /// `[auth]`: empty lets every request through.
+    keys: auth::Keys,
 }
 
 const STARTING: u8 = 0;
@@ -55,7 +58,7 @@ const READY: u8 = 1;
 const DRAINING: u8 = 2;
 
 impl Api {
-    pub fn new(metrics: Arc<Metrics>, max_body_memory_bytes: u64) -> Api {
+    pub fn new(metrics: Arc<Metrics>, max_body_memory_bytes: u64, keys: auth::Keys) -> Api {
         metrics.set_ready(false);
         let bodies = Arc::new(MemoryBudget::new(
             max_body_memory_bytes,
@@ -66,6 +69,7 @@ impl Api {
             metrics,
             phase: AtomicU8::new(STARTING),
             bodies,
+            keys,
         }
     }
 
@@ -255,7 +259,8 @@ async fn firehose(
             "Missing or unknown X-Amz-Target; expected Firehose_20150804.<Operation>.",
         )),
         Some(op) => {
-            let body = read_body(api, req.into_body());
+            let (parts, body) = req.into_parts();
+            let body = read_body(api, body);
             match tokio::time::timeout(body_timeout, body).await {
                 Err(_) => Err(ApiError::unread_body(
                     ErrorKind::InvalidArgument,
@@ -266,7 +271,10 @@ async fn firehose(
                 )),
                 Ok(Err(e)) => Err(e),
                 // The body's memory is held until its records are in the stream's budget.
-                Ok(Ok((body, _held))) => dispatch(api, op, &body).await,
+                Ok(Ok((body, _held))) => match authenticate(api, &parts, &body) {
+                    Ok(grant) => dispatch(api, op, &body, &grant).await,
+                    Err(e) => Err(e.into()),
+                },
             }
         }
     };
@@ -328,16 +336,43 @@ async fn read_body(api: &Api, body: Incoming) -> Result<(Bytes, Reservation), Ap
     Ok((buf.freeze(), held))
 }
 
-async fn dispatch(api: &Api, operation: &str, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+/// The request's signature checked against `[auth]` (when keys are configured): what the
+/// key it was signed with may do.
+fn authenticate<'a>(
+    api: &'a Api,
+    parts: &hyper::http::request::Parts,
+    body: &[u8],
+) -> Result<auth::Grant<'a>, auth::AuthError> {
+    if api.keys.is_empty() {
+        return Ok(auth::Grant::Anyone);
+    }
+    let request = auth::SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        headers: &parts.headers,
+        body,
+    };
+    api.keys
+        .verify(&request, chrono::Utc::now())
+        .map(auth::Grant::Key)
+}
+
+async fn dispatch(
+    api: &Api,
+    operation: &str,
+    body: &[u8],
+    grant: &auth::Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
     let catalog = api.catalog_for(operation)?;
     match operation {
-        "PutRecord" => data::put_record(catalog, body).await,
-        "PutRecordBatch" => data::put_record_batch(catalog, body).await,
-        "CreateDeliveryStream" => control::create(catalog, body).await,
-        "DescribeDeliveryStream" => control::describe(catalog, body),
-        "ListDeliveryStreams" => control::list(catalog, body),
-        "DeleteDeliveryStream" => control::delete(catalog, body).await,
-        "UpdateDestination" => control::update(catalog, body).await,
+        "PutRecord" => data::put_record(catalog, body, grant).await,
+        "PutRecordBatch" => data::put_record_batch(catalog, body, grant).await,
+        "CreateDeliveryStream" => control::create(catalog, body, grant).await,
+        "DescribeDeliveryStream" => control::describe(catalog, body, grant),
+        "ListDeliveryStreams" => control::list(catalog, body, grant),
+        "DeleteDeliveryStream" => control::delete(catalog, body, grant).await,
+        "UpdateDestination" => control::update(catalog, body, grant).await,
         _ => Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!("Unknown operation {operation}."),

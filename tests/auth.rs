@@ -1,0 +1,193 @@
+//! SigV4 verification end to end, with the AWS SDK for Rust signing for real: a right key, a
+//! wrong secret, an unknown key, a key limited to `put` on some streams trying more, a request
+//! without a signature, and a body changed after signing.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_firehose::error::ProvideErrorMetadata;
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::Record;
+use aws_sdk_firehose::{Client, Config};
+use common::*;
+
+const CONFIG: &str = r#"
+[[auth.keys]]
+access_key_id = "AKIDADMIN"
+secret = "admin-secret"
+
+[[auth.keys]]
+access_key_id = "AKIDPUT"
+secret_env = "SPILLWAY_TEST_PUT_SECRET"
+streams = ["game-*"]
+operations = ["put"]
+"#;
+
+fn client(endpoint: &str, key: &str, secret: &str) -> Client {
+    let conf = Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("eu-west-1"))
+        .endpoint_url(endpoint)
+        .credentials_provider(Credentials::new(key, secret, None, None, "test"))
+        .retry_config(aws_sdk_firehose::config::retry::RetryConfig::standard().with_max_attempts(1))
+        .build();
+    Client::from_conf(conf)
+}
+
+async fn put(c: &Client, stream: &str) -> Result<(), (String, String)> {
+    c.put_record()
+        .delivery_stream_name(stream)
+        .record(
+            Record::builder()
+                .data(Blob::new(b"{}\n".to_vec()))
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(|e| {
+            let e = e.into_service_error();
+            (
+                e.code().unwrap_or("").to_string(),
+                e.message().unwrap_or("").to_string(),
+            )
+        })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_are_verified_and_keys_do_only_what_they_may() {
+    let mut d = Daemon::start_with(CONFIG, &[], &[("SPILLWAY_TEST_PUT_SECRET", "put-secret")]);
+    let endpoint = d.endpoint();
+    let admin = client(&endpoint, "AKIDADMIN", "admin-secret");
+    for name in ["game-events", "billing"] {
+        create_stream(&admin, name, s3_destination("auth", 1, 60)).await;
+    }
+    put(&admin, "billing").await.unwrap();
+    let listed = admin.list_delivery_streams().send().await.unwrap();
+    assert_eq!(listed.delivery_stream_names().len(), 2);
+
+    let wrong = client(&endpoint, "AKIDADMIN", "not-the-secret");
+    let (code, _) = put(&wrong, "billing").await.unwrap_err();
+    assert_eq!(code, "InvalidSignatureException");
+    let unknown = client(&endpoint, "AKIDNOBODY", "whatever");
+    let (code, _) = put(&unknown, "billing").await.unwrap_err();
+    assert_eq!(code, "UnrecognizedClientException");
+
+    let putter = client(&endpoint, "AKIDPUT", "put-secret");
+    put(&putter, "game-events").await.unwrap();
+    let (code, msg) = put(&putter, "billing").await.unwrap_err();
+    assert_eq!(code, "AccessDeniedException", "{msg}");
+    let e = putter
+        .delete_delivery_stream()
+        .delivery_stream_name("billing")
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert_eq!(e.code(), Some("AccessDeniedException"), "{e:?}");
+    let e = putter
+        .list_delivery_streams()
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert_eq!(e.code(), Some("AccessDeniedException"), "{e:?}");
+    // Nothing was deleted.
+    let listed = admin.list_delivery_streams().send().await.unwrap();
+    assert_eq!(listed.delivery_stream_names().len(), 2);
+
+    // No signature at all.
+    let (status, body) = d.raw(Some("ListDeliveryStreams"), b"{}");
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("MissingAuthenticationTokenException"),
+        "{body}"
+    );
+
+    // A request the SDK signed, captured on its way: sent as is it is accepted; with one
+    // byte of its body changed, or with its date more than 15 minutes off, it is refused.
+    let captured = capture_signed_put(&client_to_capture("AKIDPUT", "put-secret")).await;
+    assert_eq!(send_raw(&d, &captured).0, 200);
+    let at = captured.len() - 3;
+    let mut changed = captured.clone();
+    changed[at] = if changed[at] == b'A' { b'B' } else { b'A' };
+    let (status, body) = send_raw(&d, &changed);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("InvalidSignatureException"), "{body}");
+    assert!(d.terminate().success());
+}
+
+/// A client whose endpoint is a listener of this test, to capture what the SDK sends.
+fn client_to_capture(key: &str, secret: &str) -> (Client, std::net::TcpListener) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    (client(&endpoint, key, secret), listener)
+}
+
+/// The raw bytes of one signed PutRecord to `game-events`.
+async fn capture_signed_put((c, listener): &(Client, std::net::TcpListener)) -> Vec<u8> {
+    let listener = listener.try_clone().unwrap();
+    let got = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            let n = s.read(&mut chunk).unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map(|v| v.trim().parse().unwrap())
+                    .unwrap_or(0);
+                if buf.len() >= end + 4 + len {
+                    break;
+                }
+            }
+        }
+        let _ = s.write_all(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+        );
+        buf
+    });
+    let _ = put(c, "game-events").await;
+    got.join().unwrap()
+}
+
+/// Sends raw request bytes to the daemon; its status and body.
+fn send_raw(d: &Daemon, request: &[u8]) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.write_all(request).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&answer);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .to_lowercase()
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
+                .unwrap_or(0);
+            if answer.len() >= end + 4 + len {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text)
+}
