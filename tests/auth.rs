@@ -191,3 +191,96 @@ fn send_raw(d: &Daemon, request: &[u8]) -> (u16, String) {
     let status = text.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0);
     (status, text)
 }
+
+/// boto3 and the AWS CLI (v1, from the test command's venv) sign as the daemon verifies: a
+/// right key works, a wrong secret and an unknown key get AWS's error types, and a key
+/// limited to `put` cannot delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boto3_and_the_aws_cli_sign_as_the_daemon_verifies() {
+    let mut d = Daemon::start_with(CONFIG, &[], &[("SPILLWAY_TEST_PUT_SECRET", "put-secret")]);
+    let admin = client(&d.endpoint(), "AKIDADMIN", "admin-secret");
+    create_stream(&admin, "game-py", s3_destination("auth", 1, 60)).await;
+
+    let script = r#"
+import sys, boto3, botocore
+endpoint = sys.argv[1]
+def fh(key, secret):
+    return boto3.client("firehose", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id=key, aws_secret_access_key=secret,
+        config=botocore.config.Config(retries={"max_attempts": 1}))
+def code(call):
+    try:
+        call()
+        return "ok"
+    except botocore.exceptions.ClientError as e:
+        return e.response["Error"]["Code"]
+admin = fh("AKIDADMIN", "admin-secret")
+putter = fh("AKIDPUT", "put-secret")
+print("put", code(lambda: putter.put_record(DeliveryStreamName="game-py", Record={"Data": b"{}\n"})))
+print("batch", code(lambda: putter.put_record_batch(DeliveryStreamName="game-py", Records=[{"Data": b"{}\n"}] * 3)))
+print("describe", code(lambda: admin.describe_delivery_stream(DeliveryStreamName="game-py")))
+print("wrong", code(lambda: fh("AKIDADMIN", "nope").list_delivery_streams()))
+print("unknown", code(lambda: fh("AKIDWHO", "nope").list_delivery_streams()))
+print("denied", code(lambda: putter.delete_delivery_stream(DeliveryStreamName="game-py")))
+"#;
+    let out = stdout_of(
+        std::process::Command::new(venv_python())
+            .arg("-c")
+            .arg(script)
+            .arg(d.endpoint()),
+    );
+    let out = String::from_utf8(out).unwrap();
+    for line in [
+        "put ok",
+        "batch ok",
+        "describe ok",
+        "wrong InvalidSignatureException",
+        "unknown UnrecognizedClientException",
+        "denied AccessDeniedException",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
+    }
+
+    let aws = venv_python().with_file_name("aws");
+    let cli = |key: &str, secret: &str, args: &[&str]| {
+        std::process::Command::new(&aws)
+            .args(args)
+            .args(["--endpoint-url", &d.endpoint(), "--region", "us-east-1"])
+            .env("AWS_ACCESS_KEY_ID", key)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_MAX_ATTEMPTS", "1")
+            .env("AWS_CONFIG_FILE", "/dev/null")
+            .env("AWS_SHARED_CREDENTIALS_FILE", "/dev/null")
+            .output()
+            .unwrap()
+    };
+    let listed = cli(
+        "AKIDADMIN",
+        "admin-secret",
+        &["firehose", "list-delivery-streams"],
+    );
+    assert!(listed.status.success(), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("game-py"));
+    let refused = cli("AKIDADMIN", "nope", &["firehose", "list-delivery-streams"]);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("InvalidSignatureException"),
+        "{refused:?}"
+    );
+    let denied = cli(
+        "AKIDPUT",
+        "put-secret",
+        &[
+            "firehose",
+            "delete-delivery-stream",
+            "--delivery-stream-name",
+            "game-py",
+        ],
+    );
+    assert!(
+        String::from_utf8_lossy(&denied.stderr).contains("AccessDeniedException"),
+        "{denied:?}"
+    );
+    assert!(d.terminate().success());
+}
