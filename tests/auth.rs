@@ -284,3 +284,52 @@ print("denied", code(lambda: putter.delete_delivery_stream(DeliveryStreamName="g
     );
     assert!(d.terminate().success());
 }
+
+/// The AWS SDK for JavaScript v3 (`@aws-sdk/client-firehose` from npm, installed by the test
+/// command into `target/test-node`, run with the machine's Node.js) signs as the daemon
+/// verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_sdk_for_javascript_signs_as_the_daemon_verifies() {
+    let modules =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/test-node/node_modules");
+    assert!(
+        modules.join("@aws-sdk/client-firehose").exists(),
+        "{} has no @aws-sdk/client-firehose: run the test command (bash .ci/run), which installs it",
+        modules.display()
+    );
+    let mut d = Daemon::start_with(CONFIG, &[], &[("SPILLWAY_TEST_PUT_SECRET", "put-secret")]);
+    let admin = client(&d.endpoint(), "AKIDADMIN", "admin-secret");
+    create_stream(&admin, "game-js", s3_destination("auth", 1, 60)).await;
+    let script = r#"
+const { FirehoseClient, PutRecordBatchCommand, ListDeliveryStreamsCommand, DeleteDeliveryStreamCommand } = require("@aws-sdk/client-firehose");
+const endpoint = process.env.SPILLWAY_ENDPOINT;
+const fh = (accessKeyId, secretAccessKey) => new FirehoseClient({ endpoint, region: "us-east-1", maxAttempts: 1, credentials: { accessKeyId, secretAccessKey } });
+const code = async (p) => { try { await p; return "ok"; } catch (e) { return e.name; } };
+(async () => {
+  const putter = fh("AKIDPUT", "put-secret");
+  console.log("batch", await code(putter.send(new PutRecordBatchCommand({ DeliveryStreamName: "game-js", Records: [{ Data: Buffer.from("{}\n") }] }))));
+  console.log("list", await code(fh("AKIDADMIN", "admin-secret").send(new ListDeliveryStreamsCommand({}))));
+  console.log("wrong", await code(fh("AKIDADMIN", "nope").send(new ListDeliveryStreamsCommand({}))));
+  console.log("unknown", await code(fh("AKIDWHO", "nope").send(new ListDeliveryStreamsCommand({}))));
+  console.log("denied", await code(putter.send(new DeleteDeliveryStreamCommand({ DeliveryStreamName: "game-js" }))));
+})();
+"#;
+    let out = stdout_of(
+        std::process::Command::new("node")
+            .arg("-e")
+            .arg(script)
+            .env("SPILLWAY_ENDPOINT", d.endpoint())
+            .env("NODE_PATH", &modules),
+    );
+    let out = String::from_utf8(out).unwrap();
+    for line in [
+        "batch ok",
+        "list ok",
+        "wrong InvalidSignatureException",
+        "unknown UnrecognizedClientException",
+        "denied AccessDeniedException",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
+    }
+    assert!(d.terminate().success());
+}

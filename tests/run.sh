@@ -3,7 +3,8 @@
 #   1. installs the S3 test server (s3s-fs from crates.io), Prometheus, clang and lld (Debian;
 #      they build the C example transform), and the AWS CLI, boto3, PyYAML,
 #      kubernetes-validate, componentize-py (PyPI; it builds the Python example transforms) and
-#      pyarrow (an independent Parquet reader for the format conversion tests)
+#      pyarrow (an independent Parquet reader for the format conversion tests), and the AWS SDK
+#      for JavaScript (npm; Node.js from Debian if missing) for the signature tests
 #   2. checks formatting and lints
 #   3. runs unit, property and black-box tests (cargo test)
 #   4. builds the release binaries, with no time limit: a fresh build takes 8-28 minutes on a
@@ -33,6 +34,7 @@ debian_deps=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || debian_deps+=(prometheus)
 command -v clang >/dev/null || debian_deps+=(clang)
 command -v wasm-ld >/dev/null || debian_deps+=(lld)
+command -v npm >/dev/null || debian_deps+=(nodejs npm)
 if [ ${#debian_deps[@]} -gt 0 ]; then
   step "installing ${debian_deps[*]} (Debian packages)"
   sudo=""
@@ -49,6 +51,12 @@ if [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/componentize-py" ] \
   step "installing the AWS CLI, boto3, PyYAML, kubernetes-validate, componentize-py and pyarrow (PyPI) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_deps[@]}"
+fi
+
+node_dir=target/test-node
+if [ ! -d "$node_dir/node_modules/@aws-sdk/client-firehose" ]; then
+  step "installing the AWS SDK for JavaScript (@aws-sdk/client-firehose, npm) into $node_dir"
+  npm install --prefix "$node_dir" --no-audit --no-fund --silent @aws-sdk/client-firehose@3.1178.0
 fi
 
 step "cargo fmt --check"
