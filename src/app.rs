@@ -94,13 +94,42 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         keys,
     ));
     let stop = CancellationToken::new();
+    let admin = match settings.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr} (admin_listen)"))?,
+        ),
+        None => None,
+    };
+    let routes = if admin.is_some() {
+        api::Routes::Api
+    } else {
+        api::Routes::All
+    };
     let server = tokio::spawn(api::serve(
         listener,
         api.clone(),
         settings.http.clone(),
         stop.clone(),
         DRAIN,
+        routes,
     ));
+    let admin_server = match admin {
+        Some(listener) => {
+            let addr = listener.local_addr().context("no local address")?;
+            tracing::info!("admin endpoints (/metrics, /healthz, /readyz) on http://{addr}");
+            Some(tokio::spawn(api::serve(
+                listener,
+                api.clone(),
+                settings.http.clone(),
+                stop.clone(),
+                DRAIN,
+                api::Routes::Admin,
+            )))
+        }
+        None => None,
+    };
     tracing::info!("listening on http://{local}; replaying the journal");
 
     let opened = tokio::select! {
@@ -138,6 +167,9 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     give_up.abort();
     stop.cancel();
     let _ = server.await;
+    if let Some(admin) = admin_server {
+        let _ = admin.await;
+    }
     tracing::info!("stopped");
     drop(lock);
     Ok(())

@@ -35,6 +35,10 @@ pub struct Cli {
     /// Overrides `listen` in the config file.
     #[arg(long, value_name = "ADDR")]
     pub listen: Option<SocketAddr>,
+    /// Address to serve /metrics, /healthz and /readyz on instead of the API's address.
+    /// Overrides `admin_listen` in the config file.
+    #[arg(long, value_name = "ADDR")]
+    pub admin_listen: Option<SocketAddr>,
     /// Directory for the journal, API-created streams and the local object store
     /// [default: ./spillway-data]. Overrides `data_dir` in the config file.
     #[arg(long, value_name = "DIR")]
@@ -99,6 +103,9 @@ pub enum LogFormat {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    /// /metrics, /healthz and /readyz on an address of their own (the API's address then
+    /// serves only the API).
+    admin_listen: Option<String>,
     data_dir: Option<PathBuf>,
     log_format: Option<LogFormat>,
     /// tracing filter directive, e.g. "info" or "spillway=debug"; RUST_LOG wins when set.
@@ -430,6 +437,8 @@ struct RawBufferingHints {
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub listen: SocketAddr,
+    /// `admin_listen`: where /metrics, /healthz and /readyz are served, if not on `listen`.
+    pub admin_listen: Option<SocketAddr>,
     pub data_dir: PathBuf,
     pub log_format: LogFormat,
     pub log_level: String,
@@ -564,6 +573,14 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                 .map_err(|e| problems.push(format!("listen: {text:?} is not an address: {e}")))
                 .ok()
         }
+    };
+    let admin_listen = match (cli.admin_listen, raw.admin_listen.as_deref()) {
+        (Some(addr), _) => Some(addr),
+        (None, None) => None,
+        (None, Some(text)) => text
+            .parse::<SocketAddr>()
+            .map_err(|e| problems.push(format!("admin_listen: {text:?} is not an address: {e}")))
+            .ok(),
     };
     let data_dir = cli
         .data_dir
@@ -816,6 +833,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     match (listen, store) {
         (Some(listen), Some(store)) if problems.is_empty() => Ok(Settings {
             listen,
+            admin_listen,
             data_dir,
             log_format: cli.log_format.or(raw.log_format).unwrap_or(LogFormat::Text),
             log_level: raw.log_level.unwrap_or_else(|| "info".into()),

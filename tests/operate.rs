@@ -599,3 +599,42 @@ fn request_bodies_being_read_are_bounded_in_memory() {
     let (status, body) = d.raw(Some("ListDeliveryStreams"), b"{}");
     assert_eq!(status, 200, "{body}");
 }
+
+/// `--admin-listen` moves /metrics, /healthz and /readyz to an address of their own, as
+/// operators of Prometheus exporters expect: there they answer (and only they), and the API's
+/// address serves only the API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_can_have_their_own_address() {
+    let admin = format!("127.0.0.1:{}", free_port());
+    let mut d = Daemon::start_with("", &["--admin-listen", &admin], &[]);
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(
+            d.get_from(admin, path).0,
+            200,
+            "{path} on the admin address"
+        );
+        assert_eq!(
+            d.get_from(d.addr, path).0,
+            404,
+            "{path} not on the API address"
+        );
+    }
+    let fh = d.firehose();
+    create_stream(&fh, "adm", s3_destination("adm", 1, 60)).await;
+    assert_eq!(
+        d.metric("spillway_memory_reserved_bytes"),
+        0.0,
+        "metrics read from the admin address"
+    );
+    let (status, _) = d.raw(Some("ListDeliveryStreams"), b"{}");
+    assert_eq!(status, 200);
+    // The API is not on the admin address.
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.ListDeliveryStreams\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    assert!(d.terminate().success());
+}

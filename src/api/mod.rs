@@ -108,6 +108,17 @@ impl Api {
     }
 }
 
+/// Which endpoints a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Routes {
+    /// The Firehose API and /metrics, /healthz, /readyz.
+    All,
+    /// The Firehose API only (`admin_listen` serves the rest).
+    Api,
+    /// /metrics, /healthz and /readyz only.
+    Admin,
+}
+
 /// Serves until `stop` is cancelled, then stops accepting and waits (up to `drain`) for the
 /// requests in flight to be answered.
 pub async fn serve(
@@ -116,6 +127,7 @@ pub async fn serve(
     limits: crate::config::HttpSettings,
     stop: CancellationToken,
     drain: Duration,
+    routes: Routes,
 ) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
@@ -145,7 +157,7 @@ pub async fn serve(
         let body_timeout = limits.body_read_timeout;
         let service = service_fn(move |req| {
             let api = api.clone();
-            async move { Ok::<_, Infallible>(handle(&api, req, body_timeout).await) }
+            async move { Ok::<_, Infallible>(handle(&api, req, body_timeout, routes).await) }
         });
         let conn = http1::Builder::new()
             .timer(TokioTimer::new())
@@ -170,12 +182,14 @@ async fn handle(
     api: &Api,
     req: Request<Incoming>,
     body_timeout: Duration,
+    routes: Routes,
 ) -> Response<Full<Bytes>> {
+    let (api_routes, admin_routes) = (routes != Routes::Admin, routes != Routes::Api);
     match (req.method(), req.uri().path()) {
-        (&Method::POST, "/") => firehose(api, req, body_timeout).await,
-        (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => readiness(api),
-        (&Method::GET, "/metrics") => {
+        (&Method::POST, "/") if api_routes => firehose(api, req, body_timeout).await,
+        (&Method::GET, "/healthz") if admin_routes => text(StatusCode::OK, "ok\n"),
+        (&Method::GET, "/readyz") if admin_routes => readiness(api),
+        (&Method::GET, "/metrics") if admin_routes => {
             if let Some(catalog) = api.catalog.get() {
                 catalog.refresh_gauges();
             }

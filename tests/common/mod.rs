@@ -25,7 +25,7 @@ use tempfile::TempDir;
 pub const ACCESS_KEY: &str = "spillway-test";
 pub const SECRET_KEY: &str = "spillway-test-secret";
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
@@ -382,12 +382,23 @@ impl Daemon {
         (status, body)
     }
 
+    /// A GET of /metrics, /healthz or /readyz, from the admin address when the daemon was
+    /// started with `--admin-listen`, else from its API address.
     pub fn get(&self, path: &str) -> (u16, String) {
-        let mut s = TcpStream::connect(self.addr).unwrap();
+        self.get_from(self.admin_addr().unwrap_or(self.addr), path)
+    }
+
+    /// `--admin-listen`'s address, if the daemon was started with one.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        let at = self.extra_args.iter().position(|a| a == "--admin-listen")?;
+        self.extra_args.get(at + 1)?.parse().ok()
+    }
+
+    pub fn get_from(&self, addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut s = TcpStream::connect(addr).unwrap();
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut resp = String::new();
