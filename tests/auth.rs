@@ -333,3 +333,52 @@ const code = async (p) => { try { await p; return "ok"; } catch (e) { return e.n
     }
     assert!(d.terminate().success());
 }
+
+/// The load generator signs with `--sign`, so the README's benchmark can measure what
+/// verification costs; without it, a daemon with keys refuses it.
+#[test]
+fn the_load_generator_signs_with_sign() {
+    let mut d = Daemon::start_with(CONFIG, &[], &[("SPILLWAY_TEST_PUT_SECRET", "put-secret")]);
+    let run = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_spillway-loadgen"))
+            .args([
+                "--endpoint",
+                &d.endpoint(),
+                "--create-stream",
+                "--stream",
+                "lg",
+            ])
+            .args([
+                "--bucket",
+                "auth",
+                "--buffer-seconds",
+                "1",
+                "--connections",
+                "2",
+            ])
+            .args([
+                "--batch",
+                "20",
+                "--duration",
+                "1",
+                "--warmup",
+                "0",
+                "--json",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let unsigned = run(&[]);
+    assert!(!unsigned.status.success());
+    assert!(
+        String::from_utf8_lossy(&unsigned.stderr).contains("MissingAuthenticationToken"),
+        "{unsigned:?}"
+    );
+    let signed = run(&["--sign", "AKIDADMIN:admin-secret"]);
+    assert!(signed.status.success(), "{signed:?}");
+    let out: serde_json::Value = serde_json::from_slice(&signed.stdout).unwrap();
+    assert_eq!(out["delivered"], true, "{out}");
+    assert!(out["records_accepted"].as_u64().unwrap() > 0, "{out}");
+    assert!(d.terminate().success());
+}

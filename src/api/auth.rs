@@ -172,6 +172,54 @@ impl Keys {
     }
 }
 
+/// Signs a request as the AWS SDKs do, for clients of this crate (the load generator): the
+/// `x-amz-date` and `Authorization` values to add. `headers` must hold `host` (and whatever
+/// else should be signed); `body_sha256` is the hex SHA-256 of the body, computed once per
+/// body by the caller.
+pub fn sign(
+    request: &SignedRequest<'_>,
+    body_sha256: &str,
+    access_key_id: &str,
+    secret: &str,
+    region: &str,
+    now: DateTime<Utc>,
+) -> (String, String) {
+    let amz_date = now.format("%Y%m%dT%H%M%SZ").to_string();
+    let date = &amz_date[..8];
+    let mut headers = request.headers.clone();
+    if let Ok(v) = amz_date.parse() {
+        headers.insert("x-amz-date", v);
+    }
+    let mut names: Vec<&str> = headers.keys().map(|k| k.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    let with_date = SignedRequest {
+        headers: &headers,
+        ..*request
+    };
+    let canonical = canonical_request(&with_date, &names, body_sha256).unwrap_or_default();
+    let scope = format!("{date}/{region}/firehose/aws4_request");
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex(&Sha256::digest(canonical.as_bytes()))
+    );
+    let mut signing = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
+    for part in [region, "firehose", "aws4_request"] {
+        signing = hmac(&signing, part.as_bytes());
+    }
+    let signature = hex(&hmac(&signing, to_sign.as_bytes()));
+    let authorization = format!(
+        "AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders={}, Signature={signature}",
+        names.join(";")
+    );
+    (amz_date, authorization)
+}
+
+/// Lowercase hex SHA-256, as `x-amz-content-sha256` and [`sign`] want it.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
+}
+
 /// What a verified key may do with one request: checked by the operation once it knows the
 /// stream the request names.
 pub enum Grant<'a> {
@@ -622,6 +670,53 @@ mod tests {
             keys.verify(&changed, at(0)),
             Err(AuthError::BadSignature(_))
         ));
+    }
+
+    #[test]
+    fn what_sign_signs_verify_accepts() {
+        let body = br#"{"DeliveryStreamName":"s","Records":[]}"#;
+        let mut headers = HeaderMap::new();
+        headers.insert("host", "127.0.0.1:4573".parse().unwrap());
+        headers.insert(
+            "content-type",
+            "application/x-amz-json-1.1".parse().unwrap(),
+        );
+        headers.insert(
+            "x-amz-target",
+            "Firehose_20150804.PutRecordBatch".parse().unwrap(),
+        );
+        let now: DateTime<Utc> = "2026-12-06T10:00:00Z".parse().unwrap();
+        let unsigned = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body,
+        };
+        let (date, authorization) = sign(
+            &unsigned,
+            &sha256_hex(body),
+            "AKID",
+            "sekrit",
+            "us-east-1",
+            now,
+        );
+        headers.insert("x-amz-date", date.parse().unwrap());
+        headers.insert("authorization", authorization.parse().unwrap());
+        let signed = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body,
+        };
+        let keys = Keys::new(vec![Key {
+            access_key_id: "AKID".into(),
+            secret: "sekrit".into(),
+            streams: vec!["*".into()],
+            classes: vec![Class::Put],
+        }]);
+        assert!(keys.verify(&signed, now).is_ok());
     }
 
     #[test]

@@ -187,6 +187,12 @@ struct Args {
     /// Print the results as one JSON object on stdout (the table goes to stderr)
     #[arg(long)]
     json: bool,
+
+    /// Sign every request with AWS Signature Version 4 as KEY_ID:SECRET (a key of the
+    /// daemon's [auth]); body hashes are computed once per pooled body, as an SDK that
+    /// streams a prepared payload would
+    #[arg(long, value_name = "KEY_ID:SECRET")]
+    sign: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -212,6 +218,8 @@ struct Target {
     addr: SocketAddr,
     host: HeaderValue,
     path: Uri,
+    /// `--sign`: the access key id and secret.
+    sign: Option<Arc<(String, String)>>,
 }
 
 impl Target {
@@ -239,7 +247,12 @@ impl Target {
             Some(pq) if !pq.as_str().is_empty() => Uri::try_from(pq.as_str())?,
             _ => Uri::from_static("/"),
         };
-        Ok(Target { addr, host, path })
+        Ok(Target {
+            addr,
+            host,
+            path,
+            sign: None,
+        })
     }
 
     fn with_path(&self, path: &'static str) -> Target {
@@ -251,16 +264,53 @@ impl Target {
 }
 
 fn api_request(target: &Target, action: &'static str, body: Bytes) -> Request<Full<Bytes>> {
-    let mut req = Request::new(Full::new(body));
-    *req.method_mut() = Method::POST;
-    *req.uri_mut() = target.path.clone();
-    let headers = req.headers_mut();
+    let hash = target
+        .sign
+        .as_ref()
+        .map(|_| spillway::api::auth::sha256_hex(&body));
+    api_request_hashed(target, action, body, hash.as_deref())
+}
+
+/// A request, signed when `--sign` was given (with `body_sha256`, the body's hash).
+fn api_request_hashed(
+    target: &Target,
+    action: &'static str,
+    body: Bytes,
+    body_sha256: Option<&str>,
+) -> Request<Full<Bytes>> {
+    let mut headers = hyper::HeaderMap::new();
     headers.insert(HOST, target.host.clone());
     headers.insert(CONTENT_TYPE, HeaderValue::from_static(AMZ_JSON));
     headers.insert(
         HeaderName::from_static("x-amz-target"),
         HeaderValue::from_static(action),
     );
+    if let (Some(key), Some(hash)) = (&target.sign, body_sha256) {
+        let unsigned = spillway::api::auth::SignedRequest {
+            method: "POST",
+            path: target.path.path(),
+            query: target.path.query().unwrap_or(""),
+            headers: &headers,
+            body: &body,
+        };
+        let (date, authorization) = spillway::api::auth::sign(
+            &unsigned,
+            hash,
+            &key.0,
+            &key.1,
+            "us-east-1",
+            chrono::Utc::now(),
+        );
+        for (name, value) in [("x-amz-date", date), ("authorization", authorization)] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                headers.insert(HeaderName::from_static(name), v);
+            }
+        }
+    }
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = Method::POST;
+    *req.uri_mut() = target.path.clone();
+    *req.headers_mut() = headers;
     req
 }
 
@@ -570,6 +620,8 @@ enum Plan {
 struct Shared {
     target: Target,
     bodies: Vec<Bytes>,
+    /// With --sign: each body's SHA-256, computed once.
+    body_hashes: Vec<String>,
     batch: u64,
     warmup_end: Instant,
     plan: Plan,
@@ -649,6 +701,7 @@ async fn worker(shared: Arc<Shared>, index: usize) -> WorkerStats {
             Plan::Requests { .. } => ticketed,
         };
         let body = shared.bodies[next_body].clone();
+        let body_hash = shared.body_hashes.get(next_body).map(String::as_str);
         next_body = (next_body + 1) % shared.bodies.len();
 
         let mut backoff = THROTTLE_BACKOFF_MIN;
@@ -679,7 +732,7 @@ async fn worker(shared: Arc<Shared>, index: usize) -> WorkerStats {
                 continue;
             }
 
-            let req = api_request(&shared.target, TARGET_PUT_BATCH, body.clone());
+            let req = api_request_hashed(&shared.target, TARGET_PUT_BATCH, body.clone(), body_hash);
             // Paced: from when the request should have gone out, so a backlog counts.
             let start = scheduled.map_or_else(Instant::now, |at| at.min(Instant::now()));
             let result = exchange(s, req).await;
@@ -975,7 +1028,13 @@ async fn run(args: Args) -> Result<()> {
         );
     }
 
-    let api = Target::from_url(&args.endpoint).await?;
+    let mut api = Target::from_url(&args.endpoint).await?;
+    if let Some(pair) = &args.sign {
+        let (id, secret) = pair
+            .split_once(':')
+            .ok_or_else(|| anyhow!("--sign wants KEY_ID:SECRET"))?;
+        api.sign = Some(Arc::new((id.to_owned(), secret.to_owned())));
+    }
     let metrics = match &args.metrics_url {
         Some(url) => Target::from_url(url).await?,
         None => api.with_path("/metrics"),
@@ -1032,9 +1091,17 @@ async fn run(args: Args) -> Result<()> {
             end: warmup_end + Duration::from_secs(args.duration),
         },
     };
+    let body_hashes = match api.sign {
+        Some(_) => bodies
+            .iter()
+            .map(|b| spillway::api::auth::sha256_hex(b))
+            .collect(),
+        None => Vec::new(),
+    };
     let shared = Arc::new(Shared {
         target: api.clone(),
         bodies,
+        body_hashes,
         batch: u64::from(args.batch),
         warmup_end,
         plan,
