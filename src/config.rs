@@ -223,8 +223,8 @@ struct RawAuth {
 }
 
 /// `[[auth.keys]]`: one access key, its secret from exactly one of `secret`, `secret_file`
-/// or `secret_env`, and what it may do.
-#[derive(Debug, Deserialize)]
+/// or `secret_env`, and what it may do. Its `Debug` never shows the secret.
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawKey {
     access_key_id: String,
@@ -855,6 +855,19 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     }
 }
 
+impl std::fmt::Debug for RawKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawKey")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("secret_file", &self.secret_file)
+            .field("secret_env", &self.secret_env)
+            .field("streams", &self.streams)
+            .field("operations", &self.operations)
+            .finish()
+    }
+}
+
 /// Validates `[[auth.keys]]`, reading each secret from where it is kept.
 fn auth_keys(raw: RawAuth, problems: &mut Vec<String>) -> Vec<crate::api::auth::Key> {
     use crate::api::auth::{Class, Key};
@@ -912,10 +925,17 @@ fn auth_keys(raw: RawAuth, problems: &mut Vec<String>) -> Vec<crate::api::auth::
                 )),
             }
         }
+        let streams = k.streams.unwrap_or_else(|| vec!["*".into()]);
+        if classes.is_empty() || streams.is_empty() {
+            problems.push(format!(
+                "{at}: a key with no operations or no streams can do nothing; remove it or grant something"
+            ));
+            continue;
+        }
         keys.push(Key {
             access_key_id: k.access_key_id,
             secret,
-            streams: k.streams.unwrap_or_else(|| vec!["*".into()]),
+            streams,
             classes,
         });
     }
@@ -1106,10 +1126,14 @@ secret_env = "SPILLWAY_SURELY_NOT_SET_ANYWHERE"
 [[auth.keys]]
 access_key_id = "C"
 secret = "x"
-operations = ["write"]
+operations = ["put", "write"]
 [[auth.keys]]
 access_key_id = "C"
 secret = "y"
+[[auth.keys]]
+access_key_id = "D"
+secret = "z"
+operations = []
 "#,
         )
         .unwrap_err()
@@ -1119,6 +1143,7 @@ secret = "y"
             "auth.keys[1].secret_env: $SPILLWAY_SURELY_NOT_SET_ANYWHERE is not set",
             "auth.keys[2].operations: \"write\" is not one of put, read, manage",
             "auth.keys[3].access_key_id: C appears twice",
+            "auth.keys[4]: a key with no operations or no streams can do nothing",
         ] {
             assert!(err.contains(needle), "{needle} missing from {err}");
         }

@@ -24,6 +24,12 @@ access_key_id = "AKIDPUT"
 secret_env = "SPILLWAY_TEST_PUT_SECRET"
 streams = ["game-*"]
 operations = ["put"]
+
+[[auth.keys]]
+access_key_id = "AKIDREAD"
+secret = "read-secret"
+streams = ["game-*"]
+operations = ["read"]
 "#;
 
 fn client(endpoint: &str, key: &str, secret: &str) -> Client {
@@ -99,6 +105,24 @@ async fn requests_are_verified_and_keys_do_only_what_they_may() {
     // Nothing was deleted.
     let listed = admin.list_delivery_streams().send().await.unwrap();
     assert_eq!(listed.delivery_stream_names().len(), 2);
+    // A key limited to some streams lists only those.
+    let reader = client(&endpoint, "AKIDREAD", "read-secret");
+    let seen = reader.list_delivery_streams().send().await.unwrap();
+    assert_eq!(seen.delivery_stream_names(), ["game-events"]);
+
+    // Without a signature, a body is not even read: refused at once, connection closed,
+    // no body memory held.
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.PutRecordBatch\r\nContent-Length: 6000000\r\n\r\n{\"DeliveryStreamName\":").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = s.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+    assert!(
+        answer.to_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    assert_eq!(d.metric("spillway_request_body_bytes"), 0.0);
 
     // No signature at all.
     let (status, body) = d.raw(Some("ListDeliveryStreams"), b"{}");

@@ -18,6 +18,11 @@ use sha2::{Digest, Sha256};
 
 /// How far a request's `x-amz-date` may be from the daemon's clock.
 pub const MAX_SKEW_SECONDS: i64 = 15 * 60;
+/// Headers a signature may cover (the SDKs sign about 6).
+const MAX_SIGNED_HEADERS: usize = 32;
+/// Longest canonical request built: the signed headers' values are bounded by what the
+/// HTTP server reads, this bounds the work a hostile signature can ask for.
+const MAX_CANONICAL_BYTES: usize = 64 * 1024;
 
 /// The operation classes a key may be granted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,13 +55,24 @@ impl Class {
 }
 
 /// One access key and what it may do.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Key {
     pub access_key_id: String,
     pub secret: String,
     /// Stream names, each possibly with `*` standing for any run of characters.
     pub streams: Vec<String>,
     pub classes: Vec<Class>,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("access_key_id", &self.access_key_id)
+            .field("secret", &"<redacted>")
+            .field("streams", &self.streams)
+            .field("classes", &self.classes)
+            .finish()
+    }
 }
 
 impl Key {
@@ -89,20 +105,29 @@ impl Keys {
         self.by_id.is_empty()
     }
 
-    /// Checks the request's signature; the key it was signed with, or why it is refused.
-    pub fn verify(
+    /// What can be checked from the headers alone, before the body is read: a client without
+    /// a well-formed signature by a known key, in the clock window, never gets to hold body
+    /// memory. Returns the key and the parsed header.
+    pub fn check_headers<'r>(
         &self,
-        request: &SignedRequest<'_>,
+        headers: &'r HeaderMap,
         now: DateTime<Utc>,
-    ) -> Result<&Key, AuthError> {
-        let header = request
-            .headers
+    ) -> Result<(&Key, Authorization<'r>), AuthError> {
+        // One of each: the operation and date read the first, the signature covers all.
+        for name in ["authorization", "x-amz-date", "x-amz-target"] {
+            if headers.get_all(name).iter().count() > 1 {
+                return Err(AuthError::Incomplete(
+                    "Authorization, X-Amz-Date and X-Amz-Target may appear once each",
+                ));
+            }
+        }
+        let header = headers
             .get("authorization")
             .ok_or(AuthError::Missing)?
             .to_str()
             .map_err(|_| AuthError::Incomplete("the Authorization header is not text"))?;
         let auth = parse_authorization(header)?;
-        if request.headers.contains_key("x-amz-security-token") {
+        if headers.contains_key("x-amz-security-token") {
             return Err(AuthError::UnknownKey(
                 "session tokens (x-amz-security-token) are not accepted; sign with an access key of [auth]",
             ));
@@ -118,7 +143,7 @@ impl Keys {
                 "the credential scope must be <date>/<region>/firehose/aws4_request",
             ));
         }
-        let amz_date = header_text(request.headers, "x-amz-date")
+        let amz_date = header_text(headers, "x-amz-date")
             .ok_or(AuthError::Incomplete("x-amz-date is missing"))?;
         let signed_at = NaiveDateTime::parse_from_str(amz_date, "%Y%m%dT%H%M%SZ")
             .map_err(|_| AuthError::Incomplete("x-amz-date is not YYYYMMDDTHHMMSSZ"))?
@@ -133,11 +158,26 @@ impl Keys {
                 "Signature expired: x-amz-date is more than 15 minutes from the server's time.",
             ));
         }
-        if !auth.signed_headers.contains(&"host") || !auth.signed_headers.contains(&"x-amz-date") {
-            return Err(AuthError::Incomplete(
-                "SignedHeaders must include host and x-amz-date",
-            ));
+        // X-Amz-Target names the operation: unsigned, a captured request could be replayed
+        // as another one (its body parses as several).
+        for required in ["host", "x-amz-date", "x-amz-target"] {
+            if !auth.signed_headers.contains(&required) {
+                return Err(AuthError::Incomplete(
+                    "SignedHeaders must include host, x-amz-date and x-amz-target",
+                ));
+            }
         }
+        Ok((key, auth))
+    }
+
+    /// Checks the request's signature; the key it was signed with, or why it is refused.
+    pub fn verify(
+        &self,
+        request: &SignedRequest<'_>,
+        now: DateTime<Utc>,
+    ) -> Result<&Key, AuthError> {
+        let (key, auth) = self.check_headers(request.headers, now)?;
+        let amz_date = header_text(request.headers, "x-amz-date").unwrap_or_default();
         let body_hash = hex(&Sha256::digest(request.body));
         if let Some(claimed) = header_text(request.headers, "x-amz-content-sha256")
             && claimed != body_hash
@@ -241,6 +281,14 @@ impl Grant<'_> {
         }
     }
 
+    /// Whether the key may see `stream` at all (ListDeliveryStreams shows only those).
+    pub fn may_see(&self, stream: &str) -> bool {
+        match self {
+            Grant::Anyone => true,
+            Grant::Key(k) => k.may_touch(stream),
+        }
+    }
+
     /// May the operation touch `stream`.
     pub fn stream(&self, operation: &str, stream: &str) -> Result<(), AuthError> {
         self.class(operation)?;
@@ -278,7 +326,8 @@ pub enum AuthError {
     Denied(String),
 }
 
-struct Authorization<'a> {
+/// A parsed `Authorization` header.
+pub struct Authorization<'a> {
     access_key_id: &'a str,
     date: &'a str,
     region: &'a str,
@@ -320,9 +369,19 @@ fn parse_authorization(header: &str) -> Result<Authorization<'_>, AuthError> {
     };
     let signed_headers: Vec<&str> = signed.split(';').collect();
     let sorted = signed_headers.windows(2).all(|w| w[0] < w[1]);
-    if signed_headers.iter().any(|h| h.is_empty()) || !sorted {
+    let lowercase = |h: &&str| {
+        !h.is_empty()
+            && h.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+    };
+    if !signed_headers.iter().all(lowercase) || !sorted {
         return Err(AuthError::Incomplete(
             "SignedHeaders must be lowercase names, sorted, separated by ';'",
+        ));
+    }
+    if signed_headers.len() > MAX_SIGNED_HEADERS {
+        return Err(AuthError::Incomplete(
+            "SignedHeaders names too many headers",
         ));
     }
     if signature.len() != 64 || !signature.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -372,6 +431,9 @@ fn canonical_request(
         let joined: Vec<String> = values.iter().map(|v| collapse_spaces(v)).collect();
         out.push_str(&joined.join(","));
         out.push('\n');
+        if out.len() > MAX_CANONICAL_BYTES {
+            return Err(AuthError::Incomplete("the signed headers are too large"));
+        }
     }
     out.push('\n');
     out.push_str(&signed_headers.join(";"));
@@ -719,6 +781,72 @@ mod tests {
         assert!(keys.verify(&signed, now).is_ok());
     }
 
+    /// What the headers alone must show before a body is read: the operation signed, each of
+    /// the headers that steer the request once, and no more signed header bytes than a bound.
+    #[test]
+    fn headers_checked_before_the_body() {
+        let keys = Keys::new(vec![Key {
+            access_key_id: "AKID".into(),
+            secret: "s".into(),
+            streams: vec!["*".into()],
+            classes: vec![Class::Put],
+        }]);
+        let now: DateTime<Utc> = "2026-12-06T10:00:00Z".parse().unwrap();
+        let with = |signed: &str, extra: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            h.insert("host", "x".parse().unwrap());
+            h.insert("x-amz-date", "20261206T100000Z".parse().unwrap());
+            h.insert(
+                "x-amz-target",
+                "Firehose_20150804.PutRecord".parse().unwrap(),
+            );
+            h.insert(
+                "authorization",
+                format!("AWS4-HMAC-SHA256 Credential=AKID/20261206/r/firehose/aws4_request, SignedHeaders={signed}, Signature={}", "0".repeat(64))
+                    .parse()
+                    .unwrap(),
+            );
+            for (k, v) in extra {
+                h.append(
+                    hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                    v.parse().unwrap(),
+                );
+            }
+            h
+        };
+        assert!(
+            keys.check_headers(&with("host;x-amz-date;x-amz-target", &[]), now)
+                .is_ok()
+        );
+        let unsigned_target = with("host;x-amz-date", &[]);
+        assert!(matches!(
+            keys.check_headers(&unsigned_target, now),
+            Err(AuthError::Incomplete(m)) if m.contains("x-amz-target")
+        ));
+        let twice = with(
+            "host;x-amz-date;x-amz-target",
+            &[("x-amz-target", "Firehose_20150804.DeleteDeliveryStream")],
+        );
+        assert!(matches!(
+            keys.check_headers(&twice, now),
+            Err(AuthError::Incomplete(_))
+        ));
+        // A signed header far larger than any real one: refused, not hashed.
+        let big = "v".repeat(70 * 1024);
+        let headers = with("big;host;x-amz-date;x-amz-target", &[("big", &big)]);
+        let request = SignedRequest {
+            method: "POST",
+            path: "/",
+            query: "",
+            headers: &headers,
+            body: b"",
+        };
+        assert!(matches!(
+            keys.verify(&request, now),
+            Err(AuthError::Incomplete(m)) if m.contains("too large")
+        ));
+    }
+
     #[test]
     fn patterns_and_grants() {
         for (p, n, ok) in [
@@ -762,6 +890,22 @@ mod tests {
                 "{h}"
             );
         }
+        let scope = "Credential=a/20261206/r/firehose/aws4_request";
+        let sig = "0".repeat(64);
+        let upper =
+            format!("AWS4-HMAC-SHA256 {scope}, SignedHeaders=Host;x-amz-date, Signature={sig}");
+        assert!(matches!(
+            parse_authorization(&upper),
+            Err(AuthError::Incomplete(_))
+        ));
+        let many: Vec<String> = (0..33).map(|i| format!("h{i:02}")).collect();
+        let many = format!(
+            "AWS4-HMAC-SHA256 {scope}, SignedHeaders={}, Signature={sig}",
+            many.join(";")
+        );
+        assert!(
+            matches!(parse_authorization(&many), Err(AuthError::Incomplete(m)) if m.contains("too many"))
+        );
         assert_eq!(percent_decode("%4"), "%4");
         assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
     }

@@ -161,6 +161,8 @@ pub fn list(catalog: &Catalog, body: &[u8], grant: &Grant<'_>) -> Result<Vec<u8>
             .list()
             .into_iter()
             .map(|e| e.name.to_string())
+            // A key limited to some streams sees only those.
+            .filter(|n| grant.may_see(n))
             .filter(|n| match &input.exclusive_start_delivery_stream_name {
                 Some(start) => n.as_str() > start.as_str(),
                 None => true,

@@ -274,6 +274,18 @@ async fn firehose(
         )),
         Some(op) => {
             let (parts, body) = req.into_parts();
+            // A client without a well-formed signature by a known key never holds body memory.
+            if !api.keys.is_empty()
+                && let Err(e) = api.keys.check_headers(&parts.headers, chrono::Utc::now())
+            {
+                let e = ApiError::from(e);
+                return respond(
+                    api,
+                    operation,
+                    started,
+                    Err(ApiError::unread_body(e.kind, e.message)),
+                );
+            }
             let body = read_body(api, body);
             match tokio::time::timeout(body_timeout, body).await {
                 Err(_) => Err(ApiError::unread_body(
@@ -292,6 +304,16 @@ async fn firehose(
             }
         }
     };
+    respond(api, operation, started, result)
+}
+
+/// The HTTP answer to a Firehose request, counted in the metrics.
+fn respond(
+    api: &Api,
+    operation: Option<&str>,
+    started: Instant,
+    result: Result<Vec<u8>, ApiError>,
+) -> Response<Full<Bytes>> {
     let label = operation.unwrap_or("unknown");
     let (status, body, outcome, close) = match result {
         Ok(body) => (StatusCode::OK, body, "ok", false),
