@@ -638,3 +638,68 @@ async fn admin_endpoints_can_have_their_own_address() {
     assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
     assert!(d.terminate().success());
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// 500 connections that trickle a header one byte at a time: a normal client's
+/// PutRecordBatch is answered meanwhile, the trickling sockets are closed by the header
+/// timeout, and the daemon's descriptors and memory stay bounded (measured, and back to where
+/// they were once the timeout has closed them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_hundred_trickling_connections_do_not_starve_a_normal_client() {
+    use std::io::Write;
+    let mut d = Daemon::start("[http]\nheader_read_timeout_seconds = 2\n");
+    let fh = d.firehose_with_retries(1);
+    create_stream(&fh, "calm", s3_destination("calm", 1, 1)).await;
+    let (fds_before, rss_before) = (open_fds(d.pid()), rss_kib(d.pid()));
+    let mut slow: Vec<std::net::TcpStream> = (0..500)
+        .map(|_| std::net::TcpStream::connect(d.addr).unwrap())
+        .collect();
+    for s in &mut slow {
+        let _ = s.write_all(b"P");
+    }
+    let fds_during = open_fds(d.pid());
+    assert!(
+        fds_during <= fds_before + 520,
+        "{fds_during} descriptors with 500 slow clients (from {fds_before})"
+    );
+    // One byte more each, while a normal client puts.
+    for s in &mut slow {
+        let _ = s.write_all(b"O");
+    }
+    let acked = put_batch(&fh, "calm", 0..100, 1024).await;
+    assert_eq!(acked.len(), 100, "the normal client was answered");
+    for s in &mut slow {
+        let _ = s.write_all(b"S");
+    }
+    // The header timeout closes them all; descriptors and memory come back.
+    let settled = wait_for(Duration::from_secs(15), || async {
+        (open_fds(d.pid()) <= fds_before + 10).then_some(())
+    })
+    .await;
+    assert!(
+        settled.is_some(),
+        "{} descriptors left open (from {fds_before})",
+        open_fds(d.pid())
+    );
+    let grew_mib = rss_kib(d.pid()).saturating_sub(rss_before) / 1024;
+    assert!(grew_mib < 64, "RSS grew {grew_mib} MiB");
+    // Closed: a read returns at once (the end, or an answer before it), not a timeout.
+    let mut closed = 0;
+    for s in &mut slow {
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let mut buf = [0u8; 256];
+        if std::io::Read::read(s, &mut buf).is_ok() {
+            closed += 1;
+        }
+    }
+    assert_eq!(
+        closed, 500,
+        "every trickling socket was closed by the daemon"
+    );
+    assert!(d.terminate().success());
+}
