@@ -178,7 +178,7 @@ impl Keys {
     ) -> Result<&Key, AuthError> {
         let (key, auth) = self.check_headers(request.headers, now)?;
         let amz_date = header_text(request.headers, "x-amz-date").unwrap_or_default();
-        let body_hash = hex(&Sha256::digest(request.body));
+        let body_hash = sha256_hex(request.body);
         if let Some(claimed) = header_text(request.headers, "x-amz-content-sha256")
             && claimed != body_hash
         {
@@ -187,22 +187,8 @@ impl Keys {
             ));
         }
         let canonical = canonical_request(request, &auth.signed_headers, &body_hash)?;
-        let scope = format!(
-            "{}/{}/{}/{}",
-            auth.date, auth.region, auth.service, auth.terminator
-        );
-        let to_sign = format!(
-            "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-            hex(&Sha256::digest(canonical.as_bytes()))
-        );
-        let mut signing = hmac(
-            format!("AWS4{}", key.secret).as_bytes(),
-            auth.date.as_bytes(),
-        );
-        for part in [auth.region, auth.service, auth.terminator] {
-            signing = hmac(&signing, part.as_bytes());
-        }
-        let expected = hex(&hmac(&signing, to_sign.as_bytes()));
+        let scope = [auth.date, auth.region, auth.service, auth.terminator];
+        let expected = signature(&key.secret, amz_date, scope, &canonical);
         if !constant_time_eq(expected.as_bytes(), auth.signature.as_bytes()) {
             return Err(AuthError::BadSignature(
                 "The request signature we calculated does not match the signature you provided.",
@@ -238,21 +224,29 @@ pub fn sign(
         ..*request
     };
     let canonical = canonical_request(&with_date, &names, body_sha256).unwrap_or_default();
-    let scope = format!("{date}/{region}/firehose/aws4_request");
-    let to_sign = format!(
-        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
-        hex(&Sha256::digest(canonical.as_bytes()))
-    );
-    let mut signing = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
-    for part in [region, "firehose", "aws4_request"] {
-        signing = hmac(&signing, part.as_bytes());
-    }
-    let signature = hex(&hmac(&signing, to_sign.as_bytes()));
+    let scope = [date, region, "firehose", "aws4_request"];
     let authorization = format!(
-        "AWS4-HMAC-SHA256 Credential={access_key_id}/{scope}, SignedHeaders={}, Signature={signature}",
-        names.join(";")
+        "AWS4-HMAC-SHA256 Credential={access_key_id}/{}, SignedHeaders={}, Signature={}",
+        scope.join("/"),
+        names.join(";"),
+        signature(secret, &amz_date, scope, &canonical)
     );
     (amz_date, authorization)
+}
+
+/// The SigV4 signature of a canonical request with `secret`, dated `amz_date`, under the
+/// credential scope `date/region/service/aws4_request`.
+fn signature(secret: &str, amz_date: &str, scope: [&str; 4], canonical: &str) -> String {
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{}\n{}",
+        scope.join("/"),
+        sha256_hex(canonical.as_bytes())
+    );
+    let mut signing = hmac(format!("AWS4{secret}").as_bytes(), scope[0].as_bytes());
+    for part in &scope[1..] {
+        signing = hmac(&signing, part.as_bytes());
+    }
+    hex(&hmac(&signing, to_sign.as_bytes()))
 }
 
 /// Lowercase hex SHA-256, as `x-amz-content-sha256` and [`sign`] want it.
@@ -623,9 +617,9 @@ mod tests {
         let auth =
             parse_authorization(headers.get("authorization").unwrap().to_str().unwrap()).unwrap();
         let canonical =
-            canonical_request(&request, &auth.signed_headers, &hex(&Sha256::digest(b""))).unwrap();
+            canonical_request(&request, &auth.signed_headers, &sha256_hex(b"")).unwrap();
         assert_eq!(
-            hex(&Sha256::digest(canonical.as_bytes())),
+            sha256_hex(canonical.as_bytes()),
             "f536975d06c0309214f805bb90ccff089219ecd68b2577efef23edd43b7e1a59"
         );
         // The service is iam, so `verify` refuses the scope; the signature itself is checked
@@ -636,16 +630,9 @@ mod tests {
             streams: vec!["*".into()],
             classes: vec![Class::Put],
         };
-        let to_sign = format!(
-            "AWS4-HMAC-SHA256\n20150830T123600Z\n20150830/us-east-1/iam/aws4_request\n{}",
-            hex(&Sha256::digest(canonical.as_bytes()))
-        );
-        let mut signing = hmac(format!("AWS4{}", key.secret).as_bytes(), b"20150830");
-        for part in ["us-east-1", "iam", "aws4_request"] {
-            signing = hmac(&signing, part.as_bytes());
-        }
+        let scope = ["20150830", "us-east-1", "iam", "aws4_request"];
         assert_eq!(
-            hex(&hmac(&signing, to_sign.as_bytes())),
+            signature(&key.secret, "20150830T123600Z", scope, &canonical),
             "5d672d79c15b13162d9279b0855cfba6789a8edb4c82c400e06b5924a6f2b5d7"
         );
         let keys = Keys::new(vec![key]);
@@ -678,17 +665,10 @@ mod tests {
                 headers: &headers,
                 body,
             };
-            canonical_request(&unsigned, &signed, &hex(&Sha256::digest(body))).unwrap()
+            canonical_request(&unsigned, &signed, &sha256_hex(body)).unwrap()
         };
-        let to_sign = format!(
-            "AWS4-HMAC-SHA256\n20261206T100000Z\n20261206/eu-west-1/firehose/aws4_request\n{}",
-            hex(&Sha256::digest(canonical.as_bytes()))
-        );
-        let mut signing = hmac(b"AWS4sekrit", b"20261206");
-        for part in ["eu-west-1", "firehose", "aws4_request"] {
-            signing = hmac(&signing, part.as_bytes());
-        }
-        let signature = hex(&hmac(&signing, to_sign.as_bytes()));
+        let scope = ["20261206", "eu-west-1", "firehose", "aws4_request"];
+        let signature = signature("sekrit", "20261206T100000Z", scope, &canonical);
         headers.insert(
             "authorization",
             format!("AWS4-HMAC-SHA256 Credential=AKID/20261206/eu-west-1/firehose/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target, Signature={signature}")
