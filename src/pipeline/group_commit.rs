@@ -261,12 +261,42 @@ fn settle_after_panic(writer: &mut Writer, ends_input: bool) {
     let refused = JournalWriteFailed::from(crate::journal::WriteError::Failed {
         dir: writer.journal.dir().to_path_buf(),
     });
-    while let Some((first, arrival_ms, records, memory, reply)) = writer.round_appends.pop_front() {
-        if first.0 + records.len() as u64 > durable.0 {
-            let _ = reply.send(Err(AppendRefused::Io(refused.clone())));
+    settle_appends(
+        &mut writer.round_appends,
+        writer.to_pipeline.as_ref(),
+        durable,
+        Some(&refused),
+    );
+    if ends_input {
+        writer.to_pipeline = None;
+    }
+    writer.journal.mark_failed();
+    writer.shared.set_journal_failed(true);
+    writer.shared.metrics.journal_write_failures.inc();
+    writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
+    writer.recover_delay = (writer.recover_delay * 2).min(RECOVER_MAX);
+}
+
+/// Answers a round's appends: those below `durable` (all of them when the round did not
+/// fail) are handed to the pipeline, then acknowledged; the rest are refused with `failed`.
+/// Each is taken out only as it is answered, so a panic midway leaves the rest to
+/// [`settle_after_panic`].
+fn settle_appends(
+    appends: &mut std::collections::VecDeque<PendingAppend>,
+    to_pipeline: Option<&mpsc::UnboundedSender<Appended>>,
+    durable: Position,
+    failed: Option<&JournalWriteFailed>,
+) {
+    while let Some((first, arrival_ms, records, memory, reply)) = appends.pop_front() {
+        if let Some(e) = failed
+            && first.0 + records.len() as u64 > durable.0
+        {
+            let _ = reply.send(Err(AppendRefused::Io(e.clone())));
             continue;
         }
-        if let Some(tx) = writer.to_pipeline.as_ref() {
+        // Hand over before answering, so a record the producer saw acknowledged is already
+        // on its way to the buffer when a shutdown begins.
+        if let Some(tx) = to_pipeline {
             let _ = tx.send(Appended {
                 first,
                 arrival_ms,
@@ -276,14 +306,6 @@ fn settle_after_panic(writer: &mut Writer, ends_input: bool) {
         }
         let _ = reply.send(Ok(first));
     }
-    if ends_input {
-        writer.to_pipeline = None;
-    }
-    writer.journal.mark_failed();
-    writer.shared.set_journal_failed(true);
-    writer.shared.metrics.journal_write_failures.inc();
-    writer.recover_at = Some(std::time::Instant::now() + writer.recover_delay);
-    writer.recover_delay = (writer.recover_delay * 2).min(RECOVER_MAX);
 }
 
 /// Writes one group of operations, syncs once, answers them. True when the writer stops.
@@ -389,28 +411,7 @@ fn commit_group(writer: &mut Writer, mut batch: Vec<JournalOp>) -> bool {
         if write_error.is_none() && !commit_failed {
             unsynced_commits.clear();
         }
-        // Each is taken out only as it is answered: a panic midway leaves the rest to
-        // `settle_after_panic`.
-        while let Some((first, arrival_ms, records, memory, reply)) = appends.pop_front() {
-            let end = first.0 + records.len() as u64;
-            if let Some(e) = &write_error
-                && end > durable.0
-            {
-                let _ = reply.send(Err(AppendRefused::Io(e.clone())));
-                continue;
-            }
-            // Hand over before answering, so a record the producer saw acknowledged is
-            // already on its way to the buffer when a shutdown begins.
-            if let Some(tx) = to_pipeline.as_ref() {
-                let _ = tx.send(Appended {
-                    first,
-                    arrival_ms,
-                    records,
-                    memory,
-                });
-            }
-            let _ = reply.send(Ok(first));
-        }
+        settle_appends(appends, to_pipeline.as_ref(), durable, write_error.as_ref());
         for reply in seals {
             let _ = reply.send(match &write_error {
                 Some(e) => Err(e.clone()),
