@@ -543,7 +543,7 @@ impl Batcher {
     fn push(&mut self, position: Position, arrival_ms: u64, data: Bytes, memory: Reservation) {
         let (_, interval) = partitions::intake_hints(&self.definition.destination);
         self.open
-            .push(position, arrival_ms, data, memory, Now::read(), interval);
+            .push(position, arrival_ms, data, memory, Now::read, interval);
         self.next = position.next();
     }
 

@@ -75,19 +75,20 @@ impl OpenBuffer {
     }
 
     /// Adds one record; the first one starts the buffer's `interval`, counted from its arrival.
+    /// `now` reads the clock, only for that first record (this runs for every record).
     pub fn push(
         &mut self,
         position: Position,
         arrival_ms: u64,
         data: Bytes,
         memory: Reservation,
-        now: Now,
+        now: impl FnOnce() -> Now,
         interval: Duration,
     ) {
         if self.start.is_none() {
             self.start = Some(position);
             self.oldest_ms = arrival_ms;
-            self.deadline = Some(now.deadline(arrival_ms, interval));
+            self.deadline = Some(now().deadline(arrival_ms, interval));
         }
         self.memory.merge(memory);
         self.records.push(data);
@@ -155,7 +156,7 @@ mod tests {
             985_000,
             Bytes::from_static(b"a"),
             memory.reserve(1),
-            now,
+            || now,
             interval,
         );
         tokio::time::advance(Duration::from_secs(30)).await;
@@ -168,7 +169,7 @@ mod tests {
             1_030_000,
             Bytes::from_static(b"bc"),
             memory.reserve(2),
-            later,
+            || later,
             interval,
         );
         assert_eq!(open.deadline(), Some(now.instant + Duration::from_secs(45)));
@@ -197,7 +198,7 @@ mod tests {
             now.ms - 120_000,
             Bytes::new(),
             memory.none(),
-            now,
+            || now,
             Duration::from_secs(60),
         );
         assert_eq!(open.deadline(), Some(now.instant));
