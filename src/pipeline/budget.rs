@@ -97,6 +97,15 @@ impl MemoryBudget {
     }
 }
 
+#[cfg(test)]
+impl MemoryBudget {
+    /// A budget for unit tests, its gauge registered nowhere.
+    pub fn for_tests(cap: u64) -> Arc<MemoryBudget> {
+        let gauge = IntGauge::new("memory_for_tests", "unit tests").expect("a valid name");
+        Arc::new(MemoryBudget::new(cap, gauge))
+    }
+}
+
 /// Budget held by some records; given back when dropped.
 #[must_use = "dropping a reservation gives its bytes back at once"]
 pub struct Reservation {
@@ -174,7 +183,7 @@ mod tests {
 
     #[test]
     fn reservations_move_between_owners_and_give_back_once() {
-        let b = Arc::new(MemoryBudget::new(100, IntGauge::new("t", "t").unwrap()));
+        let b = MemoryBudget::for_tests(100);
         let mut batch = b.none();
         batch.merge(b.try_reserve(30).unwrap());
         batch.merge(b.try_reserve(20).unwrap());

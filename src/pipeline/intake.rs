@@ -135,10 +135,7 @@ mod tests {
     use crate::pipeline::MemoryBudget;
 
     fn budget() -> Arc<MemoryBudget> {
-        Arc::new(MemoryBudget::new(
-            1 << 20,
-            prometheus::IntGauge::new("t", "t").unwrap(),
-        ))
+        MemoryBudget::for_tests(1 << 20)
     }
 
     #[tokio::test(start_paused = true)]

@@ -356,10 +356,7 @@ mod tests {
     use crate::pipeline::MemoryBudget;
 
     fn budget() -> Arc<MemoryBudget> {
-        Arc::new(MemoryBudget::new(
-            1 << 20,
-            prometheus::IntGauge::new("t", "t").unwrap(),
-        ))
+        MemoryBudget::for_tests(1 << 20)
     }
 
     fn key(prefix: &str) -> PartKey {
