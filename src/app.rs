@@ -94,6 +94,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         keys,
     ));
     let stop = CancellationToken::new();
+    let tls = match &settings.tls {
+        Some(files) => {
+            let tls = Arc::new(
+                crate::api::tls::Tls::load(files.clone(), metrics.clone())
+                    .context("cannot set up TLS")?,
+            );
+            tokio::spawn(tls.clone().watch(stop.clone()));
+            Some(tls)
+        }
+        None => None,
+    };
+    let scheme = if tls.is_some() { "https" } else { "http" };
     let admin = match settings.admin_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -111,6 +123,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         listener,
         api.clone(),
         settings.http.clone(),
+        tls,
         stop.clone(),
         DRAIN,
         routes,
@@ -123,6 +136,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 listener,
                 api.clone(),
                 settings.http.clone(),
+                None,
                 stop.clone(),
                 DRAIN,
                 api::Routes::Admin,
@@ -130,7 +144,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         }
         None => None,
     };
-    tracing::info!("listening on http://{local}; replaying the journal");
+    tracing::info!("listening on {scheme}://{local}; replaying the journal");
 
     let opened = tokio::select! {
         opened = Catalog::open(ctx.clone(), data_dir, &settings.streams, settings.max_streams) => opened,

@@ -65,12 +65,19 @@ pub enum Command {
     /// GET a URL of a running spillway and exit 0 on a 2xx answer, 1 otherwise: a health check
     /// for container images without curl.
     Probe {
-        /// What to fetch (plain http only).
+        /// What to fetch: http:// or https://.
         #[arg(default_value = "http://127.0.0.1:4573/healthz")]
         url: String,
         /// Give up after this many seconds.
         #[arg(long, default_value_t = 3)]
         timeout_seconds: u64,
+        /// https: trust the CA certificates in this PEM file (else the system's roots).
+        #[arg(long)]
+        ca_file: Option<PathBuf>,
+        /// https: accept any certificate. For a liveness probe of the daemon on its own
+        /// host, whose certificate names the service, not 127.0.0.1.
+        #[arg(long, conflicts_with = "ca_file")]
+        insecure: bool,
     },
     /// Compile a transform component into a cache file. The daemon runs this in a child
     /// process, so the compiler's peak memory never becomes the daemon's.
@@ -131,6 +138,7 @@ struct RawConfig {
     http: RawHttp,
     #[serde(default)]
     auth: RawAuth,
+    tls: Option<RawTls>,
     #[serde(default, rename = "stream")]
     streams: Vec<RawStream>,
     #[serde(default, rename = "table")]
@@ -237,6 +245,18 @@ struct RawKey {
     operations: Option<Vec<String>>,
 }
 
+/// `[tls]`: HTTPS on the API listener. PEM files; paths relative to the working directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    /// The server certificate, then its intermediates.
+    cert_file: PathBuf,
+    /// The certificate's private key.
+    key_file: PathBuf,
+    /// CA certificates for client certificates; set: clients must present one it signed.
+    client_ca: Option<PathBuf>,
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawHttp {
@@ -249,6 +269,10 @@ struct RawHttp {
     max_connections: Option<u64>,
     /// Request bodies held in memory while they are read, across connections. MiB; 64.
     max_body_memory_mib: Option<u64>,
+    /// Size of a request's line and headers together. KiB; 64 (at least 8).
+    max_header_kib: Option<u64>,
+    /// Headers one request may carry. 100.
+    max_headers: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -456,6 +480,8 @@ pub struct Settings {
     pub http: HttpSettings,
     /// `[auth]`'s keys; empty: no authentication.
     pub auth: Vec<crate::api::auth::Key>,
+    /// `[tls]`: HTTPS on the API listener.
+    pub tls: Option<crate::api::tls::TlsFiles>,
     /// Streams declared in the file: read-only over the API.
     pub streams: Vec<(StreamName, S3Destination)>,
     /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
@@ -469,6 +495,9 @@ pub struct HttpSettings {
     pub body_read_timeout: Duration,
     pub max_connections: usize,
     pub max_body_memory_bytes: u64,
+    /// A request's line and headers, in bytes.
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -672,9 +701,18 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             raw.http.max_body_memory_mib,
             64,
         ) * MIB,
+        max_header_bytes: positive("http.max_header_kib", raw.http.max_header_kib, 64) as usize
+            * 1024,
+        max_headers: positive("http.max_headers", raw.http.max_headers, 100) as usize,
     };
     let shutdown_timeout = Duration::from_secs(raw.shutdown_timeout_seconds.unwrap_or(60));
     let max_streams = positive("max_delivery_streams", raw.max_delivery_streams, 5000) as usize;
+    if !(8 * 1024..=1024 * 1024).contains(&http.max_header_bytes) {
+        problems.push("http.max_header_kib: must be between 8 and 1024".into());
+    }
+    if http.max_headers > 1000 {
+        problems.push("http.max_headers: must be at most 1000".into());
+    }
     if !(5 * MIB..=5 * 1024 * MIB).contains(&upload.part_size) {
         problems.push("upload.part_size_mib: must be between 5 and 5120 (S3's part limits)".into());
     }
@@ -824,6 +862,11 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     }
 
     let auth = auth_keys(raw.auth, &mut problems);
+    let tls = raw.tls.map(|t| crate::api::tls::TlsFiles {
+        cert_file: t.cert_file,
+        key_file: t.key_file,
+        client_ca: t.client_ca,
+    });
     if streams.len() > max_streams {
         problems.push(format!(
             "max_delivery_streams: the file declares {} streams, more than {max_streams}",
@@ -848,6 +891,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             query_limits,
             http,
             auth,
+            tls,
             streams,
             tables,
         }),

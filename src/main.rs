@@ -13,10 +13,18 @@ fn main() -> std::process::ExitCode {
         Some(Command::Probe {
             url,
             timeout_seconds,
+            ca_file,
+            insecure,
         }) => {
+            let trust = match (ca_file, insecure) {
+                (Some(file), _) => spillway::commands::Trust::CaFile(file.clone()),
+                (None, true) => spillway::commands::Trust::Anything,
+                (None, false) => spillway::commands::Trust::System,
+            };
             return spillway::commands::probe(
                 url,
                 std::time::Duration::from_secs(*timeout_seconds),
+                &trust,
             );
         }
         Some(Command::CompileTransform { input, output }) => {

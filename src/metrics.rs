@@ -15,6 +15,8 @@ pub struct Metrics {
     connections_refused: prometheus::IntCounter,
     bodies_refused: prometheus::IntCounter,
     request_body_bytes: IntGauge,
+    tls_reloads: IntCounterVec,
+    tls_handshake_failures: IntCounterVec,
     api_request_seconds: HistogramVec,
     incoming_records: IntCounterVec,
     incoming_bytes: IntCounterVec,
@@ -242,6 +244,18 @@ impl Metrics {
             connections_refused,
             bodies_refused,
             request_body_bytes,
+            tls_reloads: counter(
+                &r,
+                "spillway_tls_reloads_total",
+                "Reloads of the TLS certificate (SIGHUP or a changed file) by outcome: ok, or failed (the previous certificate stays in use).",
+                &["outcome"],
+            ),
+            tls_handshake_failures: counter(
+                &r,
+                "spillway_tls_handshake_failures_total",
+                "TLS connections closed before a request: failed (protocol, certificate or client certificate refused) or timeout (no handshake within http.header_read_timeout_seconds).",
+                &["reason"],
+            ),
             api_requests: counter(
                 &r,
                 "spillway_api_requests_total",
@@ -541,6 +555,20 @@ impl Metrics {
     /// A connection closed at once: `http.max_connections` were open.
     pub fn connection_refused(&self) {
         self.connections_refused.inc();
+    }
+
+    /// A TLS certificate reload, successful or not.
+    pub fn tls_reload(&self, ok: bool) {
+        self.tls_reloads
+            .with_label_values(&[if ok { "ok" } else { "failed" }])
+            .inc();
+    }
+
+    /// A TLS connection that did not get through its handshake: `failed` or `timeout`.
+    pub fn tls_handshake_failed(&self, reason: &'static str) {
+        self.tls_handshake_failures
+            .with_label_values(&[reason])
+            .inc();
     }
 
     /// A request refused while its body was read: bodies in memory were at their cap.

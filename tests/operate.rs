@@ -471,6 +471,49 @@ fn slow_and_piled_up_connections_are_cut_off() {
     assert_eq!(d.get("/healthz").0, 200);
 }
 
+/// `http.max_header_kib` and `http.max_headers` at their edges: a request line and headers of
+/// exactly the limit are served, one byte or one header more is answered 431 and closed.
+#[test]
+fn request_heads_are_limited_in_size_and_count() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    let d = Daemon::start("[http]\nmax_header_kib = 8\nmax_headers = 20\n");
+    let send = |extra: &[String]| -> String {
+        let mut head = String::from(
+            "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.ListDeliveryStreams\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 2\r\nConnection: close\r\n",
+        );
+        for h in extra {
+            head.push_str(h);
+            head.push_str("\r\n");
+        }
+        head.push_str("\r\n");
+        let mut s = TcpStream::connect(d.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(head.as_bytes()).unwrap();
+        let _ = s.write_all(b"{}");
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer
+    };
+    let base = send(&[]);
+    assert!(base.starts_with("HTTP/1.1 200"), "{base}");
+    // 5 headers above; 15 more make 20.
+    let headers = |n: usize| (0..n).map(|i| format!("X-Pad-{i}: v")).collect::<Vec<_>>();
+    assert!(send(&headers(15)).starts_with("HTTP/1.1 200"));
+    assert!(send(&headers(16)).starts_with("HTTP/1.1 431"));
+    // The head without padding, plus "X-Pad: " and its CRLF: pad to exactly 8192 bytes.
+    let bare = "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.ListDeliveryStreams\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: 2\r\nConnection: close\r\n\r\n".len();
+    let pad = |total: usize| {
+        vec![format!(
+            "X-Pad: {}",
+            "v".repeat(total - bare - "X-Pad: \r\n".len())
+        )]
+    };
+    assert!(send(&pad(8192)).starts_with("HTTP/1.1 200"));
+    assert!(send(&pad(8193)).starts_with("HTTP/1.1 431"));
+    assert_eq!(d.get("/healthz").0, 200);
+}
+
 /// Under sustained load from 8 producers, what a stream holds stays bounded by the memory
 /// cap: delivered batches are committed and their journal segments released while the load
 /// goes on, not only once it stops. (A build whose delivery tasks gave memory back before the

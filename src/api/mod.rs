@@ -6,6 +6,7 @@ pub mod auth;
 mod control;
 mod data;
 pub mod error;
+pub mod tls;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -120,17 +121,25 @@ pub enum Routes {
 }
 
 /// Serves until `stop` is cancelled, then stops accepting and waits (up to `drain`) for the
-/// requests in flight to be answered.
+/// requests in flight to be answered. With `tls`, every connection is TLS, its handshake
+/// bounded by the header read timeout.
 pub async fn serve(
     listener: TcpListener,
     api: Arc<Api>,
     limits: crate::config::HttpSettings,
+    tls: Option<Arc<tls::Tls>>,
     stop: CancellationToken,
     drain: Duration,
     routes: Routes,
 ) {
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(limits.max_header_bytes)
+        .max_headers(limits.max_headers)
+        .keep_alive(true);
     loop {
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
@@ -153,22 +162,40 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let api = api.clone();
         let body_timeout = limits.body_read_timeout;
-        let service = service_fn(move |req| {
+        let service = {
             let api = api.clone();
-            async move { Ok::<_, Infallible>(handle(&api, req, body_timeout, routes).await) }
-        });
-        let conn = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.header_read_timeout)
-            .keep_alive(true)
-            .serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        // Tracked by `graceful`, which shutdown awaits below.
+            service_fn(move |req| {
+                let api = api.clone();
+                async move { Ok::<_, Infallible>(handle(&api, req, body_timeout, routes).await) }
+            })
+        };
+        let http = http.clone();
+        // Tracked by `graceful` (once past the handshake), which shutdown awaits below.
+        let watcher = graceful.watcher();
+        let acceptor = tls.as_ref().map(|t| t.acceptor());
+        let handshake_timeout = limits.header_read_timeout;
+        let metrics = api.metrics.clone();
         tokio::spawn(async move {
-            let _ = conn.await;
-            drop(permit);
+            let _permit = permit;
+            let Some(acceptor) = acceptor else {
+                let _ = watcher
+                    .watch(http.serve_connection(TokioIo::new(stream), service))
+                    .await;
+                return;
+            };
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    let _ = watcher
+                        .watch(http.serve_connection(TokioIo::new(stream), service))
+                        .await;
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "TLS handshake failed");
+                    metrics.tls_handshake_failed("failed");
+                }
+                Err(_) => metrics.tls_handshake_failed("timeout"),
+            }
         });
     }
     drop(listener);

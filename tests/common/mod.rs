@@ -180,6 +180,15 @@ impl Daemon {
         d
     }
 
+    /// Starts with extra flags and returns once it listens, before it is ready: for daemons
+    /// whose readiness the test checks its own way (over TLS, say).
+    pub fn start_unready_with(config: &str, args: &[&str]) -> Daemon {
+        let mut d = Daemon::start_stopped(config);
+        d.extra_args = args.iter().map(|s| s.to_string()).collect();
+        d.launch_unready(None);
+        d
+    }
+
     /// Starts with `data_dir` as its data directory (a mount the test made, say).
     pub fn start_in(config: &str, data_dir: &std::path::Path) -> Daemon {
         let mut d = Daemon::start_stopped(config);
@@ -249,10 +258,14 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(at) = line.find("listening on http://") {
+                if let Some(at) = line
+                    .find("listening on http://")
+                    .map(|at| at + 20)
+                    .or_else(|| line.find("listening on https://").map(|at| at + 21))
+                {
                     // Text or JSON logs: the address runs until the first character that
                     // cannot be part of it.
-                    let addr: String = line[at + 20..]
+                    let addr: String = line[at..]
                         .chars()
                         .take_while(|c| c.is_ascii_hexdigit() || matches!(c, '.' | ':' | '[' | ']'))
                         .collect();
