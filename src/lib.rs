@@ -39,6 +39,8 @@ pub mod config;
 pub mod definition;
 pub mod durable;
 pub mod encode;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;

@@ -333,7 +333,7 @@ pub struct Authorization<'a> {
 
 /// `AWS4-HMAC-SHA256 Credential=AKID/20150830/us-east-1/firehose/aws4_request,
 /// SignedHeaders=host;x-amz-date, Signature=<64 hex>`.
-fn parse_authorization(header: &str) -> Result<Authorization<'_>, AuthError> {
+pub fn parse_authorization(header: &str) -> Result<Authorization<'_>, AuthError> {
     let rest = header
         .strip_prefix("AWS4-HMAC-SHA256")
         .ok_or(AuthError::Incomplete(

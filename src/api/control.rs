@@ -28,11 +28,31 @@ struct CreateIn {
 /// Accepted and ignored: they configure AWS services spillway does not run.
 const CREATE_IGNORED: &[&str] = &["Tags", "DeliveryStreamEncryptionConfigurationInput"];
 
+/// A `CreateDeliveryStream` request as read from its body; the catalog validates the rest.
+pub(crate) struct CreateRequest {
+    pub name: String,
+    pub shape: DestinationShape,
+    pub destination: S3Destination,
+}
+
 pub async fn create(
     catalog: &Catalog,
     body: &[u8],
     grant: &Grant<'_>,
 ) -> Result<Vec<u8>, ApiError> {
+    let CreateRequest {
+        name,
+        shape,
+        destination,
+    } = read_create(body, grant)?;
+    catalog.create(&name, shape, destination).await?;
+    Ok(json!({ "DeliveryStreamARN": catalog.arn(&name) })
+        .to_string()
+        .into_bytes())
+}
+
+/// Reads a `CreateDeliveryStream` body: everything before the catalog.
+pub(crate) fn read_create(body: &[u8], grant: &Grant<'_>) -> Result<CreateRequest, ApiError> {
     let input: CreateIn = parse(body)?;
     grant.stream("CreateDeliveryStream", &input.delivery_stream_name)?;
     match input.delivery_stream_type.as_deref() {
@@ -70,14 +90,11 @@ pub async fn create(
             ));
         }
     };
-    catalog
-        .create(&input.delivery_stream_name, shape, destination)
-        .await?;
-    Ok(
-        json!({ "DeliveryStreamARN": catalog.arn(&input.delivery_stream_name) })
-            .to_string()
-            .into_bytes(),
-    )
+    Ok(CreateRequest {
+        name: input.delivery_stream_name,
+        shape,
+        destination,
+    })
 }
 
 #[derive(Deserialize)]
@@ -203,11 +220,34 @@ struct UpdateIn {
     other: Map<String, Value>,
 }
 
+/// An `UpdateDestination` request as read from its body; the catalog checks it against the
+/// stream and validates the merged destination.
+pub(crate) struct UpdateRequest {
+    pub name: String,
+    pub current_version: String,
+    pub destination_id: String,
+    pub update: S3Destination,
+}
+
 pub async fn update(
     catalog: &Catalog,
     body: &[u8],
     grant: &Grant<'_>,
 ) -> Result<Vec<u8>, ApiError> {
+    let UpdateRequest {
+        name,
+        current_version,
+        destination_id,
+        update,
+    } = read_update(body, grant)?;
+    catalog
+        .update(&name, &current_version, &destination_id, update)
+        .await?;
+    Ok(b"{}".to_vec())
+}
+
+/// Reads an `UpdateDestination` body: everything before the catalog.
+pub(crate) fn read_update(body: &[u8], grant: &Grant<'_>) -> Result<UpdateRequest, ApiError> {
     let input: UpdateIn = parse(body)?;
     grant.stream("UpdateDestination", &input.delivery_stream_name)?;
     if let Some(key) = input
@@ -236,13 +276,10 @@ pub async fn update(
             ));
         }
     };
-    catalog
-        .update(
-            &input.delivery_stream_name,
-            &input.current_delivery_stream_version_id,
-            &input.destination_id,
-            update,
-        )
-        .await?;
-    Ok(b"{}".to_vec())
+    Ok(UpdateRequest {
+        name: input.delivery_stream_name,
+        current_version: input.current_delivery_stream_version_id,
+        destination_id: input.destination_id,
+        update,
+    })
 }

@@ -44,10 +44,8 @@ pub async fn put_record(
     body: &[u8],
     grant: &Grant<'_>,
 ) -> Result<Vec<u8>, ApiError> {
-    let input: PutRecordIn<'_> = serde_json::from_slice(body).map_err(|e| from_json_error(&e))?;
-    grant.stream("PutRecord", &input.name)?;
-    let records = decode(std::slice::from_ref(&input.record), "Record.Data")?;
-    let entry = catalog.get(&input.name)?;
+    let PutRequest { name, records } = read_put_record(body, grant)?;
+    let entry = catalog.get(&name)?;
     // A put that accepts nothing is an error, so the one record was accepted.
     let outcome = entry.runtime.put(now_ms(), records).await?;
     let id = entry.runtime.shared().record_id(outcome.first);
@@ -59,18 +57,9 @@ pub async fn put_record_batch(
     body: &[u8],
     grant: &Grant<'_>,
 ) -> Result<Vec<u8>, ApiError> {
-    let input: PutRecordBatchIn<'_> =
-        serde_json::from_slice(body).map_err(|e| from_json_error(&e))?;
-    grant.stream("PutRecordBatch", &input.name)?;
-    let n = input.records.len();
-    if n == 0 || n > MAX_RECORDS {
-        return Err(ApiError::new(
-            ErrorKind::InvalidArgument,
-            format!("Records must hold 1 to {MAX_RECORDS} records, got {n}."),
-        ));
-    }
-    let records = decode(&input.records, "Records")?;
-    let entry = catalog.get(&input.name)?;
+    let PutRequest { name, records } = read_put_record_batch(body, grant)?;
+    let n = records.len();
+    let entry = catalog.get(&name)?;
     let outcome = entry.runtime.put(now_ms(), records).await?;
 
     let shared = entry.runtime.shared();
@@ -96,6 +85,49 @@ pub async fn put_record_batch(
     }
     out.push_str("]}");
     Ok(out.into_bytes())
+}
+
+/// A put request as read from its body: the stream it names (which the grant allows) and
+/// its records, decoded and within Firehose's limits.
+pub(crate) struct PutRequest<'a> {
+    pub name: Cow<'a, str>,
+    pub records: Vec<Bytes>,
+}
+
+/// Reads a `PutRecord` body: everything but the catalog lookup.
+pub(crate) fn read_put_record<'a>(
+    body: &'a [u8],
+    grant: &Grant<'_>,
+) -> Result<PutRequest<'a>, ApiError> {
+    let input: PutRecordIn<'_> = serde_json::from_slice(body).map_err(|e| from_json_error(&e))?;
+    grant.stream("PutRecord", &input.name)?;
+    let records = decode(std::slice::from_ref(&input.record), "Record.Data")?;
+    Ok(PutRequest {
+        name: input.name,
+        records,
+    })
+}
+
+/// Reads a `PutRecordBatch` body: everything but the catalog lookup.
+pub(crate) fn read_put_record_batch<'a>(
+    body: &'a [u8],
+    grant: &Grant<'_>,
+) -> Result<PutRequest<'a>, ApiError> {
+    let input: PutRecordBatchIn<'_> =
+        serde_json::from_slice(body).map_err(|e| from_json_error(&e))?;
+    grant.stream("PutRecordBatch", &input.name)?;
+    let n = input.records.len();
+    if n == 0 || n > MAX_RECORDS {
+        return Err(ApiError::new(
+            ErrorKind::InvalidArgument,
+            format!("Records must hold 1 to {MAX_RECORDS} records, got {n}."),
+        ));
+    }
+    let records = decode(&input.records, "Records")?;
+    Ok(PutRequest {
+        name: input.name,
+        records,
+    })
 }
 
 /// Decodes every record into one buffer (one allocation per request) and slices it.

@@ -14,7 +14,7 @@
 mod batcher;
 pub mod budget;
 mod delivery;
-mod entries;
+pub(crate) mod entries;
 mod group_commit;
 mod holds;
 mod intake;
