@@ -21,7 +21,8 @@ use hyper::header::{HeaderName, HeaderValue};
 use rand::SeedableRng;
 
 use crate::api::auth::{self, AuthError, Class, Grant, Key, Keys, SignedRequest};
-use crate::api::error;
+use crate::api::error::ApiError;
+use crate::api::{control, data};
 use crate::definition::conversion::{
     Conversion, JsonInput, ParquetCompression, ParquetOptions, SerDe, Tables,
 };
@@ -30,17 +31,6 @@ use crate::definition::{self, S3Destination, StreamName, hive_type};
 use crate::encode::parquet;
 use crate::journal::{Journal, JournalOptions, RecordRef};
 use crate::pipeline::entries;
-
-// The request readers of the private `api::data` and `api::control` modules, compiled a second
-// time here from the same source files (their `super::auth` and `super::error` are this
-// module's imports of the real ones): `api/mod.rs` does not export them. Once it declares them
-// `pub(crate)`, these two give way to direct paths.
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "api/control.rs"]
-mod control;
-#[allow(dead_code, clippy::duplicate_mod)]
-#[path = "api/data.rs"]
-mod data;
 
 /// Splits off the first `n` bytes (fewer if there are not that many).
 fn take<'a>(data: &mut &'a [u8], n: usize) -> &'a [u8] {
@@ -122,7 +112,7 @@ pub fn request_parser(data: &[u8]) {
     }
 }
 
-fn put(read: Result<data::PutRequest<'_>, error::ApiError>, max: usize) {
+fn put(read: Result<data::PutRequest<'_>, ApiError>, max: usize) {
     let Ok(request) = read else { return };
     assert!((1..=max).contains(&request.records.len()));
     let total: usize = request.records.iter().map(Bytes::len).sum();

@@ -3,8 +3,8 @@
 //! answers; it never buffers records itself nor knows how they are stored.
 
 pub mod auth;
-mod control;
-mod data;
+pub(crate) mod control;
+pub(crate) mod data;
 pub mod error;
 pub mod tls;
 
