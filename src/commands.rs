@@ -53,6 +53,15 @@ fn summary(file: &Path, s: &Settings) -> String {
         s.max_memory_bytes >> 20,
         s.streams.len()
     );
+    if let Some(admin) = s.admin_listen {
+        out.push_str(&format!("  admin listen   {admin}\n"));
+    }
+    if !s.auth.is_empty() {
+        out.push_str(&format!(
+            "  auth           {} access keys; requests must be signed\n",
+            s.auth.len()
+        ));
+    }
     if let Some(tls) = &s.tls {
         let clients = match &tls.client_ca {
             Some(ca) => format!(", client certificates from {}", ca.display()),

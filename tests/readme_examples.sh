@@ -19,7 +19,7 @@ example() {
   ' README.md
 }
 
-for name in run cli boto3 config check-config stack transform parquet bench; do
+for name in run cli boto3 config check-config stack stack-secure transform parquet bench; do
   [ -n "$(example "$name")" ] || { echo "README has no '$name' example"; exit 1; }
 done
 
@@ -137,6 +137,19 @@ echo "== README: local stack command (Docker is not here: the compose file is ch
 [ "$(example stack)" = "docker compose -f deploy/docker-compose.yml up --build" ] \
   || { echo "the README's stack command changed; update this check and tests/stack.py"; exit 1; }
 
+echo "== README: secure stack (the certificates and secrets are made here; compose is checked by tests/stack.py)"
+[ "$(example stack-secure | tail -1)" = "docker compose -f deploy/docker-compose.yml -f deploy/docker-compose.secure.yml up --build" ] \
+  || { echo "the README's secure stack command changed; update this check and tests/stack.py"; exit 1; }
+make_certs=$(example stack-secure | head -1)
+[ "$make_certs" = "bash deploy/secure/make-certs.sh" ] || { echo "unexpected: $make_certs"; exit 1; }
+$make_certs
+for f in ca.crt tls.crt tls.key producer.secret operator.secret; do
+  [ -s "deploy/secure/$f" ] || { echo "make-certs.sh did not write deploy/secure/$f"; exit 1; }
+done
+openssl verify -CAfile deploy/secure/ca.crt deploy/secure/tls.crt
+[ -z "$(git status --porcelain deploy/secure 2>/dev/null)" ] || { echo "deploy/secure's files are not ignored"; exit 1; }
+rm -f deploy/secure/{ca.crt,ca.key,tls.crt,tls.key,producer.secret,operator.secret}
+
 echo "== README: benchmark command (load generator against a fresh daemon)"
 # As written, except for a shorter run: 15 s at full speed writes about 3 GiB, which a CI
 # machine's disk may not have to spare. BENCH_SECONDS=15 runs it exactly as in the README.
@@ -151,4 +164,4 @@ echo "$bench_out" | tail -14
 echo "$bench_out" | grep -q "payload MiB/s" || { echo "no benchmark result"; exit 1; }
 echo "$bench_out" | grep -Eq "delivered after +[0-9.]+ s" || { echo "not everything was delivered"; exit 1; }
 rm -rf /tmp/spillway-bench
-echo "README examples: 8 passed, 0 failed"
+echo "README examples: 9 passed, 0 failed"

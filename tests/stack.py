@@ -11,12 +11,18 @@
    deploy/producer/produce.sh and the load generator sending to it. Then Prometheus's HTTP API
    must show the series moving, delivered records equal to records sent, every PromQL
    expression of grafana/spillway.json returning data, and every alert rule evaluating cleanly.
+3. Secure: deploy/docker-compose.secure.yml's configuration (TLS and access keys, with
+   certificates and secrets made by deploy/secure/make-certs.sh) runs natively the same way:
+   the producer signs over HTTPS with the stack's CA and its records land; the admin address
+   serves the probes and metrics in plain HTTP. The Kubernetes ConfigMap's config (TLS and
+   keys from Secrets) passes `spillway check-config` with such files in the Secrets' places.
 
 Run by tests/run.sh after the release build: python tests/stack.py
 Needs: target/release/{spillway,spillway-loadgen}, s3s-fs (S3S_FS), prometheus and promtool,
 the AWS CLI and boto3, PyYAML and kubernetes-validate.
 """
 
+import gzip
 import json
 import os
 import re
@@ -31,6 +37,9 @@ import urllib.parse
 import urllib.request
 
 import boto3
+import botocore
+import botocore.config
+import botocore.exceptions
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +62,14 @@ def load_yaml_docs(path):
 
 def port_of(addr):
     return int(addr.rsplit(":", 1)[1])
+
+
+def make_certs(directory):
+    """deploy/secure/make-certs.sh's files (CA, certificate, key, access-key secrets) in `directory`."""
+    out = subprocess.run(["bash", os.path.join(DEPLOY, "secure", "make-certs.sh"), directory],
+                         capture_output=True, text=True)
+    check(out.returncode == 0, f"make-certs.sh ran: {out.stderr}")
+    return directory
 
 
 # ---------------------------------------------------------------------------------------------
@@ -186,7 +203,55 @@ def compose_checks():
     dashboard = json.load(open(os.path.join(ROOT, "grafana", "spillway.json")))
     uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
     check(uids == {source["uid"]}, "every panel queries the provisioned data source")
+    secure_checks(compose, config, prom_config_path)
     return config, prom_config_path
+
+
+def secure_checks(compose, config, prom_config_path):
+    """docker-compose.secure.yml: what it mounts exists, its secrets are where spillway-secure.toml
+    reads them, and it changes nothing but the transport, the keys and the admin address."""
+    override = load_yaml_docs(os.path.join(DEPLOY, "docker-compose.secure.yml"))[0]
+    services = override["services"]
+    check(set(services) <= set(compose["services"]), "the override only changes services of the stack")
+    secrets = override["secrets"]
+    script = open(os.path.join(DEPLOY, "secure", "make-certs.sh")).read()
+    for name, spec in secrets.items():
+        check(spec["file"].startswith("./secure/"), f"secret {name} is a file make-certs.sh writes")
+        check(os.path.basename(spec["file"]) in script or spec["file"].endswith(".secret"),
+              f"make-certs.sh writes {spec['file']}")
+    sp = services["spillway"]
+    mounted = {v.split(":")[1]: v.split(":")[0] for v in sp["volumes"]}
+    secure_path = os.path.normpath(os.path.join(DEPLOY, mounted["/etc/spillway/spillway.toml"]))
+    with open(secure_path, "rb") as f:
+        secure = tomllib.load(f)
+    check(secure["stream"] == config["stream"] and secure["object_store"] == config["object_store"],
+          "the secure config has the stack's streams and store")
+    check(secure["listen"] == config["listen"], "the API stays on the stack's port")
+    admin_port = port_of(secure["admin_listen"])
+    in_run = {f"/run/secrets/{n}" for n in sp["secrets"]}
+    for path in [secure["tls"]["cert_file"], secure["tls"]["key_file"]] + [k["secret_file"] for k in secure["auth"]["keys"]]:
+        check(path in in_run, f"{path} is a secret spillway gets")
+    check(sp["healthcheck"]["test"][-1] == f"http://127.0.0.1:{admin_port}/readyz",
+          "the health check probes the admin address")
+    keys = {k["access_key_id"]: k for k in secure["auth"]["keys"]}
+    for name in [n for n in compose["services"] if n.startswith("producer")]:
+        env = services[name]["environment"]
+        check(env["SPILLWAY_ENDPOINT"] == f"https://spillway:{port_of(config['listen'])}",
+              f"{name} sends over HTTPS")
+        key = keys[env["AWS_ACCESS_KEY_ID"]]
+        check(env["AWS_SECRET_ACCESS_KEY_FILE"] == key["secret_file"]
+              and os.path.basename(env["AWS_SECRET_ACCESS_KEY_FILE"]) in services[name]["secrets"],
+              f"{name} signs with its key's secret")
+        check(os.path.basename(env["AWS_CA_BUNDLE"]) in services[name]["secrets"], f"{name} trusts the CA")
+        stream = compose["services"][name]["environment"]["STREAM"]
+        check(stream in key.get("streams", [stream]) and "put" in key.get("operations", ["put"]),
+              f"{name}'s key may put into {stream}")
+    prom_secure = services["prometheus"]["volumes"][0].split(":")
+    prom = load_yaml_docs(os.path.normpath(os.path.join(DEPLOY, prom_secure[0])))[0]
+    targets = [t for sc in prom["scrape_configs"] for st in sc["static_configs"] for t in st["targets"]]
+    check(targets == [f"spillway:{admin_port}"], "Prometheus scrapes the admin address")
+    base_prom = load_yaml_docs(prom_config_path)[0]
+    check(prom["rule_files"] == base_prom["rule_files"], "the same alert rules")
 
 
 def kubernetes_checks():
@@ -205,19 +270,39 @@ def kubernetes_checks():
     container = pod["spec"]["containers"][0]
     cm = docs[("ConfigMap", "spillway")]
     config = tomllib.loads(cm["data"]["spillway.toml"])
-    with tempfile.NamedTemporaryFile("w", suffix=".toml") as f:
-        f.write(cm["data"]["spillway.toml"])
-        f.flush()
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    secret_of = {v["name"]: v["secret"]["secretName"] for v in pod["spec"]["volumes"] if "secret" in v}
+    # TLS from the spillway-tls Secret (kubernetes.io/tls: tls.crt, tls.key), key secrets
+    # from spillway-keys, each where the config reads it.
+    check(secret_of.get("tls") == "spillway-tls" and secret_of.get("keys") == "spillway-keys",
+          "the TLS and key Secrets are mounted")
+    check(config["tls"]["cert_file"] == mounts["tls"] + "/tls.crt"
+          and config["tls"]["key_file"] == mounts["tls"] + "/tls.key",
+          "the config reads the certificate where the TLS Secret is mounted")
+    for key in config["auth"]["keys"]:
+        check(os.path.dirname(key["secret_file"]) == mounts["keys"],
+              f"{key['access_key_id']}'s secret is in the keys Secret")
+    with tempfile.TemporaryDirectory() as secrets:
+        made = make_certs(os.path.join(secrets, "tls"))
+        os.makedirs(os.path.join(secrets, "keys"))
+        for key in config["auth"]["keys"]:
+            name = os.path.basename(key["secret_file"])
+            with open(os.path.join(secrets, "keys", name), "w") as f:
+                f.write("a-secret\n")
+        text = (cm["data"]["spillway.toml"].replace(mounts["tls"], made)
+                .replace(mounts["keys"], os.path.join(secrets, "keys")))
+        path = os.path.join(secrets, "spillway.toml")
+        with open(path, "w") as f:
+            f.write(text)
         check(
-            subprocess.run([os.path.join(RELEASE, "spillway"), "check-config", f.name]).returncode == 0,
-            "spillway check-config accepts the ConfigMap's config",
+            subprocess.run([os.path.join(RELEASE, "spillway"), "check-config", path]).returncode == 0,
+            "spillway check-config accepts the ConfigMap's config, with the Secrets' files in place",
         )
     port = port_of(config["listen"])
     check(container["ports"][0]["containerPort"] == port, "the container port is the listen port")
     check(
         container["args"] == ["--config", "/etc/spillway/spillway.toml"], "spillway reads the ConfigMap"
     )
-    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
     check(mounts["config"] == "/etc/spillway", "the ConfigMap is mounted at /etc/spillway")
     check(mounts["data"] == config["data_dir"], "the journal volume is the data dir")
     check(
@@ -226,6 +311,11 @@ def kubernetes_checks():
     )
     check(container["livenessProbe"]["httpGet"]["path"] == "/healthz", "liveness on /healthz")
     check(container["readinessProbe"]["httpGet"]["path"] == "/readyz", "readiness on /readyz")
+    admin_port = port_of(config["admin_listen"])
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    check(named.get("admin") == admin_port, "the admin port is the admin_listen port")
+    for probe in ["livenessProbe", "readinessProbe", "startupProbe"]:
+        check(container[probe]["httpGet"]["port"] == "admin", f"the {probe} uses the plain admin port")
     check(
         pod["spec"]["terminationGracePeriodSeconds"] >= config["shutdown_timeout_seconds"] + 20,
         "the grace period outlasts spillway's shutdown timeout, with room for the last requests",
@@ -235,7 +325,7 @@ def kubernetes_checks():
     check(largest_buffer * 2 <= memory_cap, "the memory cap leaves room for a full buffer and its upload")
     limit = container["resources"]["limits"]["memory"]
     check(limit.endswith("Mi") and int(limit[:-2]) >= memory_cap + 128, "the memory limit covers the memory cap")
-    check(pod["metadata"]["annotations"]["prometheus.io/port"] == str(port), "scrape annotation port")
+    check(pod["metadata"]["annotations"]["prometheus.io/port"] == str(admin_port), "scrape annotation port")
     for kind, name in [("Service", "spillway"), ("Service", "spillway-headless")]:
         sel = docs[(kind, name)]["spec"]["selector"]
         check(all(labels.get(k) == v for k, v in sel.items()), f"{name} selects the pods")
@@ -257,7 +347,11 @@ def kubernetes_checks():
         ),
         "the ServiceMonitor does not scrape every pod twice through the headless service",
     )
-    check(sm["endpoints"][0]["port"] == svc["spec"]["ports"][0]["name"], "the ServiceMonitor port exists")
+    svc_ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    scraped = svc_ports.get(sm["endpoints"][0]["port"])
+    check(scraped is not None and scraped["targetPort"] == "admin", "the ServiceMonitor scrapes the admin port")
+    check(svc_ports["https"]["port"] == port and svc_ports["https"]["targetPort"] == "https",
+          "the service's https port is the API")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,7 +427,7 @@ def alert_rules():
     return [r for g in rules["groups"] for r in g["rules"]]
 
 
-def live(config, prom_config_path, work):
+def live(body, work, *args):
     procs = []
 
     def start(name, args, **kw):
@@ -343,7 +437,7 @@ def live(config, prom_config_path, work):
         return p
 
     try:
-        run(config, prom_config_path, work, start)
+        body(*args, work, start)
     except BaseException:
         for name in ["spillway", "prometheus", "s3s-fs", "producer", "loadgen"]:
             path = os.path.join(work, f"{name}.log")
@@ -557,6 +651,97 @@ def run(config, prom_config_path, work, start):
     check(spillway.wait(timeout=60) == 0, "spillway exits 0 on SIGTERM")
 
 
+def run_secure(config, wasm, work, start):
+    """docker-compose.secure.yml's spillway, natively: HTTPS and signed requests on the API,
+    probes and metrics on the plain admin address."""
+    store = config["object_store"]
+    bucket = config["stream"][0]["bucket_arn"].removeprefix("arn:aws:s3:::")
+    secrets = make_certs(os.path.join(work, "secrets"))
+    s3_port = free_port()
+    os.makedirs(os.path.join(work, "s3"))
+    start("s3s-fs", [os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
+                     "--access-key", store["access_key_id"], "--secret-key", store["secret_access_key"],
+                     os.path.join(work, "s3")])
+    s3_url = f"http://127.0.0.1:{s3_port}"
+    wait_until("s3s-fs", lambda: socket.create_connection(("127.0.0.1", s3_port)).close() or True)
+    s3 = boto3.client("s3", endpoint_url=s3_url, region_name=store["region"],
+                      aws_access_key_id=store["access_key_id"],
+                      aws_secret_access_key=store["secret_access_key"])
+    s3.create_bucket(Bucket=bucket)
+
+    # The compose secrets' paths become the files make-certs.sh wrote.
+    text = open(os.path.join(DEPLOY, "spillway", "spillway-secure.toml")).read()
+    compose_files = load_yaml_docs(os.path.join(DEPLOY, "docker-compose.secure.yml"))[0]["secrets"]
+    for name, spec in compose_files.items():
+        text = text.replace(f"/run/secrets/{name}\"", os.path.join(secrets, os.path.basename(spec["file"])) + '"')
+    text = text.replace(store["endpoint"], s3_url).replace("/usr/share/spillway/transforms/mobile-game.wasm", wasm)
+    check("/run/secrets/" not in text, "every secret the secure config reads is a compose secret")
+    config_path = os.path.join(work, "spillway.toml")
+    with open(config_path, "w") as f:
+        f.write(text)
+    check(subprocess.run([os.path.join(RELEASE, "spillway"), "check-config", config_path]).returncode == 0,
+          "spillway check-config accepts the secure config with make-certs.sh's files")
+    port, admin_port = free_port(), free_port()
+    spillway = start("spillway", [os.path.join(RELEASE, "spillway"), "--config", config_path,
+                                  "--listen", f"127.0.0.1:{port}", "--admin-listen", f"127.0.0.1:{admin_port}",
+                                  "--data-dir", os.path.join(work, "data")])
+    admin = f"http://127.0.0.1:{admin_port}"
+    wait_until("secure spillway ready", lambda: http_get(f"{admin}/readyz")[0] == 200)
+    probe = subprocess.run([os.path.join(RELEASE, "spillway"), "probe", f"{admin}/readyz"])
+    check(probe.returncode == 0, "the compose health check's probe passes")
+
+    # The producer as the override configures it: HTTPS with the CA, the producer key's secret
+    # from its file.
+    endpoint = f"https://localhost:{port}"
+    stream = config["stream"][0]["name"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(SPILLWAY_ENDPOINT=endpoint, STREAM=stream, BATCHES="2", PAUSE="0.2",
+               AWS_CA_BUNDLE=os.path.join(secrets, "ca.crt"), AWS_ACCESS_KEY_ID="AKIDPRODUCER",
+               AWS_SECRET_ACCESS_KEY_FILE=os.path.join(secrets, "producer.secret"),
+               AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
+    produced = subprocess.run(["bash", os.path.join(DEPLOY, "producer", "produce.sh")],
+                              env=env, capture_output=True, text=True, timeout=120)
+    check(produced.returncode == 0 and "accepted 100 records, 0 failed" in produced.stdout,
+          f"the producer sent over HTTPS, signed: {produced.stdout[-500:]} {produced.stderr[-2000:]}")
+
+    def firehose(key, secret, verify):
+        return boto3.client("firehose", endpoint_url=endpoint, region_name="us-east-1",
+                            aws_access_key_id=key, aws_secret_access_key=secret, verify=verify,
+                            config=botocore.config.Config(retries={"max_attempts": 1}))
+    ca = os.path.join(secrets, "ca.crt")
+    operator = open(os.path.join(secrets, "operator.secret")).read().strip()
+    listed = firehose("AKIDOPERATOR", operator, ca).list_delivery_streams()["DeliveryStreamNames"]
+    check(stream in listed, "the operator key lists the streams")
+    for key, secret, verify, expected in [
+        ("AKIDOPERATOR", "wrong", ca, "InvalidSignatureException"),
+        ("AKIDPRODUCER", open(os.path.join(secrets, "producer.secret")).read().strip(), ca, "AccessDeniedException"),
+    ]:
+        try:
+            firehose(key, secret, verify).delete_delivery_stream(DeliveryStreamName=stream)
+            check(False, f"{expected} expected")
+        except botocore.exceptions.ClientError as e:
+            check(e.response["Error"]["Code"] == expected, f"{expected}: {e}")
+    try:
+        firehose("AKIDOPERATOR", operator, True).list_delivery_streams()
+        check(False, "a client without the CA must not connect")
+    except botocore.exceptions.SSLError:
+        pass
+    _, metrics = http_get(f"{admin}/metrics")
+    check(f'spillway_incoming_records_total{{stream="{stream}"}} 100' in metrics,
+          "the admin address serves the metrics")
+
+    spillway.terminate()
+    check(spillway.wait(timeout=60) == 0, "secure spillway exits 0 on SIGTERM")
+    literal = config["stream"][0]["prefix"].split("!{")[0]
+    records = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=literal):
+        for o in page.get("Contents", []):
+            body = s3.get_object(Bucket=bucket, Key=o["Key"])["Body"].read()
+            records += len(gzip.decompress(body).splitlines())
+    check(records == 100, f"the producer's 100 records landed ({records})")
+    print("secure stack: HTTPS, signed producer, admin address: ok")
+
+
 def main():
     global checks
     for tool in ["prometheus", "promtool", "kubernetes-validate", "aws"]:
@@ -571,7 +756,10 @@ def main():
     print(f"static checks: {checks} passed")
     work = tempfile.mkdtemp(prefix="spillway-stack-")
     try:
-        live(config, prom_config_path, work)
+        live(run, work, config, prom_config_path)
+        secure = os.path.join(work, "secure")
+        os.makedirs(secure)
+        live(run_secure, secure, config, os.path.join(work, "mobile-game.wasm"))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"stack checks: {checks} passed")

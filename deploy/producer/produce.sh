@@ -4,12 +4,19 @@
 # line: {"user_id", "age", "location", "play_time_s", "premium", "ts"}.
 #
 #   SPILLWAY_ENDPOINT=http://localhost:4573 STREAM=game-events bash deploy/producer/produce.sh
+#
+# Against a daemon with TLS and keys: SPILLWAY_ENDPOINT=https://..., AWS_CA_BUNDLE=ca.crt,
+# AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_SECRET_ACCESS_KEY_FILE).
 set -euo pipefail
 endpoint=${SPILLWAY_ENDPOINT:-http://localhost:4573}
 stream=${STREAM:-game-events}
 batch=${BATCH:-50}
 pause=${PAUSE:-1}
 batches=${BATCHES:-0}
+# With [[auth.keys]] on, the secret may come from a file (a compose or Kubernetes secret).
+if [ -n "${AWS_SECRET_ACCESS_KEY_FILE:-}" ]; then
+  AWS_SECRET_ACCESS_KEY=$(cat "$AWS_SECRET_ACCESS_KEY_FILE")
+fi
 export AWS_ACCESS_KEY_ID=${AWS_ACCESS_KEY_ID:-local} AWS_SECRET_ACCESS_KEY=${AWS_SECRET_ACCESS_KEY:-local}
 export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-us-east-1}
 
