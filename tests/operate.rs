@@ -514,6 +514,87 @@ fn request_heads_are_limited_in_size_and_count() {
     assert_eq!(d.get("/healthz").0, 200);
 }
 
+/// A body past 6 MiB (4 MiB of records in base64 and JSON) is refused as soon as its declared
+/// length or, for a chunked body, its bytes pass the limit; one of exactly 6 MiB is read.
+#[test]
+fn request_bodies_past_the_limit_are_refused_before_they_are_read() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    const LIMIT: usize = 6 * 1024 * 1024;
+    let d = Daemon::start("");
+    let head = |length: &str| {
+        format!(
+            "POST / HTTP/1.1\r\nHost: x\r\nX-Amz-Target: Firehose_20150804.ListDeliveryStreams\r\nContent-Type: application/x-amz-json-1.1\r\n{length}\r\n\r\n"
+        )
+    };
+    let answer = |s: &mut TcpStream| {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text
+    };
+    // Declared past the limit (by one byte, and by a lot): answered at once, nothing sent.
+    for length in [LIMIT + 1, 1 << 30] {
+        let mut s = TcpStream::connect(d.addr).unwrap();
+        s.write_all(head(&format!("Content-Length: {length}")).as_bytes())
+            .unwrap();
+        let started = Instant::now();
+        let text = answer(&mut s);
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        assert!(text.contains("InvalidArgumentException"), "{text}");
+        assert!(
+            text.contains(&format!("{length} bytes is larger")),
+            "{text}"
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "closed, not timed out"
+        );
+    }
+    // Exactly the limit: read and served (JSON may lead with whitespace).
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.write_all(head(&format!("Content-Length: {LIMIT}\r\nConnection: close")).as_bytes())
+        .unwrap();
+    let mut body = vec![b' '; LIMIT - 2];
+    body.extend_from_slice(b"{}");
+    s.write_all(&body).unwrap();
+    let text = answer(&mut s);
+    assert!(
+        text.starts_with("HTTP/1.1 200"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    // Chunked, no declared length: refused once the bytes pass the limit, before the end.
+    let mut s = TcpStream::connect(d.addr).unwrap();
+    s.write_all(head("Transfer-Encoding: chunked").as_bytes())
+        .unwrap();
+    let chunk = vec![b' '; 1024 * 1024];
+    let mut refused_after = None;
+    for sent in 1..=16 {
+        let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+        frame.extend_from_slice(&chunk);
+        frame.extend_from_slice(b"\r\n");
+        if s.write_all(&frame).is_err() {
+            refused_after = Some(sent);
+            break;
+        }
+        s.set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
+        let mut buf = [0u8; 512];
+        if let Ok(n) = s.read(&mut buf)
+            && n > 0
+        {
+            let text = String::from_utf8_lossy(&buf[..n]).to_string();
+            assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+            refused_after = Some(sent);
+            break;
+        }
+    }
+    let sent = refused_after.expect("a chunked body past the limit is refused");
+    assert!((7..=9).contains(&sent), "refused after {sent} MiB");
+    assert_eq!(d.metric("spillway_request_body_bytes"), 0.0);
+}
+
 /// Under sustained load from 8 producers, what a stream holds stays bounded by the memory
 /// cap: delivered batches are committed and their journal segments released while the load
 /// goes on, not only once it stops. (A build whose delivery tasks gave memory back before the

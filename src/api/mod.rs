@@ -373,6 +373,14 @@ fn respond(
 /// Reads a request body of at most [`MAX_BODY_BYTES`], reserving each chunk in the bodies'
 /// memory budget as it arrives; past that budget the request is refused at once.
 async fn read_body(api: &Api, body: Incoming) -> Result<(Bytes, Reservation), ApiError> {
+    // A declared length past the limit is refused before a byte of the body is read.
+    let declared = hyper::body::Body::size_hint(&body).lower();
+    if declared > MAX_BODY_BYTES as u64 {
+        return Err(ApiError::unread_body(
+            ErrorKind::InvalidArgument,
+            format!("Request body of {declared} bytes is larger than {MAX_BODY_BYTES} bytes."),
+        ));
+    }
     let mut body = Limited::new(body, MAX_BODY_BYTES);
     let mut held = api.bodies.none();
     let mut buf = bytes::BytesMut::new();
