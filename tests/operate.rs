@@ -443,6 +443,14 @@ fn slow_and_piled_up_connections_are_cut_off() {
         closed_within(&mut idle, Duration::from_secs(5)).0,
         "an idle connection"
     );
+    // A keep-alive connection that was served once and then idles.
+    let mut served = TcpStream::connect(d.addr).unwrap();
+    served
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let (closed, answer) = closed_within(&mut served, Duration::from_secs(5));
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(closed, "an idle keep-alive connection");
     // A body that never ends: an AWS-shaped error, then the connection closes.
     let mut short = TcpStream::connect(d.addr).unwrap();
     write!(
