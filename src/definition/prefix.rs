@@ -456,23 +456,26 @@ impl PrefixTemplate {
         Ok(template)
     }
 
-    /// Renders the template with sample values (Wednesday 30 September, 23:59:59.999 UTC: the widest names and numbers; `x` for each
-    /// partition key, the longest error output type) and checks the result's shape.
+    /// Renders the template with sample values and checks the result's shape: at instants that
+    /// between them reach the widest rendering of every date pattern (see [`widest_instants`]),
+    /// `x` for each partition key, and the longest error output type.
     fn check_shape(&self) -> Result<(), PrefixError> {
-        let sample = DateTime::from_timestamp(1_790_812_799, 999_000_000).unwrap_or_default();
-        let pieces = self.partition_pieces(sample);
-        let keys: Vec<(String, String)> = pieces
-            .iter()
-            .filter_map(|p| match p {
-                Piece::Query(k) | Piece::Lambda(k) => Some((k.clone(), "x".to_owned())),
-                _ => None,
-            })
-            .collect();
-        let rendered = fill(&pieces, &keys, &keys, "format-conversion-failed");
-        check_key_prefix(&rendered).map_err(|problem| PrefixError::Shape {
-            field: self.field,
-            problem,
-        })
+        for sample in widest_instants() {
+            let pieces = self.partition_pieces(sample);
+            let keys: Vec<(String, String)> = pieces
+                .iter()
+                .filter_map(|p| match p {
+                    Piece::Query(k) | Piece::Lambda(k) => Some((k.clone(), "x".to_owned())),
+                    _ => None,
+                })
+                .collect();
+            let rendered = fill(&pieces, &keys, &keys, "format-conversion-failed");
+            check_key_prefix(&rendered).map_err(|problem| PrefixError::Shape {
+                field: self.field,
+                problem,
+            })?;
+        }
+        Ok(())
     }
 
     fn build(source: String, field: PrefixField, parts: Vec<Part>, has_expressions: bool) -> Self {
@@ -637,6 +640,21 @@ pub fn fill(
         }
     }
     out
+}
+
+/// One instant per month of 2026: a Wednesday (the longest weekday name) on a two-digit day
+/// (so day of year has its month's most digits) at 23:59:59.999 (two-digit hours on every clock,
+/// PM). No single instant is widest for every pattern (September has the longest name, but a
+/// one-digit number: `M` renders `9` there and `12` in December), but a pattern's rendering only
+/// depends on the month for its width once those are fixed, so its widest rendering is at one
+/// of these (years of four digits: the clock is not expected past 9999).
+fn widest_instants() -> impl Iterator<Item = DateTime<Utc>> {
+    (1..=12).filter_map(|month| {
+        let tenth = chrono::NaiveDate::from_ymd_opt(2026, month, 10)?;
+        let to_wednesday = (7 + 2 - tenth.weekday().num_days_from_monday()) % 7;
+        let day = tenth + chrono::Days::new(u64::from(to_wednesday));
+        Some(day.and_hms_milli_opt(23, 59, 59, 999)?.and_utc())
+    })
 }
 
 /// `!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd/HH/}` as parts.
@@ -1793,6 +1811,11 @@ mod tests {
         );
         // The rendered text counts: a month name makes the segment longer than the pattern.
         assert!(shape(&format!("{}!{{timestamp:MMMM}}/", "x".repeat(250))).is_some());
+        // ...and the widest rendering is not at one instant: `M` has one digit in September
+        // (the longest month name), two in December. Found by the prefix_template fuzz target.
+        let months = |n: usize| format!("!{{timestamp:{}}}", vec!["M"; n].join("-"));
+        assert!(shape(&months(40)).is_none(), "119 bytes in December");
+        assert!(shape(&months(41)).is_some(), "122 bytes in December");
         for fine in [
             "",
             "café/日本/",
