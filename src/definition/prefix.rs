@@ -402,6 +402,8 @@ impl PrefixTemplate {
         }
         parts.extend(error_default_tail());
         let error = Self::build(String::new(), PrefixField::ErrorOutputPrefix, parts, false);
+        // The prefix passed as a Prefix; with an error output type after it, it must fit too.
+        error.check_shape()?;
         Ok((data, error))
     }
 
@@ -1825,6 +1827,17 @@ mod tests {
         ] {
             assert!(shape(fine).is_none(), "{fine}");
         }
+        // The error prefix made from a plain Prefix is checked as well: an error output type
+        // after 240 characters is too long a segment. Found by the prefix_template fuzz target.
+        let derived = PrefixTemplate::parse_destination(&"x".repeat(240), "");
+        assert!(matches!(
+            derived,
+            Err(PrefixError::Shape {
+                field: PrefixField::ErrorOutputPrefix,
+                ..
+            })
+        ));
+        assert!(PrefixTemplate::parse_destination(&"x".repeat(230), "").is_ok());
         let error = PrefixTemplate::parse_error_prefix("e//!{firehose:error-output-type}/");
         assert!(matches!(
             error,
