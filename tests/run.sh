@@ -6,7 +6,8 @@
 #      pyarrow (an independent Parquet reader for the format conversion tests), and the AWS SDK
 #      for JavaScript (npm; Node.js from Debian if missing) for the signature tests
 #   2. checks formatting and lints
-#   3. runs unit, property and black-box tests (cargo test)
+#   3. runs unit, property and black-box tests (cargo test), then builds the fuzz targets with
+#      nightly and cargo-fuzz (installed if missing) and runs each for 15 s (docs/fuzzing.md)
 #   4. builds the release binaries, with no time limit: a fresh build takes 8-28 minutes on a
 #      2-core machine, and no later step may depend on how fast this machine compiles
 #   5. runs every example in the README against a real daemon (tests/readme_examples.sh), with
@@ -69,6 +70,33 @@ if [ -n "$s3s_install" ]; then
 fi
 step "cargo test"
 cargo test --locked --features failpoints
+# Every fuzz target (fuzz/, docs/fuzzing.md) built once and run briefly from its seeds and kept
+# regressions; a crash, hang or out-of-memory fails the run. Same build flags as the documented
+# long runs, so those reuse this build.
+fuzz_version=0.13.1
+if ! "$cargo_bin/cargo-fuzz" --version 2>/dev/null | grep -q "$fuzz_version"; then
+  step "installing cargo-fuzz $fuzz_version"
+  cargo install --locked "cargo-fuzz@$fuzz_version"
+fi
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+fuzz_flags=(--sanitizer none --codegen-units 16)
+step "cargo fuzz build (nightly, libFuzzer)"
+(cd fuzz && cargo +nightly fuzz build "${fuzz_flags[@]}")
+mkdir -p fuzz/artifacts
+for target in $(cd fuzz && cargo +nightly fuzz list); do
+  step "fuzzing $target for 15 s"
+  corpora=("corpus/$target" "seeds/$target")
+  [ -d "fuzz/regressions/$target" ] && corpora+=("regressions/$target")
+  mkdir -p "fuzz/corpus/$target"
+  log="fuzz/artifacts/$target.log"
+  if ! (cd fuzz && cargo +nightly fuzz run "${fuzz_flags[@]}" "$target" "${corpora[@]}" \
+    -- -max_total_time=15 -timeout=10 -rss_limit_mb=2048 -print_final_stats=1) >"$log" 2>&1; then
+    tail -n 60 "$log"
+    echo "fuzz target $target failed: the input is in fuzz/artifacts/$target/ (docs/fuzzing.md)"
+    exit 1
+  fi
+  grep -E '^(Done|stat::peak_rss_mb)' "$log" || true
+done
 step "cargo build --release (what the README's commands and the stack check run)"
 cargo build --release --locked --bins --timings
 step "README examples"
