@@ -53,6 +53,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             memory_bytes: settings.transform.memory_bytes as usize,
             timeout: settings.transform.timeout,
         },
+        settings.transform.component_dirs.clone(),
     )
     .map_err(|e| anyhow::anyhow!("cannot start the WebAssembly engine: {e}"))?;
     // Encodes and processed batches each run one per core at most.

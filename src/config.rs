@@ -220,6 +220,8 @@ struct RawTransform {
     timeout_seconds: Option<u64>,
     /// Where compiled components are cached. `<data_dir>/transform-cache`.
     cache_dir: Option<PathBuf>,
+    /// Directories local components must be in; unset: any regular file.
+    component_dirs: Option<Vec<PathBuf>>,
 }
 
 /// `[auth]`: the access keys that may call the API (none: anyone who reaches the port may).
@@ -265,11 +267,11 @@ struct RawHttp {
     header_read_timeout_seconds: Option<u64>,
     /// A client must send a request's body within this. Seconds; 60.
     body_read_timeout_seconds: Option<u64>,
-    /// Connections open at once; more are closed as soon as they are accepted. 4096.
+    /// Connections open at once; more are closed as soon as they are accepted. 1024.
     max_connections: Option<u64>,
     /// Request bodies held in memory while they are read, across connections. MiB; 64.
     max_body_memory_mib: Option<u64>,
-    /// Size of a request's line and headers together. KiB; 64 (at least 8).
+    /// Size of a request's line and headers together. KiB; 16 (at least 8).
     max_header_kib: Option<u64>,
     /// Headers one request may carry. 100.
     max_headers: Option<u64>,
@@ -505,6 +507,8 @@ pub struct TransformSettings {
     pub memory_bytes: u64,
     pub timeout: Duration,
     pub cache_dir: PathBuf,
+    /// `transform.component_dirs`, resolved; empty: any regular file.
+    pub component_dirs: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -666,6 +670,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             .transform
             .cache_dir
             .unwrap_or_else(|| data_dir.join("transform-cache")),
+        component_dirs: Vec::new(),
     };
     let max_active_partitions = positive(
         "partitioning.max_active_partitions",
@@ -695,13 +700,13 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             raw.http.body_read_timeout_seconds,
             60,
         )),
-        max_connections: positive("http.max_connections", raw.http.max_connections, 4096) as usize,
+        max_connections: positive("http.max_connections", raw.http.max_connections, 1024) as usize,
         max_body_memory_bytes: positive(
             "http.max_body_memory_mib",
             raw.http.max_body_memory_mib,
             64,
         ) * MIB,
-        max_header_bytes: positive("http.max_header_kib", raw.http.max_header_kib, 64) as usize
+        max_header_bytes: positive("http.max_header_kib", raw.http.max_header_kib, 16) as usize
             * 1024,
         max_headers: positive("http.max_headers", raw.http.max_headers, 100) as usize,
     };
@@ -712,6 +717,17 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     }
     if http.max_headers > 1000 {
         problems.push("http.max_headers: must be at most 1000".into());
+    }
+    let mut transform = transform;
+    for dir in raw.transform.component_dirs.unwrap_or_default() {
+        match dir.canonicalize() {
+            Ok(resolved) if resolved.is_dir() => transform.component_dirs.push(resolved),
+            Ok(_) => problems.push(format!(
+                "transform.component_dirs: {} is not a directory",
+                dir.display()
+            )),
+            Err(e) => problems.push(format!("transform.component_dirs: {}: {e}", dir.display())),
+        }
     }
     if !(5 * MIB..=5 * 1024 * MIB).contains(&upload.part_size) {
         problems.push("upload.part_size_mib: must be between 5 and 5120 (S3's part limits)".into());

@@ -615,3 +615,53 @@ fn a_handshake_that_never_finishes_is_cut_off() {
         2.0
     );
 }
+
+/// A certificate or key path that is not a regular file (a pipe here: an operator's mistake,
+/// or a file on a hung mount behaves alike) fails the reload without blocking the daemon or
+/// later reloads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_from_a_pipe_fails_without_blocking_anything() {
+    let (ca, other) = (Ca::new("CA"), Ca::new("other CA"));
+    let (leaf, next) = (ca.server(), other.server());
+    let files = Files::new();
+    let d = start(&tls_config(
+        &files.write("tls.crt", &leaf.cert),
+        &files.write("tls.key", &leaf.key),
+        None,
+    ));
+    let reloads = |outcome: &str| {
+        d.metric_if_any(&format!(
+            "spillway_tls_reloads_total{{outcome=\"{outcome}\"}}"
+        ))
+        .unwrap_or(0.0)
+    };
+    std::fs::remove_file(files.path("tls.key")).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(files.path("tls.key"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    unsafe { libc::kill(d.pid() as i32, libc::SIGHUP) };
+    wait_for(Duration::from_secs(10), || async {
+        (reloads("failed") >= 1.0).then_some(())
+    })
+    .await
+    .expect("the reload from a pipe fails");
+    assert!(d.log().contains("is not a regular file"), "{}", d.log());
+    assert_eq!(d.get("/healthz").0, 200);
+    let trusts_old = connector(&ca.pem, None, BOTH);
+    assert_eq!(one_request(&d, &trusts_old).await.unwrap(), 200);
+    // Fixed files are picked up by the watcher as usual.
+    std::fs::remove_file(files.path("tls.key")).unwrap();
+    files.write("tls.crt", &next.cert);
+    files.write("tls.key", &next.key);
+    wait_for(Duration::from_secs(20), || async {
+        (reloads("ok") >= 1.0).then_some(())
+    })
+    .await
+    .expect("a reload once the files are fixed");
+    let trusts_new = connector(&other.pem, None, BOTH);
+    assert_eq!(one_request(&d, &trusts_new).await.unwrap(), 200);
+}

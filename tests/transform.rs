@@ -665,6 +665,128 @@ async fn bad_processing_configurations_are_refused_with_the_reason() {
     }
 }
 
+/// A key with `manage` rights names a component by path: only a regular file that starts like
+/// WebAssembly is read, nothing of another file reaches the answer, devices and pipes are never
+/// opened (`/dev/zero` would fill memory, a pipe would block), and with
+/// `transform.component_dirs` only files inside those directories may be named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
+    let allowed = tempfile::TempDir::new().unwrap();
+    let elsewhere = tempfile::TempDir::new().unwrap();
+    let inside = allowed.path().join("passthrough.wasm");
+    std::fs::copy(component("passthrough-c"), &inside).unwrap();
+    let outside = elsewhere.path().join("passthrough.wasm");
+    std::fs::copy(component("passthrough-c"), &outside).unwrap();
+    let secret = elsewhere.path().join("secret.txt");
+    std::fs::write(&secret, "root:$6$hash\n").unwrap();
+    let fifo = elsewhere.path().join("pipe");
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let d = Daemon::start(&format!(
+        "[transform]\ncomponent_dirs = [{:?}]\n",
+        allowed.path()
+    ));
+    let fh = d.firehose();
+    let create = |name: &str, path: &Path| {
+        let fh = fh.clone();
+        let dest = s3_destination("bucket-1", 1, 60)
+            .processing_configuration(processing(vec![lambda(path, &[])]));
+        let name = name.to_owned();
+        async move {
+            fh.create_delivery_stream()
+                .delivery_stream_name(name)
+                .extended_s3_destination_configuration(dest.build().unwrap())
+                .send()
+                .await
+        }
+    };
+    for (name, path, reason) in [
+        (
+            "zero",
+            Path::new("/dev/zero"),
+            "not inside transform.component_dirs",
+        ),
+        (
+            "outside",
+            outside.as_path(),
+            "not inside transform.component_dirs",
+        ),
+        (
+            "escape",
+            &allowed
+                .path()
+                .join("../")
+                .join(elsewhere.path().file_name().unwrap())
+                .join("passthrough.wasm"),
+            "not inside transform.component_dirs",
+        ),
+    ] {
+        let err = create(name, path).await.expect_err("refused");
+        let message = err
+            .into_service_error()
+            .meta()
+            .message()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(reason), "{name}: {message}");
+    }
+    create("inside", &inside)
+        .await
+        .expect("a component inside the allowed dir");
+    drop(d);
+
+    // Without component_dirs: any regular WebAssembly file, but never a device, a pipe or the
+    // content of another file.
+    let d = Daemon::start("");
+    let fh = d.firehose();
+    let create = |name: &str, path: &Path| {
+        let fh = fh.clone();
+        let dest = s3_destination("bucket-1", 1, 60)
+            .processing_configuration(processing(vec![lambda(path, &[])]));
+        let name = name.to_owned();
+        async move {
+            fh.create_delivery_stream()
+                .delivery_stream_name(name)
+                .extended_s3_destination_configuration(dest.build().unwrap())
+                .send()
+                .await
+        }
+    };
+    for (name, path, reason) in [
+        ("zero", Path::new("/dev/zero"), "not a regular file"),
+        ("pipe", fifo.as_path(), "not a regular file"),
+        ("dir", elsewhere.path(), "not a regular file"),
+        ("secret", secret.as_path(), "not a WebAssembly component"),
+    ] {
+        let started = std::time::Instant::now();
+        let err = create(name, path).await.expect_err("refused");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name} answered at once"
+        );
+        let message = err
+            .into_service_error()
+            .meta()
+            .message()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(message.contains(reason), "{name}: {message}");
+        assert!(
+            !message.contains("0x72") && !message.contains("root"),
+            "{name}: {message}"
+        );
+    }
+    create("outside", &outside)
+        .await
+        .expect("any regular component");
+    assert!(d.metric("process_resident_memory_bytes") < 512.0 * 1048576.0);
+}
+
 /// Config for a stream (and bucket) `name`, partitioned by the jq query `{c: .c}` under
 /// `prefix`, with 1 MiB / `interval` s buffers.
 fn partitioned_by_c(store: &str, name: &str, prefix: &str, interval: u32) -> String {

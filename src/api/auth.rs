@@ -340,14 +340,22 @@ pub fn parse_authorization(header: &str) -> Result<Authorization<'_>, AuthError>
             "Authorization must use AWS4-HMAC-SHA256",
         ))?;
     let (mut credential, mut signed, mut signature) = (None, None, None);
+    let twice = AuthError::Incomplete(
+        "Authorization names Credential, SignedHeaders or Signature more than once",
+    );
     for part in rest.split(',') {
         let part = part.trim();
-        if let Some(v) = part.strip_prefix("Credential=") {
-            credential = Some(v);
+        let (slot, v) = if let Some(v) = part.strip_prefix("Credential=") {
+            (&mut credential, v)
         } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
-            signed = Some(v);
+            (&mut signed, v)
         } else if let Some(v) = part.strip_prefix("Signature=") {
-            signature = Some(v);
+            (&mut signature, v)
+        } else {
+            continue;
+        };
+        if slot.replace(v).is_some() {
+            return Err(twice);
         }
     }
     let incomplete =
@@ -483,9 +491,9 @@ fn canonical_query(query: &str) -> String {
         .join("&")
 }
 
-fn uri_encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for b in text.bytes() {
+fn uri_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for &b in bytes {
         if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
             out.push(b as char);
         } else {
@@ -495,7 +503,9 @@ fn uri_encode(text: &str) -> String {
     out
 }
 
-fn percent_decode(text: &str) -> String {
+/// The bytes `text` stands for: `%XX` decoded, anything else as it is. Bytes, not text, so a
+/// sequence that is not UTF-8 is encoded back as it came instead of as U+FFFD.
+fn percent_decode(text: &str) -> Vec<u8> {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -513,7 +523,7 @@ fn percent_decode(text: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8_lossy(&out).into_owned()
+    out
 }
 
 fn header_text<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -878,6 +888,12 @@ mod tests {
             parse_authorization(&upper),
             Err(AuthError::Incomplete(_))
         ));
+        let twice = format!(
+            "AWS4-HMAC-SHA256 {scope}, SignedHeaders=host;x-amz-date, Signature={sig}, Signature={sig}"
+        );
+        assert!(
+            matches!(parse_authorization(&twice), Err(AuthError::Incomplete(m)) if m.contains("more than once"))
+        );
         let many: Vec<String> = (0..33).map(|i| format!("h{i:02}")).collect();
         let many = format!(
             "AWS4-HMAC-SHA256 {scope}, SignedHeaders={}, Signature={sig}",
@@ -886,7 +902,10 @@ mod tests {
         assert!(
             matches!(parse_authorization(&many), Err(AuthError::Incomplete(m)) if m.contains("too many"))
         );
-        assert_eq!(percent_decode("%4"), "%4");
-        assert_eq!(percent_decode("a%2Fb%zz"), "a/b%zz");
+        assert_eq!(percent_decode("%4"), b"%4");
+        assert_eq!(percent_decode("a%2Fb%zz"), b"a/b%zz");
+        // Not UTF-8: encoded back byte for byte, never as U+FFFD.
+        assert_eq!(uri_encode(&percent_decode("a%FE")), "a%FE");
+        assert_ne!(canonical_query("a=%FE"), canonical_query("a=%EF%BF%BD"));
     }
 }

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue};
 use hyper::server::conn::http1;
@@ -372,28 +372,40 @@ fn respond(
 
 /// Reads a request body of at most [`MAX_BODY_BYTES`], reserving each chunk in the bodies'
 /// memory budget as it arrives; past that budget the request is refused at once.
-async fn read_body(api: &Api, body: Incoming) -> Result<(Bytes, Reservation), ApiError> {
-    // A declared length past the limit is refused before a byte of the body is read.
+///
+/// A body past the limit (declared, or found so while reading) is refused without keeping any
+/// more of it: up to [`MAX_DISCARDED_BYTES`] of it in all is read and dropped first, so an
+/// honest client that sent a few MiB too many is still writing when the answer comes and reads
+/// it, instead of finding its connection reset. A larger one is answered at once.
+async fn read_body(api: &Api, mut body: Incoming) -> Result<(Bytes, Reservation), ApiError> {
+    let too_large = |what: String| {
+        ApiError::unread_body(
+            ErrorKind::InvalidArgument,
+            format!("Request body {what} is larger than {MAX_BODY_BYTES} bytes."),
+        )
+    };
     let declared = hyper::body::Body::size_hint(&body).lower();
     if declared > MAX_BODY_BYTES as u64 {
-        return Err(ApiError::unread_body(
-            ErrorKind::InvalidArgument,
-            format!("Request body of {declared} bytes is larger than {MAX_BODY_BYTES} bytes."),
-        ));
+        if declared <= MAX_DISCARDED_BYTES as u64 {
+            discard(&mut body, 0).await;
+        }
+        return Err(too_large(format!("of {declared} bytes")));
     }
-    let mut body = Limited::new(body, MAX_BODY_BYTES);
     let mut held = api.bodies.none();
     let mut buf = bytes::BytesMut::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|_| {
-            ApiError::unread_body(
-                ErrorKind::InvalidArgument,
-                format!("Request body is larger than {MAX_BODY_BYTES} bytes or was cut off."),
-            )
+            ApiError::unread_body(ErrorKind::InvalidArgument, "Request body was cut off.")
         })?;
         let Ok(data) = frame.into_data() else {
             continue;
         };
+        if buf.len() + data.len() > MAX_BODY_BYTES {
+            let read = buf.len() + data.len();
+            drop((buf, held));
+            discard(&mut body, read).await;
+            return Err(too_large(format!("of more than {read} bytes")));
+        }
         let Some(chunk) = api.bodies.try_reserve(data.len() as u64) else {
             api.metrics.body_refused();
             return Err(ApiError::unread_body(
@@ -405,6 +417,19 @@ async fn read_body(api: &Api, body: Incoming) -> Result<(Bytes, Reservation), Ap
         buf.extend_from_slice(&data);
     }
     Ok((buf.freeze(), held))
+}
+
+/// Most of a refused body read (and dropped) before answering: see [`read_body`].
+const MAX_DISCARDED_BYTES: usize = 16 * 1024 * 1024;
+
+/// Reads and drops the rest of a body, until `MAX_DISCARDED_BYTES` were read in all.
+async fn discard(body: &mut Incoming, mut read: usize) {
+    while read <= MAX_DISCARDED_BYTES {
+        match body.frame().await {
+            Some(Ok(frame)) => read += frame.data_ref().map_or(0, |d| d.len()),
+            _ => return,
+        }
+    }
 }
 
 /// The request's signature checked against `[auth]` (when keys are configured): what the

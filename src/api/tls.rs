@@ -21,6 +21,9 @@ use crate::metrics::Metrics;
 /// How often the certificate files are checked for a change.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A reload that takes longer is reported as failed (and the next waits for it to end).
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// A PEM file larger than this is not a certificate chain or a key.
 const MAX_PEM_BYTES: u64 = 1 << 20;
 
@@ -43,6 +46,8 @@ pub enum TlsError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
     #[error("{} is larger than {MAX_PEM_BYTES} bytes", path.display())]
     TooLarge { path: PathBuf },
     #[error("{} holds no {what} in PEM form", path.display())]
@@ -135,6 +140,8 @@ impl Tls {
                 None
             }
         };
+        // A reload still blocked in the file system: no other starts until it ends.
+        let mut stuck: Option<tokio::task::JoinHandle<()>> = None;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -147,17 +154,36 @@ impl Tls {
             };
             #[cfg(not(unix))]
             let signalled = std::future::pending::<Option<()>>();
-            tokio::select! {
+            let forced = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = signalled => {
                     tracing::info!("SIGHUP: reloading the TLS certificate");
-                    let _ = self.reload();
+                    true
                 }
-                _ = tick.tick() => {
-                    if self.changed() {
-                        let _ = self.reload();
-                    }
+                _ = tick.tick() => false,
+            };
+            // File system calls off the runtime's threads, one at a time: a file on a hung
+            // network mount stalls only the reload, and the next one waits for it.
+            if stuck.as_ref().is_some_and(|w| !w.is_finished()) {
+                continue;
+            }
+            let tls = self.clone();
+            let mut work = tokio::task::spawn_blocking(move || {
+                if forced || tls.changed() {
+                    let _ = tls.reload();
                 }
+            });
+            stuck = None;
+            if tokio::time::timeout(RELOAD_TIMEOUT, &mut work)
+                .await
+                .is_err()
+            {
+                stuck = Some(work);
+                tracing::error!(
+                    "TLS reload has not finished after {} s (a hung file system?); the certificate in force stays",
+                    RELOAD_TIMEOUT.as_secs()
+                );
+                self.metrics.tls_reload(false);
             }
         }
     }
@@ -204,6 +230,16 @@ fn stamps(files: &TlsFiles) -> Vec<Stamp> {
 }
 
 fn read_pem(path: &Path) -> Result<Vec<u8>, TlsError> {
+    // Not a pipe or a device, whose read could block the reload for ever.
+    let meta = std::fs::metadata(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(TlsError::NotAFile {
+            path: path.to_owned(),
+        });
+    }
     let file = std::fs::File::open(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,

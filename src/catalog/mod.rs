@@ -353,6 +353,13 @@ impl Catalog {
                 .get(&object_store::path::Path::from(key))
                 .await
                 .map_err(|e| e.to_string())?;
+            let max = crate::transform::MAX_COMPONENT_BYTES;
+            if got.meta.size > max {
+                return Err(format!(
+                    "{} bytes, more than a component may have ({max})",
+                    got.meta.size
+                ));
+            }
             got.bytes().await.map_err(|e| e.to_string())
         }
         .await;

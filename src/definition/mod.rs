@@ -93,7 +93,13 @@ impl BucketName {
                 "bucket name {name:?} is not a valid S3 bucket name (it holds {pair:?})"
             ));
         }
-        if name.parse::<std::net::Ipv4Addr>().is_ok() {
+        // Four dot-separated numbers, in range or not (`999.999.999.999`), as S3 refuses.
+        let parts: Vec<&str> = name.split('.').collect();
+        if parts.len() == 4
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+        {
             return Err(format!(
                 "bucket name {name:?} is not a valid S3 bucket name (it has the form of an IP address)"
             ));
@@ -805,7 +811,6 @@ mod tests {
             &"a".repeat(63),
             "my.bucket-1",
             "1.2.3",
-            "10.0.0.256",
             "xn-a",
             "a-s3alia",
         ] {
@@ -821,6 +826,8 @@ mod tests {
             "a.-b",
             "a-.b",
             "192.168.5.4",
+            "999.999.999.999",
+            "10.0.0.256",
             "xn--abc",
             "sthree-abc",
             "amzn-s3-demo-abc",

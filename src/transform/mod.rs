@@ -28,7 +28,11 @@ const MAX_IDLE_INSTANCES: usize = 4;
 const COMPILE_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// Sandbox limits for every call, from the `[transform]` config section.
+/// The largest component file loaded or fetched (a Python component is about 40 MB).
+pub const MAX_COMPONENT_BYTES: u64 = 256 << 20;
+
 #[derive(Clone, Debug)]
+
 pub struct Limits {
     pub memory_bytes: usize,
     pub timeout: Duration,
@@ -87,6 +91,9 @@ pub struct Host {
     linker: Linker<HostState>,
     cache_dir: PathBuf,
     limits: Limits,
+    /// `transform.component_dirs`, resolved: local components must be inside one (none: any
+    /// regular file may be named).
+    component_dirs: Vec<PathBuf>,
     /// Weak: a component no stream uses any more is freed with its instances.
     loaded: Mutex<HashMap<PathBuf, std::sync::Weak<Module>>>,
     /// One compilation at a time: two streams loading the same new component compile it once,
@@ -112,7 +119,11 @@ pub fn compile_to_file(input: &Path, output: &Path) -> wasmtime::Result<()> {
 }
 
 impl Host {
-    pub fn new(cache_dir: PathBuf, limits: Limits) -> wasmtime::Result<Arc<Host>> {
+    pub fn new(
+        cache_dir: PathBuf,
+        limits: Limits,
+        component_dirs: Vec<PathBuf>,
+    ) -> wasmtime::Result<Arc<Host>> {
         let engine = engine()?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
@@ -132,6 +143,7 @@ impl Host {
             linker,
             cache_dir,
             limits,
+            component_dirs,
             loaded: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
         }))
@@ -149,7 +161,7 @@ impl Host {
             path: path.display().to_string(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|e| err(e.to_string()))?;
+        let bytes = self.read_component(path).map_err(err)?;
         let digest = sha256_hex(&bytes);
         {
             let loaded = self.loaded.lock().unwrap_or_else(|p| p.into_inner());
@@ -173,6 +185,47 @@ impl Host {
         loaded.retain(|_, m| m.strong_count() > 0);
         loaded.insert(path.to_path_buf(), Arc::downgrade(&module));
         Ok(module)
+    }
+
+    /// A component file's bytes, if it may be one: a regular file (not a device, a pipe or a
+    /// directory, which could block or never end), inside `transform.component_dirs` when set,
+    /// at most [`MAX_COMPONENT_BYTES`], starting with WebAssembly's magic number. A stream's
+    /// settings come over the API, so nothing of a file that is not a component (its first
+    /// bytes, say) goes into the answer.
+    fn read_component(&self, path: &Path) -> Result<Vec<u8>, String> {
+        use std::io::Read;
+        let resolved = path.canonicalize().map_err(|e| e.to_string())?;
+        if !self.component_dirs.is_empty()
+            && !self
+                .component_dirs
+                .iter()
+                .any(|dir| resolved.starts_with(dir))
+        {
+            return Err("not inside transform.component_dirs".into());
+        }
+        let meta = std::fs::metadata(&resolved).map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        if meta.len() > MAX_COMPONENT_BYTES {
+            return Err(format!(
+                "{} bytes, more than a component may have ({MAX_COMPONENT_BYTES})",
+                meta.len()
+            ));
+        }
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        std::fs::File::open(&resolved)
+            .and_then(|f| f.take(MAX_COMPONENT_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|e| e.to_string())?;
+        if bytes.len() as u64 > MAX_COMPONENT_BYTES {
+            return Err(format!(
+                "more than a component may have ({MAX_COMPONENT_BYTES} bytes)"
+            ));
+        }
+        if !bytes.starts_with(b"\0asm") {
+            return Err("not a WebAssembly component (no \\0asm header)".into());
+        }
+        Ok(bytes)
     }
 
     /// A component by the SHA-256 of its bytes: loaded already, or from the compile cache.
