@@ -510,8 +510,10 @@ fn percent_decode(text: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
+        // Two hex digits exactly (`from_str_radix` alone would take `%+1`).
         if bytes[i] == b'%'
             && i + 2 < bytes.len()
+            && bytes[i + 1..i + 3].iter().all(u8::is_ascii_hexdigit)
             && let Some(v) = std::str::from_utf8(&bytes[i + 1..i + 3])
                 .ok()
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
@@ -904,6 +906,7 @@ mod tests {
         );
         assert_eq!(percent_decode("%4"), b"%4");
         assert_eq!(percent_decode("a%2Fb%zz"), b"a/b%zz");
+        assert_eq!(percent_decode("%+1"), b"%+1");
         // Not UTF-8: encoded back byte for byte, never as U+FFFD.
         assert_eq!(uri_encode(&percent_decode("a%FE")), "a%FE");
         assert_ne!(canonical_query("a=%FE"), canonical_query("a=%EF%BF%BD"));
