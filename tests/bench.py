@@ -1,0 +1,206 @@
+#!/usr/bin/env python3
+"""spillway against a same-run baseline: the benchmark behind the README's performance section.
+
+Absolute MiB/s on a shared VM move by up to 2x between days, so every case runs the bare durable
+endpoint (spillway-baseline: parse, base64, append, group fdatasync, answer; no S3) and then
+spillway, with the same load generator settings, back to back, and reports the ratio.
+
+    python3 tests/bench.py                       # every case, 15 s each, s3s-fs as the S3 server
+    python3 tests/bench.py --seconds 3 --cases plain,gzip   # what CI runs, so it cannot rot
+
+spillway's rows are end to end: the payload found delivered divided by the load time plus the
+time until the last accepted record was delivered. CPU per MiB is the daemon's user + system
+seconds (from /proc) over the payload MiB. Needs target/release/{spillway,spillway-baseline,
+spillway-loadgen} (cargo build --release --bins) and s3s-fs (S3S_FS or on PATH).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RELEASE = os.path.join(ROOT, "target", "release")
+TICKS = os.sysconf("SC_CLK_TCK")
+
+# name: (load generator flags for both runs, flags for spillway's stream only, what it is)
+CASES = {
+    "plain": ([], [], "JSON lines, uncompressed, closed loop"),
+    "gzip": ([], ["--compression", "GZIP"], "JSON lines, GZIP, closed loop"),
+    "paced-plain": (["--rate", "PACED"], [], "uncompressed, paced at 0.5x the baseline"),
+    "paced-gzip": (["--rate", "PACED"], ["--compression", "GZIP"], "GZIP, paced at 0.5x the baseline"),
+    "partition": ([], ["--partition-by-location"], "dynamic partitioning (jq, 12 partitions)"),
+    "parquet": ([], ["--parquet", "ZSTD", "--parquet-table"], "Parquet ZSTD, table schema"),
+}
+
+PARQUET_TABLE = """
+[[table]]
+database = "bench"
+name = "events"
+columns = [
+  { name = "user_id", type = "bigint" },
+  { name = "age", type = "int" },
+  { name = "location", type = "string" },
+  { name = "play_time_s", type = "int" },
+  { name = "premium", type = "boolean" },
+  { name = "ts", type = "timestamp" },
+  { name = "pad", type = "string" },
+]
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port)).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on {port}")
+
+
+def cpu_seconds(pid):
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def loadgen(endpoint, seconds, flags, pid, metrics=None):
+    args = [os.path.join(RELEASE, "spillway-loadgen"), "--endpoint", endpoint, "--stream", "bench",
+            "--connections", "8", "--record-size", "1024", "--batch", "500",
+            "--duration", str(seconds), "--warmup", "2", "--daemon-pid", str(pid), "--json", *flags]
+    if metrics:
+        args += ["--metrics-url", metrics]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 400)
+    if out.returncode != 0:
+        raise SystemExit(f"load generator failed: {out.stderr[-3000:]}")
+    return json.loads(out.stdout)
+
+
+def summary(result, cpu, wall_extra=0.0):
+    mib = result["records_accepted"] * 1024 / 1048576
+    seconds = result["measured_s"] + wall_extra
+    requests = result["requests_ok"] + result["throttled"] + result["errors"]
+    return {
+        "mib_s": mib / seconds,
+        "p99": result["latency_ms"]["p99"],
+        "refused": 100.0 * result["throttled"] / max(requests, 1),
+        "rss": result["daemon_peak_rss_mib"],
+        "cpu_per_mib": cpu / max(mib, 1e-9),
+        "delivered": result.get("delivered"),
+    }
+
+
+def run_baseline(work, seconds, flags):
+    port = free_port()
+    data = os.path.join(work, "baseline")
+    p = subprocess.Popen([os.path.join(RELEASE, "spillway-baseline"), "--listen", f"127.0.0.1:{port}",
+                          "--dir", data], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        before = cpu_seconds(p.pid)
+        result = loadgen(f"http://127.0.0.1:{port}", seconds, flags, p.pid)
+        cpu = cpu_seconds(p.pid) - before
+    finally:
+        p.terminate()
+        p.wait()
+        shutil.rmtree(data, ignore_errors=True)
+    return summary(result, cpu)
+
+
+def run_spillway(work, seconds, flags, stream_flags, sign):
+    s3_port, port = free_port(), free_port()
+    s3_dir = os.path.join(work, "s3")
+    os.makedirs(os.path.join(s3_dir, "bench"))
+    s3 = subprocess.Popen([os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
+                           "--access-key", "bench", "--secret-key", "bench-secret", s3_dir],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    config = os.path.join(work, "spillway.toml")
+    with open(config, "w") as f:
+        f.write(f"""[object_store]
+kind = "s3"
+endpoint = "http://127.0.0.1:{s3_port}"
+region = "us-east-1"
+access_key_id = "bench"
+secret_access_key = "bench-secret"
+allow_http = true
+""")
+        if sign:
+            f.write('[[auth.keys]]\naccess_key_id = "AKIDBENCH"\nsecret = "bench-secret"\n')
+        f.write(PARQUET_TABLE)
+    data = os.path.join(work, "spillway")
+    log = open(os.path.join(work, "spillway.log"), "w")
+    d = subprocess.Popen([os.path.join(RELEASE, "spillway"), "--config", config, "--listen", f"127.0.0.1:{port}",
+                          "--data-dir", data], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_port(s3_port)
+        wait_port(port)
+        extra = ["--create-stream", "--bucket", "bench", "--buffer-seconds", "1", *stream_flags]
+        if sign:
+            extra += ["--sign", "AKIDBENCH:bench-secret"]
+        before = cpu_seconds(d.pid)
+        result = loadgen(f"http://127.0.0.1:{port}", seconds, flags + extra, d.pid)
+        cpu = cpu_seconds(d.pid) - before
+        if result["delivered"] is not True:
+            raise SystemExit(f"not everything was delivered: {result}")
+        return summary(result, cpu, wall_extra=result["delivered_after_s"] or 0.0)
+    finally:
+        d.terminate()
+        d.wait()
+        s3.terminate()
+        s3.wait()
+        shutil.rmtree(data, ignore_errors=True)
+        shutil.rmtree(s3_dir, ignore_errors=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=int, default=15)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--sign", action="store_true", help="spillway verifies SigV4; the load generator signs")
+    args = parser.parse_args()
+    cases = args.cases.split(",")
+    for c in cases:
+        if c not in CASES:
+            raise SystemExit(f"unknown case {c}; known: {', '.join(CASES)}")
+    for binary in ["spillway", "spillway-baseline", "spillway-loadgen"]:
+        if not os.path.exists(os.path.join(RELEASE, binary)):
+            raise SystemExit(f"target/release/{binary} is missing: cargo build --release --bins")
+    rows = []
+    baseline_rate = None
+    with tempfile.TemporaryDirectory(prefix="spillway-bench-") as work:
+        for case in cases:
+            flags, stream_flags, what = CASES[case]
+            if "PACED" in flags:
+                if baseline_rate is None:
+                    baseline_rate = run_baseline(work, args.seconds, [])["mib_s"]
+                flags = [f"{baseline_rate * 0.5:.1f}" if f == "PACED" else f for f in flags]
+            base = run_baseline(work, args.seconds, flags)
+            if not flags:
+                baseline_rate = base["mib_s"]
+            spill = run_spillway(work, args.seconds, flags, stream_flags, args.sign)
+            rows.append((case, what, base, spill))
+            print(f"{case}: baseline {base['mib_s']:.1f} MiB/s, spillway {spill['mib_s']:.1f} MiB/s "
+                  f"({spill['mib_s'] / base['mib_s']:.2f}x)", file=sys.stderr)
+    print("| case | baseline MiB/s | spillway MiB/s | ratio | p99 ms (base / spillway) | refused % "
+          "(base / spillway) | peak RSS MiB (base / spillway) | CPU s per MiB (base / spillway) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for case, what, b, s in rows:
+        print(f"| {what} | {b['mib_s']:.1f} | {s['mib_s']:.1f} | {s['mib_s'] / b['mib_s']:.2f}x | "
+              f"{b['p99']:.1f} / {s['p99']:.1f} | {b['refused']:.1f} / {s['refused']:.1f} | "
+              f"{b['rss']:.0f} / {s['rss']:.0f} | {b['cpu_per_mib']:.4f} / {s['cpu_per_mib']:.4f} |")
+
+
+if __name__ == "__main__":
+    main()
