@@ -455,15 +455,9 @@ def live(body, work, *args):
                     p.kill()
 
 
-def run(config, prom_config_path, work, start):
-    store = config["object_store"]
-    stream = config["stream"][0]
-    name = stream["name"]
-    bucket = stream["bucket_arn"].removeprefix("arn:aws:s3:::")
-    interval = stream["buffering_hints"]["interval_in_seconds"]
-
-    # The S3 server stands in for MinIO, with MinIO's credentials; the bucket is created over
-    # the S3 API as the stack's create-bucket service does.
+def start_s3(store, bucket, work, start):
+    """The S3 server standing in for MinIO, with MinIO's credentials, and the bucket created over
+    the S3 API as the stack's create-bucket service does: its URL and a client."""
     s3_port = free_port()
     os.makedirs(os.path.join(work, "s3"))
     start("s3s-fs", [os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
@@ -475,6 +469,17 @@ def run(config, prom_config_path, work, start):
                       aws_access_key_id=store["access_key_id"],
                       aws_secret_access_key=store["secret_access_key"])
     s3.create_bucket(Bucket=bucket)
+    return s3_url, s3
+
+
+def run(config, prom_config_path, work, start):
+    store = config["object_store"]
+    stream = config["stream"][0]
+    name = stream["name"]
+    bucket = stream["bucket_arn"].removeprefix("arn:aws:s3:::")
+    interval = stream["buffering_hints"]["interval_in_seconds"]
+
+    s3_url, s3 = start_s3(store, bucket, work, start)
 
     # spillway with the stack's config: only the endpoint, address, data dir and the path of
     # the transform (built here by its own build script, as the image build does) differ.
@@ -657,17 +662,7 @@ def run_secure(config, wasm, work, start):
     store = config["object_store"]
     bucket = config["stream"][0]["bucket_arn"].removeprefix("arn:aws:s3:::")
     secrets = make_certs(os.path.join(work, "secrets"))
-    s3_port = free_port()
-    os.makedirs(os.path.join(work, "s3"))
-    start("s3s-fs", [os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
-                     "--access-key", store["access_key_id"], "--secret-key", store["secret_access_key"],
-                     os.path.join(work, "s3")])
-    s3_url = f"http://127.0.0.1:{s3_port}"
-    wait_until("s3s-fs", lambda: socket.create_connection(("127.0.0.1", s3_port)).close() or True)
-    s3 = boto3.client("s3", endpoint_url=s3_url, region_name=store["region"],
-                      aws_access_key_id=store["access_key_id"],
-                      aws_secret_access_key=store["secret_access_key"])
-    s3.create_bucket(Bucket=bucket)
+    s3_url, s3 = start_s3(store, bucket, work, start)
 
     # The compose secrets' paths become the files make-certs.sh wrote.
     text = open(os.path.join(DEPLOY, "spillway", "spillway-secure.toml")).read()

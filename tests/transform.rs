@@ -665,6 +665,26 @@ async fn bad_processing_configurations_are_refused_with_the_reason() {
     }
 }
 
+/// CreateDeliveryStream with a `Lambda` processor naming the component at `path`.
+async fn create_with_component(
+    fh: &aws_sdk_firehose::Client,
+    name: &str,
+    path: &Path,
+) -> Result<
+    aws_sdk_firehose::operation::create_delivery_stream::CreateDeliveryStreamOutput,
+    aws_sdk_firehose::error::SdkError<
+        aws_sdk_firehose::operation::create_delivery_stream::CreateDeliveryStreamError,
+    >,
+> {
+    let dest = s3_destination("bucket-1", 1, 60)
+        .processing_configuration(processing(vec![lambda(path, &[])]));
+    fh.create_delivery_stream()
+        .delivery_stream_name(name)
+        .extended_s3_destination_configuration(dest.build().unwrap())
+        .send()
+        .await
+}
+
 /// A key with `manage` rights names a component by path: only a regular file that starts like
 /// WebAssembly is read, nothing of another file reaches the answer, devices and pipes are never
 /// opened (`/dev/zero` would fill memory, a pipe would block), and with
@@ -692,19 +712,6 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
         allowed.path()
     ));
     let fh = d.firehose();
-    let create = |name: &str, path: &Path| {
-        let fh = fh.clone();
-        let dest = s3_destination("bucket-1", 1, 60)
-            .processing_configuration(processing(vec![lambda(path, &[])]));
-        let name = name.to_owned();
-        async move {
-            fh.create_delivery_stream()
-                .delivery_stream_name(name)
-                .extended_s3_destination_configuration(dest.build().unwrap())
-                .send()
-                .await
-        }
-    };
     for (name, path, reason) in [
         (
             "zero",
@@ -726,7 +733,9 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
             "not inside transform.component_dirs",
         ),
     ] {
-        let err = create(name, path).await.expect_err("refused");
+        let err = create_with_component(&fh, name, path)
+            .await
+            .expect_err("refused");
         let message = err
             .into_service_error()
             .meta()
@@ -735,7 +744,7 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
             .to_owned();
         assert!(message.contains(reason), "{name}: {message}");
     }
-    create("inside", &inside)
+    create_with_component(&fh, "inside", &inside)
         .await
         .expect("a component inside the allowed dir");
     drop(d);
@@ -744,19 +753,6 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
     // content of another file.
     let d = Daemon::start("");
     let fh = d.firehose();
-    let create = |name: &str, path: &Path| {
-        let fh = fh.clone();
-        let dest = s3_destination("bucket-1", 1, 60)
-            .processing_configuration(processing(vec![lambda(path, &[])]));
-        let name = name.to_owned();
-        async move {
-            fh.create_delivery_stream()
-                .delivery_stream_name(name)
-                .extended_s3_destination_configuration(dest.build().unwrap())
-                .send()
-                .await
-        }
-    };
     for (name, path, reason) in [
         ("zero", Path::new("/dev/zero"), "not a regular file"),
         ("pipe", fifo.as_path(), "not a regular file"),
@@ -764,7 +760,9 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
         ("secret", secret.as_path(), "not a WebAssembly component"),
     ] {
         let started = std::time::Instant::now();
-        let err = create(name, path).await.expect_err("refused");
+        let err = create_with_component(&fh, name, path)
+            .await
+            .expect_err("refused");
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{name} answered at once"
@@ -781,7 +779,7 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
             "{name}: {message}"
         );
     }
-    create("outside", &outside)
+    create_with_component(&fh, "outside", &outside)
         .await
         .expect("any regular component");
     assert!(d.metric("process_resident_memory_bytes") < 512.0 * 1048576.0);
