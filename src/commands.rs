@@ -229,15 +229,7 @@ fn client_config(trust: &Trust) -> Result<Arc<rustls::ClientConfig>, String> {
             .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
             .with_no_client_auth(),
         Trust::CaFile(path) => {
-            use rustls::pki_types::pem::PemObject;
-            for cert in rustls::pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| format!("{}: {e}", path.display()))?
-            {
-                let cert = cert.map_err(|e| format!("{}: {e}", path.display()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-            }
+            let roots = crate::api::tls::ca_roots(path).map_err(|e| e.to_string())?;
             builder.with_root_certificates(roots).with_no_client_auth()
         }
         Trust::System => {

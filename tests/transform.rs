@@ -685,6 +685,18 @@ async fn create_with_component(
         .await
 }
 
+/// The message of the error `create_with_component` must answer.
+async fn refusal(fh: &aws_sdk_firehose::Client, name: &str, path: &Path) -> String {
+    let err = create_with_component(fh, name, path)
+        .await
+        .expect_err("refused");
+    err.into_service_error()
+        .meta()
+        .message()
+        .unwrap_or_default()
+        .to_owned()
+}
+
 /// A key with `manage` rights names a component by path: only a regular file that starts like
 /// WebAssembly is read, nothing of another file reaches the answer, devices and pipes are never
 /// opened (`/dev/zero` would fill memory, a pipe would block), and with
@@ -733,15 +745,7 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
             "not inside transform.component_dirs",
         ),
     ] {
-        let err = create_with_component(&fh, name, path)
-            .await
-            .expect_err("refused");
-        let message = err
-            .into_service_error()
-            .meta()
-            .message()
-            .unwrap_or_default()
-            .to_owned();
+        let message = refusal(&fh, name, path).await;
         assert!(message.contains(reason), "{name}: {message}");
     }
     create_with_component(&fh, "inside", &inside)
@@ -760,19 +764,11 @@ async fn components_are_only_regular_wasm_files_from_the_allowed_dirs() {
         ("secret", secret.as_path(), "not a WebAssembly component"),
     ] {
         let started = std::time::Instant::now();
-        let err = create_with_component(&fh, name, path)
-            .await
-            .expect_err("refused");
+        let message = refusal(&fh, name, path).await;
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{name} answered at once"
         );
-        let message = err
-            .into_service_error()
-            .meta()
-            .message()
-            .unwrap_or_default()
-            .to_owned();
         assert!(message.contains(reason), "{name}: {message}");
         assert!(
             !message.contains("0x72") && !message.contains("root"),

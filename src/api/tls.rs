@@ -276,6 +276,19 @@ fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     Ok(certs)
 }
 
+/// The CA certificates in a PEM file, as trust roots (the server's `client_ca`, and
+/// `spillway probe --ca-file`).
+pub fn ca_roots(path: &Path) -> Result<rustls::RootCertStore, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(path)? {
+        roots.add(cert).map_err(|source| TlsError::Invalid {
+            path: path.to_owned(),
+            source,
+        })?;
+    }
+    Ok(roots)
+}
+
 fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     let pem = read_pem(path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|source| match source {
@@ -304,13 +317,7 @@ fn server_config(files: &TlsFiles) -> Result<ServerConfig, TlsError> {
     let builder = match &files.client_ca {
         None => builder.with_no_client_auth(),
         Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in certificates(path)? {
-                roots.add(cert).map_err(|source| TlsError::Invalid {
-                    path: path.clone(),
-                    source,
-                })?;
-            }
+            let roots = ca_roots(path)?;
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
                 .build()
                 .map_err(|source| TlsError::ClientCa {
