@@ -64,6 +64,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.max_memory_bytes,
             metrics.memory_reserved().clone(),
         )),
+        memory_wait: settings.memory_wait,
         journal_total: AtomicU64::new(0),
         journal: settings.journal.clone(),
         upload: settings.upload.clone(),

@@ -175,6 +175,9 @@ struct RawJournal {
 struct RawBuffer {
     /// Cap on record bytes held in memory across all streams; past it ingest is throttled. MiB; 64.
     max_memory_mib: Option<u64>,
+    /// How long a request that does not fit under the cap waits for room before the records
+    /// that do not fit are refused. Ms; 100; 0 refuses at once.
+    max_memory_wait_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -192,6 +195,8 @@ struct RawUpload {
     retry_max_ms: Option<u64>,
     /// gzip level (1 fastest .. 9 smallest) for GZIP streams. 1.
     gzip_level: Option<u32>,
+    /// Per-stream gzip levels, by stream name, over `gzip_level` (Firehose's API has none).
+    gzip_levels: Option<std::collections::BTreeMap<String, u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -473,6 +478,8 @@ pub struct Settings {
     pub max_streams: usize,
     pub journal: JournalSettings,
     pub max_memory_bytes: u64,
+    /// `buffer.max_memory_wait_ms`.
+    pub memory_wait: Duration,
     pub upload: UploadSettings,
     pub store: StoreSettings,
     pub transform: TransformSettings,
@@ -527,6 +534,18 @@ pub struct UploadSettings {
     pub retry_initial: Duration,
     pub retry_max: Duration,
     pub gzip_level: u32,
+    /// `upload.gzip_levels`: streams whose level is not `gzip_level`.
+    pub gzip_levels: std::collections::BTreeMap<String, u32>,
+}
+
+impl UploadSettings {
+    /// The gzip level of the stream called `stream`.
+    pub fn gzip_level_for(&self, stream: &str) -> u32 {
+        self.gzip_levels
+            .get(stream)
+            .copied()
+            .unwrap_or(self.gzip_level)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -635,6 +654,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         direct_io: raw.journal.direct_io.unwrap_or(true),
     };
     let max_memory_bytes = positive("buffer.max_memory_mib", raw.buffer.max_memory_mib, 64) * MIB;
+    let memory_wait_ms = raw.buffer.max_memory_wait_ms.unwrap_or(100);
     let upload = UploadSettings {
         concurrency: positive(
             "upload.concurrency",
@@ -658,6 +678,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             30_000,
         )),
         gzip_level: raw.upload.gzip_level.unwrap_or(1),
+        gzip_levels: raw.upload.gzip_levels.unwrap_or_default(),
     };
     let transform = TransformSettings {
         memory_bytes: positive("transform.memory_mib", raw.transform.memory_mib, 256) * MIB,
@@ -715,6 +736,11 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     if !(8 * 1024..=1024 * 1024).contains(&http.max_header_bytes) {
         problems.push("http.max_header_kib: must be between 8 and 1024".into());
     }
+    if memory_wait_ms > 10_000 {
+        problems.push(format!(
+            "buffer.max_memory_wait_ms: must be at most 10000, got {memory_wait_ms}"
+        ));
+    }
     if http.max_headers > 1000 {
         problems.push("http.max_headers: must be at most 1000".into());
     }
@@ -737,6 +763,16 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             "upload.gzip_level: must be between 1 and 9, got {}",
             upload.gzip_level
         ));
+    }
+    for (stream, level) in &upload.gzip_levels {
+        if let Err(m) = StreamName::parse(stream) {
+            problems.push(format!("upload.gzip_levels: {stream:?}: {m}"));
+        }
+        if !(1..=9).contains(level) {
+            problems.push(format!(
+                "upload.gzip_levels.{stream}: must be between 1 and 9, got {level}"
+            ));
+        }
     }
     if upload.retry_max < upload.retry_initial {
         problems.push("upload.retry_max_ms: must be at least upload.retry_initial_ms".into());
@@ -900,6 +936,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             max_streams,
             journal,
             max_memory_bytes,
+            memory_wait: Duration::from_millis(memory_wait_ms),
             upload,
             store,
             transform,
@@ -1121,9 +1158,15 @@ processors = [{ type = "Bogus" }]
         assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(s.journal.fsync);
         assert_eq!(s.max_memory_bytes, 64 * MIB);
+        assert_eq!(s.memory_wait, Duration::from_millis(100));
+        assert_eq!(s.upload.gzip_level_for("any"), 1);
         assert!(
             matches!(s.store, StoreSettings::Local { ref root } if root == Path::new("spillway-data/buckets"))
         );
+        let s = parse("[buffer]\nmax_memory_wait_ms = 0\n[upload]\ngzip_level = 2\ngzip_levels = { archive = 9 }\n").unwrap();
+        assert_eq!(s.memory_wait, Duration::ZERO);
+        assert_eq!(s.upload.gzip_level_for("archive"), 9);
+        assert_eq!(s.upload.gzip_level_for("other"), 2);
     }
 
     #[test]
@@ -1131,8 +1174,11 @@ processors = [{ type = "Bogus" }]
         let err = parse(
             r#"
 listen = "nowhere"
+[buffer]
+max_memory_wait_ms = 10001
 [upload]
 gzip_level = 12
+gzip_levels = { "game-events" = 0, "bad/name" = 3 }
 [object_store]
 kind = "local"
 endpoint = "http://x"
@@ -1148,7 +1194,10 @@ name = "a/b"
         .to_string();
         for needle in [
             "listen:",
-            "upload.gzip_level",
+            "upload.gzip_level: must be between 1 and 9, got 12",
+            "buffer.max_memory_wait_ms: must be at most 10000, got 10001",
+            "upload.gzip_levels.game-events: must be between 1 and 9, got 0",
+            "upload.gzip_levels: \"bad/name\"",
             "object_store.endpoint",
             "stream[0].buffering_hints.size_in_mbs (stream a)",
             "stream[1].name",

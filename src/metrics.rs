@@ -48,6 +48,7 @@ pub struct Metrics {
     stalled: IntGaugeVec,
     memory_reserved_bytes: IntGauge,
     memory_limit_bytes: IntGauge,
+    memory_wait_seconds: HistogramVec,
     journal_limit_bytes: IntGauge,
     ready: IntGauge,
 }
@@ -211,6 +212,16 @@ impl Metrics {
             "spillway_memory_limit_bytes",
             "Cap on spillway_memory_reserved_bytes (buffer.max_memory_mib); ingest is throttled past it.",
         );
+        let memory_wait_seconds = histogram(
+            &r,
+            "spillway_memory_wait_seconds",
+            "Time a put request waited for room under buffer.max_memory_mib (at most buffer.max_memory_wait_ms); outcome=reserved: every record fitted in time, outcome=timed_out: the records that did not were refused.",
+            &["outcome"],
+            LATENCY_BUCKETS.to_vec(),
+        );
+        for outcome in ["reserved", "timed_out"] {
+            memory_wait_seconds.with_label_values(&[outcome]);
+        }
         let journal_limit_bytes = single_gauge(
             &r,
             "spillway_journal_limit_bytes",
@@ -442,6 +453,7 @@ impl Metrics {
             ),
             memory_reserved_bytes,
             memory_limit_bytes,
+            memory_wait_seconds,
             journal_limit_bytes,
             ready,
             registry: r,
@@ -586,6 +598,14 @@ impl Metrics {
             .inc();
         self.api_request_seconds
             .with_label_values(&[operation])
+            .observe(seconds);
+    }
+
+    /// A put request waited `seconds` for room in the memory budget; `reserved`: all of it fit.
+    pub fn memory_waited(&self, reserved: bool, seconds: f64) {
+        let outcome = if reserved { "reserved" } else { "timed_out" };
+        self.memory_wait_seconds
+            .with_label_values(&[outcome])
             .observe(seconds);
     }
 

@@ -550,6 +550,15 @@ async fn memory_and_journal_caps_throttle_instead_of_growing() {
         d.metric("spillway_throttled_records_total{stream=\"capped\"}"),
         477.0
     );
+    // The partial one waited its 100 ms (the default buffer.max_memory_wait_ms) for room
+    // first; the last one too, unless the stream counted as stalled by then (three failed
+    // uploads), which refuses at once since waiting cannot help.
+    let timed_out = d.metric("spillway_memory_wait_seconds_count{outcome=\"timed_out\"}");
+    assert!((1.0..=2.0).contains(&timed_out), "{timed_out}");
+    assert_eq!(
+        d.metric("spillway_memory_wait_seconds_count{outcome=\"reserved\"}"),
+        0.0
+    );
     // Failing uploads show in the metrics while the data waits.
     let failures = wait_for(Duration::from_secs(10), || async {
         let f = d.metric("spillway_upload_failures_total{stream=\"capped\"}");
@@ -601,6 +610,60 @@ async fn memory_and_journal_caps_throttle_instead_of_growing() {
     let (code, msg) = refused.expect("journal cap reached");
     assert_eq!(code, "ServiceUnavailableException");
     assert!(msg.contains("journal"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_at_the_memory_cap_waits_for_room_instead_of_being_refused() {
+    let mut s3 = S3Server::start();
+    s3.create_bucket("waits");
+    // 1 MiB of memory, the destination down: what is buffered cannot land and give room back.
+    let d = Daemon::start(&format!(
+        "{}\n[buffer]\nmax_memory_mib = 1\nmax_memory_wait_ms = 10000\n[upload]\nretry_initial_ms = 50\nretry_max_ms = 200\n",
+        s3.config()
+    ));
+    s3.stop();
+    create_stream(&d.firehose(), "waits", s3_destination("waits", 1, 900)).await;
+    assert_eq!(put_sizes(&d, "waits", &[1024; 500]).await, Ok(0));
+    assert_eq!(put_sizes(&d, "waits", &[1024; 500]).await, Ok(0));
+    // This one does not fit: it waits, answered neither way while nothing lands.
+    let waiting = {
+        let fh = d.firehose_with_retries(1);
+        tokio::spawn(async move {
+            fh.put_record_batch()
+                .delivery_stream_name("waits")
+                .set_records(Some(blob_records(&[1024; 100])))
+                .send()
+                .await
+                .map(|o| o.failed_put_count())
+                .map_err(|e| format!("{e:?}"))
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "held while the memory is full");
+    assert_eq!(
+        d.metric("spillway_throttled_records_total{stream=\"waits\"}"),
+        0.0
+    );
+    // The destination comes back, the early-sealed batches land, and the held request is
+    // accepted whole: no refusal, no retry.
+    s3.resume();
+    assert_eq!(waiting.await.unwrap(), Ok(0));
+    assert_eq!(
+        d.metric("spillway_memory_wait_seconds_count{outcome=\"reserved\"}"),
+        1.0
+    );
+    assert_eq!(
+        d.metric("spillway_throttled_records_total{stream=\"waits\"}"),
+        0.0
+    );
+    let mut d = d;
+    assert!(d.terminate().success());
+    let landed: usize = objects(&s3.client("waits"))
+        .await
+        .iter()
+        .map(|(_, b)| b.len())
+        .sum();
+    assert_eq!(landed, 1100 * 1024, "every acknowledged byte, once");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

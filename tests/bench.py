@@ -8,6 +8,12 @@ spillway, with the same load generator settings, back to back, and reports the r
     python3 tests/bench.py                       # every case, 15 s each, s3s-fs as the S3 server
     python3 tests/bench.py --seconds 3 --cases plain,gzip   # what CI runs, so it cannot rot
 
+s3s-fs keeps its objects in /dev/shm by default: on the development VM's ext4, creating a file
+costs s3s-fs more CPU than hashing its megabyte (the inode allocator scans inodes freed by
+earlier runs), varying 2-3x from run to run with the file system's history, and that CPU is
+taken from the same two cores spillway runs on. A real S3 or MinIO has disks of its own.
+`--s3-dir DIR` puts them elsewhere (the work directory, next to the journal, to see it).
+
 spillway's rows are end to end: the payload found delivered divided by the load time plus the
 time until the last accepted record was delivered. CPU per MiB is the daemon's user + system
 seconds (from /proc) over the payload MiB. Needs target/release/{spillway,spillway-baseline,
@@ -17,6 +23,7 @@ spillway-loadgen} (cargo build --release --bins) and s3s-fs (S3S_FS or on PATH).
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -82,13 +89,17 @@ def loadgen(endpoint, seconds, flags, pid, metrics=None):
             "--duration", str(seconds), "--warmup", "2", "--daemon-pid", str(pid), "--json", *flags]
     if metrics:
         args += ["--metrics-url", metrics]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(args, capture_output=True, text=True, timeout=seconds + 400)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if out.returncode != 0:
         raise SystemExit(f"load generator failed: {out.stderr[-3000:]}")
-    return json.loads(out.stdout)
+    result = json.loads(out.stdout)
+    result["loadgen_cpu"] = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    return result
 
 
-def summary(result, cpu, wall_extra=0.0):
+def summary(result, cpu, wall_extra=0.0, s3_cpu=0.0):
     mib = result["records_accepted"] * 1024 / 1048576
     seconds = result["measured_s"] + wall_extra
     requests = result["requests_ok"] + result["throttled"] + result["errors"]
@@ -98,6 +109,8 @@ def summary(result, cpu, wall_extra=0.0):
         "refused": 100.0 * result["throttled"] / max(requests, 1),
         "rss": result["daemon_peak_rss_mib"],
         "cpu_per_mib": cpu / max(mib, 1e-9),
+        "loadgen_cpu_per_mib": result["loadgen_cpu"] / max(mib, 1e-9),
+        "s3_cpu_per_mib": s3_cpu / max(mib, 1e-9),
         "delivered": result.get("delivered"),
     }
 
@@ -119,15 +132,17 @@ def run_baseline(work, seconds, flags):
     return summary(result, cpu)
 
 
-def run_spillway(work, seconds, flags, stream_flags, sign):
+def run_spillway(work, seconds, flags, stream_flags, sign, perf=None, extra_config="", s3_root=None):
     s3_port, port = free_port(), free_port()
-    s3_dir = os.path.join(work, "s3")
+    s3_dir = os.path.join(s3_root or work, "s3")
     os.makedirs(os.path.join(s3_dir, "bench"))
     s3 = subprocess.Popen([os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
                            "--access-key", "bench", "--secret-key", "bench-secret", s3_dir],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     config = os.path.join(work, "spillway.toml")
     with open(config, "w") as f:
+        # Before any table header, so dotted keys (`upload.gzip_level = 3`) are top-level.
+        f.write(extra_config.replace("\\n", "\n") + "\n")
         f.write(f"""[object_store]
 kind = "s3"
 endpoint = "http://127.0.0.1:{s3_port}"
@@ -149,12 +164,20 @@ allow_http = true
         extra = ["--create-stream", "--bucket", "bench", "--buffer-seconds", "1", *stream_flags]
         if sign:
             extra += ["--sign", "AKIDBENCH:bench-secret"]
-        before = cpu_seconds(d.pid)
+        before, s3_before = cpu_seconds(d.pid), cpu_seconds(s3.pid)
+        recorders = []
+        if perf:
+            for pid, out in [(d.pid, perf), (s3.pid, perf.replace(".data", "-s3s-fs.data"))]:
+                recorders.append(subprocess.Popen(["perf", "record", "-F", "499", "-g", "-o", out, "-p", str(pid)],
+                                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         result = loadgen(f"http://127.0.0.1:{port}", seconds, flags + extra, d.pid)
-        cpu = cpu_seconds(d.pid) - before
+        for recorder in recorders:
+            recorder.send_signal(2)
+            recorder.wait()
+        cpu, s3_cpu = cpu_seconds(d.pid) - before, cpu_seconds(s3.pid) - s3_before
         if result["delivered"] is not True:
             raise SystemExit(f"not everything was delivered: {result}")
-        return summary(result, cpu, wall_extra=result["delivered_after_s"] or 0.0)
+        return summary(result, cpu, wall_extra=result["delivered_after_s"] or 0.0, s3_cpu=s3_cpu)
     finally:
         d.terminate()
         d.wait()
@@ -169,6 +192,11 @@ def main():
     parser.add_argument("--seconds", type=int, default=15)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--sign", action="store_true", help="spillway verifies SigV4; the load generator signs")
+    parser.add_argument("--config", default="", metavar="TOML",
+                        help="appended to spillway's config file (\\n for new lines), e.g. 'upload.gzip_level = 3'")
+    parser.add_argument("--s3-dir", metavar="DIR", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
+                        help="where s3s-fs keeps its objects (default: /dev/shm, a tmpfs; see the module doc)")
+    parser.add_argument("--perf", metavar="DIR", help="record a perf profile of spillway per case into DIR")
     args = parser.parse_args()
     cases = args.cases.split(",")
     for c in cases:
@@ -189,7 +217,8 @@ def main():
             base = run_baseline(work, args.seconds, flags)
             if not flags:
                 baseline_rate = base["mib_s"]
-            spill = run_spillway(work, args.seconds, flags, stream_flags, args.sign)
+            perf = os.path.join(os.path.abspath(args.perf), f"{case}.data") if args.perf else None
+            spill = run_spillway(work, args.seconds, flags, stream_flags, args.sign, perf, args.config, args.s3_dir)
             rows.append((case, what, base, spill))
             print(f"{case}: baseline {base['mib_s']:.1f} MiB/s, spillway {spill['mib_s']:.1f} MiB/s "
                   f"({spill['mib_s'] / base['mib_s']:.2f}x)", file=sys.stderr)
@@ -200,6 +229,13 @@ def main():
         print(f"| {what} | {b['mib_s']:.1f} | {s['mib_s']:.1f} | {s['mib_s'] / b['mib_s']:.2f}x | "
               f"{b['p99']:.1f} / {s['p99']:.1f} | {b['refused']:.1f} / {s['refused']:.1f} | "
               f"{b['rss']:.0f} / {s['rss']:.0f} | {b['cpu_per_mib']:.4f} / {s['cpu_per_mib']:.4f} |")
+    print()
+    print("CPU seconds per payload MiB in spillway's runs, per process (the two cores are shared):")
+    print()
+    print("| case | spillway | s3s-fs | load generator |")
+    print("|---|---|---|---|")
+    for case, what, b, s in rows:
+        print(f"| {what} | {s['cpu_per_mib']:.4f} | {s['s3_cpu_per_mib']:.4f} | {s['loadgen_cpu_per_mib']:.4f} |")
 
 
 if __name__ == "__main__":

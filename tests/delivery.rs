@@ -398,3 +398,46 @@ async fn prefixes_no_store_can_keep_are_refused() {
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gzip_level_is_global_with_per_stream_overrides() {
+    let s3 = S3Server::start();
+    s3.create_bucket("levels");
+    let d = Daemon::start(&format!(
+        "{}\n[upload]\ngzip_level = 1\ngzip_levels = {{ smallest = 9 }}\n",
+        s3.config()
+    ));
+    let fh = d.firehose();
+    for name in ["fastest", "smallest"] {
+        create_stream(
+            &fh,
+            name,
+            s3_destination("levels", 1, 1)
+                .prefix(format!("{name}/"))
+                .compression_format(CompressionFormat::Gzip),
+        )
+        .await;
+        put_batch(&fh, name, 0..400, 300).await;
+    }
+    let store = s3.client("levels");
+    let objs = wait_for(Duration::from_secs(15), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 2).then_some(objs)
+    })
+    .await
+    .expect("one object per stream");
+    let size = |prefix: &str| {
+        let (_, body) = objs.iter().find(|(k, _)| k.starts_with(prefix)).unwrap();
+        let mut plain = Vec::new();
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&body[..]), &mut plain)
+            .unwrap();
+        let expected: Vec<u8> = (0..400).flat_map(|i| record(i, 300)).collect();
+        assert_eq!(plain, expected, "{prefix}: the records as sent, in order");
+        body.len()
+    };
+    let (fastest, smallest) = (size("fastest/"), size("smallest/"));
+    assert!(
+        smallest < fastest,
+        "level 9 {smallest} bytes, level 1 {fastest} bytes"
+    );
+}

@@ -10,12 +10,16 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::IntGauge;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 pub struct MemoryBudget {
     used: AtomicU64,
     cap: u64,
     /// Mirrors `used` after every change, so the metric cannot drift from the accounting.
     gauge: IntGauge,
+    /// Woken whenever bytes come back, for ingest waiting for room ([`MemoryBudget::wait_for_room`]).
+    released: Notify,
 }
 
 impl MemoryBudget {
@@ -24,6 +28,26 @@ impl MemoryBudget {
             used: AtomicU64::new(0),
             cap,
             gauge,
+            released: Notify::new(),
+        }
+    }
+
+    /// Waits until `bytes` more would fit under the cap, or until `deadline`: false if the
+    /// deadline came first. Nothing is reserved; the caller tries again (and may lose the
+    /// room to another caller, then waits again until its deadline).
+    pub async fn wait_for_room(&self, bytes: u64, deadline: Instant) -> bool {
+        loop {
+            let released = self.released.notified();
+            tokio::pin!(released);
+            // Registered before the check, so a release between the check and the wait wakes it.
+            released.as_mut().enable();
+            if self.used().saturating_add(bytes) <= self.cap {
+                return true;
+            }
+            tokio::select! {
+                _ = &mut released => {}
+                _ = tokio::time::sleep_until(deadline) => return false,
+            }
         }
     }
 
@@ -80,6 +104,7 @@ impl MemoryBudget {
         {
             self.gauge.set(before.saturating_sub(bytes) as i64);
         }
+        self.released.notify_waiters();
     }
 
     pub fn used(&self) -> u64 {

@@ -129,7 +129,7 @@ pub async fn write_records(
 ) -> bool {
     let ctx = &shared.ctx;
     let count = records.len() as u64;
-    let level = ctx.upload.gzip_level;
+    let level = ctx.upload.gzip_level_for(shared.name.as_str());
     let mut delay = ctx.upload.retry_initial;
     // Encoding JSON lines fails only if something is badly wrong (a panic): retried with the
     // uploads' backoff for as long as it takes, counted and logged, never left behind.
@@ -437,7 +437,7 @@ fn prepare(
     let namer = shared.namer();
     let processed = process_batch(shared, batch, layout, definition);
     let format = sealed_conversion(layout);
-    let level = shared.ctx.upload.gzip_level;
+    let level = shared.ctx.upload.gzip_level_for(shared.name.as_str());
     let mut objects = Vec::new();
     for p in processed.partitions {
         // Partitions differ by prefix, so they share the batch's id: a partition's name does
@@ -590,7 +590,7 @@ fn error_objects(
     layout: &Layout,
     errors: Vec<(ErrorOutput, Vec<Bytes>)>,
 ) -> std::io::Result<Vec<Output>> {
-    let level = shared.ctx.upload.gzip_level;
+    let level = shared.ctx.upload.gzip_level_for(shared.name.as_str());
     let mut objects = Vec::new();
     for (t, lines) in errors {
         let prefix = prefix::fill(&layout.error_prefix, &[], &[], t.as_str());

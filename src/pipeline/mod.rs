@@ -25,8 +25,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use std::time::Duration;
+
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -46,6 +49,8 @@ const JOURNAL_QUEUE: usize = 1024;
 pub struct Context {
     pub metrics: Arc<Metrics>,
     pub memory: Arc<MemoryBudget>,
+    /// How long ingest waits for room in `memory` before refusing what does not fit.
+    pub memory_wait: Duration,
     /// Journal bytes across all streams, against `journal.max_bytes`.
     pub journal_total: AtomicU64,
     pub journal: JournalSettings,
@@ -308,12 +313,35 @@ impl StreamRuntime {
         }
         let mut accepted = 0;
         let mut memory = ctx.memory.none();
-        for r in &records {
-            let Some(m) = ctx.memory.try_reserve(r.len() as u64) else {
+        let mut waited: Option<(Instant, Instant)> = None;
+        loop {
+            for r in &records[accepted..] {
+                let Some(m) = ctx.memory.try_reserve(r.len() as u64) else {
+                    break;
+                };
+                memory.merge(m);
+                accepted += 1;
+            }
+            if accepted == offered || ctx.memory_wait.is_zero() {
                 break;
-            };
-            memory.merge(m);
-            accepted += 1;
+            }
+            // Room comes back as objects land: a closed-loop producer is better served by a
+            // few milliseconds of latency than by a refusal and its retry.
+            let (_, deadline) = *waited.get_or_insert_with(|| {
+                let now = Instant::now();
+                (now, now + ctx.memory_wait)
+            });
+            if !ctx
+                .memory
+                .wait_for_room(records[accepted].len() as u64, deadline)
+                .await
+            {
+                break;
+            }
+        }
+        if let Some((since, _)) = waited {
+            ctx.metrics
+                .memory_waited(accepted == offered, since.elapsed().as_secs_f64());
         }
         let reserved = memory.bytes();
         if accepted == 0 {

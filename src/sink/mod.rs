@@ -577,6 +577,7 @@ mod tests {
             retry_initial: Duration::from_millis(1),
             retry_max: Duration::from_millis(1),
             gzip_level: 1,
+            gzip_levels: Default::default(),
         }
     }
 
