@@ -671,3 +671,27 @@ pub fn journal_entries(data: &[u8]) {
         assert_eq!(entries::decode_flush(&again).ok().as_ref(), Some(&meta));
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. The in-daemon answer to plain-path partitioning queries.
+
+/// The input up to the first NUL: a `MetadataExtractionQuery`; the rest: one record. Where the
+/// one-pass path reader (`process::jq_path`) answers, jq (jaq, as the sandboxed workers run it)
+/// must give the same keys: a replay may take either way, so they may never disagree.
+pub fn partition_query(data: &[u8]) {
+    let (query, record) = match data.iter().position(|&b| b == 0) {
+        Some(at) => (&data[..at], &data[at + 1..]),
+        None => (&b"{k: .a.b, j: .c}"[..], data),
+    };
+    let Ok(query) = std::str::from_utf8(query) else {
+        return;
+    };
+    let Some(fast) = crate::process::jq_path::PathQuery::parse(query) else {
+        return;
+    };
+    let jq = crate::process::jq::Query::compile(query)
+        .unwrap_or_else(|e| panic!("{query:?} is a path query that jq refuses: {e}"));
+    if let Some(keys) = fast.keys(record) {
+        assert_eq!(jq.keys(record), Ok(keys), "{query:?}");
+    }
+}

@@ -132,9 +132,10 @@ def run_baseline(work, seconds, flags):
     return summary(result, cpu)
 
 
-def run_spillway(work, seconds, flags, stream_flags, sign, perf=None, extra_config="", s3_root=None):
+def run_spillway(work, seconds, flags, stream_flags, sign, perf=None, extra_config="", s3_root=None, local=False):
     s3_port, port = free_port(), free_port()
-    s3_dir = os.path.join(s3_root or work, "s3")
+    # The local store is spillway's own disk: next to the journal, whatever --s3-dir says.
+    s3_dir = os.path.join(work if local else (s3_root or work), "s3")
     os.makedirs(os.path.join(s3_dir, "bench"))
     s3 = subprocess.Popen([os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
                            "--access-key", "bench", "--secret-key", "bench-secret", s3_dir],
@@ -143,7 +144,11 @@ def run_spillway(work, seconds, flags, stream_flags, sign, perf=None, extra_conf
     with open(config, "w") as f:
         # Before any table header, so dotted keys (`upload.gzip_level = 3`) are top-level.
         f.write(extra_config.replace("\\n", "\n") + "\n")
-        f.write(f"""[object_store]
+        if local:
+            # The local store, in the same directory s3s-fs would use (fsync'd as objects land).
+            f.write(f'[object_store]\nkind = "local"\nlocal_root = "{s3_dir}"\n')
+        else:
+            f.write(f"""[object_store]
 kind = "s3"
 endpoint = "http://127.0.0.1:{s3_port}"
 region = "us-east-1"
@@ -196,6 +201,8 @@ def main():
                         help="appended to spillway's config file (\\n for new lines), e.g. 'upload.gzip_level = 3'")
     parser.add_argument("--s3-dir", metavar="DIR", default="/dev/shm" if os.access("/dev/shm", os.W_OK) else None,
                         help="where s3s-fs keeps its objects (default: /dev/shm, a tmpfs; see the module doc)")
+    parser.add_argument("--local", action="store_true",
+                        help="spillway writes to its local directory store (next to its journal) instead of s3s-fs")
     parser.add_argument("--perf", metavar="DIR", help="record a perf profile of spillway per case into DIR")
     args = parser.parse_args()
     cases = args.cases.split(",")
@@ -218,7 +225,8 @@ def main():
             if not flags:
                 baseline_rate = base["mib_s"]
             perf = os.path.join(os.path.abspath(args.perf), f"{case}.data") if args.perf else None
-            spill = run_spillway(work, args.seconds, flags, stream_flags, args.sign, perf, args.config, args.s3_dir)
+            spill = run_spillway(work, args.seconds, flags, stream_flags, args.sign, perf, args.config, args.s3_dir,
+                                 args.local)
             rows.append((case, what, base, spill))
             print(f"{case}: baseline {base['mib_s']:.1f} MiB/s, spillway {spill['mib_s']:.1f} MiB/s "
                   f"({spill['mib_s'] / base['mib_s']:.2f}x)", file=sys.stderr)

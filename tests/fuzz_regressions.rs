@@ -77,3 +77,8 @@ fn journal_replay() {
 fn journal_entries() {
     replay("journal_entries", fuzzing::journal_entries);
 }
+
+#[test]
+fn partition_query() {
+    replay("partition_query", fuzzing::partition_query);
+}

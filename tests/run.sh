@@ -99,6 +99,11 @@ for target in $(cd fuzz && cargo +nightly fuzz list); do
 done
 step "cargo build --release (what the README's commands and the stack check run)"
 cargo build --release --locked --bins --timings
+# The benchmark behind the README's performance section, briefly, so that it cannot rot: it
+# fails if anything accepted is not delivered; its numbers are not checked (no timing
+# assertions), only printed.
+step "benchmark smoke run (tests/bench.py, 3 s per case)"
+python3 tests/bench.py --seconds 3 --cases plain,gzip
 step "README examples"
 PATH="$PWD/$venv/bin:$PATH" bash tests/readme_examples.sh
 step "local stack: compose, Kubernetes, Prometheus and the Grafana dashboard"

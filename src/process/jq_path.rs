@@ -4,13 +4,72 @@
 //! allocation the record does not already bound. Anything else, a query of another shape or a
 //! record whose answer is not a plain string or boolean, goes to the sandbox, so both give the
 //! same answer for every record (a replay may take either way).
+//!
+//! The record is read in one pass that builds nothing but the answers: fields off the paths
+//! are skipped (checked as JSON, never allocated), and names without escapes are borrowed
+//! from the record.
 
-use serde_json::Value;
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
 /// An object of paths.
 #[derive(Debug, PartialEq, Eq)]
 pub struct PathQuery {
     keys: Vec<(String, Vec<String>)>,
+    /// The paths merged into a tree, for the one-pass read.
+    tree: Node,
+}
+
+/// A field on some path: the query keys whose path ends here, and the fields below it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Node {
+    leaves: Vec<usize>,
+    children: Vec<(String, Node)>,
+}
+
+impl Node {
+    fn insert(&mut self, path: &[String], key: usize) {
+        match path.split_first() {
+            None => self.leaves.push(key),
+            Some((first, rest)) => {
+                let at = match self.children.iter().position(|(n, _)| n == first) {
+                    Some(at) => at,
+                    None => {
+                        self.children.push((first.clone(), Node::default()));
+                        self.children.len() - 1
+                    }
+                };
+                self.children[at].1.insert(rest, key);
+            }
+        }
+    }
+
+    fn child(&self, name: &str) -> Option<&Node> {
+        self.children
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, c)| c)
+    }
+
+    /// Every key at or below this field.
+    fn each_key(&self, f: &mut impl FnMut(usize)) {
+        self.leaves.iter().for_each(|&k| f(k));
+        for (_, c) in &self.children {
+            c.each_key(f);
+        }
+    }
+}
+
+/// What a path's value was: the last occurrence of a duplicated name wins, as in a parsed
+/// object, because every visit of a field overwrites everything at and below it.
+#[derive(Clone, Debug)]
+enum Found {
+    Missing,
+    Text(String),
+    /// Not a string or boolean, or too long: the sandbox answers.
+    Other,
 }
 
 impl PathQuery {
@@ -45,7 +104,14 @@ impl PathQuery {
             }
         }
         p.ws();
-        (p.at == p.s.len()).then_some(PathQuery { keys })
+        if p.at != p.s.len() {
+            return None;
+        }
+        let mut tree = Node::default();
+        for (i, (_, path)) in keys.iter().enumerate() {
+            tree.insert(path, i);
+        }
+        Some(PathQuery { keys, tree })
     }
 
     /// The record's keys, or `None` when the sandboxed query must answer: the record is not
@@ -53,22 +119,148 @@ impl PathQuery {
     /// jq's rules, a null or missing value is an error with jq's message), or a value is
     /// longer than a partition key may be.
     pub fn keys(&self, record: &[u8]) -> Option<Vec<(String, String)>> {
-        // serde_json refuses nesting deeper than 128 levels instead of recursing further.
-        let root: Value = serde_json::from_slice(record).ok()?;
-        let mut out = Vec::with_capacity(self.keys.len());
-        for (name, path) in &self.keys {
-            let mut v = &root;
-            for segment in path {
-                v = v.as_object()?.get(segment)?;
-            }
-            let text = match v {
-                Value::String(s) if s.len() <= super::MAX_VALUE_BYTES => s.clone(),
-                Value::Bool(b) => b.to_string(),
-                _ => return None,
-            };
-            out.push((name.clone(), text));
+        let mut found = vec![Found::Missing; self.keys.len()];
+        // serde_json refuses nesting deeper than 128 levels instead of recursing further,
+        // also in the fields it skips.
+        let mut de = serde_json::Deserializer::from_slice(record);
+        Field {
+            node: &self.tree,
+            found: &mut found,
         }
-        Some(out)
+        .deserialize(&mut de)
+        .ok()?;
+        de.end().ok()?;
+        self.keys
+            .iter()
+            .zip(found)
+            .map(|((name, _), f)| match f {
+                Found::Text(text) => Some((name.clone(), text)),
+                Found::Missing | Found::Other => None,
+            })
+            .collect()
+    }
+}
+
+/// Reads one field's value against its node of the tree.
+struct Field<'q, 'f> {
+    node: &'q Node,
+    found: &'f mut [Found],
+}
+
+impl Field<'_, '_> {
+    /// This field's value is `leaf` for the keys ending here, and has no fields below.
+    fn set(self, leaf: Found) {
+        let found = self.found;
+        self.node
+            .leaves
+            .iter()
+            .for_each(|&k| found[k] = leaf.clone());
+        for (_, c) in &self.node.children {
+            c.each_key(&mut |k| found[k] = Found::Missing);
+        }
+    }
+
+    fn text<E>(self, s: &str) -> Result<(), E> {
+        self.set(if s.len() <= super::MAX_VALUE_BYTES {
+            Found::Text(s.to_owned())
+        } else {
+            Found::Other
+        });
+        Ok(())
+    }
+
+    fn other<E>(self) -> Result<(), E> {
+        self.set(Found::Other);
+        Ok(())
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Field<'_, '_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Field<'_, '_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, b: bool) -> Result<(), E> {
+        self.text(if b { "true" } else { "false" })
+    }
+
+    fn visit_str<E>(self, s: &str) -> Result<(), E> {
+        self.text(s)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_unit<E>(self) -> Result<(), E> {
+        self.other()
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        self.other()
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Field { node, found } = self;
+        // An object: no key ends here, and what is below is read afresh.
+        Field {
+            node,
+            found: &mut *found,
+        }
+        .set(Found::Other);
+        while let Some(Name(name)) = map.next_key()? {
+            match node.child(&name) {
+                Some(child) => map.next_value_seed(Field {
+                    node: child,
+                    found: &mut *found,
+                })?,
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object's field name, borrowed from the record unless it has escapes.
+struct Name<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Name<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Name<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a field name")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Name<'de>, E> {
+                Ok(Name(Cow::Owned(s.to_owned())))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -202,6 +394,8 @@ mod tests {
             "{k: .a.b, j: .c}",
             r#"{"x y": ."a b"}"#,
             "{k: .a, j: .a}",
+            "{k: .a, j: .a.b}",
+            "{k: .a.b, j: .a.c, l: .d}",
         ];
         let records: &[&[u8]] = &[
             br#"{"a":"KR","c":true,"a b":"q"}"#,
@@ -217,6 +411,18 @@ mod tests {
             br#"{"a":"KR","a":"US"}"#,
             br#"{"a":["x"]}"#,
             br#"{"a":{"b":1}}"#,
+            // The last of duplicated names wins, whole: an object replaced by a string and
+            // back, and fields of the first object gone with it.
+            br#"{"a":{"b":"x","c":"y"},"a":"z","d":"w"}"#,
+            br#"{"a":"z","a":{"b":"x","c":"y"},"d":"w"}"#,
+            br#"{"a":{"b":"x","c":"y"},"a":{"b":"v"},"d":"w"}"#,
+            br#"{"a":{"c":"y","b":"x"},"d":true}"#,
+            // Escaped names and values, skipped arrays and numbers.
+            br#"{"\u0061":"KR","skip":[1,{"a":"no"}],"n":1e5}"#,
+            br#"{"a":{"\u0062":"\ud83d\ude00","c":"q"},"d":"e"}"#,
+            // Not one JSON value.
+            br#"{"a":"x"} {"a":"y"}"#,
+            br#"{"a":"x""#,
         ];
         for q in queries {
             let fast = PathQuery::parse(q).unwrap();
@@ -232,6 +438,30 @@ mod tests {
                 }
             }
         }
+        // The one-pass read answers these itself (jq agrees, above).
+        let q = PathQuery::parse("{k: .a.b, j: .a.c, l: .d}").unwrap();
+        let pairs = |v: &[(&str, &str)]| {
+            Some(
+                v.iter()
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .collect::<Vec<_>>(),
+            )
+        };
+        assert_eq!(
+            q.keys(br#"{"a":"z","a":{"b":"x","c":"y"},"d":"w"}"#),
+            pairs(&[("k", "x"), ("j", "y"), ("l", "w")])
+        );
+        assert_eq!(q.keys(br#"{"a":{"b":"x","c":"y"},"a":"z","d":"w"}"#), None);
+        assert_eq!(
+            q.keys(br#"{"a":{"b":"x","c":"y"},"a":{"b":"v"},"d":"w"}"#),
+            None
+        );
+        assert_eq!(
+            PathQuery::parse("{k: .a}")
+                .unwrap()
+                .keys(br#"{"\u0061":"KR","skip":[1,{"a":"no"}]}"#),
+            pairs(&[("k", "KR")])
+        );
         let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(201));
         assert_eq!(
             PathQuery::parse("{k: .a}").unwrap().keys(long.as_bytes()),

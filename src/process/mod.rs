@@ -5,7 +5,7 @@
 //! async workers. Knows nothing of journals, object names or uploads.
 
 pub mod jq;
-mod jq_path;
+pub(crate) mod jq_path;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -265,43 +265,58 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     // Parquet rows need no delimiter.
     let delimiter = job.processing.is_some_and(|p| p.append_delimiter) && job.converter.is_none();
     let mut slots: HashMap<String, usize> = HashMap::new();
-    for s in survivors {
+    // The same keys always render the same prefix: most records find their partition here,
+    // without rendering and checking it again.
+    type Keys = (Vec<(String, String)>, Vec<(String, String)>);
+    let mut slots_by_keys: HashMap<Keys, usize> = HashMap::new();
+    for mut s in survivors {
         // The record's partition: an existing one, or one to open once the record has passed
         // every check (a partition never ends up empty).
-        let target: Result<usize, Option<String>> = match job.partition_by {
+        let target: Result<usize, Option<(String, Keys)>> = match job.partition_by {
             None if out.partitions.is_empty() => Err(None),
             None => Ok(0),
             Some(pieces) => {
-                let rendered = match partition_prefix(pieces, &s.query_keys, &s.lambda_keys) {
-                    Ok(v) => v,
-                    Err((code, m)) => {
-                        failures.add(
-                            ErrorOutput::PartitioningFailed,
-                            &records[s.index],
-                            1,
-                            code,
-                            &m,
-                        );
-                        continue;
+                let keys = (
+                    std::mem::take(&mut s.query_keys),
+                    std::mem::take(&mut s.lambda_keys),
+                );
+                if let Some(&slot) = slots_by_keys.get(&keys) {
+                    Ok(slot)
+                } else {
+                    let rendered = match partition_prefix(pieces, &keys.0, &keys.1) {
+                        Ok(v) => v,
+                        Err((code, m)) => {
+                            failures.add(
+                                ErrorOutput::PartitioningFailed,
+                                &records[s.index],
+                                1,
+                                code,
+                                &m,
+                            );
+                            continue;
+                        }
+                    };
+                    match slots.get(&rendered) {
+                        Some(&slot) => {
+                            slots_by_keys.insert(keys, slot);
+                            Ok(slot)
+                        }
+                        None if slots.len() >= job.max_partitions => {
+                            metrics.partition_cap_exceeded.inc();
+                            failures.add(
+                                ErrorOutput::ActivePartitionExceeded,
+                                &records[s.index],
+                                1,
+                                codes::CAP_EXCEEDED,
+                                &format!(
+                                    "the batch already fills {} partitions (partitioning.max_active_partitions)",
+                                    job.max_partitions
+                                ),
+                            );
+                            continue;
+                        }
+                        None => Err(Some((rendered, keys))),
                     }
-                };
-                match slots.get(&rendered) {
-                    Some(slot) => Ok(*slot),
-                    None if slots.len() >= job.max_partitions => {
-                        metrics.partition_cap_exceeded.inc();
-                        failures.add(
-                            ErrorOutput::ActivePartitionExceeded,
-                            &records[s.index],
-                            1,
-                            codes::CAP_EXCEEDED,
-                            &format!(
-                                "the batch already fills {} partitions (partitioning.max_active_partitions)",
-                                job.max_partitions
-                            ),
-                        );
-                        continue;
-                    }
-                    None => Err(Some(rendered)),
                 }
             }
         };
@@ -323,9 +338,11 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
             Ok(slot) => slot,
             Err(prefix) => {
                 let slot = out.partitions.len();
-                if let Some(rendered) = &prefix {
+                let prefix = prefix.map(|(rendered, keys)| {
                     slots.insert(rendered.clone(), slot);
-                }
+                    slots_by_keys.insert(keys, slot);
+                    rendered
+                });
                 out.partitions.push(empty_partition(prefix));
                 slot
             }
