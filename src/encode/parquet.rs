@@ -12,6 +12,7 @@
 //!
 //! Without declared columns, the object's schema is inferred from its converted records first.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -80,6 +81,19 @@ impl Converter {
 
     /// The record as JSON that fits the columns (one line, no newline), or why it does not.
     pub fn normalize(&self, data: &[u8]) -> Result<Bytes, DoesNotFit> {
+        let out = self.fitted(data)?;
+        // Serializing a JSON value cannot fail.
+        Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
+    }
+
+    /// Whether the record fits the columns, as [`Converter::normalize`] decides, without
+    /// writing the normalized JSON out (what processing needs; encoding converts again).
+    pub fn check(&self, data: &[u8]) -> Result<(), DoesNotFit> {
+        self.fitted(data).map(drop)
+    }
+
+    /// The record as a JSON value that fits the columns.
+    fn fitted(&self, data: &[u8]) -> Result<Value, DoesNotFit> {
         let value: Value =
             serde_json::from_slice(trim_line(data)).map_err(|e| format!("not valid JSON: {e}"))?;
         if depth_exceeds(&value, MAX_DEPTH) {
@@ -88,7 +102,7 @@ impl Converter {
         let Value::Object(map) = value else {
             return Err("not a JSON object".into());
         };
-        let out = match &self.schema {
+        Ok(match &self.schema {
             Some(schema) => Value::Object(self.row(&map, schema.fields(), "")?),
             // Inferred per object: the key rules apply, and nested values become JSON text.
             None => Value::Object(
@@ -98,27 +112,28 @@ impl Converter {
                             Value::Object(_) | Value::Array(_) => Value::String(v.to_string()),
                             v => v,
                         };
-                        (self.key(&k), v)
+                        let renamed = match self.key(&k) {
+                            Cow::Owned(renamed) => Some(renamed),
+                            Cow::Borrowed(_) => None,
+                        };
+                        (renamed.unwrap_or(k), v)
                     })
                     .collect(),
             ),
-        };
-        // Serializing a JSON value cannot fail.
-        Ok(Bytes::from(serde_json::to_vec(&out).unwrap_or_default()))
+        })
     }
 
-    /// A JSON key as it is compared with column names.
-    fn key(&self, key: &str) -> String {
-        let key = if self.input.dots_to_underscores {
-            key.replace('.', "_")
-        } else {
-            key.to_owned()
-        };
-        if self.input.case_insensitive {
-            key.to_lowercase()
-        } else {
-            key
+    /// A JSON key as it is compared with column names; borrowed when the rules change
+    /// nothing (the common case: lowercase keys without dots).
+    fn key<'k>(&self, key: &'k str) -> Cow<'k, str> {
+        let mut key = Cow::Borrowed(key);
+        if self.input.dots_to_underscores && key.contains('.') {
+            key = Cow::Owned(key.replace('.', "_"));
         }
+        if self.input.case_insensitive && key.chars().any(|c| c.to_lowercase().ne([c])) {
+            key = Cow::Owned(key.to_lowercase());
+        }
+        key
     }
 
     /// One object against struct fields (the top-level columns when `path` is empty).
@@ -128,7 +143,8 @@ impl Converter {
         fields: &Fields,
         path: &str,
     ) -> Result<Map<String, Value>, DoesNotFit> {
-        let mut by_key: HashMap<String, &Value> = HashMap::with_capacity(map.len());
+        // The first of the keys that compare equal wins.
+        let mut by_key: HashMap<Cow<str>, &Value> = HashMap::with_capacity(map.len());
         for (k, v) in map {
             by_key.entry(self.key(k)).or_insert(v);
         }
@@ -148,9 +164,9 @@ impl Converter {
                 None => by_key.get(&self.key(field.name())).copied(),
             };
             let at = if path.is_empty() {
-                field.name().clone()
+                Cow::Borrowed(field.name().as_str())
             } else {
-                format!("{path}.{}", field.name())
+                Cow::Owned(format!("{path}.{}", field.name()))
             };
             let v = match value {
                 None | Some(Value::Null) => Value::Null,
@@ -562,7 +578,7 @@ pub fn encode_to(
     // Deterministic, so it cannot fail here after passing before; if it did, the object is
     // not written rather than written without the record.
     let row = |r: &Bytes| {
-        converter.normalize(r).map_err(|m| {
+        converter.fitted(r).map_err(|m| {
             std::io::Error::other(format!("a record that converted before does not now: {m}"))
         })
     };
@@ -588,9 +604,11 @@ pub fn encode_to(
             .build_decoder()
             .map_err(|e| io(&e))?;
         for r in &records[start..end] {
-            let line = row(r)?;
-            decoder.decode(&line).map_err(|e| io(&e))?;
-            decoder.decode(b"\n").map_err(|e| io(&e))?;
+            // The converted value goes into Arrow's decoder as it is, not written out as JSON
+            // text and read back.
+            decoder
+                .serialize(std::slice::from_ref(&row(r)?))
+                .map_err(|e| io(&e))?;
             if decoder.len() >= 8192
                 && let Some(batch) = decoder.flush().map_err(|e| io(&e))?
             {
@@ -640,6 +658,19 @@ mod tests {
                     .map(|(n, t)| (n.to_string(), t.to_string()))
                     .collect()
             }),
+        }
+    }
+
+    #[test]
+    fn keys_are_compared_as_the_serde_rules_say_and_borrowed_when_unchanged() {
+        let c = Converter::new(&conversion(None));
+        for key in [
+            "user_id", "a.b", "User_ID", "ÀB.c", "ΟΔΟΣ", "straße", "İx", "日本", "",
+        ] {
+            let expected = key.replace('.', "_").to_lowercase();
+            let got = c.key(key);
+            assert_eq!(got, expected, "{key}");
+            assert_eq!(matches!(got, Cow::Borrowed(_)), expected == key, "{key}");
         }
     }
 

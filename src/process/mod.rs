@@ -323,7 +323,7 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
         // Checked now, converted again while the object is encoded (a row group at a time,
         // so the batch is never held twice): the same bytes always convert the same way.
         if let Some(converter) = job.converter
-            && let Err(m) = converter.normalize(&s.data)
+            && let Err(m) = converter.check(&s.data)
         {
             failures.add(
                 ErrorOutput::FormatConversionFailed,
