@@ -173,7 +173,7 @@ struct RawJournal {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawBuffer {
-    /// Cap on record bytes held in memory across all streams; past it ingest is throttled. MiB; 64.
+    /// Cap on record bytes held in memory across all streams; past it ingest is throttled. MiB; 32.
     max_memory_mib: Option<u64>,
     /// How long a request that does not fit under the cap waits for room before the records
     /// that do not fit are refused. Ms; 100; 0 refuses at once.
@@ -653,7 +653,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         max_bytes: positive("journal.max_mib", raw.journal.max_mib, 4096) * MIB,
         direct_io: raw.journal.direct_io.unwrap_or(true),
     };
-    let max_memory_bytes = positive("buffer.max_memory_mib", raw.buffer.max_memory_mib, 64) * MIB;
+    let max_memory_bytes = positive("buffer.max_memory_mib", raw.buffer.max_memory_mib, 32) * MIB;
     let memory_wait_ms = raw.buffer.max_memory_wait_ms.unwrap_or(100);
     let upload = UploadSettings {
         concurrency: positive(
@@ -1157,7 +1157,7 @@ processors = [{ type = "Bogus" }]
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(s.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
         assert!(s.journal.fsync);
-        assert_eq!(s.max_memory_bytes, 64 * MIB);
+        assert_eq!(s.max_memory_bytes, 32 * MIB);
         assert_eq!(s.memory_wait, Duration::from_millis(100));
         assert_eq!(s.upload.gzip_level_for("any"), 1);
         assert!(

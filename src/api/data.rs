@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 
 use base64_simd::{Out, STANDARD};
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use serde::Deserialize;
 
 use super::auth::Grant;
@@ -153,18 +153,25 @@ fn decode(records: &[RecordIn<'_>], field: &str) -> Result<Vec<Bytes>, ApiError>
     if total > MAX_REQUEST_BYTES {
         return Err(request_too_large(total));
     }
-    let mut buf = BytesMut::zeroed(total);
+    // Written into uninitialized capacity: zeroing 4 MiB first would cost a pass over it.
+    let mut buf: Vec<u8> = Vec::with_capacity(total);
     let mut ends = Vec::with_capacity(records.len());
     let mut at = 0;
     for (i, r) in records.iter().enumerate() {
         let written = STANDARD
-            .decode(r.data.as_bytes(), Out::from_slice(&mut buf[at..]))
+            .decode(
+                r.data.as_bytes(),
+                Out::from_uninit_slice(&mut buf.spare_capacity_mut()[at..]),
+            )
             .map_err(|_| invalid(i))?
             .len();
         at += written;
         ends.push(at);
     }
-    let mut all = buf.freeze();
+    // SAFETY: the decoder initialized exactly `at` bytes from the start of the capacity
+    // (each record's output starts where the previous one ended), and `at <= total`.
+    unsafe { buf.set_len(at) };
+    let mut all = Bytes::from(buf);
     let mut out = Vec::with_capacity(records.len());
     let mut start = 0;
     for end in ends {

@@ -149,6 +149,9 @@ pub async fn write_records(
             return false;
         }
     };
+    // The body holds what the upload needs; the records (and the request buffers they share)
+    // need not stay alive beside it until it lands. Parquet still encodes from them.
+    drop(records);
     let object = Output {
         plan,
         body,

@@ -359,6 +359,15 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
         p.bytes += data.len() as u64;
         p.records.push(data);
     }
+    // Records share their request's buffer. A partition's buffer may wait a while for more
+    // records, and one record kept from every request would keep every request's buffer (12
+    // partitions, 12 times the memory the budget counts): each partition copies its records
+    // into one buffer of its own, and the requests' buffers go with the batch.
+    if job.partition_by.is_some() {
+        for p in &mut out.partitions {
+            compact(&mut p.records);
+        }
+    }
 
     let ok: usize = out.partitions.iter().map(|p| p.records.len()).sum();
     metrics.processed_ok.inc_by(ok as u64);
@@ -370,6 +379,21 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
         }
     }
     out
+}
+
+/// The records, copied into one buffer, each a slice of it.
+fn compact(records: &mut [Bytes]) {
+    let mut buf = Vec::with_capacity(records.iter().map(Bytes::len).sum());
+    for r in records.iter() {
+        buf.extend_from_slice(r);
+    }
+    let buf = Bytes::from(buf);
+    let mut start = 0;
+    for r in records.iter_mut() {
+        let end = start + r.len();
+        *r = buf.slice(start..end);
+        start = end;
+    }
 }
 
 fn empty_partition(prefix: Option<String>) -> Partition {
