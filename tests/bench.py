@@ -132,7 +132,8 @@ def run_baseline(work, seconds, flags):
     return summary(result, cpu)
 
 
-def run_spillway(work, seconds, flags, stream_flags, sign, perf=None, extra_config="", s3_root=None, local=False):
+def run_spillway(work, seconds, flags, stream_flags, sign, perf=None, extra_config="", s3_root=None, local=False,
+                 binary=None):
     s3_port, port = free_port(), free_port()
     # The local store is spillway's own disk: next to the journal, whatever --s3-dir says.
     s3_dir = os.path.join(work if local else (s3_root or work), "s3")
@@ -161,7 +162,7 @@ allow_http = true
         f.write(PARQUET_TABLE)
     data = os.path.join(work, "spillway")
     log = open(os.path.join(work, "spillway.log"), "w")
-    d = subprocess.Popen([os.path.join(RELEASE, "spillway"), "--config", config, "--listen", f"127.0.0.1:{port}",
+    d = subprocess.Popen([binary or os.path.join(RELEASE, "spillway"), "--config", config, "--listen", f"127.0.0.1:{port}",
                           "--data-dir", data], stdout=log, stderr=subprocess.STDOUT)
     try:
         wait_port(s3_port)
@@ -203,6 +204,8 @@ def main():
                         help="where s3s-fs keeps its objects (default: /dev/shm, a tmpfs; see the module doc)")
     parser.add_argument("--local", action="store_true",
                         help="spillway writes to its local directory store (next to its journal) instead of s3s-fs")
+    parser.add_argument("--spillway-bin", metavar="PATH",
+                        help="another spillway binary to measure (an earlier build, for a before/after row)")
     parser.add_argument("--perf", metavar="DIR", help="record a perf profile of spillway per case into DIR")
     args = parser.parse_args()
     cases = args.cases.split(",")
@@ -226,7 +229,7 @@ def main():
                 baseline_rate = base["mib_s"]
             perf = os.path.join(os.path.abspath(args.perf), f"{case}.data") if args.perf else None
             spill = run_spillway(work, args.seconds, flags, stream_flags, args.sign, perf, args.config, args.s3_dir,
-                                 args.local)
+                                 args.local, args.spillway_bin)
             rows.append((case, what, base, spill))
             print(f"{case}: baseline {base['mib_s']:.1f} MiB/s, spillway {spill['mib_s']:.1f} MiB/s "
                   f"({spill['mib_s'] / base['mib_s']:.2f}x)", file=sys.stderr)

@@ -130,7 +130,11 @@ impl Converter {
         if self.input.dots_to_underscores && key.contains('.') {
             key = Cow::Owned(key.replace('.', "_"));
         }
-        if self.input.case_insensitive && key.chars().any(|c| c.to_lowercase().ne([c])) {
+        let changes_case = |k: &str| match k.is_ascii() {
+            true => k.bytes().any(|b| b.is_ascii_uppercase()),
+            false => k.chars().any(|c| c.to_lowercase().ne([c])),
+        };
+        if self.input.case_insensitive && changes_case(&key) {
             key = Cow::Owned(key.to_lowercase());
         }
         key
