@@ -6,13 +6,13 @@
 //! same answer for every record (a replay may take either way).
 //!
 //! The record is read in one pass that builds nothing but the answers: fields off the paths
-//! are skipped (checked as JSON, never allocated), and names without escapes are borrowed
-//! from the record.
+//! are skipped (checked as JSON, within serde_json's nesting limit, never allocated), and
+//! names without escapes are borrowed from the record.
 
 use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 
 /// An object of paths.
 #[derive(Debug, PartialEq, Eq)]
@@ -215,7 +215,7 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        while seq.next_element::<Skip>()?.is_some() {}
         self.other()
     }
 
@@ -234,11 +234,65 @@ impl<'de> Visitor<'de> for Field<'_, '_> {
                     found: &mut *found,
                 })?,
                 None => {
-                    map.next_value::<IgnoredAny>()?;
+                    map.next_value::<Skip>()?;
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// A value off every path, read and dropped. Not serde's `IgnoredAny`: serde_json skips those
+/// without its nesting limit, and a record nested deeper than a parsed value may be (128
+/// levels) must be refused here as jq refuses it, so both answer the same. Through
+/// `deserialize_any` the limit applies, and this recursion stops with it.
+struct Skip;
+
+impl<'de> serde::Deserialize<'de> for Skip {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(Skip)
+    }
+}
+
+impl<'de> Visitor<'de> for Skip {
+    type Value = Skip;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_unit<E>(self) -> Result<Skip, E> {
+        Ok(Skip)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Skip, A::Error> {
+        while seq.next_element::<Skip>()?.is_some() {}
+        Ok(Skip)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Skip, A::Error> {
+        while map.next_entry::<Skip, Skip>()?.is_some() {}
+        Ok(Skip)
     }
 }
 
@@ -462,6 +516,40 @@ mod tests {
                 .keys(br#"{"\u0061":"KR","skip":[1,{"a":"no"}]}"#),
             pairs(&[("k", "KR")])
         );
+        // Deep nesting, on the path or off it, is refused by the parser's depth limit (as a
+        // parsed value is, so jq answers these), not followed down the stack.
+        for deep in [
+            format!(
+                r#"{{"skip":{}{},"a":"x"}}"#,
+                "[".repeat(100_000),
+                "]".repeat(100_000)
+            ),
+            format!(
+                r#"{{"a":{}"x"{}}}"#,
+                r#"{"a":"#.repeat(100_000),
+                "}".repeat(100_000)
+            ),
+        ] {
+            assert_eq!(
+                PathQuery::parse("{k: .a}").unwrap().keys(deep.as_bytes()),
+                None
+            );
+        }
+        // At the edge of the limit, exactly where a parsed value stops.
+        let q = PathQuery::parse("{k: .a}").unwrap();
+        for n in 120..136 {
+            for record in [
+                format!(r#"{{"skip":{}{},"a":"x"}}"#, "[".repeat(n), "]".repeat(n)),
+                format!(
+                    r#"{{"skip":{}1{},"a":"x"}}"#,
+                    r#"{"b":"#.repeat(n),
+                    "}".repeat(n)
+                ),
+            ] {
+                let parses = serde_json::from_slice::<serde_json::Value>(record.as_bytes()).is_ok();
+                assert_eq!(q.keys(record.as_bytes()).is_some(), parses, "depth {n}");
+            }
+        }
         let long = format!(r#"{{"a":"{}"}}"#, "x".repeat(201));
         assert_eq!(
             PathQuery::parse("{k: .a}").unwrap().keys(long.as_bytes()),
