@@ -133,10 +133,13 @@ def run_baseline(work, seconds, flags):
 
 
 def run_spillway(work, seconds, flags, stream_flags, sign, perf=None, extra_config="", s3_root=None, local=False,
-                 binary=None):
+                 binary=None, local_root=None):
     s3_port, port = free_port(), free_port()
-    # The local store is spillway's own disk: next to the journal, whatever --s3-dir says.
-    s3_dir = os.path.join(work if local else (s3_root or work), "s3")
+    # The local store is spillway's own disk: next to the journal unless --local-dir says.
+    if local:
+        s3_dir = os.path.join(local_root or work, "s3")
+    else:
+        s3_dir = os.path.join(s3_root or work, "s3")
     os.makedirs(os.path.join(s3_dir, "bench"))
     s3 = subprocess.Popen([os.environ.get("S3S_FS", "s3s-fs"), "--host", "127.0.0.1", "--port", str(s3_port),
                            "--access-key", "bench", "--secret-key", "bench-secret", s3_dir],
@@ -206,6 +209,11 @@ def main():
                         help="spillway writes to its local directory store (next to its journal) instead of s3s-fs")
     parser.add_argument("--spillway-bin", metavar="PATH",
                         help="another spillway binary to measure (an earlier build, for a before/after row)")
+    parser.add_argument("--local-dir", metavar="DIR",
+                        help="with --local: where the store's directory goes (/dev/shm: the pipeline without an S3 "
+                             "server's CPU and without writing every byte to the disk twice)")
+    parser.add_argument("--pace", type=float, default=0.5, metavar="FRACTION",
+                        help="the paced cases offer this fraction of the baseline's closed-loop rate (0.5)")
     parser.add_argument("--perf", metavar="DIR", help="record a perf profile of spillway per case into DIR")
     args = parser.parse_args()
     cases = args.cases.split(",")
@@ -221,15 +229,16 @@ def main():
         for case in cases:
             flags, stream_flags, what = CASES[case]
             if "PACED" in flags:
+                what = what.replace("0.5x", f"{args.pace:g}x")
                 if baseline_rate is None:
                     baseline_rate = run_baseline(work, args.seconds, [])["mib_s"]
-                flags = [f"{baseline_rate * 0.5:.1f}" if f == "PACED" else f for f in flags]
+                flags = [f"{baseline_rate * args.pace:.1f}" if f == "PACED" else f for f in flags]
             base = run_baseline(work, args.seconds, flags)
             if not flags:
                 baseline_rate = base["mib_s"]
             perf = os.path.join(os.path.abspath(args.perf), f"{case}.data") if args.perf else None
             spill = run_spillway(work, args.seconds, flags, stream_flags, args.sign, perf, args.config, args.s3_dir,
-                                 args.local, args.spillway_bin)
+                                 args.local, args.spillway_bin, args.local_dir)
             rows.append((case, what, base, spill))
             print(f"{case}: baseline {base['mib_s']:.1f} MiB/s, spillway {spill['mib_s']:.1f} MiB/s "
                   f"({spill['mib_s'] / base['mib_s']:.2f}x)", file=sys.stderr)
