@@ -45,20 +45,10 @@ CASES = {
     "parquet": ([], ["--parquet", "ZSTD", "--parquet-table"], "Parquet ZSTD, table schema"),
 }
 
-PARQUET_TABLE = """
-[[table]]
-database = "bench"
-name = "events"
-columns = [
-  { name = "user_id", type = "bigint" },
-  { name = "age", type = "int" },
-  { name = "location", type = "string" },
-  { name = "play_time_s", type = "int" },
-  { name = "premium", type = "boolean" },
-  { name = "ts", type = "timestamp" },
-  { name = "pad", type = "string" },
-]
-"""
+# The load generator's records as a table (`--parquet-table`): the one the README's Parquet
+# example declares, from its [[table]] on.
+with open(os.path.join(ROOT, "examples", "bench-parquet.toml")) as example:
+    PARQUET_TABLE = "\n[[table]]" + example.read().split("[[table]]", 1)[1]
 
 
 def free_port():
