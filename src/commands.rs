@@ -72,7 +72,12 @@ fn summary(file: &Path, s: &Settings) -> String {
             tls.cert_file.display()
         ));
     }
-    for (name, raw) in &s.streams {
+    for definition::DeclaredStream {
+        name,
+        destination: raw,
+        ..
+    } in &s.streams
+    {
         // Validated by Settings::load already.
         if let Ok(d) = definition::validate(raw, &s.tables, crate::process::jq::check) {
             out.push_str(&format!(

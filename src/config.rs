@@ -11,7 +11,8 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
-use crate::definition::{self, BufferingHints, S3Destination, StreamName};
+use crate::definition::tags::Tag;
+use crate::definition::{self, BufferingHints, DeclaredStream, S3Destination, StreamName};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:4573";
 pub const DEFAULT_DATA_DIR: &str = "spillway-data";
@@ -333,6 +334,8 @@ struct RawStream {
     processing_configuration: Option<RawProcessing>,
     dynamic_partitioning_configuration: Option<RawDynamicPartitioning>,
     data_format_conversion_configuration: Option<RawConversion>,
+    /// `Tags`, as a table of key = value.
+    tags: Option<std::collections::BTreeMap<String, String>>,
 }
 
 /// `DataFormatConversionConfiguration`, flattened: the deserializer by name, its options,
@@ -492,7 +495,7 @@ pub struct Settings {
     /// `[tls]`: HTTPS on the API listener.
     pub tls: Option<crate::api::tls::TlsFiles>,
     /// Streams declared in the file: read-only over the API.
-    pub streams: Vec<(StreamName, S3Destination)>,
+    pub streams: Vec<DeclaredStream>,
     /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
     pub tables: crate::definition::conversion::Tables,
 }
@@ -852,7 +855,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                 continue;
             }
         };
-        if streams.iter().any(|(n, _)| n == &name) {
+        if streams.iter().any(|d: &DeclaredStream| d.name == name) {
             problems.push(format!("{at}.name: stream {name} is declared twice"));
             continue;
         }
@@ -899,8 +902,25 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             },
             other: Default::default(),
         };
+        let tags: Vec<Tag> = s
+            .tags
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(key, value)| Tag {
+                key,
+                value: Some(value),
+            })
+            .collect();
+        if let Err(m) = definition::tags::check_list(&tags, true) {
+            problems.push(format!("{at}.tags (stream {name}): {m}"));
+            continue;
+        }
         match definition::validate(&dest, &tables, crate::process::jq::check) {
-            Ok(_) => streams.push((name, dest)),
+            Ok(_) => streams.push(DeclaredStream {
+                name,
+                destination: dest,
+                tags,
+            }),
             Err(errors) => {
                 for e in errors {
                     problems.push(format!(
@@ -1112,8 +1132,12 @@ retry_duration_seconds = 300
             PathBuf::from("spillway-data/transform-cache")
         );
         assert_eq!(s.max_active_partitions, 7);
-        let d =
-            definition::validate(&s.streams[0].1, &s.tables, crate::process::jq::check).unwrap();
+        let d = definition::validate(
+            &s.streams[0].destination,
+            &s.tables,
+            crate::process::jq::check,
+        )
+        .unwrap();
         assert!(d.dynamic_partitioning);
         let p = d.processing.unwrap();
         assert!(p.append_delimiter);

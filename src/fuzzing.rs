@@ -96,6 +96,10 @@ pub fn request_parser(data: &[u8]) {
         2 => {
             if let Ok(request) = control::read_create(body, &grant) {
                 let _ = StreamName::parse(&request.name);
+                let _ = crate::definition::tags::check_list(&request.tags, true);
+                if let Some(e) = &request.encryption {
+                    let _ = e.check();
+                }
                 check_destination(&request.destination);
             }
         }

@@ -29,9 +29,10 @@ const MAX_CANONICAL_BYTES: usize = 64 * 1024;
 pub enum Class {
     /// PutRecord, PutRecordBatch.
     Put,
-    /// DescribeDeliveryStream, ListDeliveryStreams.
+    /// DescribeDeliveryStream, ListDeliveryStreams, ListTagsForDeliveryStream.
     Read,
-    /// CreateDeliveryStream, DeleteDeliveryStream, UpdateDestination.
+    /// CreateDeliveryStream, DeleteDeliveryStream, UpdateDestination, the tag and stream
+    /// encryption operations.
     Manage,
 }
 
@@ -48,7 +49,9 @@ impl Class {
     pub fn of(operation: &str) -> Class {
         match operation {
             "PutRecord" | "PutRecordBatch" => Class::Put,
-            "DescribeDeliveryStream" | "ListDeliveryStreams" => Class::Read,
+            "DescribeDeliveryStream" | "ListDeliveryStreams" | "ListTagsForDeliveryStream" => {
+                Class::Read
+            }
             _ => Class::Manage,
         }
     }

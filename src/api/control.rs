@@ -1,5 +1,6 @@
 //! Control plane: `CreateDeliveryStream`, `DescribeDeliveryStream`, `ListDeliveryStreams`,
-//! `DeleteDeliveryStream`, `UpdateDestination`, in Firehose's JSON shapes.
+//! `DeleteDeliveryStream`, `UpdateDestination`, the tag operations and the stream encryption
+//! switch, in Firehose's JSON shapes.
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -7,7 +8,8 @@ use serde_json::{Map, Value, json};
 use super::auth::Grant;
 use super::error::{ApiError, from_json_error};
 use crate::catalog::{Catalog, DESTINATION_ID, DestinationShape, StreamEntry};
-use crate::definition::S3Destination;
+use crate::definition::tags::Tag;
+use crate::definition::{S3Destination, StreamEncryption};
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| from_json_error(&e))
@@ -21,18 +23,19 @@ struct CreateIn {
     extended_s3_destination_configuration: Option<S3Destination>,
     #[serde(rename = "S3DestinationConfiguration")]
     s3_destination_configuration: Option<S3Destination>,
+    tags: Option<Vec<Tag>>,
+    delivery_stream_encryption_configuration_input: Option<StreamEncryption>,
     #[serde(flatten)]
     other: Map<String, Value>,
 }
-
-/// Accepted and ignored: they configure AWS services spillway does not run.
-const CREATE_IGNORED: &[&str] = &["Tags", "DeliveryStreamEncryptionConfigurationInput"];
 
 /// A `CreateDeliveryStream` request as read from its body; the catalog validates the rest.
 pub(crate) struct CreateRequest {
     pub name: String,
     pub shape: DestinationShape,
     pub destination: S3Destination,
+    pub tags: Vec<Tag>,
+    pub encryption: Option<StreamEncryption>,
 }
 
 pub async fn create(
@@ -44,8 +47,12 @@ pub async fn create(
         name,
         shape,
         destination,
+        tags,
+        encryption,
     } = read_create(body, grant)?;
-    catalog.create(&name, shape, destination).await?;
+    catalog
+        .create(&name, shape, destination, tags, encryption)
+        .await?;
     Ok(json!({ "DeliveryStreamARN": catalog.arn(&name) })
         .to_string()
         .into_bytes())
@@ -66,7 +73,7 @@ pub(crate) fn read_create(body: &[u8], grant: &Grant<'_>) -> Result<CreateReques
     if let Some(key) = input
         .other
         .iter()
-        .find(|(k, v)| !CREATE_IGNORED.contains(&k.as_str()) && !v.is_null())
+        .find(|(_, v)| !v.is_null())
         .map(|(k, _)| k)
     {
         return Err(ApiError::invalid(format!(
@@ -94,6 +101,8 @@ pub(crate) fn read_create(body: &[u8], grant: &Grant<'_>) -> Result<CreateReques
         name: input.delivery_stream_name,
         shape,
         destination,
+        tags: input.tags.unwrap_or_default(),
+        encryption: input.delivery_stream_encryption_configuration_input,
     })
 }
 
@@ -116,34 +125,57 @@ pub fn describe(catalog: &Catalog, body: &[u8], grant: &Grant<'_>) -> Result<Vec
 
 fn description(catalog: &Catalog, entry: &StreamEntry) -> Value {
     let record = entry.record();
-    let d = &record.destination;
-    let mut s3 = json!({
-        "RoleARN": d.role_arn.clone().unwrap_or_default(),
-        "BucketARN": d.bucket_arn,
-        "Prefix": d.prefix.clone().unwrap_or_default(),
-        "ErrorOutputPrefix": d.error_output_prefix.clone().unwrap_or_default(),
-        "BufferingHints": d.buffering_hints,
-        "CompressionFormat": d.compression_format,
+    // The settings as accepted, with spillway's defaults filled in (buffering, compression).
+    let definition = entry.runtime.definition();
+    let raw = &definition.destination.raw;
+    let mut extended = json!({
+        "RoleARN": "",
+        "Prefix": "",
+        "ErrorOutputPrefix": "",
         "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
         "CloudWatchLoggingOptions": { "Enabled": false },
+        "S3BackupMode": "Disabled",
     });
+    if let (Some(map), Ok(Value::Object(given))) =
+        (extended.as_object_mut(), serde_json::to_value(raw))
+    {
+        map.extend(given);
+    }
+    // The older shape holds the plain S3 settings only; Firehose gives it for an extended
+    // destination too, and older clients read it.
+    let mut s3 = Map::new();
+    for key in [
+        "RoleARN",
+        "BucketARN",
+        "Prefix",
+        "ErrorOutputPrefix",
+        "BufferingHints",
+        "CompressionFormat",
+        "EncryptionConfiguration",
+    ] {
+        if let Some(v) = extended.get(key) {
+            s3.insert(key.into(), v.clone());
+        }
+    }
     let mut destination = json!({ "DestinationId": DESTINATION_ID });
     if record.shape == DestinationShape::ExtendedS3 {
-        let mut extended = s3.clone();
-        extended["S3BackupMode"] = json!("Disabled");
         destination["ExtendedS3DestinationDescription"] = extended;
     }
-    // Firehose describes an extended destination in both shapes; older clients read this one.
-    if let Some(map) = s3.as_object_mut() {
-        map.remove("CloudWatchLoggingOptions");
-    }
-    destination["S3DestinationDescription"] = s3;
+    destination["S3DestinationDescription"] = Value::Object(s3);
+    let encryption = match &record.encryption {
+        Some(e) => {
+            let mut v = serde_json::to_value(e).unwrap_or_else(|_| json!({}));
+            v["Status"] = json!("ENABLED");
+            v
+        }
+        None => json!({ "Status": "DISABLED" }),
+    };
     json!({
         "DeliveryStreamName": record.name,
         "DeliveryStreamARN": catalog.arn(&record.name),
         "DeliveryStreamStatus": "ACTIVE",
         "DeliveryStreamType": "DirectPut",
-        "DeliveryStreamEncryptionConfiguration": { "Status": "DISABLED" },
+        "DeliveryStreamEncryptionConfiguration": encryption,
         "VersionId": record.version.to_string(),
         "CreateTimestamp": record.created_ms as f64 / 1000.0,
         "LastUpdateTimestamp": record.updated_ms as f64 / 1000.0,
@@ -282,4 +314,109 @@ pub(crate) fn read_update(body: &[u8], grant: &Grant<'_>) -> Result<UpdateReques
         destination_id: input.destination_id,
         update,
     })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct TagIn {
+    delivery_stream_name: String,
+    tags: Vec<Tag>,
+}
+
+pub async fn tag(catalog: &Catalog, body: &[u8], grant: &Grant<'_>) -> Result<Vec<u8>, ApiError> {
+    let input: TagIn = parse(body)?;
+    grant.stream("TagDeliveryStream", &input.delivery_stream_name)?;
+    catalog.tag(&input.delivery_stream_name, input.tags).await?;
+    Ok(b"{}".to_vec())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct UntagIn {
+    delivery_stream_name: String,
+    tag_keys: Vec<String>,
+}
+
+pub async fn untag(catalog: &Catalog, body: &[u8], grant: &Grant<'_>) -> Result<Vec<u8>, ApiError> {
+    let input: UntagIn = parse(body)?;
+    grant.stream("UntagDeliveryStream", &input.delivery_stream_name)?;
+    catalog
+        .untag(&input.delivery_stream_name, input.tag_keys)
+        .await?;
+    Ok(b"{}".to_vec())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct ListTagsIn {
+    delivery_stream_name: String,
+    exclusive_start_tag_key: Option<String>,
+    limit: Option<i64>,
+}
+
+/// `ListTagsForDeliveryStream`: tags in key order, `Limit` (1-50, default 50) at a time.
+pub fn list_tags(catalog: &Catalog, body: &[u8], grant: &Grant<'_>) -> Result<Vec<u8>, ApiError> {
+    let input: ListTagsIn = parse(body)?;
+    grant.stream("ListTagsForDeliveryStream", &input.delivery_stream_name)?;
+    let max = crate::definition::tags::MAX_TAGS as i64;
+    let limit = input.limit.unwrap_or(max);
+    if !(1..=max).contains(&limit) {
+        return Err(ApiError::invalid(format!(
+            "Limit must be between 1 and {max}, got {limit}."
+        )));
+    }
+    let record = catalog.get(&input.delivery_stream_name)?.record();
+    let after: Vec<&Tag> = record
+        .tags
+        .iter()
+        .filter(|t| match &input.exclusive_start_tag_key {
+            Some(start) => t.key.as_str() > start.as_str(),
+            None => true,
+        })
+        .collect();
+    let more = after.len() > limit as usize;
+    let page: Vec<&Tag> = after.into_iter().take(limit as usize).collect();
+    Ok(json!({ "Tags": page, "HasMoreTags": more })
+        .to_string()
+        .into_bytes())
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "PascalCase")]
+struct StartEncryptionIn {
+    delivery_stream_name: String,
+    delivery_stream_encryption_configuration_input: Option<StreamEncryption>,
+}
+
+/// `StartDeliveryStreamEncryption`: without a configuration, an AWS-owned key, as in Firehose.
+pub async fn start_encryption(
+    catalog: &Catalog,
+    body: &[u8],
+    grant: &Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
+    let input: StartEncryptionIn = parse(body)?;
+    grant.stream("StartDeliveryStreamEncryption", &input.delivery_stream_name)?;
+    let encryption = input
+        .delivery_stream_encryption_configuration_input
+        .unwrap_or(StreamEncryption {
+            key_type: "AWS_OWNED_CMK".into(),
+            key_arn: None,
+        });
+    catalog
+        .set_encryption(&input.delivery_stream_name, Some(encryption))
+        .await?;
+    Ok(b"{}".to_vec())
+}
+
+pub async fn stop_encryption(
+    catalog: &Catalog,
+    body: &[u8],
+    grant: &Grant<'_>,
+) -> Result<Vec<u8>, ApiError> {
+    let input: NameIn = parse(body)?;
+    grant.stream("StopDeliveryStreamEncryption", &input.delivery_stream_name)?;
+    catalog
+        .set_encryption(&input.delivery_stream_name, None)
+        .await?;
+    Ok(b"{}".to_vec())
 }

@@ -277,10 +277,19 @@ const OPERATIONS: &[&str] = &[
     "ListDeliveryStreams",
     "DeleteDeliveryStream",
     "UpdateDestination",
+    "TagDeliveryStream",
+    "UntagDeliveryStream",
+    "ListTagsForDeliveryStream",
+    "StartDeliveryStreamEncryption",
+    "StopDeliveryStreamEncryption",
 ];
 
 /// Operations that change nothing: answered while draining too.
-const READ_ONLY: &[&str] = &["DescribeDeliveryStream", "ListDeliveryStreams"];
+const READ_ONLY: &[&str] = &[
+    "DescribeDeliveryStream",
+    "ListDeliveryStreams",
+    "ListTagsForDeliveryStream",
+];
 
 async fn firehose(
     api: &Api,
@@ -469,6 +478,11 @@ async fn dispatch(
         "ListDeliveryStreams" => control::list(catalog, body, grant),
         "DeleteDeliveryStream" => control::delete(catalog, body, grant).await,
         "UpdateDestination" => control::update(catalog, body, grant).await,
+        "TagDeliveryStream" => control::tag(catalog, body, grant).await,
+        "UntagDeliveryStream" => control::untag(catalog, body, grant).await,
+        "ListTagsForDeliveryStream" => control::list_tags(catalog, body, grant),
+        "StartDeliveryStreamEncryption" => control::start_encryption(catalog, body, grant).await,
+        "StopDeliveryStreamEncryption" => control::stop_encryption(catalog, body, grant).await,
         _ => Err(ApiError::new(
             ErrorKind::UnknownOperation,
             format!("Unknown operation {operation}."),

@@ -12,9 +12,10 @@ use object_store::ObjectStoreExt;
 use serde::{Deserialize, Serialize};
 
 use crate::definition;
+use crate::definition::tags::Tag;
 use crate::definition::{
-    BucketName, ComponentSource, Destination, FieldError, S3Destination, StreamDefinition,
-    StreamName,
+    BucketName, ComponentSource, DeclaredStream, Destination, FieldError, S3Destination,
+    StreamDefinition, StreamEncryption, StreamName,
 };
 use crate::pipeline::{Context, StartError, StreamRuntime};
 
@@ -42,6 +43,12 @@ pub struct StreamRecord {
     pub updated_ms: u64,
     pub shape: DestinationShape,
     pub destination: S3Destination,
+    /// Sorted by key.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<Tag>,
+    /// Set by `StartDeliveryStreamEncryption` (or at create), cleared by `Stop...`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<StreamEncryption>,
 }
 
 pub struct StreamEntry {
@@ -140,7 +147,7 @@ impl Catalog {
     pub async fn open(
         ctx: Arc<Context>,
         data_dir: &Path,
-        configured: &[(StreamName, S3Destination)],
+        configured: &[DeclaredStream],
         max_streams: usize,
     ) -> Result<Catalog, OpenError> {
         let streams_dir = data_dir.join("streams");
@@ -192,7 +199,12 @@ impl Catalog {
                 orphans.push(entry.file_name());
             }
         }
-        for (name, dest) in configured {
+        for DeclaredStream {
+            name,
+            destination: dest,
+            tags,
+        } in configured
+        {
             if let Some((path, _)) = persisted.iter().find(|(_, r)| r.name == name.as_str()) {
                 return Err(OpenError::Conflict {
                     name: name.to_string(),
@@ -206,6 +218,8 @@ impl Catalog {
                 updated_ms: now,
                 shape: DestinationShape::ExtendedS3,
                 destination: dest.clone(),
+                tags: tags.clone(),
+                encryption: None,
             };
             catalog.start_stream(record, Origin::Config, None).await?;
         }
@@ -413,8 +427,17 @@ impl Catalog {
         name: &str,
         shape: DestinationShape,
         destination: S3Destination,
+        tags: Vec<Tag>,
+        encryption: Option<StreamEncryption>,
     ) -> Result<(), CatalogError> {
         let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
+        definition::tags::check_list(&tags, true).map_err(CatalogError::Invalid)?;
+        let tags = definition::tags::merge(&[], tags).map_err(CatalogError::Invalid)?;
+        if let Some(e) = &encryption {
+            e.check().map_err(|m| {
+                CatalogError::Invalid(format!("DeliveryStreamEncryptionConfigurationInput: {m}"))
+            })?;
+        }
         // A component that does not load is the caller's mistake, reported before anything
         // is persisted.
         let prepared = self.prepare(&destination).await?;
@@ -455,6 +478,8 @@ impl Catalog {
             updated_ms: now,
             shape,
             destination,
+            tags,
+            encryption,
         };
         // Persist first: a stream that was acknowledged must come back after a restart.
         self.persist(&record)?;
@@ -513,6 +538,80 @@ impl Catalog {
         }));
         *entry.record.lock().unwrap_or_else(|p| p.into_inner()) = next;
         Ok(())
+    }
+
+    /// Changes what an API-created stream's record holds besides its destination (tags,
+    /// encryption): the change is persisted before it is seen. The version stays, as in
+    /// Firehose, where only `UpdateDestination` moves it.
+    fn change_record(
+        &self,
+        name: &str,
+        operation: &str,
+        change: impl FnOnce(&mut StreamRecord) -> Result<(), CatalogError>,
+    ) -> Result<(), CatalogError> {
+        let entry = self.get(name)?;
+        if entry.origin == Origin::Config {
+            return Err(CatalogError::Invalid(format!(
+                "Delivery stream {name} is defined in the config file; {operation} cannot change it (edit the file)."
+            )));
+        }
+        let mut next = entry.record();
+        change(&mut next)?;
+        self.persist(&next)?;
+        *entry.record.lock().unwrap_or_else(|p| p.into_inner()) = next;
+        Ok(())
+    }
+
+    /// `TagDeliveryStream`: adds tags, replacing the values of keys already there.
+    pub async fn tag(&self, name: &str, tags: Vec<Tag>) -> Result<(), CatalogError> {
+        definition::tags::check_list(&tags, false).map_err(CatalogError::Invalid)?;
+        let _control = self.control.lock().await;
+        self.change_record(name, "TagDeliveryStream", |r| {
+            r.tags = definition::tags::merge(&r.tags, tags).map_err(CatalogError::LimitExceeded)?;
+            Ok(())
+        })
+    }
+
+    /// `UntagDeliveryStream`: removes the keys given; a key the stream does not have is no error.
+    pub async fn untag(&self, name: &str, keys: Vec<String>) -> Result<(), CatalogError> {
+        if keys.is_empty() || keys.len() > definition::tags::MAX_TAGS {
+            return Err(CatalogError::Invalid(format!(
+                "TagKeys must list 1 to {} keys, got {}",
+                definition::tags::MAX_TAGS,
+                keys.len()
+            )));
+        }
+        for (i, key) in keys.iter().enumerate() {
+            definition::tags::check_key(key, &format!("TagKeys[{i}]"))
+                .map_err(CatalogError::Invalid)?;
+        }
+        let _control = self.control.lock().await;
+        self.change_record(name, "UntagDeliveryStream", |r| {
+            r.tags.retain(|t| !keys.contains(&t.key));
+            Ok(())
+        })
+    }
+
+    /// `StartDeliveryStreamEncryption` (`Some`) and `StopDeliveryStreamEncryption` (`None`).
+    pub async fn set_encryption(
+        &self,
+        name: &str,
+        encryption: Option<StreamEncryption>,
+    ) -> Result<(), CatalogError> {
+        if let Some(e) = &encryption {
+            e.check().map_err(|m| {
+                CatalogError::Invalid(format!("DeliveryStreamEncryptionConfigurationInput: {m}"))
+            })?;
+        }
+        let operation = match encryption {
+            Some(_) => "StartDeliveryStreamEncryption",
+            None => "StopDeliveryStreamEncryption",
+        };
+        let _control = self.control.lock().await;
+        self.change_record(name, operation, |r| {
+            r.encryption = encryption;
+            Ok(())
+        })
     }
 
     /// Removes the stream from the API at once; its buffered records are still delivered in

@@ -12,6 +12,7 @@
 pub mod conversion;
 pub mod hive_type;
 pub mod prefix;
+pub mod tags;
 
 use std::fmt;
 use std::path::PathBuf;
@@ -269,6 +270,57 @@ impl S3Destination {
         }
         self.other.extend(update.other);
     }
+}
+
+/// A stream declared in the config file: its destination and its tags.
+#[derive(Clone, Debug)]
+pub struct DeclaredStream {
+    pub name: StreamName,
+    pub destination: S3Destination,
+    pub tags: Vec<tags::Tag>,
+}
+
+/// `DeliveryStreamEncryptionConfigurationInput`: the key Firehose would encrypt its own
+/// buffers with. spillway records it and describes it; it does not encrypt its journal (put
+/// the data directory on an encrypted volume).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct StreamEncryption {
+    pub key_type: String,
+    #[serde(rename = "KeyARN", default, skip_serializing_if = "Option::is_none")]
+    pub key_arn: Option<String>,
+}
+
+impl StreamEncryption {
+    pub fn check(&self) -> Result<(), String> {
+        match (self.key_type.as_str(), &self.key_arn) {
+            ("AWS_OWNED_CMK", None) => Ok(()),
+            ("AWS_OWNED_CMK", Some(_)) => {
+                Err("KeyARN must not be given when KeyType is AWS_OWNED_CMK".into())
+            }
+            ("CUSTOMER_MANAGED_CMK", None) => {
+                Err("KeyARN is required when KeyType is CUSTOMER_MANAGED_CMK".into())
+            }
+            ("CUSTOMER_MANAGED_CMK", Some(arn)) => check_kms_arn(arn, "KeyARN"),
+            (other, _) => Err(format!(
+                "KeyType must be AWS_OWNED_CMK or CUSTOMER_MANAGED_CMK, got {other:?}"
+            )),
+        }
+    }
+}
+
+/// A KMS key or alias ARN as Firehose accepts one: `arn:<partition>:kms:...`, 1-512 characters.
+pub fn check_kms_arn(arn: &str, field: &str) -> Result<(), String> {
+    let mut parts = arn.splitn(4, ':');
+    let well_formed = parts.next() == Some("arn")
+        && parts.next().is_some_and(|p| !p.is_empty())
+        && parts.next() == Some("kms");
+    if !well_formed || arn.len() > 512 || arn.chars().any(|c| c.is_control()) {
+        return Err(format!(
+            "{field} must be a KMS key ARN (arn:aws:kms:region:account:key/id), at most 512 characters"
+        ));
+    }
+    Ok(())
 }
 
 /// A setting, named the way the API and the config file each name it, so errors point at the
