@@ -336,6 +336,8 @@ struct RawStream {
     data_format_conversion_configuration: Option<RawConversion>,
     /// `Tags`, as a table of key = value.
     tags: Option<std::collections::BTreeMap<String, String>>,
+    /// `EncryptionConfiguration.KMSEncryptionConfig.AWSKMSKeyARN`: SSE-KMS for the objects.
+    kms_key_arn: Option<String>,
 }
 
 /// `DataFormatConversionConfiguration`, flattened: the deserializer by name, its options,
@@ -900,7 +902,16 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                     continue;
                 }
             },
-            other: Default::default(),
+            other: s
+                .kms_key_arn
+                .map(|arn| {
+                    (
+                        "EncryptionConfiguration".to_owned(),
+                        serde_json::json!({ "KMSEncryptionConfig": { "AWSKMSKeyARN": arn } }),
+                    )
+                })
+                .into_iter()
+                .collect(),
         };
         let tags: Vec<Tag> = s
             .tags

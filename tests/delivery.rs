@@ -441,3 +441,144 @@ async fn gzip_level_is_global_with_per_stream_overrides() {
         "level 9 {smallest} bytes, level 1 {fastest} bytes"
     );
 }
+
+/// `EncryptionConfiguration.KMSEncryptionConfig`: every object of the stream goes to S3 with
+/// SSE-KMS headers naming the key; a stream without it, on the same bucket, sends none; an
+/// `UpdateDestination` that turns it off applies to the next objects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kms_encryption_configuration_sets_sse_kms_on_every_object() {
+    use aws_sdk_firehose::types::{
+        EncryptionConfiguration, KmsEncryptionConfig, NoEncryptionConfig,
+    };
+    let key = "arn:aws:kms:us-east-1:000000000000:key/0a1b2c3d-1111-2222-3333-444455556666";
+    let s3 = S3Server::start();
+    s3.create_bucket("sealed");
+    let proxy = HoldingProxy::start(s3.port);
+    let d = Daemon::start(&proxy.config());
+    let fh = d.firehose();
+    let kms = EncryptionConfiguration::builder()
+        .kms_encryption_config(
+            KmsEncryptionConfig::builder()
+                .awskms_key_arn(key)
+                .build()
+                .unwrap(),
+        )
+        .build();
+    create_stream(
+        &fh,
+        "kms",
+        s3_destination("sealed", 1, 1)
+            .prefix("kms/")
+            .encryption_configuration(kms),
+    )
+    .await;
+    create_stream(
+        &fh,
+        "plain",
+        s3_destination("sealed", 1, 1).prefix("plain/"),
+    )
+    .await;
+    put_batch(&fh, "kms", 0..10, 100).await;
+    put_batch(&fh, "plain", 0..10, 100).await;
+    let store = s3.client("sealed");
+    wait_for(Duration::from_secs(15), || async {
+        (objects(&store).await.len() == 2).then_some(())
+    })
+    .await
+    .expect("both objects land");
+    let puts = |prefix: &str| -> Vec<String> {
+        proxy
+            .heads
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|h| h.starts_with(&format!("put /sealed/{prefix}")))
+            .cloned()
+            .collect()
+    };
+    let sealed = puts("kms/");
+    assert_eq!(sealed.len(), 1, "{sealed:?}");
+    assert!(
+        sealed[0].contains("\r\nx-amz-server-side-encryption: aws:kms\r\n"),
+        "{}",
+        sealed[0]
+    );
+    assert!(
+        sealed[0].contains(&format!(
+            "\r\nx-amz-server-side-encryption-aws-kms-key-id: {key}"
+        )),
+        "{}",
+        sealed[0]
+    );
+    let plain = puts("plain/");
+    assert_eq!(plain.len(), 1);
+    assert!(
+        !plain[0].contains("x-amz-server-side-encryption"),
+        "{}",
+        plain[0]
+    );
+
+    // Turned off by an update: the next object goes without.
+    fh.update_destination()
+        .delivery_stream_name("kms")
+        .current_delivery_stream_version_id("1")
+        .destination_id("destinationId-000000000001")
+        .extended_s3_destination_update(
+            ExtendedS3DestinationUpdate::builder()
+                .encryption_configuration(
+                    EncryptionConfiguration::builder()
+                        .no_encryption_config(NoEncryptionConfig::NoEncryption)
+                        .build(),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    put_batch(&fh, "kms", 10..20, 100).await;
+    wait_for(Duration::from_secs(15), || async {
+        (objects(&store).await.len() == 3).then_some(())
+    })
+    .await
+    .expect("the third object lands");
+    let after = puts("kms/");
+    assert_eq!(after.len(), 2);
+    assert!(
+        after
+            .iter()
+            .filter(|h| h.contains("x-amz-server-side-encryption"))
+            .count()
+            == 1,
+        "{after:?}"
+    );
+
+    // A malformed key is refused, naming the field.
+    let bad = fh
+        .create_delivery_stream()
+        .delivery_stream_name("bad-key")
+        .extended_s3_destination_configuration(
+            s3_destination("sealed", 1, 1)
+                .encryption_configuration(
+                    EncryptionConfiguration::builder()
+                        .kms_encryption_config(
+                            KmsEncryptionConfig::builder()
+                                .awskms_key_arn("arn:aws:s3:::not-a-key")
+                                .build()
+                                .unwrap(),
+                        )
+                        .build(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert!(
+        aws_sdk_firehose::error::ProvideErrorMetadata::message(&bad)
+            .unwrap_or("")
+            .contains("AWSKMSKeyARN"),
+        "{bad:?}"
+    );
+}

@@ -399,6 +399,9 @@ pub struct Destination {
     pub dynamic_partitioning: bool,
     /// `DataFormatConversionConfiguration`, when enabled: objects are Parquet.
     pub conversion: Option<conversion::Conversion>,
+    /// `EncryptionConfiguration.KMSEncryptionConfig.AWSKMSKeyARN`: objects are written to S3
+    /// with SSE-KMS under this key.
+    pub kms_key: Option<String>,
     /// The settings as given, with spillway's defaults filled in: what Describe echoes.
     pub raw: S3Destination,
 }
@@ -463,7 +466,7 @@ const UNSUPPORTED: &[&str] = &[
 ];
 
 /// Settings accepted and ignored: they concern AWS services spillway does not talk to.
-const IGNORED: &[&str] = &["EncryptionConfiguration", "CloudWatchLoggingOptions"];
+const IGNORED: &[&str] = &["CloudWatchLoggingOptions"];
 
 fn feature_off(name: &str, value: &Value) -> bool {
     match (name, value) {
@@ -611,8 +614,18 @@ pub fn validate(
             &mut err,
         );
     }
+    let kms_key = match raw.other.get("EncryptionConfiguration") {
+        None | Some(Value::Null) => None,
+        Some(v) => match encryption_key(v) {
+            Ok(key) => key,
+            Err(m) => {
+                err(Field::Other("EncryptionConfiguration"), m);
+                None
+            }
+        },
+    };
     for (name, value) in &raw.other {
-        if IGNORED.contains(&name.as_str()) {
+        if IGNORED.contains(&name.as_str()) || name == "EncryptionConfiguration" {
             continue;
         }
         if let Some(known) = UNSUPPORTED.iter().find(|u| **u == name.as_str()) {
@@ -652,8 +665,43 @@ pub fn validate(
         processing,
         dynamic_partitioning,
         conversion,
+        kms_key,
         raw: normalized,
     })
+}
+
+/// Reads `EncryptionConfiguration`: `{"NoEncryptionConfig": "NoEncryption"}` or
+/// `{"KMSEncryptionConfig": {"AWSKMSKeyARN": arn}}`, one of them.
+fn encryption_key(v: &Value) -> Result<Option<String>, String> {
+    let Some(map) = v.as_object() else {
+        return Err("must be an object".into());
+    };
+    if let Some(k) = map
+        .keys()
+        .find(|k| !matches!(k.as_str(), "NoEncryptionConfig" | "KMSEncryptionConfig"))
+    {
+        return Err(format!("unknown member {k:?}"));
+    }
+    match (
+        map.get("NoEncryptionConfig"),
+        map.get("KMSEncryptionConfig"),
+    ) {
+        (Some(_), Some(_)) => {
+            Err("give only one of NoEncryptionConfig and KMSEncryptionConfig".into())
+        }
+        (Some(Value::String(s)), None) if s == "NoEncryption" => Ok(None),
+        (Some(other), None) => Err(format!(
+            "NoEncryptionConfig must be \"NoEncryption\", got {other}"
+        )),
+        (None, Some(kms)) => match kms.get("AWSKMSKeyARN") {
+            Some(Value::String(arn)) if kms.as_object().is_some_and(|m| m.len() == 1) => {
+                check_kms_arn(arn, "KMSEncryptionConfig.AWSKMSKeyARN")?;
+                Ok(Some(arn.clone()))
+            }
+            _ => Err("KMSEncryptionConfig must be {\"AWSKMSKeyARN\": \"arn:aws:kms:...\"}".into()),
+        },
+        (None, None) => Ok(None),
+    }
 }
 
 fn validate_processing(

@@ -93,6 +93,9 @@ pub struct Shared {
     held: AtomicBool,
     /// Whether its uploads are landing.
     uploads: UploadHealth,
+    /// `EncryptionConfiguration.KMSEncryptionConfig.AWSKMSKeyARN` in force: objects are
+    /// uploaded with SSE-KMS under this key (the setting when they are uploaded).
+    kms_key: std::sync::RwLock<Option<Arc<str>>>,
 }
 
 /// A stream stalled on its uploads takes new records only while it holds less than this
@@ -124,6 +127,11 @@ impl Shared {
             stream: self.name.as_str(),
             metrics: &self.metrics,
             health: &self.uploads,
+            kms_key: self
+                .kms_key
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
         }
     }
 
@@ -239,6 +247,9 @@ impl StreamRuntime {
             journal_failed: AtomicBool::new(false),
             held: AtomicBool::new(false),
             uploads: UploadHealth::default(),
+            kms_key: std::sync::RwLock::new(
+                definition.destination.kms_key.as_deref().map(Arc::from),
+            ),
         });
         shared
             .metrics
@@ -410,6 +421,12 @@ impl StreamRuntime {
 
     /// New settings apply to the next batch; the open buffer is sealed under the old ones.
     pub fn update(&self, definition: Arc<StreamDefinition>) {
+        *self
+            .shared
+            .kms_key
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) =
+            definition.destination.kms_key.as_deref().map(Arc::from);
         self.definition.send_replace(definition);
     }
 

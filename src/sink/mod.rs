@@ -80,9 +80,13 @@ pub enum StoreError {
 }
 
 /// Buckets resolved to object stores, built once each.
+/// A bucket and the SSE-KMS key its objects are written with.
+type StoreKey = (String, Option<Arc<str>>);
+
 pub struct Stores {
     settings: StoreSettings,
-    cache: Mutex<HashMap<String, Arc<dyn ObjectStore>>>,
+    /// By bucket and SSE-KMS key: the key is a setting of the S3 client.
+    cache: Mutex<HashMap<StoreKey, Arc<dyn ObjectStore>>>,
     /// The local store's buckets again, for the file an object was written to.
     local: Mutex<HashMap<String, Arc<LocalFileSystem>>>,
     /// Local directories whose own entry is already durable: synced once, not per object.
@@ -132,8 +136,23 @@ impl Stores {
     }
 
     pub fn bucket(&self, bucket: &str) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        self.bucket_encrypted(bucket, None)
+    }
+
+    /// The store for `bucket`, writing objects with SSE-KMS under `kms_key` where the store is
+    /// S3 (the local store has no server-side encryption; the key is ignored there).
+    pub fn bucket_encrypted(
+        &self,
+        bucket: &str,
+        kms_key: Option<&Arc<str>>,
+    ) -> Result<Arc<dyn ObjectStore>, StoreError> {
+        let kms_key = match &self.settings {
+            StoreSettings::Local { .. } => None,
+            StoreSettings::S3(_) => kms_key.cloned(),
+        };
+        let cache_key = (bucket.to_owned(), kms_key);
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(store) = cache.get(bucket) {
+        if let Some(store) = cache.get(&cache_key) {
             return Ok(store.clone());
         }
         let err = |source| StoreError::Store {
@@ -158,9 +177,11 @@ impl Stores {
                     .insert(bucket.to_owned(), local.clone());
                 local
             }
-            StoreSettings::S3(s3) => Arc::new(s3_store(s3, bucket).map_err(err)?),
+            StoreSettings::S3(s3) => {
+                Arc::new(s3_store(s3, bucket, cache_key.1.as_deref()).map_err(err)?)
+            }
         };
-        cache.insert(bucket.to_owned(), store.clone());
+        cache.insert(cache_key, store.clone());
         Ok(store)
     }
 }
@@ -172,7 +193,11 @@ fn s3_endpoint_from_env() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn s3_store(s3: &S3Settings, bucket: &str) -> object_store::Result<object_store::aws::AmazonS3> {
+fn s3_store(
+    s3: &S3Settings,
+    bucket: &str,
+    kms_key: Option<&str>,
+) -> object_store::Result<object_store::aws::AmazonS3> {
     // The environment first (AWS_ACCESS_KEY_ID, AWS_REGION, AWS_ALLOW_HTTP, ...), then the
     // config file's values on top.
     // Client options first: setting them later would replace allow_http set below.
@@ -210,6 +235,9 @@ fn s3_store(s3: &S3Settings, bucket: &str) -> object_store::Result<object_store:
         b = b.with_allow_http(allow);
     }
     b = b.with_unsigned_payload(!s3.sign_payload);
+    if let Some(key) = kms_key {
+        b = b.with_sse_kms_encryption(key);
+    }
     b.with_retry(RetryConfig {
         // spillway's own loop retries forever with metrics; the client's retries only
         // smooth over a single dropped connection.
@@ -259,6 +287,8 @@ pub struct Uploader<'a> {
     pub stream: &'a str,
     pub metrics: &'a StreamMetrics,
     pub health: &'a UploadHealth,
+    /// SSE-KMS key for the objects, if the stream sets one.
+    pub kms_key: Option<Arc<str>>,
 }
 
 pub enum UploadOutcome {
@@ -324,7 +354,10 @@ where
     let mut delay = settings.retry_initial;
     let mut attempt = 0u32;
     loop {
-        let store = match up.stores.bucket(&plan.bucket) {
+        let store = match up
+            .stores
+            .bucket_encrypted(&plan.bucket, up.kms_key.as_ref())
+        {
             Ok(store) => store,
             Err(e) => {
                 up.health.failed(up.metrics);

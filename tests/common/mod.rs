@@ -646,6 +646,8 @@ pub struct HoldingProxy {
     pub hold: Arc<std::sync::atomic::AtomicBool>,
     /// Every request line sent through the proxy (`PUT /bucket/key?partNumber=1&... HTTP/1.1`).
     pub requests: Arc<Mutex<Vec<String>>>,
+    /// The header block (request line and headers) of each of those requests, lowercased.
+    pub heads: Arc<Mutex<Vec<String>>>,
 }
 
 impl HoldingProxy {
@@ -657,6 +659,8 @@ impl HoldingProxy {
         let held = hold.clone();
         let requests = Arc::new(Mutex::new(Vec::new()));
         let seen = requests.clone();
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let seen_heads = heads.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { break };
@@ -666,6 +670,7 @@ impl HoldingProxy {
                 let (mut c_read, mut s_write) =
                     (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let seen = seen.clone();
+                let seen_heads = seen_heads.clone();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 64 * 1024];
                     loop {
@@ -681,6 +686,12 @@ impl HoldingProxy {
                             {
                                 let line = String::from_utf8_lossy(&buf[..end]).into_owned();
                                 seen.lock().unwrap().push(line);
+                                let head_end = buf[..n]
+                                    .windows(4)
+                                    .position(|w| w == b"\r\n\r\n")
+                                    .unwrap_or(n);
+                                let head = String::from_utf8_lossy(&buf[..head_end]);
+                                seen_heads.lock().unwrap().push(head.to_lowercase());
                             }
                         }
                         if s_write.write_all(&buf[..n]).is_err() {
@@ -713,6 +724,7 @@ impl HoldingProxy {
             port,
             hold,
             requests,
+            heads,
         }
     }
 
