@@ -338,6 +338,10 @@ struct RawStream {
     tags: Option<std::collections::BTreeMap<String, String>>,
     /// `EncryptionConfiguration.KMSEncryptionConfig.AWSKMSKeyARN`: SSE-KMS for the objects.
     kms_key_arn: Option<String>,
+    /// `CustomTimeZone`.
+    custom_time_zone: Option<String>,
+    /// `FileExtension`.
+    file_extension: Option<String>,
 }
 
 /// `DataFormatConversionConfiguration`, flattened: the deserializer by name, its options,
@@ -902,16 +906,22 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                     continue;
                 }
             },
-            other: s
-                .kms_key_arn
-                .map(|arn| {
+            other: [
+                s.kms_key_arn.map(|arn| {
                     (
-                        "EncryptionConfiguration".to_owned(),
+                        "EncryptionConfiguration",
                         serde_json::json!({ "KMSEncryptionConfig": { "AWSKMSKeyARN": arn } }),
                     )
-                })
-                .into_iter()
-                .collect(),
+                }),
+                s.custom_time_zone
+                    .map(|z| ("CustomTimeZone", serde_json::Value::String(z))),
+                s.file_extension
+                    .map(|e| ("FileExtension", serde_json::Value::String(e))),
+            ]
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
         };
         let tags: Vec<Tag> = s
             .tags

@@ -582,3 +582,121 @@ async fn kms_encryption_configuration_sets_sse_kms_on_every_object() {
         "{bad:?}"
     );
 }
+
+/// `CustomTimeZone` sets the zone of the default prefix, `!{timestamp:...}` and the object
+/// name's time; `FileExtension` replaces the default extension of data objects (not of error
+/// objects). Plain streams over the API, partitioned ones from the config file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn custom_time_zone_and_file_extension_name_the_objects() {
+    let s3 = S3Server::start();
+    s3.create_bucket("zones");
+    let d = Daemon::start(&format!(
+        r#"{}
+[[stream]]
+name = "parted"
+bucket_arn = "arn:aws:s3:::zones"
+prefix = "parted/p=!{{partitionKeyFromQuery:p}}/!{{timestamp:yyyy-MM-dd'T'HH}}/"
+error_output_prefix = "parted-errors/"
+compression_format = "GZIP"
+custom_time_zone = "Asia/Kolkata"
+file_extension = ".jsonl.gz"
+buffering_hints = {{ interval_in_seconds = 1 }}
+dynamic_partitioning_configuration = {{ enabled = true }}
+processing_configuration = {{ enabled = true, processors = [{{ type = "MetadataExtraction", parameters = {{ MetadataExtractionQuery = '{{p: (.id % 2 | tostring)}}', JsonParsingEngine = "JQ-1.6" }} }}] }}
+"#,
+        s3.config()
+    ));
+    let fh = d.firehose();
+    create_stream(
+        &fh,
+        "tokyo",
+        s3_destination("zones", 1, 1)
+            .custom_time_zone("Asia/Tokyo")
+            .file_extension(".ndjson"),
+    )
+    .await;
+    let before = chrono::Utc::now();
+    put_batch(&fh, "tokyo", 0..10, 100).await;
+    put_batch(&fh, "parted", 0..10, 100).await;
+    // A record the query cannot read goes to the error prefix, with the default extension.
+    put_all(&fh, "parted", &[b"not json\n".to_vec()]).await;
+    let store = s3.client("zones");
+    let objs = wait_for(Duration::from_secs(20), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 4).then_some(objs)
+    })
+    .await
+    .unwrap_or_else(|| panic!("4 objects"));
+    let after = chrono::Utc::now();
+    let keys: Vec<&str> = objs.iter().map(|(k, _)| k.as_str()).collect();
+
+    // Tokyo is UTC+9 all year: the default prefix and the name carry its wall clock.
+    let local = |t: chrono::DateTime<chrono::Utc>, h: i64, m: i64| {
+        t + chrono::Duration::hours(h) + chrono::Duration::minutes(m)
+    };
+    let tokyo = keys
+        .iter()
+        .find(|k| k.contains("tokyo-1-"))
+        .expect("tokyo object");
+    assert!(tokyo.ends_with(".ndjson"), "{tokyo}");
+    let ok_tokyo = [before, after].iter().any(|t| {
+        let l = local(*t, 9, 0);
+        tokyo.starts_with(&l.format("%Y/%m/%d/%H/tokyo-1-%Y-%m-%d-%H-").to_string())
+    });
+    assert!(
+        ok_tokyo,
+        "{tokyo} is not in Tokyo time ({before} .. {after} UTC)"
+    );
+
+    // Kolkata is UTC+5:30: the half hour shows in the hour of the prefix and the name.
+    for p in ["0", "1"] {
+        let key = keys
+            .iter()
+            .find(|k| k.starts_with(&format!("parted/p={p}/")))
+            .unwrap_or_else(|| panic!("partition {p} in {keys:?}"));
+        assert!(key.ends_with(".jsonl.gz"), "{key}");
+        let ok = [before, after].iter().any(|t| {
+            let l = local(*t, 5, 30);
+            key.starts_with(
+                &l.format(&format!("parted/p={p}/%Y-%m-%dT%H/parted-1-%Y-%m-%d-%H-"))
+                    .to_string(),
+            )
+        });
+        assert!(ok, "{key} is not in Kolkata time ({before} .. {after} UTC)");
+    }
+    let error = keys
+        .iter()
+        .find(|k| k.starts_with("parted-errors/"))
+        .expect("error object");
+    assert!(
+        error.ends_with(".gz") && !error.ends_with(".jsonl.gz"),
+        "{error}"
+    );
+
+    // Zones and extensions Firehose refuses are refused, naming the setting.
+    for (zone, ext) in [
+        ("Mars/Olympus", ""),
+        ("Asia/Tokyo", "json"),
+        ("Asia/Tokyo", ".JSON"),
+    ] {
+        let err = fh
+            .create_delivery_stream()
+            .delivery_stream_name("refused")
+            .extended_s3_destination_configuration(
+                s3_destination("zones", 1, 1)
+                    .custom_time_zone(zone)
+                    .file_extension(ext)
+                    .build()
+                    .unwrap(),
+            )
+            .send()
+            .await
+            .unwrap_err()
+            .into_service_error();
+        let msg = aws_sdk_firehose::error::ProvideErrorMetadata::message(&err).unwrap_or("");
+        assert!(
+            msg.contains("CustomTimeZone") || msg.contains("FileExtension"),
+            "{zone} {ext}: {msg}"
+        );
+    }
+}

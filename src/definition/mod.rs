@@ -402,6 +402,8 @@ pub struct Destination {
     /// `EncryptionConfiguration.KMSEncryptionConfig.AWSKMSKeyARN`: objects are written to S3
     /// with SSE-KMS under this key.
     pub kms_key: Option<String>,
+    /// `CustomTimeZone` and `FileExtension`.
+    pub naming: ObjectNaming,
     /// The settings as given, with spillway's defaults filled in: what Describe echoes.
     pub raw: S3Destination,
 }
@@ -457,13 +459,7 @@ pub struct StreamDefinition {
 
 /// Settings from Firehose's `ExtendedS3DestinationConfiguration` that spillway does not
 /// implement yet. They are accepted only when they turn the feature off.
-const UNSUPPORTED: &[&str] = &[
-    "S3BackupMode",
-    "S3BackupConfiguration",
-    "S3BackupUpdate",
-    "FileExtension",
-    "CustomTimeZone",
-];
+const UNSUPPORTED: &[&str] = &["S3BackupMode", "S3BackupConfiguration", "S3BackupUpdate"];
 
 /// Settings accepted and ignored: they concern AWS services spillway does not talk to.
 const IGNORED: &[&str] = &["CloudWatchLoggingOptions"];
@@ -472,8 +468,6 @@ fn feature_off(name: &str, value: &Value) -> bool {
     match (name, value) {
         (_, Value::Null) => true,
         ("S3BackupMode", Value::String(s)) => s == "Disabled",
-        ("FileExtension", Value::String(s)) => s.is_empty(),
-        ("CustomTimeZone", Value::String(s)) => s.is_empty() || s == "UTC",
         (_, Value::Object(map)) => map.get("Enabled") == Some(&Value::Bool(false)),
         _ => false,
     }
@@ -614,6 +608,42 @@ pub fn validate(
             &mut err,
         );
     }
+    let naming = ObjectNaming {
+        time_zone: match raw.other.get("CustomTimeZone") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(name)) => match check_time_zone(name) {
+                Ok(zone) => zone,
+                Err(m) => {
+                    err(Field::Other("CustomTimeZone"), m);
+                    None
+                }
+            },
+            Some(other) => {
+                err(
+                    Field::Other("CustomTimeZone"),
+                    format!("must be a string, got {other}"),
+                );
+                None
+            }
+        },
+        file_extension: match raw.other.get("FileExtension") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(ext)) => match check_file_extension(ext) {
+                Ok(ext) => ext,
+                Err(m) => {
+                    err(Field::Other("FileExtension"), m);
+                    None
+                }
+            },
+            Some(other) => {
+                err(
+                    Field::Other("FileExtension"),
+                    format!("must be a string, got {other}"),
+                );
+                None
+            }
+        },
+    };
     let kms_key = match raw.other.get("EncryptionConfiguration") {
         None | Some(Value::Null) => None,
         Some(v) => match encryption_key(v) {
@@ -625,7 +655,12 @@ pub fn validate(
         },
     };
     for (name, value) in &raw.other {
-        if IGNORED.contains(&name.as_str()) || name == "EncryptionConfiguration" {
+        if IGNORED.contains(&name.as_str())
+            || matches!(
+                name.as_str(),
+                "EncryptionConfiguration" | "CustomTimeZone" | "FileExtension"
+            )
+        {
             continue;
         }
         if let Some(known) = UNSUPPORTED.iter().find(|u| **u == name.as_str()) {
@@ -666,8 +701,89 @@ pub fn validate(
         dynamic_partitioning,
         conversion,
         kms_key,
+        naming,
         raw: normalized,
     })
+}
+
+/// How a stream's object names are made beyond its prefix: the time zone of their times and
+/// the extension of its data objects. Sealed with each batch, so a replay names alike.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ObjectNaming {
+    /// An IANA zone name (`CustomTimeZone`); `None` is UTC.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_zone: Option<String>,
+    /// `FileExtension`, replacing the default (`.gz`, `.parquet`, none) of data objects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_extension: Option<String>,
+}
+
+impl ObjectNaming {
+    pub fn is_default(&self) -> bool {
+        self.time_zone.is_none() && self.file_extension.is_none()
+    }
+
+    /// The wall-clock time at `ms` (since the epoch) in the stream's zone, as a `DateTime`
+    /// whose fields read that clock: what prefixes and object names print.
+    pub fn local_time(&self, ms: u64) -> chrono::DateTime<chrono::Utc> {
+        let offset_ms = self
+            .time_zone
+            .as_deref()
+            .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+            .zip(jiff::Timestamp::from_millisecond(ms as i64).ok())
+            .map_or(0, |(zone, at)| {
+                i64::from(zone.to_offset(at).seconds()) * 1000
+            });
+        chrono::DateTime::from_timestamp_millis((ms as i64).saturating_add(offset_ms))
+            .unwrap_or_default()
+    }
+
+    /// What ends a data object's name: the `FileExtension` if set, else `default`.
+    pub fn data_suffix<'a>(&'a self, default: &'a str) -> &'a str {
+        self.file_extension.as_deref().unwrap_or(default)
+    }
+}
+
+/// `CustomTimeZone`: empty or `UTC` (no offset), or an IANA zone name of letters, `/` and `_`
+/// (Firehose's pattern), at most 50 characters, that the bundled zone database knows.
+fn check_time_zone(name: &str) -> Result<Option<String>, String> {
+    if name.is_empty() || name == "UTC" {
+        return Ok(None);
+    }
+    if name.len() > 50
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphabetic() || c == '/' || c == '_')
+    {
+        return Err(format!(
+            "must be an IANA time zone name of letters, '/' and '_', at most 50 characters, got {name:?}"
+        ));
+    }
+    jiff::tz::TimeZone::get(name)
+        .map_err(|_| format!("{name:?} is not a known IANA time zone (like Asia/Tokyo)"))?;
+    Ok(Some(name.to_owned()))
+}
+
+/// `FileExtension`: empty (the default extension), or `.` then one or more of `0-9 a-z ! - _
+/// . * ' ( )`, at most 128 characters (Firehose's rule).
+fn check_file_extension(ext: &str) -> Result<Option<String>, String> {
+    if ext.is_empty() {
+        return Ok(None);
+    }
+    let rest = ext.strip_prefix('.').unwrap_or("");
+    let valid = ext.len() <= 128
+        && !rest.is_empty()
+        && rest.chars().all(|c| {
+            c.is_ascii_digit()
+                || c.is_ascii_lowercase()
+                || matches!(c, '!' | '-' | '_' | '.' | '*' | '\'' | '(' | ')')
+        });
+    if !valid {
+        return Err(format!(
+            "must start with '.' followed by lowercase letters, digits or ! - _ . * ' ( ), at most 128 characters, got {ext:?}"
+        ));
+    }
+    Ok(Some(ext.to_owned()))
 }
 
 /// Reads `EncryptionConfiguration`: `{"NoEncryptionConfig": "NoEncryption"}` or
@@ -902,6 +1018,71 @@ mod tests {
     use super::*;
 
     const CHECK: QueryCheck = crate::process::jq::check;
+
+    #[test]
+    fn time_zones_and_file_extensions_at_their_edges() {
+        assert_eq!(check_time_zone(""), Ok(None));
+        assert_eq!(check_time_zone("UTC"), Ok(None));
+        assert_eq!(check_time_zone("Asia/Tokyo"), Ok(Some("Asia/Tokyo".into())));
+        assert_eq!(
+            check_time_zone("America/Argentina/Buenos_Aires"),
+            Ok(Some("America/Argentina/Buenos_Aires".into()))
+        );
+        for bad in [
+            "Mars/Olympus",
+            "Asia/Tokyo1",
+            "Etc/GMT+5",
+            "../../etc/passwd",
+            &"A".repeat(51),
+        ] {
+            assert!(check_time_zone(bad).is_err(), "{bad}");
+        }
+        assert_eq!(check_file_extension(""), Ok(None));
+        let longest = format!(".{}", "a".repeat(127));
+        assert_eq!(check_file_extension(&longest), Ok(Some(longest.clone())));
+        assert_eq!(
+            check_file_extension(".json.gz!-_*'()9"),
+            Ok(Some(".json.gz!-_*'()9".into()))
+        );
+        for bad in [
+            ".",
+            "json",
+            ".JSON",
+            ".a/b",
+            ".a b",
+            &format!(".{}", "a".repeat(128)),
+        ] {
+            assert!(check_file_extension(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn local_time_follows_the_zone_and_its_daylight_saving() {
+        let naming = |z: Option<&str>| ObjectNaming {
+            time_zone: z.map(Into::into),
+            file_extension: None,
+        };
+        let at = |ms| naming(Some("America/New_York")).local_time(ms).to_rfc3339();
+        // 2026-01-15T12:00:00Z: EST, UTC-5. 2026-07-15T12:00:00Z: EDT, UTC-4.
+        assert_eq!(at(1_768_478_400_000), "2026-01-15T07:00:00+00:00");
+        assert_eq!(at(1_784_116_800_000), "2026-07-15T08:00:00+00:00");
+        assert_eq!(
+            naming(Some("Asia/Tokyo"))
+                .local_time(1_768_478_400_000)
+                .to_rfc3339(),
+            "2026-01-15T21:00:00+00:00"
+        );
+        assert_eq!(
+            naming(None).local_time(1_768_478_400_000).to_rfc3339(),
+            "2026-01-15T12:00:00+00:00"
+        );
+        assert_eq!(naming(None).data_suffix(".gz"), ".gz");
+        let ext = ObjectNaming {
+            time_zone: None,
+            file_extension: Some(".json".into()),
+        };
+        assert_eq!(ext.data_suffix(".gz"), ".json");
+    }
 
     #[test]
     fn bucket_names_follow_s3s_rules_at_their_edges() {

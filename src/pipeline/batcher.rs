@@ -325,6 +325,7 @@ impl Batcher {
             version: key.version,
             partition: key.prefix.clone(),
             contributors: buffer.contributors.iter().map(|c| c.0).collect(),
+            naming: key.naming.clone(),
         };
         let bytes = match super::entries::encode_flush(&meta) {
             Ok(bytes) => bytes,

@@ -446,11 +446,15 @@ fn prepare(
         // Partitions differ by prefix, so they share the batch's id: a partition's name does
         // not depend on which other partitions the batch happened to have.
         let prefix = naming::partition_prefix(p.prefix, layout);
-        let key = namer.object_key(layout.version, layout.at_ms, start, &prefix, 0);
+        let naming = &layout.settings.naming;
+        let key = namer.object_key(layout.version, layout.at_ms, start, &prefix, 0, naming);
         objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
-                key: format!("{key}{}", encode::data_suffix(plan.compression, format)),
+                key: format!(
+                    "{key}{}",
+                    naming.data_suffix(encode::data_suffix(plan.compression, format))
+                ),
                 compression: plan.compression,
                 layout: None,
                 format: format.cloned(),
@@ -498,6 +502,7 @@ async fn deliver_partitioned(
                     compression: plan.compression,
                     prefix: naming::partition_prefix(p.prefix, &layout),
                     format: sealed_conversion(&layout).cloned(),
+                    naming: layout.settings.naming.clone(),
                 };
                 (key, p.records, p.bytes)
             })
@@ -603,6 +608,7 @@ fn error_objects(
             start,
             &prefix,
             ERROR_OBJECT_BASE + t as u64,
+            &layout.settings.naming,
         );
         objects.push(Output {
             plan: ObjectPlan {

@@ -17,7 +17,9 @@ use crate::definition::conversion::{
     Conversion, JsonInput, ParquetCompression, ParquetOptions, SerDe,
 };
 use crate::definition::prefix::Piece;
-use crate::definition::{BucketName, ComponentSource, Compression, LambdaProcessor, Processing};
+use crate::definition::{
+    BucketName, ComponentSource, Compression, LambdaProcessor, ObjectNaming, Processing,
+};
 use crate::sink::{Layout, ObjectPlan, SealedSettings};
 
 use super::partitions::FlushMeta;
@@ -60,6 +62,7 @@ pub fn encode_flush(meta: &FlushMeta) -> Result<Vec<u8>, EntryError> {
         version: meta.version,
         partition: meta.partition.clone(),
         contributors: meta.contributors.clone(),
+        naming: meta.naming.clone(),
     };
     serde_json::to_vec(&entry).map_err(EntryError::Encode)
 }
@@ -72,6 +75,7 @@ pub fn decode_flush(bytes: &[u8]) -> Result<FlushMeta, EntryError> {
         version: entry.version,
         partition: entry.partition,
         contributors: entry.contributors,
+        naming: entry.naming,
     })
 }
 
@@ -101,6 +105,8 @@ struct FlushV1 {
     version: u64,
     partition: String,
     contributors: Vec<u64>,
+    #[serde(default, skip_serializing_if = "ObjectNaming::is_default")]
+    naming: ObjectNaming,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -141,6 +147,10 @@ struct SettingsV1 {
     transform_sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     conversion: Option<ConversionV1>,
+    /// Written only when not the default (UTC, default extensions): entries from before it
+    /// read as the default.
+    #[serde(default, skip_serializing_if = "ObjectNaming::is_default")]
+    naming: ObjectNaming,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -224,6 +234,7 @@ impl From<&ObjectPlan> for PlanV1 {
                     dynamic_partitioning: l.settings.dynamic_partitioning,
                     transform_sha256: l.settings.transform_sha256.clone(),
                     conversion: l.settings.conversion.as_ref().map(ConversionV1::from),
+                    naming: l.settings.naming.clone(),
                 },
             }),
             format: p.format.as_ref().map(ConversionV1::from),
@@ -354,6 +365,7 @@ impl PlanV1 {
                         .conversion
                         .map(ConversionV1::into_conversion)
                         .transpose()?,
+                    naming: l.settings.naming,
                 },
             }),
         };
@@ -467,6 +479,7 @@ mod tests {
                     dynamic_partitioning: true,
                     transform_sha256: Some("ab".repeat(32)),
                     conversion: None,
+                    naming: Default::default(),
                 },
             }),
             format: None,
@@ -508,6 +521,7 @@ mod tests {
                     dynamic_partitioning: true,
                     transform_sha256: None,
                     conversion: Some(conversion()),
+                    naming: Default::default(),
                 },
             }),
             format: None,
@@ -527,6 +541,7 @@ mod tests {
             version: 3,
             partition: format!("c=KR/{}/", "\u{1}".repeat(11)),
             contributors: vec![4],
+            naming: Default::default(),
         }
     }
 

@@ -3,10 +3,8 @@
 //! names each object exactly as the first attempt did and overwrites rather than duplicates.
 //! Nothing here does I/O or reads the clock.
 
-use chrono::{DateTime, Utc};
-
-use crate::definition::StreamDefinition;
 use crate::definition::prefix;
+use crate::definition::{ObjectNaming, StreamDefinition};
 use crate::encode;
 use crate::journal::Position;
 use crate::sink::{Layout, ObjectPlan, SealedSettings};
@@ -32,7 +30,7 @@ impl Namer<'_> {
     /// exactly. A processed batch becomes several objects: its plan records their common layout.
     pub fn plan(&self, def: &StreamDefinition, start: Position, oldest_ms: u64) -> ObjectPlan {
         let dest = &def.destination;
-        let at = time(oldest_ms);
+        let at = dest.naming.local_time(oldest_ms);
         let unique = unique_id(self.incarnation, start);
         if dest.processing.is_some() || dest.dynamic_partitioning || dest.conversion.is_some() {
             let rng = &mut rand::rng();
@@ -57,6 +55,7 @@ impl Namer<'_> {
                         dynamic_partitioning: dest.dynamic_partitioning,
                         transform_sha256: def.transform.as_ref().map(|m| m.sha256().to_owned()),
                         conversion: dest.conversion.clone(),
+                        naming: dest.naming.clone(),
                     },
                 }),
                 format: None,
@@ -66,7 +65,7 @@ impl Namer<'_> {
         let key = format!(
             "{}{}",
             prefix::object_name(&rendered, def.name.as_str(), def.version, at, &unique),
-            dest.compression.suffix()
+            dest.naming.data_suffix(dest.compression.suffix())
         );
         ObjectPlan {
             bucket: dest.bucket.as_str().to_owned(),
@@ -88,12 +87,14 @@ impl Namer<'_> {
             first,
             &prefix,
             PARTITION_OBJECT_BASE,
+            &key.naming,
         );
         ObjectPlan {
             bucket: key.bucket.clone(),
             key: format!(
                 "{name}{}",
-                encode::data_suffix(key.compression, key.format.as_ref())
+                key.naming
+                    .data_suffix(encode::data_suffix(key.compression, key.format.as_ref()))
             ),
             compression: key.compression,
             layout: None,
@@ -111,9 +112,16 @@ impl Namer<'_> {
         start: Position,
         prefix: &str,
         index: u64,
+        naming: &ObjectNaming,
     ) -> String {
         let unique = unique_id(self.incarnation.wrapping_add(index), start);
-        prefix::object_name(prefix, self.stream, version, time(at_ms), &unique)
+        prefix::object_name(
+            prefix,
+            self.stream,
+            version,
+            naming.local_time(at_ms),
+            &unique,
+        )
     }
 }
 
@@ -121,10 +129,6 @@ impl Namer<'_> {
 /// without dynamic partitioning.
 pub fn partition_prefix(rendered: Option<String>, layout: &Layout) -> String {
     rendered.unwrap_or_else(|| prefix::fill(&layout.prefix, &[], &[], ""))
-}
-
-fn time(ms: u64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(ms as i64).unwrap_or_default()
 }
 
 /// UUID-shaped and derived from the journal position, so a replayed batch gets the same name.
@@ -157,15 +161,23 @@ mod tests {
             stream: "s",
             incarnation: 7,
         };
-        let a = namer.object_key(1, 1_700_000_000_000, Position(5), "p/", 0);
+        let utc = ObjectNaming::default();
+        let a = namer.object_key(1, 1_700_000_000_000, Position(5), "p/", 0, &utc);
         assert_eq!(
             a,
-            namer.object_key(1, 1_700_000_000_000, Position(5), "p/", 0)
+            namer.object_key(1, 1_700_000_000_000, Position(5), "p/", 0, &utc)
         );
         assert!(a.starts_with("p/s-1-2023-11-14-22-13-20-"), "{a}");
         assert_ne!(
             a,
-            namer.object_key(1, 1_700_000_000_000, Position(5), "p/", ERROR_OBJECT_BASE)
+            namer.object_key(
+                1,
+                1_700_000_000_000,
+                Position(5),
+                "p/",
+                ERROR_OBJECT_BASE,
+                &utc
+            )
         );
     }
 }

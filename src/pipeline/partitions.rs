@@ -59,6 +59,8 @@ pub struct PartKey {
     pub prefix: String,
     /// Parquet with these settings, or JSON lines.
     pub format: Option<crate::definition::conversion::Conversion>,
+    /// Time zone and extension of the object names.
+    pub naming: crate::definition::ObjectNaming,
 }
 
 /// One batch's records of one partition.
@@ -173,6 +175,8 @@ pub struct FlushMeta {
     /// The partition's rendered prefix before random strings were drawn ([`PartKey::prefix`]).
     pub partition: String,
     pub contributors: Vec<u64>,
+    /// The partition's naming settings ([`PartKey::naming`]).
+    pub naming: crate::definition::ObjectNaming,
 }
 
 impl FlushMeta {
@@ -183,6 +187,7 @@ impl FlushMeta {
             compression: self.plan.compression,
             prefix: self.partition.clone(),
             format: self.plan.format.clone(),
+            naming: self.naming.clone(),
         }
     }
 }
@@ -366,6 +371,7 @@ mod tests {
             compression: Compression::Uncompressed,
             prefix: prefix.into(),
             format: None,
+            naming: Default::default(),
         }
     }
 
@@ -381,6 +387,7 @@ mod tests {
             version: 1,
             partition: prefix.into(),
             contributors: contributors.to_vec(),
+            naming: Default::default(),
         };
         super::super::entries::encode_flush(&meta).unwrap()
     }

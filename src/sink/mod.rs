@@ -63,6 +63,8 @@ pub struct SealedSettings {
     /// SHA-256 of the transform component; a replay loads that compilation from the cache.
     pub transform_sha256: Option<String>,
     pub conversion: Option<crate::definition::conversion::Conversion>,
+    /// Time zone and file extension of the batch's object names.
+    pub naming: crate::definition::ObjectNaming,
 }
 
 #[derive(Debug, thiserror::Error)]
