@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RELEASE = os.path.join(ROOT, "target", "release")
@@ -105,6 +106,19 @@ def summary(result, cpu, wall_extra=0.0, s3_cpu=0.0):
     }
 
 
+def journal_syncs(port):
+    """The journal's group commits so far: (groups, seconds spent writing and fdatasyncing them)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    count = total = 0.0
+    for line in text.splitlines():
+        if line.startswith("spillway_journal_sync_duration_seconds_count"):
+            count += float(line.split()[-1])
+        elif line.startswith("spillway_journal_sync_duration_seconds_sum"):
+            total += float(line.split()[-1])
+    return count, total
+
+
 def run_baseline(work, seconds, flags):
     port = free_port()
     data = os.path.join(work, "baseline")
@@ -176,7 +190,10 @@ allow_http = true
         cpu, s3_cpu = cpu_seconds(d.pid) - before, cpu_seconds(s3.pid) - s3_before
         if result["delivered"] is not True:
             raise SystemExit(f"not everything was delivered: {result}")
-        return summary(result, cpu, wall_extra=result["delivered_after_s"] or 0.0, s3_cpu=s3_cpu)
+        row = summary(result, cpu, wall_extra=result["delivered_after_s"] or 0.0, s3_cpu=s3_cpu)
+        row["syncs"] = journal_syncs(port)
+        row["seconds"] = result["measured_s"] + (result["delivered_after_s"] or 0.0)
+        return row
     finally:
         d.terminate()
         d.wait()
@@ -246,6 +263,15 @@ def main():
     print("|---|---|---|---|")
     for case, what, b, s in rows:
         print(f"| {what} | {s['cpu_per_mib']:.4f} | {s['s3_cpu_per_mib']:.4f} | {s['loadgen_cpu_per_mib']:.4f} |")
+    print()
+    print("spillway's journal group commits (write + fdatasync of one group), warm-up and drain included:")
+    print()
+    print("| case | groups per s | mean ms per group | share of the run's time committing |")
+    print("|---|---|---|---|")
+    for case, what, b, s in rows:
+        count, total = s["syncs"]
+        print(f"| {what} | {count / s['seconds']:.0f} | {1000 * total / max(count, 1):.2f} | "
+              f"{100 * total / s['seconds']:.0f}% |")
 
 
 if __name__ == "__main__":
