@@ -700,3 +700,79 @@ processing_configuration = {{ enabled = true, processors = [{{ type = "MetadataE
         );
     }
 }
+
+/// `CompressionFormat` ZIP, Snappy and HADOOP_SNAPPY: each object is read back by a standard
+/// reader (Python's zipfile; python-snappy and cramjam for snappy's framing format;
+/// python-snappy's Hadoop stream reader) and holds the records as sent, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zip_snappy_and_hadoop_snappy_objects_read_back_with_standard_tools() {
+    let s3 = S3Server::start();
+    s3.create_bucket("codecs");
+    let d = daemon_for(&s3);
+    let fh = d.firehose();
+    // 1,200 records of 400 bytes: 480 KB, two of Hadoop's 256 KiB blocks and several of
+    // snappy's 64 KiB frames.
+    let expected: Vec<u8> = (0..1200).flat_map(|i| record(i, 400)).collect();
+    for (name, format) in [
+        ("zip", CompressionFormat::Zip),
+        ("snappy", CompressionFormat::Snappy),
+        ("hsnappy", CompressionFormat::HadoopSnappy),
+    ] {
+        create_stream(
+            &fh,
+            name,
+            s3_destination("codecs", 1, 1)
+                .prefix(format!("{name}/"))
+                .compression_format(format),
+        )
+        .await;
+        put_batches(&fh, name, 0..1200, 400).await;
+    }
+    let store = s3.client("codecs");
+    let objs = wait_for(Duration::from_secs(20), || async {
+        let objs = objects(&store).await;
+        (objs.len() == 3).then_some(objs)
+    })
+    .await
+    .expect("one object per stream");
+    let dir = tempfile::tempdir().unwrap();
+    for (key, body) in &objs {
+        let name = key.split('/').next().unwrap();
+        let ext = if name == "zip" { ".zip" } else { ".snappy" };
+        assert!(key.ends_with(ext), "{key}");
+        std::fs::write(dir.path().join(name), body).unwrap();
+    }
+    let script = r#"
+import hashlib, sys, zipfile, cramjam, snappy
+d = sys.argv[1]
+def show(tool, data):
+    print(tool, len(data), hashlib.sha256(data).hexdigest())
+with zipfile.ZipFile(d + "/zip") as z:
+    names = z.namelist()
+    print("entries", len(names), names[0].endswith(".zip"))
+    show("zipfile", z.read(names[0]))
+framed = open(d + "/snappy", "rb").read()
+show("python-snappy", snappy.StreamDecompressor().decompress(framed))
+show("cramjam", bytes(cramjam.snappy.decompress(framed)))
+show("hadoop", snappy.HadoopStreamDecompressor().decompress(open(d + "/hsnappy", "rb").read()))
+"#;
+    let out = stdout_of(
+        std::process::Command::new(venv_python())
+            .arg("-c")
+            .arg(script)
+            .arg(dir.path()),
+    );
+    let out = String::from_utf8(out).unwrap();
+    let want = format!(
+        "{} {}",
+        expected.len(),
+        spillway::transform::sha256_hex(&expected)
+    );
+    assert!(out.lines().any(|l| l == "entries 1 False"), "{out}");
+    for tool in ["zipfile", "python-snappy", "cramjam", "hadoop"] {
+        assert!(
+            out.lines().any(|l| l == format!("{tool} {want}")),
+            "{tool}: {out}\nwanted {want}"
+        );
+    }
+}

@@ -555,6 +555,7 @@ fn gzip_table(record_size: usize) {
                     spillway::definition::Compression::Gzip,
                     level,
                     records.clone(),
+                    "table",
                 )
                 .expect("encoding into memory cannot fail");
                 compressed += spillway::encode::len(&body);

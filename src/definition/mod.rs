@@ -133,6 +133,12 @@ impl BucketName {
 pub enum Compression {
     Uncompressed,
     Gzip,
+    /// One deflated entry in a ZIP archive.
+    Zip,
+    /// Snappy's framing format.
+    Snappy,
+    /// Snappy in Hadoop's block framing (`SnappyCodec`).
+    HadoopSnappy,
 }
 
 impl Compression {
@@ -140,7 +146,23 @@ impl Compression {
         match self {
             Compression::Uncompressed => "UNCOMPRESSED",
             Compression::Gzip => "GZIP",
+            Compression::Zip => "ZIP",
+            Compression::Snappy => "Snappy",
+            Compression::HadoopSnappy => "HADOOP_SNAPPY",
         }
+    }
+
+    /// The `CompressionFormat` named `name`, as the API spells it.
+    pub fn from_api_name(name: &str) -> Option<Compression> {
+        [
+            Compression::Uncompressed,
+            Compression::Gzip,
+            Compression::Zip,
+            Compression::Snappy,
+            Compression::HadoopSnappy,
+        ]
+        .into_iter()
+        .find(|c| c.api_name() == name)
     }
 
     /// What Firehose appends to the object name.
@@ -148,6 +170,8 @@ impl Compression {
         match self {
             Compression::Uncompressed => "",
             Compression::Gzip => ".gz",
+            Compression::Zip => ".zip",
+            Compression::Snappy | Compression::HadoopSnappy => ".snappy",
         }
     }
 }
@@ -414,10 +438,29 @@ pub struct Destination {
 /// Serializable: a sealed batch records the settings it is to be processed with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Processing {
+    /// `Decompression` (`CompressionFormat` GZIP): records arrive gzip'd.
+    #[serde(default)]
+    pub decompression: bool,
+    /// `CloudWatchLogProcessing` (`DataMessageExtraction`): CloudWatch Logs envelopes become
+    /// their log events' messages.
+    #[serde(default)]
+    pub message_extraction: bool,
+    /// `RecordDeAggregation`: how one record splits into several.
+    #[serde(default)]
+    pub deaggregation: Option<SubRecords>,
     pub lambda: Option<LambdaProcessor>,
     /// `MetadataExtractionQuery`, already checked to compile.
     pub metadata_query: Option<String>,
     pub append_delimiter: bool,
+}
+
+/// `RecordDeAggregation`'s `SubRecordType`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SubRecords {
+    /// Concatenated JSON values, with or without white space between them.
+    Json,
+    /// Split at this delimiter (`Delimiter`, given in base64).
+    Delimited(Vec<u8>),
 }
 
 /// The `Lambda` processor: a WebAssembly component in place of the Lambda function.
@@ -533,24 +576,16 @@ pub fn validate(
             format!("must be between 0 and 900 (seconds), got {interval}"),
         );
     }
-    let compression = match raw.compression_format.as_deref().unwrap_or("UNCOMPRESSED") {
-        "UNCOMPRESSED" => Some(Compression::Uncompressed),
-        "GZIP" => Some(Compression::Gzip),
-        other @ ("ZIP" | "Snappy" | "HADOOP_SNAPPY") => {
-            err(
-                Field::CompressionFormat,
-                format!("{other} is not supported yet; use UNCOMPRESSED or GZIP"),
-            );
-            None
-        }
-        other => {
-            err(
-                Field::CompressionFormat,
-                format!("must be UNCOMPRESSED or GZIP, got {other:?}"),
-            );
-            None
-        }
-    };
+    let compression_name = raw.compression_format.as_deref().unwrap_or("UNCOMPRESSED");
+    let compression = Compression::from_api_name(compression_name);
+    if compression.is_none() {
+        err(
+            Field::CompressionFormat,
+            format!(
+                "must be UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY, got {compression_name:?}"
+            ),
+        );
+    }
     let dynamic_partitioning = match &raw.dynamic_partitioning_configuration {
         None => false,
         Some(dp) => {
@@ -825,6 +860,9 @@ fn validate_processing(
     check_query: QueryCheck,
 ) -> Result<Processing, String> {
     let mut out = Processing {
+        decompression: false,
+        message_extraction: false,
+        deaggregation: None,
         lambda: None,
         metadata_query: None,
         append_delimiter: false,
@@ -914,12 +952,63 @@ fn validate_processing(
                 }
                 out.append_delimiter = true;
             }
-            "RecordDeAggregation" | "CloudWatchLogProcessing" | "Decompression" => {
-                return Err(format!("{at}: this processor type is not supported"));
+            "Decompression" => {
+                match take("CompressionFormat").as_deref() {
+                    None | Some("GZIP") => {}
+                    Some(other) => {
+                        return Err(format!(
+                            "{at}: CompressionFormat must be GZIP, got {other:?}"
+                        ));
+                    }
+                }
+                out.decompression = true;
+            }
+            "CloudWatchLogProcessing" => match take("DataMessageExtraction").as_deref() {
+                Some("true") => out.message_extraction = true,
+                Some("false") => {}
+                other => {
+                    return Err(format!(
+                        "{at}: DataMessageExtraction must be \"true\" or \"false\", got {other:?}"
+                    ));
+                }
+            },
+            "RecordDeAggregation" => {
+                let kind = take("SubRecordType");
+                let delimiter = take("Delimiter");
+                out.deaggregation = Some(match (kind.as_deref(), delimiter) {
+                    (Some("JSON"), None) => SubRecords::Json,
+                    (Some("JSON"), Some(_)) => {
+                        return Err(format!(
+                            "{at}: Delimiter is for SubRecordType DELIMITED only"
+                        ));
+                    }
+                    (Some("DELIMITED"), Some(d)) => {
+                        let bytes = base64::Engine::decode(
+                            &base64::engine::general_purpose::STANDARD,
+                            d.as_bytes(),
+                        )
+                        .ok()
+                        .filter(|b| (1..=MAX_DELIMITER_BYTES).contains(&b.len()))
+                        .ok_or(format!(
+                            "{at}: Delimiter must be 1 to {MAX_DELIMITER_BYTES} bytes in base64, got {d:?}"
+                        ))?;
+                        SubRecords::Delimited(bytes)
+                    }
+                    (Some("DELIMITED"), None) => {
+                        return Err(format!(
+                            "{at}: SubRecordType DELIMITED needs a Delimiter (base64)"
+                        ));
+                    }
+                    (other, _) => {
+                        return Err(format!(
+                            "{at}: SubRecordType must be JSON or DELIMITED, got {other:?}"
+                        ));
+                    }
+                });
             }
             other => {
                 return Err(format!(
-                    "{at}: unknown processor type {other:?} (Lambda, MetadataExtraction or AppendDelimiterToRecord)"
+                    "{at}: unknown processor type {other:?} (RecordDeAggregation, Decompression, CloudWatchLogProcessing, Lambda, MetadataExtraction or AppendDelimiterToRecord)"
                 ));
             }
         }
@@ -927,8 +1016,17 @@ fn validate_processing(
             return Err(format!("{at}: unknown parameter {name:?}"));
         }
     }
+    // CloudWatch Logs sends its envelopes gzip'd; Firehose requires decompression with them.
+    if out.message_extraction && !out.decompression {
+        return Err(
+            "CloudWatchLogProcessing needs the Decompression processor (CloudWatch Logs sends its records gzip'd)".into(),
+        );
+    }
     Ok(out)
 }
+
+/// Longest `RecordDeAggregation` `Delimiter`, in bytes.
+pub const MAX_DELIMITER_BYTES: usize = 64;
 
 /// `LambdaArn` names a component: a path, a `file://` URL or an `s3://bucket/key` URL.
 fn component_path(arn: &str) -> Result<ComponentSource, String> {

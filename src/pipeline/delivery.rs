@@ -134,10 +134,10 @@ pub async fn write_records(
     // Encoding JSON lines fails only if something is badly wrong (a panic): retried with the
     // uploads' backoff for as long as it takes, counted and logged, never left behind.
     let body = loop {
-        let (compression, format) = (plan.compression, plan.format.clone());
+        let (compression, format, key) = (plan.compression, plan.format.clone(), plan.key.clone());
         let attempt = records.clone();
         let encoded = in_slot(shared, &ctx.encode_slots, move || {
-            Payload::of(compression, format.as_ref(), level, attempt)
+            Payload::of(compression, format.as_ref(), level, attempt, &key)
         });
         match encoded.await {
             Slot::Done(body) => break body,
@@ -283,10 +283,11 @@ impl Payload {
         format: Option<&crate::definition::conversion::Conversion>,
         gzip_level: u32,
         records: Vec<Bytes>,
+        key: &str,
     ) -> std::io::Result<Payload> {
         Ok(match format {
             Some(conversion) => Payload::Parquet(conversion.clone(), Arc::new(records)),
-            None => Payload::Ready(encode::encode(compression, gzip_level, records)?),
+            None => Payload::Ready(encode::encode(compression, gzip_level, records, key)?),
         })
     }
 }
@@ -447,21 +448,24 @@ fn prepare(
         // not depend on which other partitions the batch happened to have.
         let prefix = naming::partition_prefix(p.prefix, layout);
         let naming = &layout.settings.naming;
-        let key = namer.object_key(layout.version, layout.at_ms, start, &prefix, 0, naming);
+        let key = format!(
+            "{}{}",
+            namer.object_key(layout.version, layout.at_ms, start, &prefix, 0, naming),
+            naming.data_suffix(encode::data_suffix(plan.compression, format))
+        );
+        let (records, bytes) = (p.records.len() as u64, p.bytes);
+        let body = Payload::of(plan.compression, format, level, p.records, &key)?;
         objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
-                key: format!(
-                    "{key}{}",
-                    naming.data_suffix(encode::data_suffix(plan.compression, format))
-                ),
+                key,
                 compression: plan.compression,
                 layout: None,
                 format: format.cloned(),
             },
-            records: p.records.len() as u64,
-            payload_bytes: p.bytes,
-            body: Payload::of(plan.compression, format, level, p.records)?,
+            records,
+            payload_bytes: bytes,
+            body,
             error_output: None,
         });
     }
@@ -610,17 +614,23 @@ fn error_objects(
             ERROR_OBJECT_BASE + t as u64,
             &layout.settings.naming,
         );
+        let key = format!("{key}{}", plan.compression.suffix());
+        let (records, bytes) = (
+            lines.len() as u64,
+            lines.iter().map(|l| l.len() as u64).sum(),
+        );
+        let body = Payload::Ready(encode::encode(plan.compression, level, lines, &key)?);
         objects.push(Output {
             plan: ObjectPlan {
                 bucket: plan.bucket.clone(),
-                key: format!("{key}{}", plan.compression.suffix()),
+                key,
                 compression: plan.compression,
                 format: None,
                 layout: None,
             },
-            records: lines.len() as u64,
-            payload_bytes: lines.iter().map(|l| l.len() as u64).sum(),
-            body: Payload::Ready(encode::encode(plan.compression, level, lines)?),
+            records,
+            payload_bytes: bytes,
+            body,
             error_output: Some(t),
         });
     }

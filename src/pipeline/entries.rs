@@ -18,7 +18,7 @@ use crate::definition::conversion::{
 };
 use crate::definition::prefix::Piece;
 use crate::definition::{
-    BucketName, ComponentSource, Compression, LambdaProcessor, ObjectNaming, Processing,
+    BucketName, ComponentSource, Compression, LambdaProcessor, ObjectNaming, Processing, SubRecords,
 };
 use crate::sink::{Layout, ObjectPlan, SealedSettings};
 
@@ -113,7 +113,7 @@ struct FlushV1 {
 struct PlanV1 {
     bucket: String,
     key: String,
-    /// `UNCOMPRESSED` or `GZIP`.
+    /// The `CompressionFormat`, as the API names it.
     compression: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     layout: Option<LayoutV1>,
@@ -155,9 +155,24 @@ struct SettingsV1 {
 
 #[derive(Serialize, Deserialize)]
 struct ProcessingV1 {
+    /// The processors before the transform, written only when on: entries from before them
+    /// read as off.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    decompression: bool,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    message_extraction: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deaggregation: Option<SubRecordsV1>,
     lambda: Option<LambdaV1>,
     metadata_query: Option<String>,
     append_delimiter: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+enum SubRecordsV1 {
+    Json,
+    /// The delimiter's bytes.
+    Delimited(Vec<u8>),
 }
 
 #[derive(Serialize, Deserialize)]
@@ -216,6 +231,12 @@ impl From<&ObjectPlan> for PlanV1 {
                 buffered: l.buffered,
                 settings: SettingsV1 {
                     processing: l.settings.processing.as_ref().map(|p| ProcessingV1 {
+                        decompression: p.decompression,
+                        message_extraction: p.message_extraction,
+                        deaggregation: p.deaggregation.as_ref().map(|d| match d {
+                            SubRecords::Json => SubRecordsV1::Json,
+                            SubRecords::Delimited(b) => SubRecordsV1::Delimited(b.clone()),
+                        }),
                         lambda: p.lambda.as_ref().map(|l| LambdaV1 {
                             arn: l.arn.clone(),
                             component: match &l.component {
@@ -335,15 +356,9 @@ impl ConversionV1 {
 
 impl PlanV1 {
     fn into_plan(self) -> Result<ObjectPlan, EntryError> {
-        let compression = match self.compression.as_str() {
-            "UNCOMPRESSED" => Compression::Uncompressed,
-            "GZIP" => Compression::Gzip,
-            other => {
-                return Err(EntryError::Invalid(format!(
-                    "unknown compression {other:?}"
-                )));
-            }
-        };
+        let compression = Compression::from_api_name(&self.compression).ok_or_else(|| {
+            EntryError::Invalid(format!("unknown compression {:?}", self.compression))
+        })?;
         let layout = match self.layout {
             None => None,
             Some(l) => Some(Layout {
@@ -398,6 +413,12 @@ impl ProcessingV1 {
             }),
         };
         Ok(Processing {
+            decompression: self.decompression,
+            message_extraction: self.message_extraction,
+            deaggregation: self.deaggregation.map(|d| match d {
+                SubRecordsV1::Json => SubRecords::Json,
+                SubRecordsV1::Delimited(b) => SubRecords::Delimited(b),
+            }),
             lambda,
             metadata_query: self.metadata_query,
             append_delimiter: self.append_delimiter,
@@ -467,6 +488,9 @@ mod tests {
                 buffered: false,
                 settings: SealedSettings {
                     processing: Some(Processing {
+                        decompression: false,
+                        message_extraction: false,
+                        deaggregation: None,
                         lambda: Some(LambdaProcessor {
                             arn: "file:///opt/t.wasm".into(),
                             component: ComponentSource::File("/opt/t.wasm".into()),
@@ -506,6 +530,9 @@ mod tests {
                 buffered: true,
                 settings: SealedSettings {
                     processing: Some(Processing {
+                        decompression: false,
+                        message_extraction: false,
+                        deaggregation: None,
                         lambda: Some(LambdaProcessor {
                             arn: "s3://tbk/t.wasm".into(),
                             component: ComponentSource::Object {

@@ -6,6 +6,7 @@
 
 pub mod jq;
 pub(crate) mod jq_path;
+pub mod preprocess;
 pub mod sandbox;
 
 use std::collections::HashMap;
@@ -26,14 +27,18 @@ pub enum ErrorOutput {
     PartitioningFailed,
     ActivePartitionExceeded,
     FormatConversionFailed,
+    /// The `Decompression` processor could not decompress the record (last: each type's
+    /// position names its error objects, so earlier ones keep theirs).
+    DecompressionFailed,
 }
 
 impl ErrorOutput {
-    pub const ALL: [ErrorOutput; 4] = [
+    pub const ALL: [ErrorOutput; 5] = [
         ErrorOutput::ProcessingFailed,
         ErrorOutput::PartitioningFailed,
         ErrorOutput::ActivePartitionExceeded,
         ErrorOutput::FormatConversionFailed,
+        ErrorOutput::DecompressionFailed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -42,6 +47,7 @@ impl ErrorOutput {
             ErrorOutput::PartitioningFailed => "partitioning-failed",
             ErrorOutput::ActivePartitionExceeded => "activePartitionExceeded",
             ErrorOutput::FormatConversionFailed => "format-conversion-failed",
+            ErrorOutput::DecompressionFailed => "decompression-failed",
         }
     }
 }
@@ -185,6 +191,27 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     };
     let mut out = Processed::default();
     let metrics = job.metrics;
+
+    // Decompression, CloudWatch Logs message extraction and de-aggregation come first; what
+    // follows sees their records (and an error record after them holds that record).
+    let expanded;
+    let records = match job.processing.filter(|p| preprocess::needed(p)) {
+        None => records,
+        Some(p) => {
+            let e = preprocess::expand(p, records);
+            for f in &e.failures {
+                let to = if f.decompression {
+                    ErrorOutput::DecompressionFailed
+                } else {
+                    ErrorOutput::ProcessingFailed
+                };
+                failures.add(to, &records[f.index], 1, f.code, &f.message);
+            }
+            out.dropped += e.dropped;
+            expanded = e.records;
+            &expanded[..]
+        }
+    };
 
     let mut survivors = match (lambda, job.transform) {
         (Some(lambda), Some(module)) => {
