@@ -342,6 +342,51 @@ struct RawStream {
     custom_time_zone: Option<String>,
     /// `FileExtension`.
     file_extension: Option<String>,
+    /// `S3BackupMode: Enabled` with this `S3BackupConfiguration`.
+    s3_backup: Option<RawBackup>,
+}
+
+/// `S3BackupConfiguration`, snake_case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackup {
+    bucket_arn: Option<String>,
+    prefix: Option<String>,
+    error_output_prefix: Option<String>,
+    compression_format: Option<String>,
+    buffering_hints: Option<RawBufferingHints>,
+    kms_key_arn: Option<String>,
+}
+
+impl RawBackup {
+    fn to_api(&self) -> serde_json::Value {
+        let mut v = serde_json::json!({});
+        let fields = [
+            ("BucketARN", &self.bucket_arn),
+            ("Prefix", &self.prefix),
+            ("ErrorOutputPrefix", &self.error_output_prefix),
+            ("CompressionFormat", &self.compression_format),
+        ];
+        for (name, value) in fields {
+            if let Some(value) = value {
+                v[name] = serde_json::Value::String(value.clone());
+            }
+        }
+        if let Some(h) = &self.buffering_hints {
+            v["BufferingHints"] = serde_json::json!({});
+            if let Some(n) = h.size_in_mbs {
+                v["BufferingHints"]["SizeInMBs"] = n.into();
+            }
+            if let Some(n) = h.interval_in_seconds {
+                v["BufferingHints"]["IntervalInSeconds"] = n.into();
+            }
+        }
+        if let Some(arn) = &self.kms_key_arn {
+            v["EncryptionConfiguration"] =
+                serde_json::json!({ "KMSEncryptionConfig": { "AWSKMSKeyARN": arn } });
+        }
+        v
+    }
 }
 
 /// `DataFormatConversionConfiguration`, flattened: the deserializer by name, its options,
@@ -917,6 +962,12 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                     .map(|z| ("CustomTimeZone", serde_json::Value::String(z))),
                 s.file_extension
                     .map(|e| ("FileExtension", serde_json::Value::String(e))),
+                s.s3_backup
+                    .as_ref()
+                    .map(|_| ("S3BackupMode", serde_json::Value::String("Enabled".into()))),
+                s.s3_backup
+                    .as_ref()
+                    .map(|b| ("S3BackupConfiguration", b.to_api())),
             ]
             .into_iter()
             .flatten()

@@ -263,7 +263,7 @@ async fn control_plane_errors_name_the_field() {
     bad(s3_destination("b-1", 1, -1), "IntervalInSeconds").await;
     bad(s3_destination("Not_A_Bucket", 1, 60), "BucketARN").await;
     bad(
-        s3_destination("b-1", 1, 60).compression_format(CompressionFormat::Zip),
+        s3_destination("b-1", 1, 60).compression_format(CompressionFormat::from("LZ4")),
         "CompressionFormat",
     )
     .await;

@@ -776,3 +776,134 @@ show("hadoop", snappy.HadoopStreamDecompressor().decompress(open(d + "/hsnappy",
         );
     }
 }
+
+/// `S3BackupMode: Enabled`: every source record, as received and before processing, goes to
+/// the backup bucket and prefix with the backup's compression. A crash after the backup object
+/// landed (its answer held back by a proxy) replays the batch onto the same backup key: one
+/// object, each record once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn source_record_backup_is_written_once_even_across_a_crash() {
+    use aws_sdk_firehose::types::{
+        ProcessingConfiguration, Processor, ProcessorType, S3BackupMode, S3DestinationConfiguration,
+    };
+    let s3 = S3Server::start();
+    s3.create_bucket("main");
+    s3.create_bucket("source");
+    let proxy = HoldingProxy::start(s3.port);
+    let mut d = Daemon::start(&proxy.config());
+    let fh = d.firehose_with_retries(1);
+    let backup = S3DestinationConfiguration::builder()
+        .role_arn("arn:aws:iam::000000000000:role/firehose")
+        .bucket_arn("arn:aws:s3:::source")
+        .prefix("raw/")
+        .compression_format(CompressionFormat::Gzip)
+        .buffering_hints(
+            BufferingHints::builder()
+                .size_in_mbs(1)
+                .interval_in_seconds(1)
+                .build(),
+        )
+        .build()
+        .unwrap();
+    create_stream(
+        &fh,
+        "backed",
+        s3_destination("main", 64, 60)
+            .prefix("out/")
+            .processing_configuration(
+                ProcessingConfiguration::builder()
+                    .enabled(true)
+                    .processors(
+                        Processor::builder()
+                            .r#type(ProcessorType::AppendDelimiterToRecord)
+                            .build()
+                            .unwrap(),
+                    )
+                    .build(),
+            )
+            .s3_backup_mode(S3BackupMode::Enabled)
+            .s3_backup_configuration(backup),
+    )
+    .await;
+
+    // The backup's 1 s hint seals the batch, though the stream's own is 60 s. Its backup
+    // object reaches S3, but the daemon never hears back.
+    proxy.set_hold(true);
+    let acked = put_batch(&fh, "backed", 0..300, 200).await;
+    let landed = wait_for(Duration::from_secs(20), || async {
+        let objs = objects(&s3.client("source")).await;
+        (!objs.is_empty()).then_some(objs)
+    })
+    .await
+    .expect("the backup upload reached the server");
+    assert_eq!(landed.len(), 1);
+    assert!(landed[0].0.starts_with("raw/") && landed[0].0.ends_with(".gz"));
+    d.kill9();
+
+    proxy.set_hold(false);
+    d.restart();
+    let main = wait_for(Duration::from_secs(20), || async {
+        let objs = objects(&s3.client("main")).await;
+        (!objs.is_empty()).then_some(objs)
+    })
+    .await
+    .expect("the replayed batch delivered");
+    let sent: Vec<Vec<u8>> = (0..300).map(|i| record(i, 200)).collect();
+    // Processed: each record with the delimiter appended.
+    let expected_main: Vec<u8> = sent
+        .iter()
+        .flat_map(|r| r.iter().copied().chain([b'\n']))
+        .collect();
+    assert_eq!(main.len(), 1);
+    assert_eq!(main[0].1.to_vec(), expected_main);
+    // The backup: the same key as before the crash, the records as sent, once.
+    assert_eq!(
+        d.metric("spillway_backup_records_total{stream=\"backed\"}"),
+        300.0
+    );
+    let backups = objects(&s3.client("source")).await;
+    assert_eq!(
+        backups.len(),
+        1,
+        "{:?}",
+        backups.iter().map(|o| &o.0).collect::<Vec<_>>()
+    );
+    assert_eq!(backups[0].0, landed[0].0);
+    assert_eq!(gunzip(&backups[0].1), sent.concat());
+    assert_eq!(acked.len(), 300);
+
+    // Describe echoes the backup settings; a backup without a bucket is refused.
+    let described = fh
+        .describe_delivery_stream()
+        .delivery_stream_name("backed")
+        .send()
+        .await
+        .unwrap();
+    let ext = described
+        .delivery_stream_description()
+        .unwrap()
+        .destinations()[0]
+        .extended_s3_destination_description()
+        .unwrap()
+        .clone();
+    assert_eq!(ext.s3_backup_mode(), Some(&S3BackupMode::Enabled));
+    assert_eq!(
+        ext.s3_backup_description().map(|b| b.bucket_arn()),
+        Some("arn:aws:s3:::source")
+    );
+    let refused = fh
+        .create_delivery_stream()
+        .delivery_stream_name("no-backup-bucket")
+        .extended_s3_destination_configuration(
+            s3_destination("main", 1, 1)
+                .s3_backup_mode(S3BackupMode::Enabled)
+                .build()
+                .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    let msg = aws_sdk_firehose::error::ProvideErrorMetadata::message(&refused).unwrap_or("");
+    assert!(msg.contains("S3BackupConfiguration"), "{msg}");
+}

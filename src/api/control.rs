@@ -140,6 +140,21 @@ fn description(catalog: &Catalog, entry: &StreamEntry) -> Value {
         (extended.as_object_mut(), serde_json::to_value(raw))
     {
         map.extend(given);
+        // Given as `S3BackupConfiguration`, described as `S3BackupDescription`, with the
+        // backup's defaults filled in as Firehose does.
+        if let Some(Value::Object(backup)) = map.remove("S3BackupConfiguration") {
+            let mut described = json!({
+                "RoleARN": "",
+                "Prefix": "",
+                "BufferingHints": { "SizeInMBs": 5, "IntervalInSeconds": 300 },
+                "CompressionFormat": "UNCOMPRESSED",
+                "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
+            });
+            if let Some(d) = described.as_object_mut() {
+                d.extend(backup);
+            }
+            map.insert("S3BackupDescription".into(), described);
+        }
     }
     // The older shape holds the plain S3 settings only; Firehose gives it for an extended
     // destination too, and older clients read it.

@@ -292,7 +292,20 @@ impl S3Destination {
         if update.data_format_conversion_configuration.is_some() {
             self.data_format_conversion_configuration = update.data_format_conversion_configuration;
         }
-        self.other.extend(update.other);
+        // `S3BackupUpdate` changes the backup's settings it names.
+        let mut other = update.other;
+        if let Some(Value::Object(backup_update)) = other.remove("S3BackupUpdate") {
+            let entry = self
+                .other
+                .entry("S3BackupConfiguration")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(current) = entry {
+                current.extend(backup_update);
+            } else {
+                *entry = Value::Object(backup_update);
+            }
+        }
+        self.other.extend(other);
     }
 }
 
@@ -428,6 +441,8 @@ pub struct Destination {
     pub kms_key: Option<String>,
     /// `CustomTimeZone` and `FileExtension`.
     pub naming: ObjectNaming,
+    /// `S3BackupMode: Enabled`.
+    pub backup: Option<BackupDestination>,
     /// The settings as given, with spillway's defaults filled in: what Describe echoes.
     pub raw: S3Destination,
 }
@@ -500,20 +515,123 @@ pub struct StreamDefinition {
     pub transform: Option<std::sync::Arc<crate::transform::Module>>,
 }
 
-/// Settings from Firehose's `ExtendedS3DestinationConfiguration` that spillway does not
-/// implement yet. They are accepted only when they turn the feature off.
-const UNSUPPORTED: &[&str] = &["S3BackupMode", "S3BackupConfiguration", "S3BackupUpdate"];
-
 /// Settings accepted and ignored: they concern AWS services spillway does not talk to.
 const IGNORED: &[&str] = &["CloudWatchLoggingOptions"];
 
-fn feature_off(name: &str, value: &Value) -> bool {
-    match (name, value) {
-        (_, Value::Null) => true,
-        ("S3BackupMode", Value::String(s)) => s == "Disabled",
-        (_, Value::Object(map)) => map.get("Enabled") == Some(&Value::Bool(false)),
-        _ => false,
+/// Settings read from `other` by `validate` itself.
+const READ: &[&str] = &[
+    "EncryptionConfiguration",
+    "CustomTimeZone",
+    "FileExtension",
+    "S3BackupMode",
+    "S3BackupConfiguration",
+];
+
+/// `S3BackupMode: Enabled`: every source record, as received, also goes to this bucket and
+/// prefix, with its own compression and encryption.
+#[derive(Clone, Debug)]
+pub struct BackupDestination {
+    pub bucket: BucketName,
+    pub prefix: PrefixTemplate,
+    pub compression: Compression,
+    pub kms_key: Option<String>,
+    pub buffer_bytes: u64,
+    pub buffer_interval: Duration,
+}
+
+/// Reads `S3BackupMode` and `S3BackupConfiguration` (`None`: no backup).
+fn validate_backup(raw: &S3Destination) -> Result<Option<BackupDestination>, String> {
+    match raw.other.get("S3BackupMode") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) if s == "Disabled" => return Ok(None),
+        Some(Value::String(s)) if s == "Enabled" => {}
+        Some(other) => {
+            return Err(format!(
+                "S3BackupMode must be Disabled or Enabled, got {other}"
+            ));
+        }
     }
+    let config = match raw.other.get("S3BackupConfiguration") {
+        Some(v @ Value::Object(_)) => v.clone(),
+        _ => {
+            return Err(
+                "S3BackupMode Enabled needs S3BackupConfiguration (BucketARN, Prefix, BufferingHints, CompressionFormat)".into(),
+            );
+        }
+    };
+    let at = |m: String| format!("S3BackupConfiguration.{m}");
+    let backup: S3Destination =
+        serde_json::from_value(config).map_err(|e| at(format!("malformed: {e}")))?;
+    let bucket = BucketName::from_arn(backup.bucket_arn.as_deref().unwrap_or(""))
+        .map_err(|m| at(format!("BucketARN {m}")))?;
+    let prefix = PrefixTemplate::parse_with(
+        backup.prefix.as_deref().unwrap_or(""),
+        prefix::PrefixField::Prefix,
+        ParseOptions {
+            allow_partition_keys: false,
+        },
+    )
+    .map_err(|e| at(format!("Prefix: {e}")))?;
+    let hints = backup.buffering_hints.clone().unwrap_or_default();
+    let size = hints.size_in_mbs.unwrap_or(5);
+    let interval = hints.interval_in_seconds.unwrap_or(300);
+    if !(1..=128).contains(&size) {
+        return Err(at(format!(
+            "BufferingHints.SizeInMBs must be between 1 and 128 (MiB), got {size}"
+        )));
+    }
+    if !(0..=900).contains(&interval) {
+        return Err(at(format!(
+            "BufferingHints.IntervalInSeconds must be between 0 and 900 (seconds), got {interval}"
+        )));
+    }
+    let compression_name = backup
+        .compression_format
+        .as_deref()
+        .unwrap_or("UNCOMPRESSED");
+    let compression = Compression::from_api_name(compression_name).ok_or_else(|| {
+        at(format!(
+            "CompressionFormat must be UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY, got {compression_name:?}"
+        ))
+    })?;
+    let kms_key = match backup.other.get("EncryptionConfiguration") {
+        None | Some(Value::Null) => None,
+        Some(v) => encryption_key(v).map_err(|m| at(format!("EncryptionConfiguration: {m}")))?,
+    };
+    let extra = [
+        backup
+            .processing_configuration
+            .is_some()
+            .then_some("ProcessingConfiguration"),
+        backup
+            .dynamic_partitioning_configuration
+            .is_some()
+            .then_some("DynamicPartitioningConfiguration"),
+        backup
+            .data_format_conversion_configuration
+            .is_some()
+            .then_some("DataFormatConversionConfiguration"),
+    ];
+    if let Some(name) = extra.into_iter().flatten().next().or_else(|| {
+        backup
+            .other
+            .keys()
+            .map(String::as_str)
+            .find(|k| !matches!(*k, "EncryptionConfiguration" | "CloudWatchLoggingOptions"))
+    }) {
+        return Err(at(format!(
+            "{name} is not a setting of a backup destination"
+        )));
+    }
+    Ok(Some(BackupDestination {
+        bucket,
+        prefix,
+        compression,
+        kms_key,
+        // Both ranges were checked above.
+        buffer_bytes: size as u64 * 1024 * 1024,
+        buffer_interval: Duration::from_secs(interval as u64),
+    }))
 }
 
 /// Checks that a `MetadataExtractionQuery` compiles and fits its limits (the query engine
@@ -689,22 +807,12 @@ pub fn validate(
             }
         },
     };
-    for (name, value) in &raw.other {
-        if IGNORED.contains(&name.as_str())
-            || matches!(
-                name.as_str(),
-                "EncryptionConfiguration" | "CustomTimeZone" | "FileExtension"
-            )
-        {
-            continue;
-        }
-        if let Some(known) = UNSUPPORTED.iter().find(|u| **u == name.as_str()) {
-            if !feature_off(name, value) {
-                err(
-                    Field::Other(known),
-                    "is not supported by this version of spillway".into(),
-                );
-            }
+    let backup = validate_backup(raw)
+        .map_err(|m| err(Field::Other("S3BackupMode"), m))
+        .ok()
+        .flatten();
+    for name in raw.other.keys() {
+        if IGNORED.contains(&name.as_str()) || READ.contains(&name.as_str()) {
             continue;
         }
         err(Field::Unknown, format!("unknown setting {name:?}"));
@@ -737,6 +845,7 @@ pub fn validate(
         conversion,
         kms_key,
         naming,
+        backup,
         raw: normalized,
     })
 }
@@ -1263,7 +1372,7 @@ mod tests {
     #[test]
     fn every_problem_is_reported_with_its_field() {
         let errs = validate(&raw(
-            r#"{"BucketARN":"arn:aws:s3:::UPPER","CompressionFormat":"ZIP","BufferingHints":{"SizeInMBs":0},"Prefix":"!{nope}","ProcessingConfiguration":{"Enabled":true}}"#,
+            r#"{"BucketARN":"arn:aws:s3:::UPPER","CompressionFormat":"LZ4","BufferingHints":{"SizeInMBs":0},"Prefix":"!{nope}","ProcessingConfiguration":{"Enabled":true}}"#,
         ), &Default::default(), CHECK)
         .unwrap_err();
         let fields: Vec<_> = errs.iter().map(|e| e.field.api_name()).collect();

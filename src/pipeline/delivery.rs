@@ -75,6 +75,19 @@ pub async fn deliver(
             return (false, memory);
         }
     }
+    // The records as received, before any processing, to the backup destination; it lands
+    // before the batch can be committed, and a replay writes the same object again.
+    if let Some(backup) = plan.backup.take() {
+        let kms_key = definition
+            .destination
+            .backup
+            .as_ref()
+            .and_then(|b| b.kms_key.as_deref())
+            .map(Arc::from);
+        if !write_backup(shared, *backup, &batch.records, kms_key).await {
+            return (false, memory);
+        }
+    }
     let landed = match plan.layout.take() {
         Some(layout) if layout.buffered => {
             let batch = (batch, &mut memory);
@@ -119,6 +132,35 @@ pub async fn durable(
     }
 }
 
+/// Encodes records as `plan` says, in an encode slot. Encoding fails only if something is
+/// badly wrong (a panic): retried with the uploads' backoff for as long as it takes, counted
+/// and logged, never left behind. `None` when shutdown gave up first.
+async fn encode_with_retries(
+    shared: &Shared,
+    plan: &ObjectPlan,
+    records: &[Bytes],
+) -> Option<Payload> {
+    let ctx = &shared.ctx;
+    let level = ctx.upload.gzip_level_for(shared.name.as_str());
+    let mut delay = ctx.upload.retry_initial;
+    loop {
+        let (compression, format, key) = (plan.compression, plan.format.clone(), plan.key.clone());
+        let attempt = records.to_vec();
+        let encoded = in_slot(shared, &ctx.encode_slots, move || {
+            Payload::of(compression, format.as_ref(), level, attempt, &key)
+        });
+        match encoded.await {
+            Slot::Done(body) => return Some(body),
+            Slot::Failed => {}
+            Slot::Abandoned => return None,
+        }
+        shared.metrics.delivery_failure("encode");
+        if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+            return None;
+        }
+    }
+}
+
 /// Encodes records (`bytes` of payload) as one object and writes it (a plain batch, or a
 /// partition buffer).
 pub async fn write_records(
@@ -127,27 +169,9 @@ pub async fn write_records(
     records: Vec<Bytes>,
     bytes: u64,
 ) -> bool {
-    let ctx = &shared.ctx;
     let count = records.len() as u64;
-    let level = ctx.upload.gzip_level_for(shared.name.as_str());
-    let mut delay = ctx.upload.retry_initial;
-    // Encoding JSON lines fails only if something is badly wrong (a panic): retried with the
-    // uploads' backoff for as long as it takes, counted and logged, never left behind.
-    let body = loop {
-        let (compression, format, key) = (plan.compression, plan.format.clone(), plan.key.clone());
-        let attempt = records.clone();
-        let encoded = in_slot(shared, &ctx.encode_slots, move || {
-            Payload::of(compression, format.as_ref(), level, attempt, &key)
-        });
-        match encoded.await {
-            Slot::Done(body) => break body,
-            Slot::Failed => {}
-            Slot::Abandoned => return false,
-        }
-        shared.metrics.delivery_failure("encode");
-        if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
-            return false;
-        }
+    let Some(body) = encode_with_retries(shared, &plan, &records).await else {
+        return false;
     };
     // The body holds what the upload needs; the records (and the request buffers they share)
     // need not stay alive beside it until it lands. Parquet still encodes from them.
@@ -160,6 +184,36 @@ pub async fn write_records(
         error_output: None,
     };
     write_object(shared, object).await
+}
+
+/// Writes a batch's backup object: its records as received, with the backup's compression
+/// and SSE-KMS key.
+async fn write_backup(
+    shared: &Shared,
+    plan: ObjectPlan,
+    records: &[Bytes],
+    kms_key: Option<Arc<str>>,
+) -> bool {
+    let Some(Payload::Ready(body)) = encode_with_retries(shared, &plan, records).await else {
+        // Abandoned at shutdown (a backup plan is never Parquet).
+        return false;
+    };
+    let mut uploader = shared.uploader();
+    uploader.kms_key = kms_key;
+    match sink::upload(&uploader, &plan, body).await {
+        UploadOutcome::Landed { bytes } => {
+            let m = &shared.metrics;
+            m.objects_written.inc();
+            m.object_bytes.inc_by(bytes);
+            m.backup_records.inc_by(records.len() as u64);
+            tracing::debug!(stream = %shared.name, key = %plan.key, records = records.len(), "backup object written");
+            true
+        }
+        UploadOutcome::Abandoned => {
+            tracing::warn!(stream = %shared.name, key = %plan.key, "backup upload abandoned at shutdown; the journal will deliver it on the next start");
+            false
+        }
+    }
 }
 
 /// How work run in a slot ended.
@@ -462,6 +516,7 @@ fn prepare(
                 compression: plan.compression,
                 layout: None,
                 format: format.cloned(),
+                backup: None,
             },
             records,
             payload_bytes: bytes,
@@ -627,6 +682,7 @@ fn error_objects(
                 compression: plan.compression,
                 format: None,
                 layout: None,
+                backup: None,
             },
             records,
             payload_bytes: bytes,

@@ -117,6 +117,9 @@ struct PlanV1 {
     compression: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     layout: Option<LayoutV1>,
+    /// The batch's backup object, when the stream has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backup: Option<Box<PlanV1>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     format: Option<ConversionV1>,
 }
@@ -259,6 +262,7 @@ impl From<&ObjectPlan> for PlanV1 {
                 },
             }),
             format: p.format.as_ref().map(ConversionV1::from),
+            backup: p.backup.as_deref().map(|b| Box::new(PlanV1::from(b))),
         }
     }
 }
@@ -390,6 +394,10 @@ impl PlanV1 {
             compression,
             layout,
             format: self.format.map(ConversionV1::into_conversion).transpose()?,
+            backup: match self.backup {
+                None => None,
+                Some(b) => Some(Box::new(b.into_plan()?)),
+            },
         })
     }
 }
@@ -467,6 +475,7 @@ mod tests {
             compression: Compression::Gzip,
             layout: None,
             format: None,
+            backup: None,
         };
         let processed = ObjectPlan {
             bucket: "bkt".into(),
@@ -507,6 +516,7 @@ mod tests {
                 },
             }),
             format: None,
+            backup: None,
         };
         let buffered = ObjectPlan {
             bucket: "lake".into(),
@@ -552,6 +562,7 @@ mod tests {
                 },
             }),
             format: None,
+            backup: None,
         };
         vec![plain, processed, buffered]
     }
@@ -564,6 +575,7 @@ mod tests {
                 compression: Compression::Uncompressed,
                 layout: None,
                 format: Some(conversion()),
+                backup: None,
             },
             version: 3,
             partition: format!("c=KR/{}/", "\u{1}".repeat(11)),

@@ -16,6 +16,9 @@ use super::partitions::PartKey;
 pub const ERROR_OBJECT_BASE: u64 = 1 << 32;
 /// Partition buffers' objects: named after their first contributing batch, tagged apart.
 pub const PARTITION_OBJECT_BASE: u64 = 2 << 32;
+/// Added to the incarnation for a batch's backup object (`S3BackupMode`), so its id differs
+/// from the batch's data objects even in the same bucket and prefix.
+pub const BACKUP_OBJECT_BASE: u64 = 3 << 32;
 
 /// Who names objects: the stream and its journal's incarnation.
 #[derive(Clone, Copy)]
@@ -32,6 +35,22 @@ impl Namer<'_> {
         let dest = &def.destination;
         let at = dest.naming.local_time(oldest_ms);
         let unique = unique_id(self.incarnation, start);
+        let backup = dest.backup.as_ref().map(|b| {
+            let rendered = b.prefix.render(at, None, &mut rand::rng());
+            let unique = unique_id(self.incarnation.wrapping_add(BACKUP_OBJECT_BASE), start);
+            Box::new(ObjectPlan {
+                bucket: b.bucket.as_str().to_owned(),
+                key: format!(
+                    "{}{}",
+                    prefix::object_name(&rendered, def.name.as_str(), def.version, at, &unique),
+                    b.compression.suffix()
+                ),
+                compression: b.compression,
+                layout: None,
+                format: None,
+                backup: None,
+            })
+        });
         if dest.processing.is_some() || dest.dynamic_partitioning || dest.conversion.is_some() {
             let rng = &mut rand::rng();
             let buffered = dest.dynamic_partitioning;
@@ -59,6 +78,7 @@ impl Namer<'_> {
                     },
                 }),
                 format: None,
+                backup,
             };
         }
         let rendered = dest.prefix.render(at, None, &mut rand::rng());
@@ -73,6 +93,7 @@ impl Namer<'_> {
             compression: dest.compression,
             layout: None,
             format: None,
+            backup,
         }
     }
 
@@ -99,6 +120,7 @@ impl Namer<'_> {
             compression: key.compression,
             layout: None,
             format: key.format.clone(),
+            backup: None,
         }
     }
 

@@ -37,15 +37,22 @@ pub const INTAKE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// When the stream's open buffer is sealed (size, age): its buffering hints, or for a stream
 /// with dynamic partitioning the shorter intake limits (the hints then apply per partition).
+/// With a backup, the smaller of the two destinations' hints: each batch is also one backup
+/// object, and neither destination's objects pass their hints.
 pub fn intake_hints(dest: &crate::definition::Destination) -> (u64, Duration) {
-    if dest.dynamic_partitioning {
+    let (mut bytes, mut interval) = if dest.dynamic_partitioning {
         (
             dest.buffer_bytes.min(INTAKE_BYTES),
             dest.buffer_interval.min(INTAKE_INTERVAL),
         )
     } else {
         (dest.buffer_bytes, dest.buffer_interval)
+    };
+    if let Some(backup) = &dest.backup {
+        bytes = bytes.min(backup.buffer_bytes);
+        interval = interval.min(backup.buffer_interval);
     }
+    (bytes, interval)
 }
 
 /// Which buffer a batch's records of one partition join: records sealed under different
@@ -383,6 +390,7 @@ mod tests {
                 compression: Compression::Uncompressed,
                 layout: None,
                 format: None,
+                backup: None,
             },
             version: 1,
             partition: prefix.into(),

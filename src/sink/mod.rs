@@ -36,6 +36,9 @@ pub struct ObjectPlan {
     pub layout: Option<Layout>,
     /// Record format conversion: the object is Parquet, written from normalized records.
     pub format: Option<crate::definition::conversion::Conversion>,
+    /// `S3BackupMode: Enabled`: the batch's records as received also go to this object
+    /// (named when the batch is sealed, so a replay writes the same one).
+    pub backup: Option<Box<ObjectPlan>>,
 }
 
 /// The parts of a processed batch's object keys fixed when it is sealed; the partition keys
