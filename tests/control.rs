@@ -511,3 +511,211 @@ fn the_api_reference_lists_every_firehose_operation_and_the_daemon_answers_it() 
     let (_, body) = d.raw(Some("DescribeDeliveryStreamz"), b"{}");
     assert!(body.contains("UnknownOperationException"), "{body}");
 }
+
+/// The README's table of `CreateDeliveryStream` members: each member it lists is sent in a
+/// create, and the daemon does what its status says (supported or ignored: created, and the
+/// member described; refused: `InvalidArgumentException` naming it). The test knows a sample of
+/// every member, so the table cannot list one the daemon was not asked about, nor leave one out.
+#[test]
+fn the_readme_table_of_create_members_is_what_the_daemon_does() {
+    use serde_json::{Value, json};
+    let readme = std::fs::read_to_string("README.md").unwrap();
+    let section = readme
+        .split("\n## Firehose API\n")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .unwrap();
+    let table: Vec<(String, String)> = section
+        .lines()
+        .skip_while(|l| !l.starts_with("| member | status |"))
+        .skip(2)
+        .take_while(|l| l.starts_with("| `"))
+        .flat_map(|l| {
+            let cells: Vec<&str> = l.split(" | ").collect();
+            let status = cells[1].split([':', ' ']).next().unwrap().to_string();
+            cells[0]
+                .trim_start_matches("| ")
+                .split(", ")
+                .map(|m| m.trim_matches('`').to_string())
+                .map(move |m| (m, status.clone()))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(table.len() > 20, "{table:?}");
+
+    let role = "arn:aws:iam::000000000000:role/firehose";
+    let key = "arn:aws:kms:us-east-1:000000000000:key/0a1b2c3d-1111-2222-3333-444455556666";
+    let destination = |patch: Value| {
+        let mut d = json!({"RoleARN": role, "BucketARN": "arn:aws:s3:::members"});
+        d.as_object_mut()
+            .unwrap()
+            .extend(patch.as_object().unwrap().clone());
+        d
+    };
+    // A create request with the member; for destination members, the member in the
+    // destination (what Describe should then echo).
+    let sample = |member: &str| -> Option<(Value, Option<&'static str>)> {
+        let base = |extra: Value| {
+            let mut r = json!({"ExtendedS3DestinationConfiguration": destination(json!({}))});
+            r.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            r
+        };
+        let dest = |patch: Value| json!({"ExtendedS3DestinationConfiguration": destination(patch)});
+        Some(match member {
+            "DeliveryStreamName" => (base(json!({})), None),
+            "DeliveryStreamType" => (base(json!({"DeliveryStreamType": "DirectPut"})), None),
+            "Tags" => (
+                base(json!({"Tags": [{"Key": "team", "Value": "games"}]})),
+                None,
+            ),
+            "DeliveryStreamEncryptionConfigurationInput" => (
+                base(
+                    json!({"DeliveryStreamEncryptionConfigurationInput": {"KeyType": "AWS_OWNED_CMK"}}),
+                ),
+                None,
+            ),
+            "ExtendedS3DestinationConfiguration" => (base(json!({})), None),
+            "S3DestinationConfiguration" => (
+                json!({"S3DestinationConfiguration": destination(json!({}))}),
+                None,
+            ),
+            "KinesisStreamSourceConfiguration" => (
+                base(
+                    json!({member: {"KinesisStreamARN": "arn:aws:kinesis:us-east-1:000000000000:stream/s", "RoleARN": role}}),
+                ),
+                None,
+            ),
+            "MSKSourceConfiguration"
+            | "DatabaseSourceConfiguration"
+            | "RedshiftDestinationConfiguration"
+            | "ElasticsearchDestinationConfiguration"
+            | "AmazonopensearchserviceDestinationConfiguration"
+            | "AmazonOpenSearchServerlessDestinationConfiguration"
+            | "SplunkDestinationConfiguration"
+            | "HttpEndpointDestinationConfiguration"
+            | "SnowflakeDestinationConfiguration"
+            | "IcebergDestinationConfiguration" => (base(json!({member: {"RoleARN": role}})), None),
+            "RoleARN" => (dest(json!({})), Some("RoleARN")),
+            "BucketARN" => (dest(json!({})), Some("BucketARN")),
+            "Prefix" => (dest(json!({"Prefix": "p/"})), Some("Prefix")),
+            "ErrorOutputPrefix" => (
+                dest(
+                    json!({"Prefix": "p/!{timestamp:yyyy}/", "ErrorOutputPrefix": "e/!{firehose:error-output-type}/"}),
+                ),
+                Some("ErrorOutputPrefix"),
+            ),
+            "BufferingHints" => (
+                dest(json!({"BufferingHints": {"SizeInMBs": 2, "IntervalInSeconds": 30}})),
+                Some("BufferingHints"),
+            ),
+            "CompressionFormat" => (
+                dest(json!({"CompressionFormat": "ZIP"})),
+                Some("CompressionFormat"),
+            ),
+            "EncryptionConfiguration" => (
+                dest(
+                    json!({"EncryptionConfiguration": {"KMSEncryptionConfig": {"AWSKMSKeyARN": key}}}),
+                ),
+                Some("EncryptionConfiguration"),
+            ),
+            "CloudWatchLoggingOptions" => (
+                dest(
+                    json!({"CloudWatchLoggingOptions": {"Enabled": true, "LogGroupName": "g", "LogStreamName": "s"}}),
+                ),
+                Some("CloudWatchLoggingOptions"),
+            ),
+            "ProcessingConfiguration" => (
+                dest(
+                    json!({"ProcessingConfiguration": {"Enabled": true, "Processors": [{"Type": "AppendDelimiterToRecord"}]}}),
+                ),
+                Some("ProcessingConfiguration"),
+            ),
+            "DynamicPartitioningConfiguration" => (
+                dest(json!({
+                    "Prefix": "p/k=!{partitionKeyFromQuery:k}/",
+                    "ErrorOutputPrefix": "e/!{firehose:error-output-type}/",
+                    "DynamicPartitioningConfiguration": {"Enabled": true},
+                    "ProcessingConfiguration": {"Enabled": true, "Processors": [{"Type": "MetadataExtraction", "Parameters": [
+                        {"ParameterName": "MetadataExtractionQuery", "ParameterValue": "{k: .k}"},
+                        {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"}]}]},
+                })),
+                Some("DynamicPartitioningConfiguration"),
+            ),
+            "DataFormatConversionConfiguration" => (
+                dest(json!({"DataFormatConversionConfiguration": {
+                    "Enabled": true,
+                    "SchemaConfiguration": {"DatabaseName": "game", "TableName": "players", "RoleARN": role},
+                    "InputFormatConfiguration": {"Deserializer": {"OpenXJsonSerDe": {}}},
+                    "OutputFormatConfiguration": {"Serializer": {"ParquetSerDe": {}}}}})),
+                Some("DataFormatConversionConfiguration"),
+            ),
+            "S3BackupMode" | "S3BackupConfiguration" => (
+                dest(json!({"S3BackupMode": "Enabled", "S3BackupConfiguration": {
+                    "RoleARN": role, "BucketARN": "arn:aws:s3:::members-source", "Prefix": "raw/"}})),
+                Some(if member == "S3BackupMode" {
+                    "S3BackupMode"
+                } else {
+                    "S3BackupDescription"
+                }),
+            ),
+            "FileExtension" => (
+                dest(json!({"FileExtension": ".json"})),
+                Some("FileExtension"),
+            ),
+            "CustomTimeZone" => (
+                dest(json!({"CustomTimeZone": "Asia/Tokyo"})),
+                Some("CustomTimeZone"),
+            ),
+            _ => return None,
+        })
+    };
+
+    let d = Daemon::start(
+        r#"
+[[table]]
+database = "game"
+name = "players"
+columns = [{ name = "k", type = "string" }]
+"#,
+    );
+    for (i, (member, status)) in table.iter().enumerate() {
+        let (mut request, described) =
+            sample(member).unwrap_or_else(|| panic!("the test has no sample of {member}"));
+        let name = format!("member-{i}");
+        request["DeliveryStreamName"] = json!(name);
+        let (code, body) = d.raw(Some("CreateDeliveryStream"), request.to_string().as_bytes());
+        match status.as_str() {
+            "supported" | "ignored" => {
+                assert_eq!(code, 200, "{member} ({status}): {body}");
+                let (_, desc) = d.raw(
+                    Some("DescribeDeliveryStream"),
+                    json!({"DeliveryStreamName": name}).to_string().as_bytes(),
+                );
+                let desc: Value = serde_json::from_str(&desc).unwrap();
+                if let Some(field) = described {
+                    let ext = &desc["DeliveryStreamDescription"]["Destinations"][0]["ExtendedS3DestinationDescription"];
+                    let given = &request["ExtendedS3DestinationConfiguration"];
+                    let expected = match field {
+                        "S3BackupDescription" => &given["S3BackupConfiguration"]["BucketARN"],
+                        _ => &given[field],
+                    };
+                    let got = match field {
+                        "S3BackupDescription" => &ext[field]["BucketARN"],
+                        _ => &ext[field],
+                    };
+                    assert_eq!(got, expected, "{member}: described {ext}");
+                }
+            }
+            "refused" => {
+                assert_eq!(code, 400, "{member}: {body}");
+                assert!(
+                    body.contains("InvalidArgumentException") && body.contains(member.as_str()),
+                    "{member}: {body}"
+                );
+            }
+            other => panic!("{member}: unknown status {other:?} in the README"),
+        }
+    }
+}
