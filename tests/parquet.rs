@@ -437,7 +437,7 @@ async fn inferred_schemas_with_partitions_from_toml() {
     assert!(kr[0].0.ends_with(".parquet") && us[0].0.ends_with(".parquet"));
     let (schema, rows) = pyarrow_read(&kr[0].1);
     // Each object's schema is inferred from its own records: ints and floats widen to double,
-    // nested values are kept as JSON text.
+    // and a key that is an object in one record and a list in another is JSON text.
     assert_eq!(
         schema,
         [
@@ -732,4 +732,57 @@ async fn an_encoder_panic_writes_no_object_and_the_retry_delivers_once() {
         d.log()
     );
     assert!(d.terminate().success());
+}
+
+/// Without a table, nested objects are inferred as structs and arrays as lists: pyarrow and
+/// DuckDB read `geo.lat` and `tags[1]` from the object spillway wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nested_records_are_inferred_as_structs_and_lists_for_pyarrow_and_duckdb() {
+    let s3 = S3Server::start();
+    s3.create_bucket("nested");
+    let config = format!("{}{}", s3.config(), by_location("nested", "enabled = true"));
+    let d = Daemon::start(&config);
+    let fh = d.firehose();
+    put_all(
+        &fh,
+        "nested",
+        &[
+            r#"{"location":"KR","geo":{"lat":37.5,"lon":127},"tags":["new","pvp"],"stats":{"kills":[1,2]}}"#,
+            r#"{"location":"KR","geo":{"lat":35,"lon":129.1,"city":"Busan"},"tags":[],"stats":{"kills":[]}}"#,
+        ],
+    )
+    .await;
+    let kr = parquet_under(&s3, "nested", "loc=KR/", 2).await;
+    let (schema, rows) = pyarrow_read(&kr[0].1);
+    assert_eq!(
+        schema,
+        [
+            "geo: struct<city: string, lat: double, lon: double>",
+            "location: string",
+            "stats: struct<kills: list<item: int64>>",
+            "tags: list<item: string>",
+        ]
+    );
+    assert_eq!(rows[0]["geo"]["lat"], 37.5);
+    assert_eq!(rows[1]["geo"]["city"], "Busan");
+    assert_eq!(rows[0]["tags"][1], "pvp");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("object.parquet");
+    std::fs::write(&path, &kr[0].1).unwrap();
+    let script = r#"
+import sys, duckdb
+rows = duckdb.sql(f"SELECT geo.lat, tags[1], len(stats.kills) FROM read_parquet('{sys.argv[1]}')").fetchall()
+for r in rows:
+    print(r)
+"#;
+    let out = stdout_of(
+        std::process::Command::new(venv_python())
+            .arg("-c")
+            .arg(script)
+            .arg(&path),
+    );
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        "(37.5, 'new', 2)\n(35.0, None, 0)\n"
+    );
 }

@@ -10,7 +10,8 @@
 //! 2. in [`encode_to`], a row group at a time: the rows are decoded into Arrow and written as
 //!    Parquet, so memory holds one row group of converted data, never the whole object.
 //!
-//! Without declared columns, the object's schema is inferred from its converted records first.
+//! Without declared columns, the object's schema is inferred from its converted records first
+//! ([`infer`]): nested objects become structs and arrays lists, as engines infer them.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -104,23 +105,31 @@ impl Converter {
         };
         Ok(match &self.schema {
             Some(schema) => Value::Object(self.row(&map, schema.fields(), "")?),
-            // Inferred per object: the key rules apply, and nested values become JSON text.
-            None => Value::Object(
+            // Inferred per object: the key rules apply at every level; nesting is kept (the
+            // schema decides, per object, what becomes a struct, a list or JSON text).
+            None => self.rename_keys(Value::Object(map)),
+        })
+    }
+
+    /// The key rules applied to every object in `v` (its depth was checked).
+    fn rename_keys(&self, v: Value) -> Value {
+        match v {
+            Value::Object(map) => Value::Object(
                 map.into_iter()
                     .map(|(k, v)| {
-                        let v = match v {
-                            Value::Object(_) | Value::Array(_) => Value::String(v.to_string()),
-                            v => v,
-                        };
                         let renamed = match self.key(&k) {
                             Cow::Owned(renamed) => Some(renamed),
                             Cow::Borrowed(_) => None,
                         };
-                        (renamed.unwrap_or(k), v)
+                        (renamed.unwrap_or(k), self.rename_keys(v))
                     })
                     .collect(),
             ),
-        })
+            Value::Array(items) => {
+                Value::Array(items.into_iter().map(|v| self.rename_keys(v)).collect())
+            }
+            v => v,
+        }
     }
 
     /// A JSON key as it is compared with column names; borrowed when the rules change
@@ -481,60 +490,150 @@ fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, DoesNotFi
     Ok(out)
 }
 
-/// The schema of normalized records without declared columns, columns in name order: each
-/// key's non-null values decide (booleans, integers as bigint, numbers as double, anything else
-/// as string); integers mixed with other numbers are doubles, other disagreements strings,
-/// objects and arrays are kept as JSON text, and keys only ever null are strings.
-pub fn infer(records: impl IntoIterator<Item = Bytes>) -> SchemaRef {
-    #[derive(Clone, Copy, PartialEq)]
-    enum Kind {
-        Null,
-        Bool,
-        Int,
-        Float,
-        Text,
+/// Distinct keys a nested object may have across an object's records before it is kept as
+/// JSON text instead of a struct: records with ever-new keys cannot make a schema of thousands
+/// of columns.
+pub const MAX_INFERRED_STRUCT_FIELDS: usize = 1000;
+
+/// What the values of one key (or one list's items) are across an object's records.
+#[derive(Clone, Debug, PartialEq)]
+enum Shape {
+    Null,
+    Bool,
+    Int,
+    Float,
+    Text,
+    List(Box<Shape>),
+    Struct(std::collections::BTreeMap<String, Shape>),
+}
+
+impl Shape {
+    fn of(v: &Value) -> Shape {
+        match v {
+            Value::Null => Shape::Null,
+            Value::Bool(_) => Shape::Bool,
+            Value::Number(n) if n.is_i64() => Shape::Int,
+            Value::Number(_) => Shape::Float,
+            Value::String(_) => Shape::Text,
+            Value::Array(items) => Shape::List(Box::new(
+                items
+                    .iter()
+                    .fold(Shape::Null, |acc, item| acc.merge(Shape::of(item))),
+            )),
+            Value::Object(map) => {
+                let mut fields = std::collections::BTreeMap::new();
+                for (k, v) in map {
+                    fields.insert(k.clone(), Shape::of(v));
+                }
+                Shape::Struct(fields).capped()
+            }
+        }
     }
-    let mut order: Vec<String> = Vec::new();
-    let mut kinds: HashMap<String, Kind> = HashMap::new();
+
+    /// Integers and floats widen to floats; lists merge their items, structs their fields;
+    /// nulls take the other side's shape; any other disagreement is text.
+    fn merge(self, other: Shape) -> Shape {
+        match (self, other) {
+            (Shape::Null, b) => b,
+            (a, Shape::Null) => a,
+            (Shape::Int, Shape::Float) | (Shape::Float, Shape::Int) => Shape::Float,
+            (Shape::List(a), Shape::List(b)) => Shape::List(Box::new(a.merge(*b))),
+            (Shape::Struct(mut a), Shape::Struct(b)) => {
+                for (k, shape) in b {
+                    let merged = match a.remove(&k) {
+                        Some(existing) => existing.merge(shape),
+                        None => shape,
+                    };
+                    a.insert(k, merged);
+                }
+                Shape::Struct(a).capped()
+            }
+            (a, b) if a == b => a,
+            _ => Shape::Text,
+        }
+    }
+
+    fn capped(self) -> Shape {
+        match self {
+            Shape::Struct(fields) if fields.len() > MAX_INFERRED_STRUCT_FIELDS => Shape::Text,
+            s => s,
+        }
+    }
+
+    /// The Arrow type: lists of their items' type, structs of their fields in name order;
+    /// text, keys only ever null, lists only ever empty and objects only ever empty as strings.
+    fn data_type(&self) -> DataType {
+        match self {
+            Shape::Bool => DataType::Boolean,
+            Shape::Int => DataType::Int64,
+            Shape::Float => DataType::Float64,
+            Shape::Null | Shape::Text => DataType::Utf8,
+            Shape::List(item) => {
+                DataType::List(Arc::new(Field::new("item", item.data_type(), true)))
+            }
+            Shape::Struct(fields) if fields.is_empty() => DataType::Utf8,
+            Shape::Struct(fields) => DataType::Struct(
+                fields
+                    .iter()
+                    .map(|(k, s)| Field::new(k, s.data_type(), true))
+                    .collect::<Fields>(),
+            ),
+        }
+    }
+}
+
+/// The schema of normalized records without declared columns, columns in name order: each
+/// key's non-null values decide, recursively. Booleans, integers as bigint, numbers as double,
+/// strings; objects are structs and arrays lists; integers mixed with other numbers are
+/// doubles, other disagreements strings (a value of another shape there is written as its JSON
+/// text); keys only ever null, lists only ever empty and objects only ever empty are strings.
+pub fn infer(records: impl IntoIterator<Item = Bytes>) -> SchemaRef {
+    let mut columns: std::collections::BTreeMap<String, Shape> = Default::default();
     for r in records {
         let Ok(Value::Object(map)) = serde_json::from_slice::<Value>(&r) else {
             continue;
         };
         for (k, v) in map {
-            let kind = match v {
-                Value::Null => Kind::Null,
-                Value::Bool(_) => Kind::Bool,
-                Value::Number(n) if n.is_i64() => Kind::Int,
-                Value::Number(_) => Kind::Float,
-                _ => Kind::Text,
+            let shape = Shape::of(&v);
+            let merged = match columns.remove(&k) {
+                Some(existing) => existing.merge(shape),
+                None => shape,
             };
-            let slot = kinds.entry(k.clone()).or_insert_with(|| {
-                order.push(k);
-                Kind::Null
-            });
-            *slot = match (*slot, kind) {
-                (a, Kind::Null) => a,
-                (Kind::Null, b) => b,
-                (a, b) if a == b => a,
-                (Kind::Int, Kind::Float) | (Kind::Float, Kind::Int) => Kind::Float,
-                _ => Kind::Text,
-            };
+            columns.insert(k, merged);
         }
     }
-    order.sort();
-    let fields: Vec<Field> = order
-        .into_iter()
-        .map(|k| {
-            let ty = match kinds[&k] {
-                Kind::Bool => DataType::Boolean,
-                Kind::Int => DataType::Int64,
-                Kind::Float => DataType::Float64,
-                Kind::Null | Kind::Text => DataType::Utf8,
-            };
-            Field::new(k, ty, true)
-        })
+    let fields: Vec<Field> = columns
+        .iter()
+        .map(|(k, s)| Field::new(k, s.data_type(), true))
         .collect();
     Arc::new(Schema::new(fields))
+}
+
+/// A value made to fit an inferred type: objects and arrays where the type is a string become
+/// their JSON text (a disagreement within the object); lists and structs are fitted item by
+/// item and field by field.
+fn conform(v: Value, ty: &DataType) -> Value {
+    match (ty, v) {
+        (DataType::Utf8, v @ (Value::Object(_) | Value::Array(_))) => Value::String(v.to_string()),
+        (DataType::List(item), Value::Array(items)) => Value::Array(
+            items
+                .into_iter()
+                .map(|v| conform(v, item.data_type()))
+                .collect(),
+        ),
+        (DataType::Struct(fields), Value::Object(map)) => Value::Object(
+            map.into_iter()
+                .map(|(k, v)| {
+                    let v = match fields.find(&k) {
+                        Some((_, f)) => conform(v, f.data_type()),
+                        None => v,
+                    };
+                    (k, v)
+                })
+                .collect(),
+        ),
+        (_, v) => v,
+    }
 }
 
 fn properties(conversion: &Conversion) -> WriterProperties {
@@ -591,6 +690,11 @@ pub fn encode_to(
         None => infer(records.iter().filter_map(|r| converter.normalize(r).ok())),
     };
     let inferred = conversion.columns.is_none();
+    let row_type = DataType::Struct(schema.fields().clone());
+    let row = |r: &Bytes| -> std::io::Result<Value> {
+        let v = row(r)?;
+        Ok(if inferred { conform(v, &row_type) } else { v })
+    };
     let row_group_bytes = ROW_GROUP_INPUT_BYTES.min(conversion.parquet.block_size_bytes);
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties(conversion)))
         .map_err(|e| io(&e))?;
@@ -860,5 +964,140 @@ mod tests {
         );
         let body = encode(&conv, records).unwrap();
         assert!(body.concat().starts_with(b"PAR1"));
+    }
+
+    #[test]
+    fn nested_objects_are_inferred_as_structs_and_arrays_as_lists() {
+        use arrow_array::{Array, ListArray, StructArray};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let conv = conversion(None);
+        let records: Vec<Bytes> = [
+            r#"{"id":1,"Geo":{"Lat":1.5,"lon":2,"city":"Oslo"},"tags":["a","b"],"mixed":{"x":1},"empty":[],"nothing":null,"deep":{"a":{"b":[{"c":1}]}},"nums":[1,2]}"#,
+            r#"{"id":2,"geo":{"lat":3,"lon":4.25},"tags":[],"mixed":[1],"empty":[],"nothing":null,"deep":{"a":{"b":[{"c":2.5,"d":"x"}]}},"nums":[1.5]}"#,
+            r#"{"id":3,"geo":null,"tags":["c"],"mixed":"text","obj":{}}"#,
+        ]
+        .iter()
+        .map(|r| Bytes::from_static(r.as_bytes()))
+        .collect();
+        let c = Converter::new(&conv);
+        let schema = infer(records.iter().map(|r| c.normalize(r).unwrap()));
+        let ty = |name: &str| schema.field_with_name(name).unwrap().data_type().clone();
+        let list = |t: DataType| DataType::List(Arc::new(Field::new("item", t, true)));
+        let strukt = |fields: Vec<(&str, DataType)>| {
+            DataType::Struct(
+                fields
+                    .into_iter()
+                    .map(|(n, t)| Field::new(n, t, true))
+                    .collect::<Fields>(),
+            )
+        };
+        // Keys are lowercased at every level (case-insensitive by default); integers and
+        // floats widen to double inside structs and lists too.
+        assert_eq!(
+            ty("geo"),
+            strukt(vec![
+                ("city", DataType::Utf8),
+                ("lat", DataType::Float64),
+                ("lon", DataType::Float64)
+            ])
+        );
+        assert_eq!(ty("tags"), list(DataType::Utf8));
+        assert_eq!(ty("nums"), list(DataType::Float64));
+        // An object in one record and an array or a string in others: text.
+        assert_eq!(ty("mixed"), DataType::Utf8);
+        // Only ever empty, only ever null: strings.
+        assert_eq!(ty("empty"), list(DataType::Utf8));
+        assert_eq!(ty("nothing"), DataType::Utf8);
+        assert_eq!(ty("obj"), DataType::Utf8);
+        assert_eq!(
+            ty("deep"),
+            strukt(vec![(
+                "a",
+                strukt(vec![(
+                    "b",
+                    list(strukt(vec![
+                        ("c", DataType::Float64),
+                        ("d", DataType::Utf8)
+                    ]))
+                )])
+            )])
+        );
+
+        let body = encode(&conv, records).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body.concat())).unwrap();
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let geo = batch
+            .column_by_name("geo")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StructArray>()
+            .unwrap();
+        let lat = geo
+            .column_by_name("lat")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::Float64Array>()
+            .unwrap();
+        assert_eq!((lat.value(0), lat.value(1)), (1.5, 3.0));
+        assert!(geo.is_null(2));
+        let tags = batch
+            .column_by_name("tags")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<ListArray>()
+            .unwrap();
+        assert_eq!(tags.value_length(0), 2);
+        assert_eq!(tags.value_length(1), 0);
+        let mixed = batch
+            .column_by_name("mixed")
+            .unwrap()
+            .as_any()
+            .downcast_ref::<arrow_array::StringArray>()
+            .unwrap();
+        assert_eq!(
+            (mixed.value(0), mixed.value(1), mixed.value(2)),
+            (r#"{"x":1}"#, "[1]", "text")
+        );
+    }
+
+    #[test]
+    fn a_nested_object_with_too_many_keys_is_kept_as_text() {
+        let conv = conversion(None);
+        let c = Converter::new(&conv);
+        let wide = |n: usize| {
+            let fields: Vec<String> = (0..n).map(|i| format!(r#""k{i}":{i}"#)).collect();
+            Bytes::from(format!(r#"{{"m":{{{}}}}}"#, fields.join(",")))
+        };
+        let at_limit = infer([c.normalize(&wide(MAX_INFERRED_STRUCT_FIELDS)).unwrap()]);
+        assert!(matches!(
+            at_limit.field(0).data_type(),
+            DataType::Struct(f) if f.len() == MAX_INFERRED_STRUCT_FIELDS
+        ));
+        let over = infer([c.normalize(&wide(MAX_INFERRED_STRUCT_FIELDS + 1)).unwrap()]);
+        assert_eq!(over.field(0).data_type(), &DataType::Utf8);
+        // Over the limit across records, not within one.
+        let a = Bytes::from(format!(
+            r#"{{"m":{{{}}}}}"#,
+            (0..600)
+                .map(|i| format!(r#""a{i}":1"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        let b = Bytes::from(format!(
+            r#"{{"m":{{{}}}}}"#,
+            (0..600)
+                .map(|i| format!(r#""b{i}":1"#))
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+        let records = vec![a, b];
+        let schema = infer(records.iter().map(|r| c.normalize(r).unwrap()));
+        assert_eq!(schema.field(0).data_type(), &DataType::Utf8);
+        assert!(
+            encode(&conv, records)
+                .unwrap()
+                .concat()
+                .starts_with(b"PAR1")
+        );
     }
 }
