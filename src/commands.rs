@@ -75,7 +75,7 @@ fn summary(file: &Path, s: &Settings) -> String {
     for definition::DeclaredStream {
         name,
         destination: raw,
-        ..
+        tags,
     } in &s.streams
     {
         // Validated by Settings::load already.
@@ -100,6 +100,20 @@ fn summary(file: &Path, s: &Settings) -> String {
             }
             if d.dynamic_partitioning {
                 out.push_str("      dynamic partitioning on\n");
+            }
+            if let Some(b) = &d.backup {
+                out.push_str(&format!(
+                    "      backup of the source records to s3://{}/{} ({}, {} MiB / {} s)\n",
+                    b.bucket.as_str(),
+                    b.prefix.source(),
+                    b.compression.api_name(),
+                    b.buffer_bytes >> 20,
+                    b.buffer_interval.as_secs()
+                ));
+            }
+            if !tags.is_empty() {
+                let keys: Vec<&str> = tags.iter().map(|t| t.key.as_str()).collect();
+                out.push_str(&format!("      tags {}\n", keys.join(", ")));
             }
             if let Some(c) = &d.conversion {
                 let schema = match (&c.columns, raw_table(raw)) {

@@ -373,6 +373,19 @@ streams = {
                 "Compression": "ZSTD", "BlockSizeBytes": 134217728,
                 "PageSizeBytes": 1048576, "EnableDictionaryCompression": True,
                 "MaxPaddingBytes": 0, "WriterVersion": "V1"}}}}),
+    # The destination settings that name and encode objects, and the source backup.
+    "naming": dict(common,
+        BucketARN="arn:aws:s3:::echo",
+        Prefix="named/!{timestamp:yyyy/MM/dd}/",
+        ErrorOutputPrefix="named-errors/!{firehose:error-output-type}/",
+        CompressionFormat="HADOOP_SNAPPY",
+        CustomTimeZone="Asia/Tokyo",
+        FileExtension=".ndjson.snappy",
+        S3BackupMode="Enabled",
+        S3BackupConfiguration={"RoleARN": role, "BucketARN": "arn:aws:s3:::echo-source",
+                               "Prefix": "raw/", "CompressionFormat": "ZIP",
+                               "BufferingHints": {"SizeInMBs": 2, "IntervalInSeconds": 60},
+                               "EncryptionConfiguration": {"KMSEncryptionConfig": {"AWSKMSKeyARN": key}}}),
 }
 def drift(given, got, path):
     if isinstance(given, dict):
@@ -392,11 +405,25 @@ for name, dest in streams.items():
         ExtendedS3DestinationConfiguration=dest, Tags=[{"Key": "owner", "Value": "echo"}])
     desc = fh.describe_delivery_stream(DeliveryStreamName=name)["DeliveryStreamDescription"]
     ext = desc["Destinations"][0]["ExtendedS3DestinationDescription"]
+    # Firehose describes the backup it was given as S3BackupDescription.
+    dest = dict(dest)
+    if "S3BackupConfiguration" in dest:
+        dest["S3BackupDescription"] = dest.pop("S3BackupConfiguration")
     for line in drift(dest, ext, name):
         print("DRIFT", line)
     print("described", name, desc["VersionId"], desc["DeliveryStreamStatus"],
           type(desc["CreateTimestamp"]).__name__, type(desc["LastUpdateTimestamp"]).__name__)
     print("tags", name, json.dumps(fh.list_tags_for_delivery_stream(DeliveryStreamName=name)["Tags"]))
+# The stream encryption switch, through boto3.
+fh.start_delivery_stream_encryption(DeliveryStreamName="naming",
+    DeliveryStreamEncryptionConfigurationInput={"KeyType": "CUSTOMER_MANAGED_CMK", "KeyARN": key})
+enc = fh.describe_delivery_stream(DeliveryStreamName="naming")["DeliveryStreamDescription"]["DeliveryStreamEncryptionConfiguration"]
+print("encryption", enc["Status"], enc["KeyType"], enc["KeyARN"] == key)
+fh.stop_delivery_stream_encryption(DeliveryStreamName="naming")
+enc = fh.describe_delivery_stream(DeliveryStreamName="naming")["DeliveryStreamDescription"]["DeliveryStreamEncryptionConfiguration"]
+print("encryption", enc["Status"])
+fh.untag_delivery_stream(DeliveryStreamName="naming", TagKeys=["owner"])
+print("untagged", len(fh.list_tags_for_delivery_stream(DeliveryStreamName="naming")["Tags"]))
 "#;
     let out = stdout_of(
         std::process::Command::new(venv_python())
@@ -407,7 +434,14 @@ for name, dest in streams.items():
     );
     let out = String::from_utf8(out).unwrap();
     assert!(!out.contains("DRIFT"), "{out}");
-    for name in ["everything", "parquet"] {
+    for line in [
+        "encryption ENABLED CUSTOMER_MANAGED_CMK True",
+        "encryption DISABLED",
+        "untagged 0",
+    ] {
+        assert!(out.lines().any(|l| l == line), "{line} in:\n{out}");
+    }
+    for name in ["everything", "parquet", "naming"] {
         assert!(
             out.lines()
                 .any(|l| l == format!("described {name} 1 ACTIVE datetime datetime")),
