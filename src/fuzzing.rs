@@ -699,3 +699,91 @@ pub fn partition_query(data: &[u8]) {
         assert_eq!(jq.keys(record), Ok(keys), "{query:?}");
     }
 }
+
+/// The processors before the transform (`process::preprocess`): the first byte chooses them
+/// (bit 0 Decompression, bit 1 CloudWatch Logs extraction, bits 2-3 de-aggregation: none,
+/// JSON, DELIMITED with the next byte as delimiter, or JSON with every record wrapped as a KPL
+/// aggregated record with a matching digest, so the protobuf reader sees the fuzzer's bytes);
+/// the rest is records, split at `0xFF 0xFE`. Invariants: every record is accounted for once
+/// (a failure, a dropped control message, or one or more records that carry its id), none
+/// splits into more than the limit, a JSON sub-record is one JSON value, and a delimited one is
+/// not empty and holds no delimiter.
+pub fn preprocess(data: &[u8]) {
+    use crate::process::Record;
+    use crate::process::preprocess::{MAX_SUB_RECORDS, expand};
+    use md5::Digest;
+    let mut data = data;
+    let choice = take(&mut data, 1).first().copied().unwrap_or(0);
+    let delimiter = match choice >> 2 & 3 {
+        2 => Some(take(&mut data, 1).to_vec()).filter(|d| !d.is_empty()),
+        _ => None,
+    };
+    let kpl = choice >> 2 & 3 == 3;
+    let processing = definition::Processing {
+        decompression: choice & 1 != 0,
+        message_extraction: choice & 2 != 0,
+        deaggregation: match choice >> 2 & 3 {
+            0 => None,
+            2 => Some(definition::SubRecords::Delimited(
+                delimiter.clone().unwrap_or_else(|| b"\n".to_vec()),
+            )),
+            _ => Some(definition::SubRecords::Json),
+        },
+        lambda: None,
+        metadata_query: None,
+        append_delimiter: false,
+    };
+    let mut records = Vec::new();
+    let mut rest = data;
+    while !rest.is_empty() && records.len() < 64 {
+        let end = rest
+            .windows(2)
+            .position(|w| w == [0xff, 0xfe])
+            .unwrap_or(rest.len());
+        let mut bytes = rest[..end].to_vec();
+        rest = &rest[(end + 2).min(rest.len())..];
+        if kpl {
+            let digest = md5::Md5::digest(&bytes);
+            let mut wrapped = vec![0xf3, 0x89, 0x9a, 0xc2];
+            wrapped.append(&mut bytes);
+            wrapped.extend_from_slice(&digest);
+            bytes = wrapped;
+        }
+        records.push(Record {
+            id: format!("r{}", records.len()),
+            arrival_ms: 1,
+            data: Bytes::from(bytes),
+        });
+    }
+    let out = expand(&processing, &records);
+    let mut seen = vec![0usize; records.len()];
+    for f in &out.failures {
+        seen[f.index] += 1;
+        assert!(f.decompression == (f.code.starts_with("Decompression")));
+    }
+    let mut produced = vec![0usize; records.len()];
+    for r in &out.records {
+        let index: usize = r.id[1..]
+            .split('.')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .expect("an output id names its record");
+        produced[index] += 1;
+        if let Some(definition::SubRecords::Delimited(d)) = &processing.deaggregation
+            && !kpl
+        {
+            assert!(!r.data.is_empty());
+            assert!(!r.data.windows(d.len()).any(|w| w == &d[..]));
+        }
+    }
+    for (i, n) in produced.iter().enumerate() {
+        assert!(*n <= MAX_SUB_RECORDS, "record {i} split into {n}");
+        if *n > 0 {
+            seen[i] += 1;
+        }
+    }
+    // Records neither failed nor producing anything: control messages, empty de-aggregations.
+    let silent = seen.iter().filter(|s| **s == 0).count() as u64;
+    assert!(seen.iter().all(|s| *s <= 1), "a record counted twice");
+    assert!(out.dropped <= silent);
+}

@@ -82,3 +82,8 @@ fn journal_entries() {
 fn partition_query() {
     replay("partition_query", fuzzing::partition_query);
 }
+
+#[test]
+fn preprocess() {
+    replay("preprocess", fuzzing::preprocess);
+}
