@@ -873,7 +873,7 @@ impl ObjectNaming {
         let offset_ms = self
             .time_zone
             .as_deref()
-            .and_then(|name| jiff::tz::TimeZone::get(name).ok())
+            .and_then(|name| zones().get(name).ok())
             .zip(jiff::Timestamp::from_millisecond(ms as i64).ok())
             .map_or(0, |(zone, at)| {
                 i64::from(zone.to_offset(at).seconds()) * 1000
@@ -888,8 +888,17 @@ impl ObjectNaming {
     }
 }
 
+/// The IANA zones built into spillway (jiff's bundled database), never the host's: names
+/// like `localtime` that the host's zoneinfo may hold are not zones here, and a zone means the
+/// same on every machine a journal is replayed on.
+fn zones() -> &'static jiff::tz::TimeZoneDatabase {
+    static ZONES: std::sync::OnceLock<jiff::tz::TimeZoneDatabase> = std::sync::OnceLock::new();
+    ZONES.get_or_init(jiff::tz::TimeZoneDatabase::bundled)
+}
+
 /// `CustomTimeZone`: empty or `UTC` (no offset), or an IANA zone name of letters, `/` and `_`
-/// (Firehose's pattern), at most 50 characters, that the bundled zone database knows.
+/// (Firehose's pattern), at most 50 characters, spelled exactly as the bundled database
+/// names it (`Asia/Tokyo`, not `asia/tokyo`).
 fn check_time_zone(name: &str) -> Result<Option<String>, String> {
     if name.is_empty() || name == "UTC" {
         return Ok(None);
@@ -903,9 +912,15 @@ fn check_time_zone(name: &str) -> Result<Option<String>, String> {
             "must be an IANA time zone name of letters, '/' and '_', at most 50 characters, got {name:?}"
         ));
     }
-    jiff::tz::TimeZone::get(name)
-        .map_err(|_| format!("{name:?} is not a known IANA time zone (like Asia/Tokyo)"))?;
-    Ok(Some(name.to_owned()))
+    let unknown = || format!("{name:?} is not a known IANA time zone (like Asia/Tokyo)");
+    let zone = zones().get(name).map_err(|_| unknown())?;
+    match zone.iana_name() {
+        Some(canonical) if canonical == name => Ok(Some(name.to_owned())),
+        Some(canonical) => Err(format!(
+            "{name:?} must be spelled as the time zone database names it: {canonical:?}"
+        )),
+        None => Err(unknown()),
+    }
 }
 
 /// `FileExtension`: empty (the default extension), or `.` then one or more of `0-9 a-z ! - _
@@ -1241,6 +1256,9 @@ mod tests {
             "Etc/GMT+5",
             "../../etc/passwd",
             &"A".repeat(51),
+            "asia/tokyo",
+            "localtime",
+            "posixrules",
         ] {
             assert!(check_time_zone(bad).is_err(), "{bad}");
         }

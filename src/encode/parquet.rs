@@ -494,6 +494,16 @@ fn decimal_text(v: &Value, precision: u8, scale: i8) -> Result<String, DoesNotFi
 /// JSON text instead of a struct: records with ever-new keys cannot make a schema of thousands
 /// of columns.
 pub const MAX_INFERRED_STRUCT_FIELDS: usize = 1000;
+/// Columns an inferred schema has at most, [`OVERFLOW_COLUMN`] included: the keys past the
+/// first 999 (in name order) of an object's records go, as a JSON object, into that column.
+pub const MAX_INFERRED_COLUMNS: usize = 1000;
+/// Leaf columns (values inside structs and lists counted one by one) an inferred schema has at
+/// most; past it, every nested column is kept as JSON text.
+pub const MAX_INFERRED_LEAVES: usize = 10_000;
+/// Where the keys past [`MAX_INFERRED_COLUMNS`] go (a key of this name goes there too).
+pub const OVERFLOW_COLUMN: &str = "_spillway_overflow";
+/// Rows per Arrow batch times leaf columns, at most: the JSON decoder's buffers grow with both.
+const DECODE_CELLS: usize = 1 << 20;
 
 /// What the values of one key (or one list's items) are across an object's records.
 #[derive(Clone, Debug, PartialEq)]
@@ -587,6 +597,7 @@ impl Shape {
 /// strings; objects are structs and arrays lists; integers mixed with other numbers are
 /// doubles, other disagreements strings (a value of another shape there is written as its JSON
 /// text); keys only ever null, lists only ever empty and objects only ever empty are strings.
+/// At most [`MAX_INFERRED_COLUMNS`] columns and [`MAX_INFERRED_LEAVES`] leaves (see there).
 pub fn infer(records: impl IntoIterator<Item = Bytes>) -> SchemaRef {
     let mut columns: std::collections::BTreeMap<String, Shape> = Default::default();
     for r in records {
@@ -602,11 +613,74 @@ pub fn infer(records: impl IntoIterator<Item = Bytes>) -> SchemaRef {
             columns.insert(k, merged);
         }
     }
-    let fields: Vec<Field> = columns
+    let mut overflow = columns.remove(OVERFLOW_COLUMN).is_some();
+    if columns.len() >= MAX_INFERRED_COLUMNS {
+        // Kept in name order; the rest go to the overflow column.
+        while columns.len() >= MAX_INFERRED_COLUMNS {
+            columns.pop_last();
+        }
+        overflow = true;
+    }
+    let mut fields: Vec<Field> = columns
         .iter()
         .map(|(k, s)| Field::new(k, s.data_type(), true))
         .collect();
+    if fields.iter().map(|f| leaves(f.data_type())).sum::<usize>() > MAX_INFERRED_LEAVES {
+        for f in &mut fields {
+            if matches!(f.data_type(), DataType::Struct(_) | DataType::List(_)) {
+                *f = Field::new(f.name(), DataType::Utf8, true);
+            }
+        }
+    }
+    if overflow {
+        fields.push(Field::new(OVERFLOW_COLUMN, DataType::Utf8, true));
+    }
     Arc::new(Schema::new(fields))
+}
+
+/// Leaf columns of a type: a struct's fields' leaves, a list's item's.
+fn leaves(ty: &DataType) -> usize {
+    match ty {
+        DataType::Struct(fields) => fields
+            .iter()
+            .map(|f| leaves(f.data_type()))
+            .sum::<usize>()
+            .max(1),
+        DataType::List(item) => leaves(item.data_type()),
+        _ => 1,
+    }
+}
+
+/// A normalized record made to fit its inferred schema: each key's value fitted to its column
+/// ([`conform`]), and the keys without a column (past [`MAX_INFERRED_COLUMNS`]) as one JSON
+/// object in [`OVERFLOW_COLUMN`]. A key with no column and no overflow column cannot happen
+/// (the schema was inferred from these records); it is an error rather than a dropped value.
+fn conform_row(row: Value, schema: &Schema) -> Result<Value, String> {
+    let Value::Object(map) = row else {
+        return Err("a normalized record that is not an object".into());
+    };
+    let mut out = Map::new();
+    let mut extra = Map::new();
+    for (k, v) in map {
+        match schema.fields().find(&k) {
+            Some((_, f)) if k != OVERFLOW_COLUMN => {
+                out.insert(k, conform(v, f.data_type()));
+            }
+            _ => {
+                extra.insert(k, v);
+            }
+        }
+    }
+    if !extra.is_empty() {
+        if schema.fields().find(OVERFLOW_COLUMN).is_none() {
+            return Err("a key without a column in the inferred schema".into());
+        }
+        out.insert(
+            OVERFLOW_COLUMN.to_owned(),
+            Value::String(Value::Object(extra).to_string()),
+        );
+    }
+    Ok(Value::Object(out))
 }
 
 /// A value made to fit an inferred type: objects and arrays where the type is a string become
@@ -690,11 +764,21 @@ pub fn encode_to(
         None => infer(records.iter().filter_map(|r| converter.normalize(r).ok())),
     };
     let inferred = conversion.columns.is_none();
-    let row_type = DataType::Struct(schema.fields().clone());
     let row = |r: &Bytes| -> std::io::Result<Value> {
         let v = row(r)?;
-        Ok(if inferred { conform(v, &row_type) } else { v })
+        match inferred {
+            true => conform_row(v, &schema).map_err(std::io::Error::other),
+            false => Ok(v),
+        }
     };
+    // The decoder's buffers are rows times columns: wide schemas decode fewer rows at a time.
+    let leaf_count = schema
+        .fields()
+        .iter()
+        .map(|f| leaves(f.data_type()))
+        .sum::<usize>()
+        .max(1);
+    let batch_rows = (DECODE_CELLS / leaf_count).clamp(16, 8192);
     let row_group_bytes = ROW_GROUP_INPUT_BYTES.min(conversion.parquet.block_size_bytes);
     let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(properties(conversion)))
         .map_err(|e| io(&e))?;
@@ -707,7 +791,7 @@ pub fn encode_to(
             end += 1;
         }
         let mut decoder = ReaderBuilder::new(schema.clone())
-            .with_batch_size(8192)
+            .with_batch_size(batch_rows)
             .with_coerce_primitive(inferred)
             .build_decoder()
             .map_err(|e| io(&e))?;
@@ -717,7 +801,7 @@ pub fn encode_to(
             decoder
                 .serialize(std::slice::from_ref(&row(r)?))
                 .map_err(|e| io(&e))?;
-            if decoder.len() >= 8192
+            if decoder.len() >= batch_rows
                 && let Some(batch) = decoder.flush().map_err(|e| io(&e))?
             {
                 writer.write(&batch).map_err(|e| io(&e))?;
@@ -1099,5 +1183,68 @@ mod tests {
                 .concat()
                 .starts_with(b"PAR1")
         );
+    }
+
+    #[test]
+    fn keys_past_the_column_limit_go_to_the_overflow_column_and_wide_nesting_to_text() {
+        use arrow_array::{Array, StringArray};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let conv = conversion(None);
+        let c = Converter::new(&conv);
+        // Two records of 600 keys each, none shared: 1,200 keys in all.
+        let record = |tag: &str| {
+            let fields: Vec<String> = (0..600).map(|i| format!(r#""{tag}{i:03}":{i}"#)).collect();
+            Bytes::from(format!("{{{}}}", fields.join(",")))
+        };
+        let records = vec![record("a"), record("b")];
+        let schema = infer(records.iter().map(|r| c.normalize(r).unwrap()));
+        assert_eq!(schema.fields().len(), MAX_INFERRED_COLUMNS);
+        assert_eq!(
+            schema.field(MAX_INFERRED_COLUMNS - 1).name(),
+            OVERFLOW_COLUMN
+        );
+        // In name order: all of a000-a599, then b000-b398.
+        assert_eq!(schema.field(MAX_INFERRED_COLUMNS - 2).name(), "b398");
+        let body = encode(&conv, records).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body.concat())).unwrap();
+        let batch = reader.build().unwrap().next().unwrap().unwrap();
+        let overflow = batch
+            .column_by_name(OVERFLOW_COLUMN)
+            .unwrap()
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .unwrap();
+        assert!(overflow.is_null(0));
+        let extra: Map<String, Value> = serde_json::from_str(overflow.value(1)).unwrap();
+        assert_eq!(extra.len(), 201);
+        assert_eq!(extra["b599"], 599);
+
+        // 20 columns of 600-field structs: 12,000 leaves, past the limit; all kept as text.
+        let wide: Vec<Bytes> = (0..20)
+            .map(|col| {
+                let fields: Vec<String> = (0..600).map(|i| format!(r#""f{i}":{i}"#)).collect();
+                Bytes::from(format!(r#"{{"c{col:02}":{{{}}}}}"#, fields.join(",")))
+            })
+            .collect();
+        let schema = infer(wide.iter().map(|r| c.normalize(r).unwrap()));
+        assert!(
+            schema
+                .fields()
+                .iter()
+                .all(|f| f.data_type() == &DataType::Utf8)
+        );
+        assert!(encode(&conv, wide).unwrap().concat().starts_with(b"PAR1"));
+        // A record's own key named like the overflow column goes into it.
+        let named = vec![Bytes::from(format!(r#"{{"{OVERFLOW_COLUMN}":1,"a":2}}"#))];
+        let schema = infer(named.iter().map(|r| c.normalize(r).unwrap()));
+        assert_eq!(
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>(),
+            ["a", OVERFLOW_COLUMN]
+        );
+        assert!(encode(&conv, named).unwrap().concat().starts_with(b"PAR1"));
     }
 }

@@ -52,6 +52,13 @@ pub fn intake_hints(dest: &crate::definition::Destination) -> (u64, Duration) {
         bytes = bytes.min(backup.buffer_bytes);
         interval = interval.min(backup.buffer_interval);
     }
+    if dest
+        .processing
+        .as_ref()
+        .is_some_and(|p| p.decompression || p.deaggregation.is_some())
+    {
+        bytes = bytes.min(crate::process::preprocess::PREPROCESS_INTAKE_BYTES);
+    }
     (bytes, interval)
 }
 

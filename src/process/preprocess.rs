@@ -21,6 +21,15 @@ pub const MAX_DECOMPRESSED_RECORD: usize = 4 << 20;
 pub const MAX_DECOMPRESSED_BATCH: usize = 64 << 20;
 /// Records one record may split into (CloudWatch Logs puts at most 10,000 events in a batch).
 pub const MAX_SUB_RECORDS: usize = 10_000;
+/// Records a whole batch may split into: each costs a few hundred bytes of bookkeeping on its
+/// way through processing, so tiny sub-records (`a|a|a|...`, gzip'd) must not run to millions.
+/// Batches of a stream with these processors are at most [`PREPROCESS_INTAKE_BYTES`] of input.
+pub const MAX_BATCH_RECORDS: usize = 100_000;
+/// Largest batch of a stream with `Decompression` or `RecordDeAggregation`, whatever its
+/// buffering hint: a batch expands before it is processed, and its expansion is capped
+/// ([`MAX_DECOMPRESSED_BATCH`], [`MAX_BATCH_RECORDS`]), so batches stay small enough that
+/// ordinary records (64 times smaller gzip'd, 100 times more records) never reach the caps.
+pub const PREPROCESS_INTAKE_BYTES: u64 = 1 << 20;
 
 /// The first four bytes of a record aggregated by the Kinesis Producer Library; its protobuf
 /// message follows, then the MD5 of that message.
@@ -43,13 +52,16 @@ pub mod codes {
     pub const NOT_CLOUDWATCH_LOGS: &str = "CloudWatchLogProcessing.InvalidRecord";
     pub const DEAGGREGATION_FAILED: &str = "RecordDeAggregation.InvalidRecord";
     pub const TOO_MANY_SUB_RECORDS: &str = "RecordDeAggregation.TooManySubRecords";
+    pub const BATCH_TOO_LARGE: &str = "Processing.BatchLimitExceeded";
 }
 
 /// What the processors before the transform made of a batch.
 pub struct Expanded {
     pub records: Vec<Record>,
     pub failures: Vec<Failure>,
-    /// CloudWatch Logs control messages, dropped as Firehose drops them.
+    /// Records that became no record: CloudWatch Logs control messages (dropped as Firehose
+    /// drops them), data messages without events, KPL aggregates of no records, JSON records of
+    /// white space only. Counted, never silent.
     pub dropped: u64,
 }
 
@@ -158,6 +170,20 @@ pub fn expand(p: &Processing, records: &[Record]) -> Expanded {
                 codes::TOO_MANY_SUB_RECORDS,
                 format!("holds {} records, more than {MAX_SUB_RECORDS}", parts.len()),
             );
+            continue;
+        }
+        if out.records.len() + parts.len() > MAX_BATCH_RECORDS {
+            fail(
+                false,
+                codes::BATCH_TOO_LARGE,
+                format!(
+                    "the batch's records split into more than {MAX_BATCH_RECORDS} records; this one is past that"
+                ),
+            );
+            continue;
+        }
+        if parts.is_empty() {
+            out.dropped += 1;
             continue;
         }
         for (n, data) in parts.into_iter().enumerate() {
@@ -612,5 +638,38 @@ mod tests {
         let e = expand(&p, &[record("c", &wrong_digest)]);
         assert!(e.records.is_empty());
         assert_eq!(e.failures[0].code, codes::DEAGGREGATION_FAILED);
+    }
+
+    #[test]
+    fn records_that_become_none_are_counted_and_a_batch_splits_into_at_most_its_limit() {
+        let p = processing(false, false, Some(SubRecords::Json));
+        let empty_kpl = kpl(&[]);
+        let e = expand(
+            &p,
+            &[
+                record("a", b"  \n"),
+                record("b", &empty_kpl),
+                record("c", b"{}"),
+            ],
+        );
+        assert_eq!(datas(&e), [&b"{}"[..]]);
+        assert_eq!(e.dropped, 2);
+        assert!(e.failures.is_empty());
+        let p = processing(true, true, None);
+        let no_events = br#"{"messageType":"DATA_MESSAGE","logEvents":[]}"#;
+        let e = expand(&p, &[record("a", &gzip(no_events))]);
+        assert_eq!((e.records.len(), e.dropped), (0, 1));
+
+        // 10 records of 10,000 sub-records fill the batch; the 11th fails, whole.
+        let p = processing(false, false, Some(SubRecords::Delimited(b"|".to_vec())));
+        let full = b"a|".repeat(MAX_SUB_RECORDS);
+        let batch: Vec<Record> = (0..=MAX_BATCH_RECORDS / MAX_SUB_RECORDS)
+            .map(|i| record(&i.to_string(), &full))
+            .collect();
+        let e = expand(&p, &batch);
+        assert_eq!(e.records.len(), MAX_BATCH_RECORDS);
+        assert_eq!(e.failures.len(), 1);
+        assert_eq!(e.failures[0].code, codes::BATCH_TOO_LARGE);
+        assert_eq!(e.failures[0].index, MAX_BATCH_RECORDS / MAX_SUB_RECORDS);
     }
 }
