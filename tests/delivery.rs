@@ -553,34 +553,18 @@ async fn kms_encryption_configuration_sets_sse_kms_on_every_object() {
     );
 
     // A malformed key is refused, naming the field.
-    let bad = fh
-        .create_delivery_stream()
-        .delivery_stream_name("bad-key")
-        .extended_s3_destination_configuration(
-            s3_destination("sealed", 1, 1)
-                .encryption_configuration(
-                    EncryptionConfiguration::builder()
-                        .kms_encryption_config(
-                            KmsEncryptionConfig::builder()
-                                .awskms_key_arn("arn:aws:s3:::not-a-key")
-                                .build()
-                                .unwrap(),
-                        )
-                        .build(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_err()
-        .into_service_error();
-    assert!(
-        aws_sdk_firehose::error::ProvideErrorMetadata::message(&bad)
-            .unwrap_or("")
-            .contains("AWSKMSKeyARN"),
-        "{bad:?}"
+    let bad = s3_destination("sealed", 1, 1).encryption_configuration(
+        EncryptionConfiguration::builder()
+            .kms_encryption_config(
+                KmsEncryptionConfig::builder()
+                    .awskms_key_arn("arn:aws:s3:::not-a-key")
+                    .build()
+                    .unwrap(),
+            )
+            .build(),
     );
+    let msg = create_refused(&fh, "bad-key", bad).await;
+    assert!(msg.contains("AWSKMSKeyARN"), "{msg}");
 }
 
 /// `CustomTimeZone` sets the zone of the default prefix, `!{timestamp:...}` and the object
@@ -679,21 +663,10 @@ processing_configuration = {{ enabled = true, processors = [{{ type = "MetadataE
         ("Asia/Tokyo", "json"),
         ("Asia/Tokyo", ".JSON"),
     ] {
-        let err = fh
-            .create_delivery_stream()
-            .delivery_stream_name("refused")
-            .extended_s3_destination_configuration(
-                s3_destination("zones", 1, 1)
-                    .custom_time_zone(zone)
-                    .file_extension(ext)
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap_err()
-            .into_service_error();
-        let msg = aws_sdk_firehose::error::ProvideErrorMetadata::message(&err).unwrap_or("");
+        let dest = s3_destination("zones", 1, 1)
+            .custom_time_zone(zone)
+            .file_extension(ext);
+        let msg = create_refused(&fh, "refused", dest).await;
         assert!(
             msg.contains("CustomTimeZone") || msg.contains("FileExtension"),
             "{zone} {ext}: {msg}"
@@ -891,19 +864,7 @@ async fn source_record_backup_is_written_once_even_across_a_crash() {
         ext.s3_backup_description().map(|b| b.bucket_arn()),
         Some("arn:aws:s3:::source")
     );
-    let refused = fh
-        .create_delivery_stream()
-        .delivery_stream_name("no-backup-bucket")
-        .extended_s3_destination_configuration(
-            s3_destination("main", 1, 1)
-                .s3_backup_mode(S3BackupMode::Enabled)
-                .build()
-                .unwrap(),
-        )
-        .send()
-        .await
-        .unwrap_err()
-        .into_service_error();
-    let msg = aws_sdk_firehose::error::ProvideErrorMetadata::message(&refused).unwrap_or("");
+    let no_bucket = s3_destination("main", 1, 1).s3_backup_mode(S3BackupMode::Enabled);
+    let msg = create_refused(&fh, "no-backup-bucket", no_bucket).await;
     assert!(msg.contains("S3BackupConfiguration"), "{msg}");
 }

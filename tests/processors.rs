@@ -9,26 +9,11 @@ use std::time::Duration;
 
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::{
-    ProcessingConfiguration, Processor, ProcessorParameter, ProcessorParameterName, ProcessorType,
-    Record,
+    ProcessingConfiguration, Processor, ProcessorParameterName, ProcessorType, Record,
 };
 use base64::Engine as _;
 use common::*;
 use serde_json::Value;
-
-fn processor(kind: ProcessorType, params: &[(ProcessorParameterName, &str)]) -> Processor {
-    let mut p = Processor::builder().r#type(kind);
-    for (name, value) in params {
-        p = p.parameters(
-            ProcessorParameter::builder()
-                .parameter_name(name.clone())
-                .parameter_value(*value)
-                .build()
-                .unwrap(),
-        );
-    }
-    p.build().unwrap()
-}
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     use std::io::Write;
@@ -238,25 +223,13 @@ async fn processor_settings_are_checked() {
         ),
     ];
     for (processors, says) in cases {
-        let err = fh
-            .create_delivery_stream()
-            .delivery_stream_name("refused")
-            .extended_s3_destination_configuration(
-                s3_destination("pre", 1, 1)
-                    .processing_configuration(
-                        ProcessingConfiguration::builder()
-                            .enabled(true)
-                            .set_processors(Some(processors))
-                            .build(),
-                    )
-                    .build()
-                    .unwrap(),
-            )
-            .send()
-            .await
-            .unwrap_err()
-            .into_service_error();
-        let msg = aws_sdk_firehose::error::ProvideErrorMetadata::message(&err).unwrap_or("");
+        let dest = s3_destination("pre", 1, 1).processing_configuration(
+            ProcessingConfiguration::builder()
+                .enabled(true)
+                .set_processors(Some(processors))
+                .build(),
+        );
+        let msg = create_refused(&fh, "refused", dest).await;
         assert!(msg.contains(says), "{says}: {msg}");
     }
 }

@@ -17,25 +17,10 @@ use common::*;
 use serde_json::Value;
 
 fn lambda(path: &Path, extra: &[(ProcessorParameterName, &str)]) -> Processor {
-    let mut p = Processor::builder()
-        .r#type(ProcessorType::Lambda)
-        .parameters(
-            ProcessorParameter::builder()
-                .parameter_name(ProcessorParameterName::LambdaArn)
-                .parameter_value(format!("file://{}", path.display()))
-                .build()
-                .unwrap(),
-        );
-    for (name, value) in extra {
-        p = p.parameters(
-            ProcessorParameter::builder()
-                .parameter_name(name.clone())
-                .parameter_value(*value)
-                .build()
-                .unwrap(),
-        );
-    }
-    p.build().unwrap()
+    let arn = format!("file://{}", path.display());
+    let mut params = vec![(ProcessorParameterName::LambdaArn, arn.as_str())];
+    params.extend(extra.iter().cloned());
+    processor(ProcessorType::Lambda, &params)
 }
 
 fn processing(processors: Vec<Processor>) -> ProcessingConfiguration {

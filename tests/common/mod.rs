@@ -12,9 +12,11 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_firehose::Client;
 use aws_sdk_firehose::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_firehose::error::ProvideErrorMetadata;
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::{
-    BufferingHints, CompressionFormat, ExtendedS3DestinationConfiguration, Record,
+    BufferingHints, CompressionFormat, ExtendedS3DestinationConfiguration, Processor,
+    ProcessorParameter, ProcessorParameterName, ProcessorType, Record,
 };
 use bytes::Bytes;
 use futures::TryStreamExt;
@@ -478,6 +480,39 @@ pub async fn create_stream(
         .send()
         .await
         .expect("create stream");
+}
+
+/// A create the daemon must refuse with `InvalidArgumentException`; returns its message.
+pub async fn create_refused(
+    client: &Client,
+    name: &str,
+    dest: aws_sdk_firehose::types::builders::ExtendedS3DestinationConfigurationBuilder,
+) -> String {
+    let e = client
+        .create_delivery_stream()
+        .delivery_stream_name(name)
+        .extended_s3_destination_configuration(dest.build().unwrap())
+        .send()
+        .await
+        .unwrap_err()
+        .into_service_error();
+    assert_eq!(e.code(), Some("InvalidArgumentException"), "{e:?}");
+    e.message().unwrap_or("").to_owned()
+}
+
+/// A processor of `kind` with these parameters, in order.
+pub fn processor(kind: ProcessorType, params: &[(ProcessorParameterName, &str)]) -> Processor {
+    let mut p = Processor::builder().r#type(kind);
+    for (name, value) in params {
+        p = p.parameters(
+            ProcessorParameter::builder()
+                .parameter_name(name.clone())
+                .parameter_value(*value)
+                .build()
+                .unwrap(),
+        );
+    }
+    p.build().unwrap()
 }
 
 /// A newline-terminated JSON record carrying a unique id, padded to `size` bytes.
