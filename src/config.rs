@@ -359,33 +359,36 @@ struct RawBackup {
 }
 
 impl RawBackup {
-    fn to_api(&self) -> serde_json::Value {
-        let mut v = serde_json::json!({});
-        let fields = [
-            ("BucketARN", &self.bucket_arn),
-            ("Prefix", &self.prefix),
-            ("ErrorOutputPrefix", &self.error_output_prefix),
-            ("CompressionFormat", &self.compression_format),
-        ];
-        for (name, value) in fields {
-            if let Some(value) = value {
-                v[name] = serde_json::Value::String(value.clone());
-            }
+    /// The `S3BackupConfiguration` the API would take.
+    fn into_api(self) -> serde_json::Value {
+        let backup = S3Destination {
+            bucket_arn: self.bucket_arn,
+            prefix: self.prefix,
+            error_output_prefix: self.error_output_prefix,
+            compression_format: self.compression_format,
+            buffering_hints: self.buffering_hints.map(BufferingHints::from),
+            other: self.kms_key_arn.map(kms_encryption).into_iter().collect(),
+            ..S3Destination::default()
+        };
+        // Serializing strings and numbers cannot fail.
+        serde_json::to_value(backup).unwrap_or_default()
+    }
+}
+
+/// `kms_key_arn = "..."` as the API's `EncryptionConfiguration` member.
+fn kms_encryption(arn: String) -> (String, serde_json::Value) {
+    (
+        "EncryptionConfiguration".to_owned(),
+        serde_json::json!({ "KMSEncryptionConfig": { "AWSKMSKeyARN": arn } }),
+    )
+}
+
+impl From<RawBufferingHints> for BufferingHints {
+    fn from(h: RawBufferingHints) -> Self {
+        BufferingHints {
+            size_in_mbs: h.size_in_mbs,
+            interval_in_seconds: h.interval_in_seconds,
         }
-        if let Some(h) = &self.buffering_hints {
-            v["BufferingHints"] = serde_json::json!({});
-            if let Some(n) = h.size_in_mbs {
-                v["BufferingHints"]["SizeInMBs"] = n.into();
-            }
-            if let Some(n) = h.interval_in_seconds {
-                v["BufferingHints"]["IntervalInSeconds"] = n.into();
-            }
-        }
-        if let Some(arn) = &self.kms_key_arn {
-            v["EncryptionConfiguration"] =
-                serde_json::json!({ "KMSEncryptionConfig": { "AWSKMSKeyARN": arn } });
-        }
-        v
     }
 }
 
@@ -915,10 +918,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             bucket_arn: s.bucket_arn,
             prefix: s.prefix,
             error_output_prefix: s.error_output_prefix,
-            buffering_hints: s.buffering_hints.map(|h| BufferingHints {
-                size_in_mbs: h.size_in_mbs,
-                interval_in_seconds: h.interval_in_seconds,
-            }),
+            buffering_hints: s.buffering_hints.map(BufferingHints::from),
             compression_format: s.compression_format,
             processing_configuration: match s.processing_configuration.map(processing_from_toml) {
                 None => None,
@@ -952,26 +952,23 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
                 }
             },
             other: [
-                s.kms_key_arn.map(|arn| {
-                    (
-                        "EncryptionConfiguration",
-                        serde_json::json!({ "KMSEncryptionConfig": { "AWSKMSKeyARN": arn } }),
-                    )
-                }),
+                s.kms_key_arn.map(kms_encryption),
                 s.custom_time_zone
-                    .map(|z| ("CustomTimeZone", serde_json::Value::String(z))),
+                    .map(|z| ("CustomTimeZone".to_owned(), serde_json::Value::String(z))),
                 s.file_extension
-                    .map(|e| ("FileExtension", serde_json::Value::String(e))),
-                s.s3_backup
-                    .as_ref()
-                    .map(|_| ("S3BackupMode", serde_json::Value::String("Enabled".into()))),
-                s.s3_backup
-                    .as_ref()
-                    .map(|b| ("S3BackupConfiguration", b.to_api())),
+                    .map(|e| ("FileExtension".to_owned(), serde_json::Value::String(e))),
             ]
             .into_iter()
             .flatten()
-            .map(|(k, v)| (k.to_owned(), v))
+            .chain(s.s3_backup.into_iter().flat_map(|b| {
+                [
+                    (
+                        "S3BackupMode".to_owned(),
+                        serde_json::Value::from("Enabled"),
+                    ),
+                    ("S3BackupConfiguration".to_owned(), b.into_api()),
+                ]
+            }))
             .collect(),
         };
         let tags: Vec<Tag> = s

@@ -433,11 +433,7 @@ impl Catalog {
         let name = StreamName::parse(name).map_err(CatalogError::Invalid)?;
         definition::tags::check_list(&tags, true).map_err(CatalogError::Invalid)?;
         let tags = definition::tags::merge(&[], tags).map_err(CatalogError::Invalid)?;
-        if let Some(e) = &encryption {
-            e.check().map_err(|m| {
-                CatalogError::Invalid(format!("DeliveryStreamEncryptionConfigurationInput: {m}"))
-            })?;
-        }
+        check_encryption(encryption.as_ref())?;
         // A component that does not load is the caller's mistake, reported before anything
         // is persisted.
         let prepared = self.prepare(&destination).await?;
@@ -598,11 +594,7 @@ impl Catalog {
         name: &str,
         encryption: Option<StreamEncryption>,
     ) -> Result<(), CatalogError> {
-        if let Some(e) = &encryption {
-            e.check().map_err(|m| {
-                CatalogError::Invalid(format!("DeliveryStreamEncryptionConfigurationInput: {m}"))
-            })?;
-        }
+        check_encryption(encryption.as_ref())?;
         let operation = match encryption {
             Some(_) => "StartDeliveryStreamEncryption",
             None => "StopDeliveryStreamEncryption",
@@ -708,3 +700,13 @@ impl Catalog {
 }
 
 pub const DESTINATION_ID: &str = "destinationId-000000000001";
+
+/// A `DeliveryStreamEncryptionConfigurationInput`, at create or `StartDeliveryStreamEncryption`.
+fn check_encryption(encryption: Option<&StreamEncryption>) -> Result<(), CatalogError> {
+    match encryption.map(StreamEncryption::check) {
+        Some(Err(m)) => Err(CatalogError::Invalid(format!(
+            "DeliveryStreamEncryptionConfigurationInput: {m}"
+        ))),
+        _ => Ok(()),
+    }
+}

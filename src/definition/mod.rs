@@ -575,29 +575,13 @@ fn validate_backup(raw: &S3Destination) -> Result<Option<BackupDestination>, Str
     let hints = backup.buffering_hints.clone().unwrap_or_default();
     let size = hints.size_in_mbs.unwrap_or(5);
     let interval = hints.interval_in_seconds.unwrap_or(300);
-    if !(1..=128).contains(&size) {
-        return Err(at(format!(
-            "BufferingHints.SizeInMBs must be between 1 and 128 (MiB), got {size}"
-        )));
-    }
-    if !(0..=900).contains(&interval) {
-        return Err(at(format!(
-            "BufferingHints.IntervalInSeconds must be between 0 and 900 (seconds), got {interval}"
-        )));
-    }
-    let compression_name = backup
-        .compression_format
-        .as_deref()
-        .unwrap_or("UNCOMPRESSED");
-    let compression = Compression::from_api_name(compression_name).ok_or_else(|| {
-        at(format!(
-            "CompressionFormat must be UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY, got {compression_name:?}"
-        ))
-    })?;
-    let kms_key = match backup.other.get("EncryptionConfiguration") {
-        None | Some(Value::Null) => None,
-        Some(v) => encryption_key(v).map_err(|m| at(format!("EncryptionConfiguration: {m}")))?,
-    };
+    check_size_mib(size).map_err(|m| at(format!("BufferingHints.SizeInMBs {m}")))?;
+    check_interval_seconds(interval)
+        .map_err(|m| at(format!("BufferingHints.IntervalInSeconds {m}")))?;
+    let compression = compression(backup.compression_format.as_deref())
+        .map_err(|m| at(format!("CompressionFormat {m}")))?;
+    let kms_key = member(&backup.other, "EncryptionConfiguration", encryption_key)
+        .map_err(|m| at(format!("EncryptionConfiguration: {m}")))?;
     let extra = [
         backup
             .processing_configuration
@@ -681,29 +665,16 @@ pub fn validate(
     };
     let hints = raw.buffering_hints.clone().unwrap_or_default();
     let size = hints.size_in_mbs.unwrap_or(DEFAULT_BUFFER_MIB);
-    if !(1..=128).contains(&size) {
-        err(
-            Field::SizeInMbs,
-            format!("must be between 1 and 128 (MiB), got {size}"),
-        );
+    if let Err(m) = check_size_mib(size) {
+        err(Field::SizeInMbs, m);
     }
     let interval = hints.interval_in_seconds.unwrap_or(DEFAULT_BUFFER_SECONDS);
-    if !(0..=900).contains(&interval) {
-        err(
-            Field::IntervalInSeconds,
-            format!("must be between 0 and 900 (seconds), got {interval}"),
-        );
+    if let Err(m) = check_interval_seconds(interval) {
+        err(Field::IntervalInSeconds, m);
     }
-    let compression_name = raw.compression_format.as_deref().unwrap_or("UNCOMPRESSED");
-    let compression = Compression::from_api_name(compression_name);
-    if compression.is_none() {
-        err(
-            Field::CompressionFormat,
-            format!(
-                "must be UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY, got {compression_name:?}"
-            ),
-        );
-    }
+    let compression = compression(raw.compression_format.as_deref())
+        .map_err(|m| err(Field::CompressionFormat, m))
+        .ok();
     let dynamic_partitioning = match &raw.dynamic_partitioning_configuration {
         None => false,
         Some(dp) => {
@@ -761,52 +732,18 @@ pub fn validate(
             &mut err,
         );
     }
+    // The members read from `other`; a bad one is reported and read as absent.
+    let mut setting = |name: &'static str, read: fn(&Value) -> Result<Option<String>, String>| {
+        member(&raw.other, name, read).unwrap_or_else(|m| {
+            err(Field::Other(name), m);
+            None
+        })
+    };
     let naming = ObjectNaming {
-        time_zone: match raw.other.get("CustomTimeZone") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(name)) => match check_time_zone(name) {
-                Ok(zone) => zone,
-                Err(m) => {
-                    err(Field::Other("CustomTimeZone"), m);
-                    None
-                }
-            },
-            Some(other) => {
-                err(
-                    Field::Other("CustomTimeZone"),
-                    format!("must be a string, got {other}"),
-                );
-                None
-            }
-        },
-        file_extension: match raw.other.get("FileExtension") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(ext)) => match check_file_extension(ext) {
-                Ok(ext) => ext,
-                Err(m) => {
-                    err(Field::Other("FileExtension"), m);
-                    None
-                }
-            },
-            Some(other) => {
-                err(
-                    Field::Other("FileExtension"),
-                    format!("must be a string, got {other}"),
-                );
-                None
-            }
-        },
+        time_zone: setting("CustomTimeZone", |v| check_time_zone(text(v)?)),
+        file_extension: setting("FileExtension", |v| check_file_extension(text(v)?)),
     };
-    let kms_key = match raw.other.get("EncryptionConfiguration") {
-        None | Some(Value::Null) => None,
-        Some(v) => match encryption_key(v) {
-            Ok(key) => key,
-            Err(m) => {
-                err(Field::Other("EncryptionConfiguration"), m);
-                None
-            }
-        },
-    };
+    let kms_key = setting("EncryptionConfiguration", encryption_key);
     let backup = validate_backup(raw)
         .map_err(|m| err(Field::Other("S3BackupMode"), m))
         .ok()
@@ -943,6 +880,49 @@ fn check_file_extension(ext: &str) -> Result<Option<String>, String> {
         ));
     }
     Ok(Some(ext.to_owned()))
+}
+
+/// The member `name` of `other`, read by `read` unless it is absent or null.
+fn member<T>(
+    other: &Map<String, Value>,
+    name: &str,
+    read: impl FnOnce(&Value) -> Result<Option<T>, String>,
+) -> Result<Option<T>, String> {
+    match other.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => read(v),
+    }
+}
+
+fn text(v: &Value) -> Result<&str, String> {
+    v.as_str()
+        .ok_or_else(|| format!("must be a string, got {v}"))
+}
+
+/// `BufferingHints.SizeInMBs`: 1 to 128.
+fn check_size_mib(size: i64) -> Result<(), String> {
+    match (1..=128).contains(&size) {
+        true => Ok(()),
+        false => Err(format!("must be between 1 and 128 (MiB), got {size}")),
+    }
+}
+
+/// `BufferingHints.IntervalInSeconds`: 0 to 900.
+fn check_interval_seconds(interval: i64) -> Result<(), String> {
+    match (0..=900).contains(&interval) {
+        true => Ok(()),
+        false => Err(format!(
+            "must be between 0 and 900 (seconds), got {interval}"
+        )),
+    }
+}
+
+/// `CompressionFormat`, `UNCOMPRESSED` when absent.
+fn compression(name: Option<&str>) -> Result<Compression, String> {
+    let name = name.unwrap_or("UNCOMPRESSED");
+    Compression::from_api_name(name).ok_or_else(|| {
+        format!("must be UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY, got {name:?}")
+    })
 }
 
 /// Reads `EncryptionConfiguration`: `{"NoEncryptionConfig": "NoEncryption"}` or

@@ -35,16 +35,17 @@ impl Namer<'_> {
         let dest = &def.destination;
         let at = dest.naming.local_time(oldest_ms);
         let unique = unique_id(self.incarnation, start);
+        // A whole key: a prefix rendered now, Firehose's name, the extension.
+        let key_with = |template: &prefix::PrefixTemplate, unique: &str, suffix: &str| {
+            let rendered = template.render(at, None, &mut rand::rng());
+            let name = prefix::object_name(&rendered, def.name.as_str(), def.version, at, unique);
+            format!("{name}{suffix}")
+        };
         let backup = dest.backup.as_ref().map(|b| {
-            let rendered = b.prefix.render(at, None, &mut rand::rng());
             let unique = unique_id(self.incarnation.wrapping_add(BACKUP_OBJECT_BASE), start);
             Box::new(ObjectPlan {
                 bucket: b.bucket.as_str().to_owned(),
-                key: format!(
-                    "{}{}",
-                    prefix::object_name(&rendered, def.name.as_str(), def.version, at, &unique),
-                    b.compression.suffix()
-                ),
+                key: key_with(&b.prefix, &unique, b.compression.suffix()),
                 compression: b.compression,
                 layout: None,
                 format: None,
@@ -81,11 +82,10 @@ impl Namer<'_> {
                 backup,
             };
         }
-        let rendered = dest.prefix.render(at, None, &mut rand::rng());
-        let key = format!(
-            "{}{}",
-            prefix::object_name(&rendered, def.name.as_str(), def.version, at, &unique),
-            dest.naming.data_suffix(dest.compression.suffix())
+        let key = key_with(
+            &dest.prefix,
+            &unique,
+            dest.naming.data_suffix(dest.compression.suffix()),
         );
         ObjectPlan {
             bucket: dest.bucket.as_str().to_owned(),

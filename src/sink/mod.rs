@@ -84,10 +84,10 @@ pub enum StoreError {
     },
 }
 
-/// Buckets resolved to object stores, built once each.
 /// A bucket and the SSE-KMS key its objects are written with.
 type StoreKey = (String, Option<Arc<str>>);
 
+/// Buckets resolved to object stores, built once each.
 pub struct Stores {
     settings: StoreSettings,
     /// By bucket and SSE-KMS key: the key is a setting of the S3 client.
