@@ -45,7 +45,21 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let metrics = Arc::new(Metrics::new());
     metrics.set_limits(settings.max_memory_bytes, settings.journal.max_bytes);
-    let stores = Stores::new(settings.store.clone());
+    let store = match &settings.store {
+        // Absolute, so table files can be named file:// locations readers open directly.
+        crate::config::StoreSettings::Local { root } => {
+            std::fs::create_dir_all(root)
+                .with_context(|| format!("cannot create {}", root.display()))?;
+            crate::config::StoreSettings::Local {
+                root: root
+                    .canonicalize()
+                    .with_context(|| format!("cannot resolve {}", root.display()))?,
+            }
+        }
+        s3 => s3.clone(),
+    };
+    let iceberg_catalogs = iceberg_catalogs(&settings, &store)?;
+    let stores = Arc::new(Stores::new(store));
     tracing::info!(store = %stores.describe(), data_dir = %data_dir.display(), fsync = settings.journal.fsync, "starting");
     let transforms = crate::transform::Host::new(
         settings.transform.cache_dir.clone(),
@@ -68,7 +82,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         journal_total: AtomicU64::new(0),
         journal: settings.journal.clone(),
         upload: settings.upload.clone(),
-        stores,
+        stores: stores.clone(),
         tracker: TaskTracker::new(),
         abandon: CancellationToken::new(),
         encode_slots: Arc::new(tokio::sync::Semaphore::new(cores)),
@@ -79,6 +93,11 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
             settings.query_limits.clone(),
         ),
         tables: settings.tables.clone(),
+        iceberg: Arc::new(crate::iceberg::Catalogs::new(
+            iceberg_catalogs,
+            stores.clone(),
+            metrics.clone(),
+        )),
     });
 
     // Listen before replaying: /healthz answers during a long replay, /readyz does not yet.
@@ -221,4 +240,42 @@ fn shutdown_signal() -> impl std::future::Future<Output = ()> {
             let _ = tokio::signal::ctrl_c().await;
         }
     }
+}
+
+/// The configured Iceberg catalogs with their defaults resolved: SQLite under the data
+/// directory, the warehouse in the object store.
+fn iceberg_catalogs(
+    settings: &Settings,
+    store: &crate::config::StoreSettings,
+) -> anyhow::Result<std::collections::BTreeMap<String, crate::iceberg::CatalogSettings>> {
+    let data_dir = settings
+        .data_dir
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", settings.data_dir.display()))?;
+    let default_warehouse = match store {
+        crate::config::StoreSettings::Local { root } => {
+            format!("file://{}/iceberg/warehouse", root.display())
+        }
+        crate::config::StoreSettings::S3(_) => "s3://iceberg/warehouse".to_owned(),
+    };
+    Ok(settings
+        .iceberg_catalogs
+        .iter()
+        .map(|(name, c)| {
+            let uri = c.uri.clone().unwrap_or_else(|| {
+                format!(
+                    "sqlite://{}/iceberg/catalog.db?mode=rwc",
+                    data_dir.display()
+                )
+            });
+            let warehouse = c
+                .warehouse
+                .clone()
+                .unwrap_or_else(|| default_warehouse.clone());
+            (
+                name.clone(),
+                crate::iceberg::CatalogSettings { uri, warehouse },
+            )
+        })
+        .collect())
 }

@@ -144,6 +144,30 @@ struct RawConfig {
     streams: Vec<RawStream>,
     #[serde(default, rename = "table")]
     tables: Vec<RawTable>,
+    #[serde(default)]
+    iceberg: RawIceberg,
+}
+
+/// `[iceberg]`: the catalogs Iceberg destinations name (`CatalogARN` `...:catalog/NAME`; the
+/// plain `...:catalog` is `default`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIceberg {
+    #[serde(default)]
+    catalogs: std::collections::BTreeMap<String, RawCatalog>,
+}
+
+/// `[iceberg.catalogs.NAME]`: a SQL catalog.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCatalog {
+    /// `sqlite:///path/catalog.db?mode=rwc` or `postgres://user:password@host:port/database`.
+    /// `default`'s: a SQLite file `<data_dir>/iceberg/catalog.db`.
+    uri: Option<String>,
+    /// Where new tables go: `s3://bucket/path` (in the configured object store), or with the
+    /// local store also `file:///path` under its root. Default: `file://<local_root>/iceberg/
+    /// warehouse` with the local store, `s3://iceberg/warehouse` with S3.
+    warehouse: Option<String>,
 }
 
 /// A table for `SchemaConfiguration` (spillway's stand-in for the Glue Data Catalog).
@@ -552,6 +576,15 @@ pub struct Settings {
     pub streams: Vec<DeclaredStream>,
     /// Tables for `DataFormatConversionConfiguration.SchemaConfiguration`.
     pub tables: crate::definition::conversion::Tables,
+    /// `[iceberg.catalogs]`, with `default` always present; `None`s are resolved at start
+    /// (they depend on where the data directory and the local store are).
+    pub iceberg_catalogs: std::collections::BTreeMap<String, IcebergCatalog>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IcebergCatalog {
+    pub uri: Option<String>,
+    pub warehouse: Option<String>,
 }
 
 /// Limits of the HTTP listener against slow or piled-up clients.
@@ -1002,6 +1035,43 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         }
     }
 
+    let mut iceberg_catalogs = std::collections::BTreeMap::new();
+    iceberg_catalogs.insert("default".to_owned(), IcebergCatalog::default());
+    for (name, c) in raw.iceberg.catalogs {
+        let at = format!("iceberg.catalogs.{name}");
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            problems.push(format!(
+                "{at}: a catalog name is 1-64 letters, digits, _ or -"
+            ));
+        }
+        if let Some(uri) = &c.uri
+            && !["sqlite://", "postgres://", "postgresql://"]
+                .iter()
+                .any(|p| uri.starts_with(p))
+        {
+            problems.push(format!(
+                "{at}.uri: must start with sqlite://, postgres:// or postgresql://"
+            ));
+        }
+        if let Some(w) = &c.warehouse
+            && !(w.starts_with("s3://") || w.starts_with("file:///"))
+        {
+            problems.push(format!("{at}.warehouse: must start with s3:// or file:///"));
+        }
+        iceberg_catalogs.insert(
+            name,
+            IcebergCatalog {
+                uri: c.uri,
+                warehouse: c.warehouse,
+            },
+        );
+    }
+
     let auth = auth_keys(raw.auth, &mut problems);
     let tls = raw.tls.map(|t| crate::api::tls::TlsFiles {
         cert_file: t.cert_file,
@@ -1036,6 +1106,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             tls,
             streams,
             tables,
+            iceberg_catalogs,
         }),
         _ => Err(problems),
     }

@@ -41,6 +41,7 @@ pub mod durable;
 pub mod encode;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod iceberg;
 pub mod journal;
 pub mod metrics;
 pub mod pipeline;

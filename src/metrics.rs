@@ -52,6 +52,19 @@ pub struct Metrics {
     memory_wait_seconds: HistogramVec,
     journal_limit_bytes: IntGauge,
     ready: IntGauge,
+    /// Iceberg destinations' commits, by stream and table.
+    pub iceberg: IcebergMetrics,
+}
+
+/// What Iceberg destinations count; labelled by stream and table (`database.table`, from
+/// the stream's settings, so bounded).
+pub struct IcebergMetrics {
+    pub commits: IntCounterVec,
+    pub commit_conflicts: IntCounterVec,
+    pub commit_failures: IntCounterVec,
+    pub data_files: IntCounterVec,
+    pub rows: IntCounterVec,
+    pub skipped_replays: IntCounterVec,
 }
 
 /// The handles one delivery stream updates, resolved once.
@@ -464,6 +477,44 @@ impl Metrics {
             memory_wait_seconds,
             journal_limit_bytes,
             ready,
+            iceberg: IcebergMetrics {
+                commits: counter(
+                    &r,
+                    "spillway_iceberg_commits_total",
+                    "Append snapshots committed to Iceberg tables (one per flushed batch and table).",
+                    &["stream", "table"],
+                ),
+                commit_conflicts: counter(
+                    &r,
+                    "spillway_iceberg_commit_conflicts_total",
+                    "Commits the catalog refused because another writer committed first; each is retried on the new table state.",
+                    &["table"],
+                ),
+                commit_failures: counter(
+                    &r,
+                    "spillway_iceberg_commit_failures_total",
+                    "Attempts to write or commit a batch to an Iceberg table that failed (catalog or store unreachable, table missing); each is retried with backoff.",
+                    &["stream", "table"],
+                ),
+                data_files: counter(
+                    &r,
+                    "spillway_iceberg_data_files_total",
+                    "Parquet data files added to Iceberg tables.",
+                    &["stream", "table"],
+                ),
+                rows: counter(
+                    &r,
+                    "spillway_iceberg_rows_total",
+                    "Rows added to Iceberg tables.",
+                    &["stream", "table"],
+                ),
+                skipped_replays: counter(
+                    &r,
+                    "spillway_iceberg_replays_skipped_total",
+                    "Replayed batches not appended again because the table already has their snapshot (exactly once across restarts).",
+                    &["stream", "table"],
+                ),
+            },
             registry: r,
         }
     }

@@ -629,8 +629,18 @@ fn the_readme_table_of_create_members_is_what_the_daemon_does() {
             | "AmazonOpenSearchServerlessDestinationConfiguration"
             | "SplunkDestinationConfiguration"
             | "HttpEndpointDestinationConfiguration"
-            | "SnowflakeDestinationConfiguration"
-            | "IcebergDestinationConfiguration" => (base(json!({member: {"RoleARN": role}})), None),
+            | "SnowflakeDestinationConfiguration" => (base(json!({member: {"RoleARN": role}})), None),
+            "IcebergDestinationConfiguration" => (
+                json!({member: {
+                    "RoleARN": role,
+                    "CatalogConfiguration": {"CatalogARN": "arn:aws:glue:us-east-1:000000000000:catalog"},
+                    "DestinationTableConfigurationList": [
+                        {"DestinationDatabaseName": "game", "DestinationTableName": "players"}
+                    ],
+                    "S3Configuration": {"RoleARN": role, "BucketARN": "arn:aws:s3:::members"},
+                }}),
+                None,
+            ),
             "RoleARN" => (dest(json!({})), Some("RoleARN")),
             "BucketARN" => (dest(json!({})), Some("BucketARN")),
             "Prefix" => (dest(json!({"Prefix": "p/"})), Some("Prefix")),

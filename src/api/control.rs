@@ -9,7 +9,7 @@ use super::auth::Grant;
 use super::error::{ApiError, from_json_error};
 use crate::catalog::{Catalog, DESTINATION_ID, DestinationShape, StreamEntry};
 use crate::definition::tags::Tag;
-use crate::definition::{S3Destination, StreamEncryption};
+use crate::definition::{S3Destination, StreamEncryption, iceberg};
 
 fn parse<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| from_json_error(&e))
@@ -23,6 +23,7 @@ struct CreateIn {
     extended_s3_destination_configuration: Option<S3Destination>,
     #[serde(rename = "S3DestinationConfiguration")]
     s3_destination_configuration: Option<S3Destination>,
+    iceberg_destination_configuration: Option<Map<String, Value>>,
     tags: Option<Vec<Tag>>,
     delivery_stream_encryption_configuration_input: Option<StreamEncryption>,
     #[serde(flatten)]
@@ -83,20 +84,33 @@ pub(crate) fn read_create(body: &[u8], grant: &Grant<'_>) -> Result<CreateReques
     let (shape, destination) = match (
         input.extended_s3_destination_configuration,
         input.s3_destination_configuration,
+        input.iceberg_destination_configuration,
     ) {
-        (Some(d), None) => (DestinationShape::ExtendedS3, d),
-        (None, Some(d)) => (DestinationShape::S3, d),
-        (None, None) => {
+        (Some(d), None, None) => (DestinationShape::ExtendedS3, d),
+        (None, Some(d), None) => (DestinationShape::S3, d),
+        (None, None, Some(d)) => {
+            let s3 = iceberg::to_s3_destination(d)
+                .map_err(|m| ApiError::invalid(format!("IcebergDestinationConfiguration: {m}")))?;
+            (DestinationShape::Iceberg, parse(s3.to_string().as_bytes())?)
+        }
+        (None, None, None) => {
             return Err(ApiError::invalid(
-                "ExtendedS3DestinationConfiguration (or S3DestinationConfiguration) is required.",
+                "ExtendedS3DestinationConfiguration (or S3DestinationConfiguration, or IcebergDestinationConfiguration) is required.",
             ));
         }
-        (Some(_), Some(_)) => {
+        _ => {
             return Err(ApiError::invalid(
-                "Give only one of ExtendedS3DestinationConfiguration and S3DestinationConfiguration.",
+                "Give only one of ExtendedS3DestinationConfiguration, S3DestinationConfiguration and IcebergDestinationConfiguration.",
             ));
         }
     };
+    if shape != DestinationShape::Iceberg && destination.other.contains_key(iceberg::ICEBERG_MEMBER)
+    {
+        return Err(ApiError::invalid(format!(
+            "{} is a destination of its own, not a member of an S3 destination.",
+            iceberg::ICEBERG_MEMBER
+        )));
+    }
     Ok(CreateRequest {
         name: input.delivery_stream_name,
         shape,
@@ -173,10 +187,48 @@ fn description(catalog: &Catalog, entry: &StreamEntry) -> Value {
         }
     }
     let mut destination = json!({ "DestinationId": DESTINATION_ID });
+    if record.shape == DestinationShape::Iceberg {
+        destination["IcebergDestinationDescription"] = iceberg_description(extended, s3);
+        return stream_description(catalog, &record, destination);
+    }
     if record.shape == DestinationShape::ExtendedS3 {
         destination["ExtendedS3DestinationDescription"] = extended;
     }
     destination["S3DestinationDescription"] = Value::Object(s3);
+    stream_description(catalog, &record, destination)
+}
+
+/// An Iceberg destination as Firehose describes it: its own members, the shared ones, and
+/// `S3DestinationDescription` for the error output.
+fn iceberg_description(mut given: Value, s3: Map<String, Value>) -> Value {
+    let mut out = Map::new();
+    if let Some(Value::Object(own)) = given
+        .as_object_mut()
+        .and_then(|m| m.remove(iceberg::ICEBERG_MEMBER))
+    {
+        out.extend(own);
+    }
+    for key in [
+        "RoleARN",
+        "BufferingHints",
+        "ProcessingConfiguration",
+        "CloudWatchLoggingOptions",
+    ] {
+        if let Some(v) = given.get(key) {
+            out.insert(key.into(), v.clone());
+        }
+    }
+    out.entry("ProcessingConfiguration")
+        .or_insert_with(|| json!({ "Enabled": false }));
+    out.insert("S3DestinationDescription".into(), Value::Object(s3));
+    Value::Object(out)
+}
+
+fn stream_description(
+    catalog: &Catalog,
+    record: &crate::catalog::StreamRecord,
+    destination: Value,
+) -> Value {
     let encryption = match &record.encryption {
         Some(e) => {
             let mut v = serde_json::to_value(e).unwrap_or_else(|_| json!({}));

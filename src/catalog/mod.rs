@@ -32,6 +32,8 @@ pub enum DestinationShape {
     ExtendedS3,
     /// Created with the older `S3DestinationConfiguration`.
     S3,
+    /// Created with `IcebergDestinationConfiguration`.
+    Iceberg,
 }
 
 /// What Describe shows and what is persisted for API-created streams.
@@ -313,6 +315,16 @@ impl Catalog {
     async fn prepare(&self, raw: &S3Destination) -> Result<Prepared, CatalogError> {
         let destination = definition::validate(raw, &self.ctx.tables, crate::process::jq::check)
             .map_err(CatalogError::invalid)?;
+        if let Some(target) = &destination.iceberg
+            && !self.ctx.iceberg.is_configured(&target.catalog)
+        {
+            return Err(CatalogError::Invalid(format!(
+                "IcebergDestinationConfiguration: CatalogConfiguration.CatalogARN names the catalog {:?}, which is not configured (configured: {}); declare it as [iceberg.catalogs.{}] in the config file",
+                target.catalog,
+                self.ctx.iceberg.names().join(", "),
+                target.catalog
+            )));
+        }
         let transform = self
             .load_transform(&destination)
             .await
@@ -514,6 +526,11 @@ impl Catalog {
                 current: current.version,
                 given: current_version.to_owned(),
             });
+        }
+        if current.shape == DestinationShape::Iceberg {
+            return Err(CatalogError::Invalid(
+                "UpdateDestination is not supported for Iceberg destinations yet; delete the stream and create it again".into(),
+            ));
         }
         let mut merged = current.destination.clone();
         merged.apply_update(update);

@@ -11,6 +11,7 @@
 
 pub mod conversion;
 pub mod hive_type;
+pub mod iceberg;
 pub mod prefix;
 pub mod tags;
 
@@ -443,6 +444,9 @@ pub struct Destination {
     pub naming: ObjectNaming,
     /// `S3BackupMode: Enabled`.
     pub backup: Option<BackupDestination>,
+    /// `IcebergDestinationConfiguration`: records go into Iceberg tables; the bucket and
+    /// error prefix above are where failed records go.
+    pub iceberg: Option<iceberg::IcebergTarget>,
     /// The settings as given, with spillway's defaults filled in: what Describe echoes.
     pub raw: S3Destination,
 }
@@ -525,6 +529,7 @@ const READ: &[&str] = &[
     "FileExtension",
     "S3BackupMode",
     "S3BackupConfiguration",
+    iceberg::ICEBERG_MEMBER,
 ];
 
 /// `S3BackupMode: Enabled`: every source record, as received, also goes to this bucket and
@@ -748,6 +753,32 @@ pub fn validate(
         .map_err(|m| err(Field::Other("S3BackupMode"), m))
         .ok()
         .flatten();
+    let iceberg = match raw.other.get(iceberg::ICEBERG_MEMBER) {
+        None | Some(Value::Null) => None,
+        Some(v) => iceberg::validate(v)
+            .map_err(|m| err(Field::Other("IcebergDestinationConfiguration"), m))
+            .ok(),
+    };
+    if iceberg.is_some() {
+        if dynamic_partitioning {
+            err(
+                Field::DynamicPartitioning,
+                "is not a setting of Iceberg destinations (tables have partition specs)".into(),
+            );
+        }
+        if raw.data_format_conversion_configuration.is_some() {
+            err(
+                Field::DataFormatConversion,
+                "is not a setting of Iceberg destinations (tables are Parquet)".into(),
+            );
+        }
+        if backup.is_some() {
+            err(
+                Field::Other("S3BackupMode"),
+                "Iceberg destinations back up failed records only (FailedDataOnly)".into(),
+            );
+        }
+    }
     for name in raw.other.keys() {
         if IGNORED.contains(&name.as_str()) || READ.contains(&name.as_str()) {
             continue;
@@ -783,6 +814,7 @@ pub fn validate(
         kms_key,
         naming,
         backup,
+        iceberg,
         raw: normalized,
     })
 }

@@ -80,6 +80,20 @@ impl Converter {
         }
     }
 
+    /// A converter for columns given as an Arrow schema (an Iceberg table's).
+    pub fn with_schema(input: JsonInput, schema: SchemaRef) -> Converter {
+        Converter {
+            input,
+            schema: Some(schema),
+        }
+    }
+
+    /// The record as a JSON value fitted to the columns (what Arrow's JSON decoder takes), or
+    /// why it does not fit.
+    pub fn fit(&self, data: &[u8]) -> Result<Value, DoesNotFit> {
+        self.fitted(data)
+    }
+
     /// The record as JSON that fits the columns (one line, no newline), or why it does not.
     pub fn normalize(&self, data: &[u8]) -> Result<Bytes, DoesNotFit> {
         let out = self.fitted(data)?;
@@ -182,6 +196,9 @@ impl Converter {
                 Cow::Owned(format!("{path}.{}", field.name()))
             };
             let v = match value {
+                None | Some(Value::Null) if !field.is_nullable() => {
+                    return Err(DoesNotFit(format!("{at}: required, got nothing")));
+                }
                 None | Some(Value::Null) => Value::Null,
                 Some(v) => self.convert(v, field.data_type(), &at)?,
             };
@@ -234,7 +251,7 @@ impl Converter {
                     None => refuse("expected a number"),
                 }
             }
-            DataType::Timestamp(TimeUnit::Microsecond, None) => match self.timestamp_micros(v) {
+            DataType::Timestamp(TimeUnit::Microsecond, _) => match self.timestamp_micros(v) {
                 Some(us) => Ok(Value::from(us)),
                 None => {
                     refuse("expected a timestamp (ISO-8601 text, or epoch seconds or milliseconds)")

@@ -93,6 +93,9 @@ pub async fn deliver(
             let batch = (batch, &mut memory);
             deliver_partitioned(shared, batch, plan, layout, definition, events).await
         }
+        Some(layout) if definition.destination.iceberg.is_some() => {
+            super::iceberg::deliver(shared, batch, plan, layout, definition).await
+        }
         Some(layout) => deliver_processed(shared, batch, plan, layout, definition).await,
         None => write_records(shared, plan, batch.records, memory.bytes()).await,
     };
@@ -217,7 +220,7 @@ async fn write_backup(
 }
 
 /// How work run in a slot ended.
-enum Slot<T> {
+pub(super) enum Slot<T> {
     Done(T),
     /// It returned an error or panicked (logged).
     Failed,
@@ -228,7 +231,7 @@ enum Slot<T> {
 /// Runs `work` on a blocking thread once one of `slots` is free, unless shutdown gives up on
 /// deliveries first: a backlog waiting for slots then ends at once instead of running batch
 /// after batch past the shutdown timeout.
-async fn in_slot<T: Send + 'static>(
+pub(super) async fn in_slot<T: Send + 'static>(
     shared: &Shared,
     slots: &Arc<Semaphore>,
     work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -347,7 +350,7 @@ impl Payload {
 }
 
 /// One object of a processed batch, encoded and named.
-struct Output {
+pub(super) struct Output {
     plan: ObjectPlan,
     body: Payload,
     records: u64,
@@ -388,7 +391,7 @@ async fn deliver_processed(
 /// What it takes to deliver a batch without processing it: after processing failed on it (a
 /// panic, an encoding error), its records go to `processing-failed` as they were received, so
 /// a record that broke processing once can never break it again, here or on a replay.
-struct Unprocessed {
+pub(super) struct Unprocessed {
     start: Position,
     records: Vec<Bytes>,
     arrivals: Vec<u64>,
@@ -397,7 +400,7 @@ struct Unprocessed {
 }
 
 impl Unprocessed {
-    fn of(batch: &Batch, plan: &ObjectPlan, layout: &Layout) -> Unprocessed {
+    pub(super) fn of(batch: &Batch, plan: &ObjectPlan, layout: &Layout) -> Unprocessed {
         Unprocessed {
             start: batch.start,
             records: batch.records.clone(),
@@ -408,7 +411,7 @@ impl Unprocessed {
     }
 
     /// The batch's error objects, retried with backoff until encoded; None if shutdown gave up.
-    async fn objects(self, shared: &Arc<Shared>) -> Option<Vec<Output>> {
+    pub(super) async fn objects(self, shared: &Arc<Shared>) -> Option<Vec<Output>> {
         let ctx = &shared.ctx;
         shared.metrics.delivery_failure("process");
         tracing::error!(stream = %shared.name, start = %self.start, records = self.records.len(), "processing failed on this batch; its records go to processing-failed unprocessed");
@@ -603,7 +606,7 @@ async fn deliver_partitioned(
 }
 
 /// Writes objects side by side; true when all landed.
-async fn write_all(shared: &Shared, objects: Vec<Output>) -> bool {
+pub(super) async fn write_all(shared: &Shared, objects: Vec<Output>) -> bool {
     let landed: Vec<bool> = futures::stream::iter(objects)
         .map(|object| write_object(shared, object))
         .buffer_unordered(shared.ctx.upload.concurrency)
@@ -619,13 +622,37 @@ fn process_batch(
     layout: &Layout,
     definition: &StreamDefinition,
 ) -> process::Processed {
-    let records: Vec<process::Record> = batch
+    let converter = sealed_conversion(layout).map(crate::encode::parquet::Converter::new);
+    let input = Input {
+        start: batch.start,
+        records: batch.records,
+        arrivals: batch.arrivals,
+    };
+    process_records(shared, input, layout, definition, converter.as_ref())
+}
+
+/// A batch's records and where they start in the journal.
+pub(super) struct Input {
+    pub start: Position,
+    pub records: Vec<Bytes>,
+    pub arrivals: Vec<u64>,
+}
+
+/// Runs the processing a batch was sealed with, converting records with `converter`.
+pub(super) fn process_records(
+    shared: &Shared,
+    input: Input,
+    layout: &Layout,
+    definition: &StreamDefinition,
+    converter: Option<&crate::encode::parquet::Converter>,
+) -> process::Processed {
+    let records: Vec<process::Record> = input
         .records
         .into_iter()
-        .zip(batch.arrivals)
+        .zip(input.arrivals)
         .enumerate()
         .map(|(i, (data, arrival_ms))| process::Record {
-            id: shared.record_id(Position(batch.start.0 + i as u64)),
+            id: shared.record_id(Position(input.start.0 + i as u64)),
             arrival_ms,
             data,
         })
@@ -633,11 +660,10 @@ fn process_batch(
     let sealed = &layout.settings;
     let (processing, partitioned) = (sealed.processing.as_ref(), sealed.dynamic_partitioning);
     let transform = sealed_transform(shared, sealed, definition);
-    let converter = sealed_conversion(layout).map(crate::encode::parquet::Converter::new);
     let job = process::Job {
         processing,
         transform: transform.as_deref(),
-        converter: converter.as_ref(),
+        converter,
         partition_by: partitioned.then_some(&layout.prefix[..]),
         max_partitions: shared.ctx.max_active_partitions,
         queries: &shared.ctx.queries,
@@ -650,7 +676,7 @@ fn process_batch(
 }
 
 /// One object per error output type, named after the batch.
-fn error_objects(
+pub(super) fn error_objects(
     shared: &Shared,
     start: Position,
     plan: &ObjectPlan,

@@ -17,6 +17,7 @@ mod delivery;
 pub(crate) mod entries;
 mod group_commit;
 mod holds;
+mod iceberg;
 mod intake;
 mod naming;
 mod partitions;
@@ -55,7 +56,7 @@ pub struct Context {
     pub journal_total: AtomicU64,
     pub journal: JournalSettings,
     pub upload: UploadSettings,
-    pub stores: Stores,
+    pub stores: Arc<Stores>,
     pub tracker: TaskTracker,
     /// Cancelled when shutdown gives up waiting for uploads; the journal keeps what is left.
     pub abandon: CancellationToken,
@@ -74,6 +75,8 @@ pub struct Context {
     pub queries: crate::process::sandbox::QuerySandbox,
     /// The config file's tables, for record format conversion schemas.
     pub tables: crate::definition::conversion::Tables,
+    /// The configured Iceberg catalogs.
+    pub iceberg: Arc<crate::iceberg::Catalogs>,
 }
 
 /// One stream's state shared by its journal thread, pipeline task and uploads.
@@ -156,6 +159,16 @@ impl Shared {
             stream: self.name.as_str(),
             incarnation: self.incarnation,
         }
+    }
+
+    /// An Iceberg append landed: the stream's deliveries are healthy again.
+    pub fn uploads_landed(&self) {
+        self.uploads.landed(&self.metrics);
+    }
+
+    /// An Iceberg append failed; several in a row stall the stream, as failed uploads do.
+    pub fn uploads_failed(&self) {
+        self.uploads.failed(&self.metrics);
     }
 
     pub fn record_id(&self, position: Position) -> String {

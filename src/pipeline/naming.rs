@@ -52,7 +52,11 @@ impl Namer<'_> {
                 backup: None,
             })
         });
-        if dest.processing.is_some() || dest.dynamic_partitioning || dest.conversion.is_some() {
+        if dest.processing.is_some()
+            || dest.dynamic_partitioning
+            || dest.conversion.is_some()
+            || dest.iceberg.is_some()
+        {
             let rng = &mut rand::rng();
             let buffered = dest.dynamic_partitioning;
             return ObjectPlan {

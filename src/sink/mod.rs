@@ -4,7 +4,7 @@
 //! an abandoned batch stays in the journal.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -191,6 +191,38 @@ impl Stores {
     }
 }
 
+impl Stores {
+    /// Whether buckets are directories under a local root: that root.
+    pub fn local_root(&self) -> Option<&Path> {
+        match &self.settings {
+            StoreSettings::Local { root } => Some(root),
+            StoreSettings::S3(_) => None,
+        }
+    }
+
+    /// One put, durable on return as an upload's objects are (the local store syncs the file
+    /// and its directories). No retries: callers retry whole operations.
+    pub async fn put_durable(
+        &self,
+        bucket: &str,
+        key: &str,
+        payload: PutPayload,
+    ) -> object_store::Result<()> {
+        let err = |e: StoreError| object_store::Error::Generic {
+            store: "spillway",
+            source: Box::new(e),
+        };
+        let store = self.bucket(bucket).map_err(err)?;
+        let path = object_path(key);
+        store.put(&path, payload).await?;
+        if let Some(file) = self.local_file(bucket, &path) {
+            let (file, bucket_dir) = file?;
+            make_durable(file, bucket_dir, self.synced_dirs.clone()).await?;
+        }
+        Ok(())
+    }
+}
+
 fn s3_endpoint_from_env() -> Option<String> {
     std::env::var("AWS_ENDPOINT_URL_S3")
         .or_else(|_| std::env::var("AWS_ENDPOINT_URL"))
@@ -268,14 +300,14 @@ impl UploadHealth {
         self.failure_streak.load(Ordering::Acquire) >= UPLOAD_STALL_AFTER
     }
 
-    fn failed(&self, metrics: &StreamMetrics) {
+    pub fn failed(&self, metrics: &StreamMetrics) {
         metrics.upload_failures.inc();
         if self.failure_streak.fetch_add(1, Ordering::AcqRel) + 1 == UPLOAD_STALL_AFTER {
             metrics.set_stalled("upload", true);
         }
     }
 
-    fn landed(&self, metrics: &StreamMetrics) {
+    pub fn landed(&self, metrics: &StreamMetrics) {
         if self.failure_streak.swap(0, Ordering::AcqRel) >= UPLOAD_STALL_AFTER {
             metrics.set_stalled("upload", false);
         }

@@ -158,7 +158,7 @@ pub struct Daemon {
     _dir: Option<TempDir>,
     config: Option<PathBuf>,
     extra_args: Vec<String>,
-    extra_env: Vec<(String, String)>,
+    pub extra_env: Vec<(String, String)>,
     child: Option<Child>,
     pub addr: SocketAddr,
     pub log: Arc<Mutex<String>>,

@@ -1,0 +1,263 @@
+//! Iceberg destinations end to end: records sent with the Rust SDK land in Iceberg tables
+//! that pyiceberg (from PyPI) reads through the same SQLite catalog, against s3s-fs over the
+//! network and against the local store (where DuckDB also reads the files pyiceberg lists);
+//! exactly once across kill -9 before and after the commit.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn create_body(stream: &str, bucket: &str, table: &Value, extra: Value) -> Vec<u8> {
+    let mut config = json!({
+        "RoleARN": "arn:aws:iam::000000000000:role/firehose",
+        "CatalogConfiguration": {"CatalogARN": "arn:aws:glue:us-east-1:000000000000:catalog"},
+        "DestinationTableConfigurationList": [table],
+        "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 1},
+        "TableCreationConfiguration": {"Enabled": true},
+        "S3Configuration": {
+            "RoleARN": "arn:aws:iam::000000000000:role/firehose",
+            "BucketARN": format!("arn:aws:s3:::{bucket}"),
+            "ErrorOutputPrefix": "errors/",
+        },
+    });
+    if let (Some(c), Value::Object(e)) = (config.as_object_mut(), extra) {
+        c.extend(e);
+    }
+    json!({
+        "DeliveryStreamName": stream,
+        "DeliveryStreamType": "DirectPut",
+        "IcebergDestinationConfiguration": config,
+    })
+    .to_string()
+    .into_bytes()
+}
+
+fn read_table(d: &Daemon, warehouse: &str, table: &str, s3: Option<&str>) -> Value {
+    let uri = format!(
+        "sqlite:///{}/iceberg/catalog.db",
+        d.data_dir.canonicalize().unwrap().display()
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iceberg_read.py");
+    let mut cmd = std::process::Command::new(venv_python());
+    cmd.arg(script).arg(uri).arg(warehouse).arg(table);
+    if let Some(endpoint) = s3 {
+        cmd.arg(endpoint);
+    }
+    serde_json::from_slice(&stdout_of(&mut cmd)).unwrap()
+}
+
+fn ids(read: &Value) -> Vec<i64> {
+    read["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_i64().unwrap())
+        .collect()
+}
+
+async fn wait_metric(d: &Daemon, series: &str, at_least: f64) {
+    let found = wait_for(Duration::from_secs(60), || async {
+        (d.metric_if_any(series).unwrap_or(0.0) >= at_least).then_some(())
+    })
+    .await;
+    assert!(found.is_some(), "{series} did not reach {at_least}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn records_land_in_an_iceberg_table_on_s3_that_pyiceberg_reads() {
+    let s3 = S3Server::start();
+    s3.create_bucket("lake");
+    s3.create_bucket("failed");
+    let config = format!(
+        "{}\n[iceberg.catalogs.default]\nwarehouse = \"s3://lake/warehouse\"\n",
+        s3.config()
+    );
+    let d = Daemon::start(&config);
+    let table = json!({"DestinationDatabaseName": "game", "DestinationTableName": "players"});
+    let (status, body) = d.raw(
+        Some("CreateDeliveryStream"),
+        &create_body("players", "failed", &table, json!({})),
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Described as Firehose describes an Iceberg destination, read by the Rust SDK's types.
+    let client = d.firehose();
+    let described = client
+        .describe_delivery_stream()
+        .delivery_stream_name("players")
+        .send()
+        .await
+        .unwrap();
+    let dest = &described
+        .delivery_stream_description()
+        .unwrap()
+        .destinations()[0];
+    let iceberg = dest
+        .iceberg_destination_description()
+        .expect("an Iceberg description");
+    assert_eq!(
+        iceberg.destination_table_configuration_list()[0].destination_table_name(),
+        "players"
+    );
+    assert_eq!(
+        iceberg.s3_destination_description().unwrap().bucket_arn(),
+        "arn:aws:s3:::failed"
+    );
+
+    let mut records: Vec<Vec<u8>> = (0..200)
+        .map(|i| {
+            json!({"id": i, "age": 20 + i % 30, "city": format!("c{}", i % 7), "premium": i % 2 == 0})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    // Not an object: it cannot become a row, so it goes to the error output.
+    records.push(b"[1, 2, 3]".to_vec());
+    put_all(&client, "players", &records).await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"players\",table=\"game.players\"}",
+        200.0,
+    )
+    .await;
+
+    let read = read_table(
+        &d,
+        "s3://lake/warehouse",
+        "game.players",
+        Some(&s3.endpoint()),
+    );
+    assert_eq!(ids(&read), (0..200).collect::<Vec<_>>(), "{read}");
+    assert_eq!(read["rows"][7]["city"], "c0");
+    assert_eq!(read["rows"][7]["premium"], false);
+    assert!(
+        read["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f.as_str().unwrap().starts_with("s3://lake/warehouse/"))
+    );
+    assert!(
+        read["snapshots"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s.is_string()),
+        "{read}"
+    );
+
+    let failed = objects(&s3.client("failed")).await;
+    assert_eq!(failed.len(), 1, "one error object");
+    assert!(failed[0].0.starts_with("errors/"), "{}", failed[0].0);
+    let envelope: Value =
+        serde_json::from_slice(failed[0].1.split(|b| *b == b'\n').next().unwrap()).unwrap();
+    assert_eq!(
+        envelope["errorCode"], "DataFormatConversion.MalformedData",
+        "{envelope}"
+    );
+}
+
+/// A table with a day partition and schema evolution on the local store, killed with
+/// kill -9 after its data files were written but before the commit, and after the commit but
+/// before the journal knew: every record is in the table once.
+#[tokio::test(flavor = "multi_thread")]
+async fn iceberg_appends_are_exactly_once_across_kill_9_around_the_commit() {
+    for (failpoint, done_metric) in [
+        ("iceberg-before-commit", "spillway_iceberg_commits_total"),
+        (
+            "iceberg-after-commit",
+            "spillway_iceberg_replays_skipped_total",
+        ),
+    ] {
+        let mut d = Daemon::start_with(
+            "",
+            &[],
+            &[("FAILPOINTS", &format!("{failpoint}=1*sleep(120000)"))],
+        );
+        let table = json!({
+            "DestinationDatabaseName": "iot",
+            "DestinationTableName": "readings",
+            "PartitionSpec": {"Identity": [{"SourceName": "day(ts)"}]},
+        });
+        let (status, body) = d.raw(
+            Some("CreateDeliveryStream"),
+            &create_body(
+                "readings",
+                "errors",
+                &table,
+                json!({"SchemaEvolutionConfiguration": {"Enabled": true}}),
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+        let client = d.firehose();
+        let records: Vec<Vec<u8>> = (0..50)
+            .map(|i| {
+                json!({"id": i, "ts": format!("2026-12-0{}T10:00:00Z", 1 + i % 3), "v": i as f64 / 2.0})
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect();
+        put_all(&client, "readings", &records).await;
+        let root = d.data_dir.join("buckets/iceberg/warehouse/iot/readings");
+        // Wait until the daemon sits in the failpoint: data files written (and, after the
+        // commit, a second metadata file), then kill it there.
+        let reached = wait_for(Duration::from_secs(60), || {
+            let root = root.clone();
+            async move {
+                let files = walk(&root);
+                let data = files
+                    .iter()
+                    .filter(|f| {
+                        f.extension().is_some_and(|e| e == "parquet")
+                            && f.to_string_lossy().contains("/data/")
+                    })
+                    .count();
+                let metadata = files
+                    .iter()
+                    .filter(|f| f.to_string_lossy().ends_with(".metadata.json"))
+                    .count();
+                let there = match failpoint {
+                    "iceberg-before-commit" => data >= 3,
+                    _ => metadata >= 2,
+                };
+                there.then_some(())
+            }
+        })
+        .await;
+        assert!(reached.is_some(), "{failpoint} not reached:\n{}", d.log());
+        d.kill9();
+        d.extra_env.clear();
+        d.restart();
+        wait_metric(
+            &d,
+            &format!("{done_metric}{{stream=\"readings\",table=\"iot.readings\"}}"),
+            1.0,
+        )
+        .await;
+        let warehouse = format!(
+            "file://{}/buckets/iceberg/warehouse",
+            d.data_dir.canonicalize().unwrap().display()
+        );
+        let read = read_table(&d, &warehouse, "iot.readings", None);
+        assert_eq!(
+            ids(&read),
+            (0..50).collect::<Vec<_>>(),
+            "{failpoint}: {read}"
+        );
+        assert_eq!(read["duckdb_rows"], 50, "{read}");
+        assert_eq!(read["partition_fields"], json!(["day:ts_day"]), "{read}");
+        assert_eq!(
+            read["snapshots"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|s| s.is_string())
+                .count(),
+            1,
+            "{read}"
+        );
+    }
+}
