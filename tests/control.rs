@@ -629,7 +629,9 @@ fn the_readme_table_of_create_members_is_what_the_daemon_does() {
             | "AmazonOpenSearchServerlessDestinationConfiguration"
             | "SplunkDestinationConfiguration"
             | "HttpEndpointDestinationConfiguration"
-            | "SnowflakeDestinationConfiguration" => (base(json!({member: {"RoleARN": role}})), None),
+            | "SnowflakeDestinationConfiguration" => {
+                (base(json!({member: {"RoleARN": role}})), None)
+            }
             "IcebergDestinationConfiguration" => (
                 json!({member: {
                     "RoleARN": role,

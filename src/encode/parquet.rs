@@ -80,6 +80,15 @@ impl Converter {
         }
     }
 
+    /// A converter without columns: [`Converter::normalize`] applies the key rules only (what
+    /// schema inference reads).
+    pub fn inferring(input: JsonInput) -> Converter {
+        Converter {
+            input,
+            schema: None,
+        }
+    }
+
     /// A converter for columns given as an Arrow schema (an Iceberg table's).
     pub fn with_schema(input: JsonInput, schema: SchemaRef) -> Converter {
         Converter {

@@ -340,9 +340,13 @@ pub async fn create(
     }
 }
 
+/// Most top-level columns schema evolution grows a table to: records cannot make a table
+/// arbitrarily wide (keys past it are not written, as for any key without a column).
+pub const MAX_EVOLVED_COLUMNS: usize = 1000;
+
 /// The columns records have that the table lacks, as nullable fields of their inferred types
 /// (the key rules of the conversion decide what "lacks" means: keys are compared as the
-/// converter compares them).
+/// converter compares them), up to [`MAX_EVOLVED_COLUMNS`] columns in all.
 pub fn new_columns(
     schema: &Schema,
     inferred: &arrow_schema::Schema,
@@ -354,14 +358,17 @@ pub fn new_columns(
         .iter()
         .map(|f| f.name.as_str())
         .collect();
+    let room = MAX_EVOLVED_COLUMNS.saturating_sub(existing.len());
     inferred
         .fields()
         .iter()
+        .filter(|f| f.name() != crate::encode::parquet::OVERFLOW_COLUMN)
         .filter(|f| !existing.iter().any(|e| same(e, f.name())))
         .filter_map(|f| {
             let ty = iceberg::arrow::arrow_type_to_type(f.data_type()).ok()?;
             Some((f.name().clone(), ty))
         })
+        .take(room)
         .collect()
 }
 

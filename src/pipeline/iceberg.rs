@@ -113,7 +113,8 @@ fn json_input() -> JsonInput {
     JsonInput {
         serde: SerDe::OpenX,
         case_insensitive: true,
-        dots_to_underscores: false,
+        // Iceberg reads a dot in a column name as nesting: `a.b` becomes `a_b`.
+        dots_to_underscores: true,
         key_mappings: Vec::new(),
         millis: false,
     }
@@ -162,24 +163,18 @@ async fn inferred(
 ) -> Result<arrow_schema::SchemaRef, Attempt> {
     match processed(shared, input, layout, definition, None).await {
         Slot::Done(p) => {
+            // Keys as the converter will compare them (lower case, no dots).
+            let keys = Converter::inferring(json_input());
             let records = p
                 .partitions
                 .into_iter()
                 .flat_map(|p| p.records)
-                .map(|r| bytes::Bytes::copy_from_slice(trim(&r)));
+                .filter_map(|r| keys.normalize(&r).ok());
             Ok(crate::encode::parquet::infer(records))
         }
         Slot::Failed => Err(Attempt::Unprocessable),
         Slot::Abandoned => Err(Attempt::Abandoned),
     }
-}
-
-fn trim(r: &[u8]) -> &[u8] {
-    let end = r
-        .iter()
-        .rposition(|b| !b.is_ascii_whitespace())
-        .map_or(0, |i| i + 1);
-    &r[..end]
 }
 
 async fn attempt(
@@ -194,7 +189,15 @@ async fn attempt(
     ),
 ) -> Attempt {
     let ctx = &shared.ctx;
-    let retry = |e: iceberg::Error| Attempt::Retry(error_chain(&e));
+    // Errors about the data itself (a schema the library refuses, say) would fail every
+    // attempt: the batch goes to the error output instead of holding the stream forever.
+    let retry = |e: iceberg::Error| match e.kind() {
+        iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported => {
+            tracing::error!(stream = %shared.name, error = %error_chain(&e), "the table refuses this batch; its records go to processing-failed");
+            Attempt::Unprocessable
+        }
+        _ => Attempt::Retry(error_chain(&e)),
+    };
     let label = format!("{}.{}", route.database, route.table);
     let labels = [shared.name.as_str(), label.as_str()];
     let catalog = match ctx.iceberg.get(&target.catalog).await {
