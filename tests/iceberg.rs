@@ -340,3 +340,97 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
         "one snapshot per commit: {read}"
     );
 }
+
+/// Records routed by their metadata (a MetadataExtraction query) to the stream's two tables;
+/// a record naming an unlisted table and one asking for `delete` go to the error output with
+/// their codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn records_are_routed_to_tables_by_their_metadata() {
+    let d = Daemon::start("");
+    let tables = json!([
+        {"DestinationDatabaseName": "game", "DestinationTableName": "players"},
+        {"DestinationDatabaseName": "game", "DestinationTableName": "sessions"},
+    ]);
+    let mut body: Value = serde_json::from_slice(&create_body(
+        "routed",
+        "errors",
+        &json!({}),
+        json!({
+            "ProcessingConfiguration": {"Enabled": true, "Processors": [{
+                "Type": "MetadataExtraction",
+                "Parameters": [
+                    {"ParameterName": "MetadataExtractionQuery",
+                     "ParameterValue": "{destinationTableName: .kind, operation: (.op // \"insert\")}"},
+                    {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"},
+                ],
+            }]},
+        }),
+    ))
+    .unwrap();
+    body["IcebergDestinationConfiguration"]["DestinationTableConfigurationList"] = tables;
+    let (status, resp) = d.raw(Some("CreateDeliveryStream"), body.to_string().as_bytes());
+    assert_eq!(status, 200, "{resp}");
+    let mut records: Vec<Vec<u8>> = (0..40)
+        .map(|i| {
+            let kind = if i % 4 == 0 { "sessions" } else { "players" };
+            json!({"id": i, "kind": kind}).to_string().into_bytes()
+        })
+        .collect();
+    records.push(
+        json!({"id": 100, "kind": "secrets"})
+            .to_string()
+            .into_bytes(),
+    );
+    records.push(
+        json!({"id": 101, "kind": "players", "op": "delete"})
+            .to_string()
+            .into_bytes(),
+    );
+    put_all(&d.firehose(), "routed", &records).await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"routed\",table=\"game.players\"}",
+        30.0,
+    )
+    .await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"routed\",table=\"game.sessions\"}",
+        10.0,
+    )
+    .await;
+    let warehouse = format!(
+        "file://{}/buckets/iceberg/warehouse",
+        d.data_dir.canonicalize().unwrap().display()
+    );
+    let players = read_table(&d, &warehouse, "game.players", None);
+    let sessions = read_table(&d, &warehouse, "game.sessions", None);
+    assert_eq!(
+        ids(&players),
+        (0..40).filter(|i| i % 4 != 0).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        ids(&sessions),
+        (0..40).filter(|i| i % 4 == 0).collect::<Vec<_>>()
+    );
+    let failed: Vec<Value> = walk(&d.data_dir.join("buckets/errors"))
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let mut codes: Vec<&str> = failed
+        .iter()
+        .map(|e| e["errorCode"].as_str().unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        ["Iceberg.OperationNotSupported", "Iceberg.TableNotListed"],
+        "{failed:?}"
+    );
+}

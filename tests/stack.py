@@ -542,6 +542,30 @@ def run(config, prom_config_path, work, start):
     bad = fh.put_record_batch(DeliveryStreamName=players, Records=[{"Data": b"not a player"}])
     check(bad["FailedPutCount"] == 0, "the bad record was accepted (it fails in the transform)")
 
+    # An Iceberg table in the same bucket (the stack's [iceberg.catalogs.default]), created
+    # and fed with boto3; each flush is one append snapshot.
+    fh.create_delivery_stream(
+        DeliveryStreamName="players-table",
+        IcebergDestinationConfiguration={
+            "RoleARN": "arn:aws:iam::000000000000:role/firehose",
+            "CatalogConfiguration": {"CatalogARN": "arn:aws:glue:us-east-1:000000000000:catalog"},
+            "DestinationTableConfigurationList": [
+                {"DestinationDatabaseName": "game", "DestinationTableName": "players"}],
+            "TableCreationConfiguration": {"Enabled": True},
+            "BufferingHints": {"SizeInMBs": 1, "IntervalInSeconds": 1},
+            "S3Configuration": {"RoleARN": "arn:aws:iam::000000000000:role/firehose",
+                                "BucketARN": f"arn:aws:s3:::{bucket}",
+                                "ErrorOutputPrefix": "errors/players-table/"},
+        })
+    described = fh.describe_delivery_stream(DeliveryStreamName="players-table")
+    table = described["DeliveryStreamDescription"]["Destinations"][0]["IcebergDestinationDescription"]
+    check(table["DestinationTableConfigurationList"][0]["DestinationTableName"] == "players",
+          "boto3 reads the Iceberg description")
+    rows = [{"Data": json.dumps({"user_id": i, "age": 20 + i % 40, "location": "KR"}).encode()}
+            for i in range(100)]
+    check(fh.put_record_batch(DeliveryStreamName="players-table", Records=rows)["FailedPutCount"] == 0,
+          "the Iceberg stream took its records")
+
     load = subprocess.run([os.path.join(RELEASE, "spillway-loadgen"), "--endpoint", base,
                            "--stream", name, "--connections", "4", "--record-size", "1024",
                            "--batch", "500", "--rate", "10", "--warmup", "0", "--duration", "12",
@@ -608,6 +632,16 @@ def run(config, prom_config_path, work, start):
     envelope = json.loads(s3.get_object(Bucket=bucket, Key=errors[0])["Body"].read().splitlines()[0])
     check(envelope["rawData"] == "bm90IGEgcGxheWVy" and envelope["errorCode"] == "Lambda.ProcessingFailed",
           f"the error record carries the raw data and the code: {envelope}")
+
+    wait_until("the Iceberg table's rows",
+               lambda: prom.value('spillway_iceberg_rows_total{stream="players-table",table="game.players"}') == 100,
+               timeout=60)
+    check(prom.value('spillway_iceberg_commits_total{stream="players-table",table="game.players"}') >= 1,
+          "the Iceberg stream committed")
+    warehouse = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix="warehouse/game/players/")
+                 for o in page.get("Contents", [])]
+    check(any(k.endswith(".parquet") for k in warehouse) and any(k.endswith(".metadata.json") for k in warehouse),
+          f"the table's data and metadata files are in the bucket: {warehouse[:5]}")
 
     # Every name a panel or an alert reads is one spillway exports (or Prometheus's own `up`).
     _, metrics_text = http_get(f"{base}/metrics")

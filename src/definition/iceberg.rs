@@ -287,9 +287,6 @@ pub fn validate(v: &Value) -> Result<IcebergTarget, String> {
             ));
         }
     }
-    if tables.len() > 1 {
-        return Err("DestinationTableConfigurationList lists several tables: spillway routes every record to one table for now (routing by record metadata is not built yet); list one".into());
-    }
     match m.get("S3BackupMode") {
         None | Some(Value::Null) => {}
         Some(Value::String(s)) if s == "FailedDataOnly" => {}

@@ -728,7 +728,10 @@ pub fn validate(
         },
         _ => None,
     };
-    if let Some(prefix) = &prefix {
+    // An Iceberg destination's MetadataExtraction routes records to tables, no prefix.
+    if let Some(prefix) = &prefix
+        && !raw.other.contains_key(iceberg::ICEBERG_MEMBER)
+    {
         check_partitioning(
             prefix,
             raw.error_output_prefix.as_deref().unwrap_or(""),

@@ -199,12 +199,21 @@ impl<C: Catalog> Catalog for Counted<C> {
     }
     async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
         let name = table_label(commit.identifier());
-        fail::fail_point!("iceberg-update-table", |_| Err(iceberg::Error::new(
-            ErrorKind::CatalogCommitConflicts,
-            "failpoint: commit conflict"
-        )
-        .with_retryable(true)));
-        let result = self.inner.update_table(commit).await;
+        // Test builds: a conflict injected as the catalog would report one.
+        let injected = (|| {
+            fail::fail_point!("iceberg-update-table", |_| Some(
+                iceberg::Error::new(
+                    ErrorKind::CatalogCommitConflicts,
+                    "failpoint: commit conflict"
+                )
+                .with_retryable(true)
+            ));
+            None
+        })();
+        let result = match injected {
+            Some(e) => Err(e),
+            None => self.inner.update_table(commit).await,
+        };
         if let Err(e) = &result
             && e.kind() == ErrorKind::CatalogCommitConflicts
         {

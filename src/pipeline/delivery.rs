@@ -628,7 +628,7 @@ fn process_batch(
         records: batch.records,
         arrivals: batch.arrivals,
     };
-    process_records(shared, input, layout, definition, converter.as_ref())
+    process_records(shared, input, layout, definition, converter.as_ref(), None)
 }
 
 /// A batch's records and where they start in the journal.
@@ -645,6 +645,7 @@ pub(super) fn process_records(
     layout: &Layout,
     definition: &StreamDefinition,
     converter: Option<&crate::encode::parquet::Converter>,
+    route: Option<process::Router<'_>>,
 ) -> process::Processed {
     let records: Vec<process::Record> = input
         .records
@@ -664,6 +665,7 @@ pub(super) fn process_records(
         processing,
         transform: transform.as_deref(),
         converter,
+        route,
         partition_by: partitioned.then_some(&layout.prefix[..]),
         max_partitions: shared.ctx.max_active_partitions,
         queries: &shared.ctx.queries,

@@ -23,8 +23,10 @@ use parquet::file::properties::WriterProperties;
 
 use crate::definition::StreamDefinition;
 use crate::definition::conversion::{JsonInput, SerDe};
+use crate::definition::iceberg::TableRoute;
 use crate::encode::parquet::Converter;
 use crate::iceberg as ice;
+use crate::process::ErrorOutput;
 use crate::sink::{self, Layout, ObjectPlan};
 
 use super::Shared;
@@ -61,24 +63,22 @@ pub async fn deliver(
     let Some(target) = definition.destination.iceberg.clone() else {
         return false;
     };
-    // One table per stream for now (validation refuses more).
-    let route = target.tables[0].clone();
-    let label = format!("{}.{}", route.database, route.table);
-    let labels = [shared.name.as_str(), label.as_str()];
+    let label = target
+        .tables
+        .iter()
+        .map(label)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Failures are counted against the stream's first table (the one a record without
+    // routing metadata goes to).
+    let first = self::label(&target.tables[0]);
+    let labels = [shared.name.as_str(), first.as_str()];
     let unprocessed = Unprocessed::of(&batch, &plan, &layout);
     let input = Arc::new((batch.start, batch.records.clone(), batch.arrivals.clone()));
     drop(batch);
     let mut delay = ctx.upload.retry_initial;
     loop {
-        let attempt = attempt(
-            shared,
-            &input,
-            &plan,
-            &layout,
-            &definition,
-            (&target, &route),
-        )
-        .await;
+        let attempt = attempt(shared, &input, &plan, &layout, &definition, &target).await;
         match attempt {
             Attempt::Done => {
                 shared.uploads_landed();
@@ -122,13 +122,70 @@ fn json_input() -> JsonInput {
 
 type Shared3 = Arc<(crate::journal::Position, Vec<bytes::Bytes>, Vec<u64>)>;
 
-/// Processes the batch in a slot, converting with `converter` if given.
+/// Error codes of records an Iceberg stream cannot route.
+pub mod codes {
+    /// The record's metadata names a table the stream does not list.
+    pub const TABLE_NOT_LISTED: &str = "Iceberg.TableNotListed";
+    /// The record's metadata asks for `update` or `delete`.
+    pub const OPERATION_NOT_SUPPORTED: &str = "Iceberg.OperationNotSupported";
+}
+
+/// Picks each record's table from its metadata (the transform's keys first, then the
+/// query's): `destinationDatabaseName` and `destinationTableName`, each defaulting to the
+/// first listed table's; `operation` must be `insert` if given. The table must be listed.
+type Keys = [(String, String)];
+type RouteResult = Result<String, (&'static str, String)>;
+
+fn router(tables: &[TableRoute]) -> impl Fn(&Keys, &Keys) -> RouteResult + Sync + use<'_> {
+    move |query, lambda| {
+        let get = |name: &str| {
+            lambda
+                .iter()
+                .chain(query)
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some(op) = get("operation")
+            && !op.eq_ignore_ascii_case("insert")
+        {
+            return Err((
+                codes::OPERATION_NOT_SUPPORTED,
+                format!(
+                    "operation {op:?}: spillway appends (insert) only; update and delete need row-level deletes, which the Iceberg library it uses cannot commit yet"
+                ),
+            ));
+        }
+        let first = &tables[0];
+        let database = get("destinationDatabaseName").unwrap_or(&first.database);
+        let table = get("destinationTableName").unwrap_or(&first.table);
+        match tables
+            .iter()
+            .find(|t| t.database == database && t.table == table)
+        {
+            Some(t) => Ok(label(t)),
+            None => Err((
+                codes::TABLE_NOT_LISTED,
+                format!(
+                    "the record's metadata names the table {:?}.{:?}, which is not in the stream's DestinationTableConfigurationList",
+                    crate::process::cut_message(database, 256),
+                    crate::process::cut_message(table, 256)
+                ),
+            )),
+        }
+    }
+}
+
+fn label(t: &TableRoute) -> String {
+    format!("{}.{}", t.database, t.table)
+}
+
+/// Processes the batch in a slot, its records routed to the stream's tables.
 async fn processed(
     shared: &Arc<Shared>,
     input: &Shared3,
     layout: &Layout,
     definition: &Arc<StreamDefinition>,
-    converter: Option<Converter>,
+    tables: Arc<Vec<TableRoute>>,
 ) -> Slot<crate::process::Processed> {
     let (job_shared, input, layout, definition) = (
         shared.clone(),
@@ -142,39 +199,40 @@ async fn processed(
             records: input.1.clone(),
             arrivals: input.2.clone(),
         };
+        let route = router(&tables);
         Ok(process_records(
             &job_shared,
             input,
             &layout,
             &definition,
-            converter.as_ref(),
+            None,
+            Some(&route),
         ))
     })
     .await
 }
 
-/// The Arrow schema records would get without a table: inferred from what processing lets
-/// through.
-async fn inferred(
-    shared: &Arc<Shared>,
-    input: &Shared3,
-    layout: &Layout,
-    definition: &Arc<StreamDefinition>,
-) -> Result<arrow_schema::SchemaRef, Attempt> {
-    match processed(shared, input, layout, definition, None).await {
-        Slot::Done(p) => {
-            // Keys as the converter will compare them (lower case, no dots).
-            let keys = Converter::inferring(json_input());
-            let records = p
-                .partitions
-                .into_iter()
-                .flat_map(|p| p.records)
-                .filter_map(|r| keys.normalize(&r).ok());
-            Ok(crate::encode::parquet::infer(records))
-        }
-        Slot::Failed => Err(Attempt::Unprocessable),
-        Slot::Abandoned => Err(Attempt::Abandoned),
-    }
+/// The records of one table, as processing left them, with their positions in the batch.
+struct TableRecords {
+    route: TableRoute,
+    records: Vec<bytes::Bytes>,
+    indexes: Vec<usize>,
+}
+
+/// What one attempt does to one table.
+enum TableOutcome {
+    /// Its snapshot of this batch exists already.
+    Committed,
+    /// Rows to append, and the records that do not fit its schema.
+    Rows(Box<Rows>),
+}
+
+struct Rows {
+    table: Table,
+    catalog: Arc<dyn iceberg::Catalog>,
+    batches: Vec<arrow_array::RecordBatch>,
+    rows: u64,
+    misfits: Vec<(usize, String)>,
 }
 
 async fn attempt(
@@ -183,85 +241,81 @@ async fn attempt(
     plan: &ObjectPlan,
     layout: &Layout,
     definition: &Arc<StreamDefinition>,
-    (target, route): (
-        &crate::definition::iceberg::IcebergTarget,
-        &crate::definition::iceberg::TableRoute,
-    ),
+    target: &crate::definition::iceberg::IcebergTarget,
 ) -> Attempt {
     let ctx = &shared.ctx;
-    // Errors about the data itself (a schema the library refuses, say) would fail every
-    // attempt: the batch goes to the error output instead of holding the stream forever.
-    let retry = |e: iceberg::Error| match e.kind() {
-        iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported => {
-            tracing::error!(stream = %shared.name, error = %error_chain(&e), "the table refuses this batch; its records go to processing-failed");
-            Attempt::Unprocessable
-        }
-        _ => Attempt::Retry(error_chain(&e)),
-    };
-    let label = format!("{}.{}", route.database, route.table);
-    let labels = [shared.name.as_str(), label.as_str()];
-    let catalog = match ctx.iceberg.get(&target.catalog).await {
-        Ok(c) => c,
-        Err(e) => return retry(e),
-    };
-    let ident = ice::ident(route);
-    let mut table = match ice::load(catalog.as_ref(), &ident).await {
-        Ok(Some(t)) => t,
-        Ok(None) if target.create_tables => {
-            let schema = match inferred(shared, input, layout, definition).await {
-                Ok(s) => s,
-                Err(a) => return a,
-            };
-            match ice::create(catalog.as_ref(), route, &schema).await {
-                Ok(t) => t,
-                Err(e) => return retry(e),
-            }
-        }
-        Ok(None) => {
-            return Attempt::Retry(format!(
-                "table {label} does not exist and TableCreationConfiguration is not enabled"
-            ));
-        }
-        Err(e) => return retry(e),
-    };
-    let batch_name = plan.key.clone();
-    if ice::has_batch(&table, &batch_name) {
-        // Its error objects were written before its commit.
-        ctx.metrics
-            .iceberg
-            .skipped_replays
-            .with_label_values(&labels)
-            .inc();
-        return Attempt::Done;
-    }
-    if target.schema_evolution {
-        let schema = match inferred(shared, input, layout, definition).await {
-            Ok(s) => s,
-            Err(a) => return a,
-        };
-        let columns = ice::new_columns(table.metadata().current_schema(), &schema, |a, b| {
-            a.eq_ignore_ascii_case(b)
-        });
-        if !columns.is_empty() {
-            tracing::info!(stream = %shared.name, table = %label, columns = ?columns.iter().map(|c| &c.0).collect::<Vec<_>>(), "adding columns (SchemaEvolutionConfiguration)");
-            table = match ice::evolve(catalog.as_ref(), &table, columns).await {
-                Ok(t) => t,
-                Err(e) => return retry(e),
-            };
-        }
-    }
-    let arrow = match schema_to_arrow_schema(table.metadata().current_schema()) {
-        Ok(s) => Arc::new(s),
-        Err(e) => return retry(e),
-    };
-    let converter = Converter::with_schema(json_input(), arrow.clone());
-    let processed = match processed(shared, input, layout, definition, Some(converter)).await {
+    let processed = match processed(
+        shared,
+        input,
+        layout,
+        definition,
+        Arc::new(target.tables.clone()),
+    )
+    .await
+    {
         Slot::Done(p) => p,
         Slot::Failed => return Attempt::Unprocessable,
         Slot::Abandoned => return Attempt::Abandoned,
     };
-    // Failed records land before the commit: a batch whose snapshot exists is complete.
-    match error_objects(shared, input.0, plan, layout, processed.errors) {
+    let mut errors = processed.errors;
+    let groups: Vec<TableRecords> = processed
+        .partitions
+        .into_iter()
+        .filter_map(|p| {
+            let route = match &p.prefix {
+                Some(name) => target.tables.iter().find(|t| &label(t) == name)?,
+                None => &target.tables[0],
+            };
+            Some(TableRecords {
+                route: route.clone(),
+                records: p.records,
+                indexes: p.indexes,
+            })
+        })
+        .collect();
+    let batch_name = plan.key.clone();
+    let mut outcomes = Vec::with_capacity(groups.len());
+    for group in &groups {
+        match prepare_table(shared, target, group, &batch_name).await {
+            Ok(o) => outcomes.push(o),
+            Err(a) => return a,
+        }
+    }
+    // Records that do not fit their table, in the usual envelope.
+    let ended_ms = super::now_ms();
+    let mut misfit_lines = Vec::new();
+    for (group, outcome) in groups.iter().zip(&outcomes) {
+        if let TableOutcome::Rows(r) = outcome {
+            for (i, why) in &r.misfits {
+                let at = group.indexes[*i];
+                let record = crate::process::Record {
+                    id: shared.record_id(crate::journal::Position(input.0.0 + at as u64)),
+                    arrival_ms: input.2[at],
+                    data: input.1[at].clone(),
+                };
+                misfit_lines.push(crate::process::error_record(
+                    &record,
+                    1,
+                    crate::process::codes::CONVERSION_FAILED,
+                    why,
+                    None,
+                    ended_ms,
+                ));
+            }
+        }
+    }
+    if !misfit_lines.is_empty() {
+        let t = ErrorOutput::FormatConversionFailed;
+        match errors.iter_mut().find(|(o, _)| *o == t) {
+            Some((_, lines)) => lines.extend(misfit_lines),
+            None => {
+                errors.push((t, misfit_lines));
+                errors.sort_by_key(|(o, _)| ErrorOutput::ALL.iter().position(|a| a == o));
+            }
+        }
+    }
+    // Failed records land before any commit: a batch whose snapshots exist is complete.
+    match error_objects(shared, input.0, plan, layout, errors) {
         Ok(objects) => {
             if !write_all(shared, objects).await {
                 return Attempt::Abandoned;
@@ -269,39 +323,126 @@ async fn attempt(
         }
         Err(_) => return Attempt::Unprocessable,
     }
-    let records: Vec<bytes::Bytes> = processed
-        .partitions
-        .into_iter()
-        .flat_map(|p| p.records)
-        .collect();
-    if records.is_empty() {
-        return Attempt::Done;
-    }
-    let rows = records.len() as u64;
-    let converter = Converter::with_schema(json_input(), arrow.clone());
-    let batches = match decode(&converter, arrow, &records) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::error!(stream = %shared.name, table = %label, error = %e, "records that fit the table's schema did not decode");
-            return Attempt::Unprocessable;
+    for (group, outcome) in groups.iter().zip(outcomes) {
+        let name = label(&group.route);
+        let labels = [shared.name.as_str(), name.as_str()];
+        let TableOutcome::Rows(r) = outcome else {
+            ctx.metrics
+                .iceberg
+                .skipped_replays
+                .with_label_values(&labels)
+                .inc();
+            continue;
+        };
+        let Rows {
+            table,
+            catalog,
+            batches,
+            rows,
+            ..
+        } = *r;
+        if rows == 0 {
+            continue;
         }
-    };
-    let files = match write_files(&table, &batch_name, batches).await {
-        Ok(f) => f,
-        Err(e) => return retry(e),
-    };
-    let file_count = files.len() as u64;
-    fail::fail_point!("iceberg-before-commit");
-    if let Err(e) = ice::append(catalog.as_ref(), &table, &batch_name, files).await {
-        return retry(e);
+        let files = match write_files(&table, &batch_name, batches).await {
+            Ok(f) => f,
+            Err(e) => return classify(shared, e),
+        };
+        let file_count = files.len() as u64;
+        fail::fail_point!("iceberg-before-commit");
+        if let Err(e) = ice::append(catalog.as_ref(), &table, &batch_name, files).await {
+            return classify(shared, e);
+        }
+        fail::fail_point!("iceberg-after-commit");
+        let m = &ctx.metrics.iceberg;
+        m.commits.with_label_values(&labels).inc();
+        m.data_files.with_label_values(&labels).inc_by(file_count);
+        m.rows.with_label_values(&labels).inc_by(rows);
+        shared.metrics.delivered_records.inc_by(rows);
     }
-    fail::fail_point!("iceberg-after-commit");
-    let m = &ctx.metrics.iceberg;
-    m.commits.with_label_values(&labels).inc();
-    m.data_files.with_label_values(&labels).inc_by(file_count);
-    m.rows.with_label_values(&labels).inc_by(rows);
-    shared.metrics.delivered_records.inc_by(rows);
     Attempt::Done
+}
+
+/// Errors about the data itself (a schema the library refuses, say) would fail every
+/// attempt: the batch goes to the error output instead of holding the stream forever.
+/// Others (catalog or store unreachable) are retried.
+fn classify(shared: &Shared, e: iceberg::Error) -> Attempt {
+    match e.kind() {
+        iceberg::ErrorKind::DataInvalid | iceberg::ErrorKind::FeatureUnsupported => {
+            tracing::error!(stream = %shared.name, error = %error_chain(&e), "the table refuses this batch; its records go to processing-failed");
+            Attempt::Unprocessable
+        }
+        _ => Attempt::Retry(error_chain(&e)),
+    }
+}
+
+/// Loads (or creates, or evolves) one table and converts its records against its schema.
+async fn prepare_table(
+    shared: &Arc<Shared>,
+    target: &crate::definition::iceberg::IcebergTarget,
+    group: &TableRecords,
+    batch_name: &str,
+) -> Result<TableOutcome, Attempt> {
+    let ctx = &shared.ctx;
+    let route = &group.route;
+    let name = label(route);
+    let catalog = ctx
+        .iceberg
+        .get(&target.catalog)
+        .await
+        .map_err(|e| classify(shared, e))?;
+    let ident = ice::ident(route);
+    // Keys as the converter will compare them (lower case, no dots): what inference reads.
+    let inferred = || {
+        let keys = Converter::inferring(json_input());
+        crate::encode::parquet::infer(group.records.iter().filter_map(|r| keys.normalize(r).ok()))
+    };
+    let mut table = match ice::load(catalog.as_ref(), &ident).await {
+        Ok(Some(t)) => t,
+        Ok(None) if target.create_tables => ice::create(catalog.as_ref(), route, &inferred())
+            .await
+            .map_err(|e| classify(shared, e))?,
+        Ok(None) => {
+            return Err(Attempt::Retry(format!(
+                "table {name} does not exist and TableCreationConfiguration is not enabled"
+            )));
+        }
+        Err(e) => return Err(classify(shared, e)),
+    };
+    if ice::has_batch(&table, batch_name) {
+        return Ok(TableOutcome::Committed);
+    }
+    if target.schema_evolution {
+        let columns = ice::new_columns(table.metadata().current_schema(), &inferred(), |a, b| {
+            a.eq_ignore_ascii_case(b)
+        });
+        if !columns.is_empty() {
+            tracing::info!(stream = %shared.name, table = %name, columns = ?columns.iter().map(|c| &c.0).collect::<Vec<_>>(), "adding columns (SchemaEvolutionConfiguration)");
+            table = ice::evolve(catalog.as_ref(), &table, columns)
+                .await
+                .map_err(|e| classify(shared, e))?;
+        }
+    }
+    let arrow = Arc::new(
+        schema_to_arrow_schema(table.metadata().current_schema())
+            .map_err(|e| classify(shared, e))?,
+    );
+    let converter = Converter::with_schema(json_input(), arrow.clone());
+    let records = group.records.clone();
+    let converted = tokio::task::spawn_blocking(move || decode(&converter, arrow, &records))
+        .await
+        .map_err(|_| Attempt::Unprocessable)?;
+    let (batches, rows, misfits) = converted.map_err(|e| {
+        tracing::error!(stream = %shared.name, table = %name, error = %e, "records that fit the table's schema did not decode");
+        Attempt::Unprocessable
+    })?;
+    Ok(TableOutcome::Rows(Box::new(Rows {
+        table,
+        catalog,
+        batches,
+        rows,
+        misfits,
+    })))
 }
 
 fn error_chain(e: &iceberg::Error) -> String {
@@ -315,22 +456,33 @@ fn error_chain(e: &iceberg::Error) -> String {
     out
 }
 
-/// Records that fit the schema as Arrow batches.
+/// Records as Arrow batches against the table's schema, with the rows written and the
+/// records that do not fit it (their index in `records` and why).
+#[allow(clippy::type_complexity)]
 fn decode(
     converter: &Converter,
     schema: arrow_schema::SchemaRef,
     records: &[bytes::Bytes],
-) -> Result<Vec<arrow_array::RecordBatch>, String> {
+) -> Result<(Vec<arrow_array::RecordBatch>, u64, Vec<(usize, String)>), String> {
     let mut decoder = ReaderBuilder::new(schema)
         .with_batch_size(DECODE_ROWS)
         .build_decoder()
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    for r in records {
-        let row = converter.fit(r).map_err(|e| e.to_string())?;
+    let mut misfits = Vec::new();
+    let mut rows = 0u64;
+    for (i, r) in records.iter().enumerate() {
+        let row = match converter.fit(r) {
+            Ok(row) => row,
+            Err(why) => {
+                misfits.push((i, why.0));
+                continue;
+            }
+        };
         decoder
             .serialize(std::slice::from_ref(&row))
             .map_err(|e| e.to_string())?;
+        rows += 1;
         if decoder.len() >= DECODE_ROWS
             && let Some(b) = decoder.flush().map_err(|e| e.to_string())?
         {
@@ -340,7 +492,7 @@ fn decode(
     if let Some(b) = decoder.flush().map_err(|e| e.to_string())? {
         out.push(b);
     }
-    Ok(out)
+    Ok((out, rows, misfits))
 }
 
 /// Data file names of one batch: the batch's name and a counter, so a replay writes the same

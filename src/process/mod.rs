@@ -82,6 +82,8 @@ pub struct Job<'a> {
     pub partition_by: Option<&'a [Piece]>,
     /// Record format conversion: records that do not fit the Parquet columns fail.
     pub converter: Option<&'a crate::encode::parquet::Converter>,
+    /// Without `partition_by`: partitions named by this instead (an Iceberg stream's tables).
+    pub route: Option<Router<'a>>,
     pub max_partitions: usize,
     /// Where `MetadataExtractionQuery` programs run, under their budget.
     pub queries: &'a sandbox::QuerySandbox,
@@ -97,8 +99,18 @@ pub struct Partition {
     /// key values that render the same prefix share an object instead of overwriting one.
     pub prefix: Option<String>,
     pub records: Vec<Bytes>,
+    /// Each record's position in the batch given to [`run`].
+    pub indexes: Vec<usize>,
     pub bytes: u64,
 }
+
+/// Picks a record's partition from its keys (query keys, then the transform's): the
+/// partition's name, or the error code and message that send the record to
+/// `partitioning-failed`.
+pub type Router<'a> = &'a (
+        dyn Fn(&[(String, String)], &[(String, String)]) -> Result<String, (&'static str, String)>
+            + Sync
+    );
 
 #[derive(Default)]
 pub struct Processed {
@@ -299,10 +311,16 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
     for mut s in survivors {
         // The record's partition: an existing one, or one to open once the record has passed
         // every check (a partition never ends up empty).
-        let target: Result<usize, Option<(String, Keys)>> = match job.partition_by {
-            None if out.partitions.is_empty() => Err(None),
-            None => Ok(0),
-            Some(pieces) => {
+        let keyed = job.partition_by.is_some() || job.route.is_some();
+        let render = |keys: &Keys| match (job.partition_by, job.route) {
+            (Some(pieces), _) => partition_prefix(pieces, &keys.0, &keys.1),
+            (None, Some(route)) => route(&keys.0, &keys.1),
+            (None, None) => Ok(String::new()),
+        };
+        let target: Result<usize, Option<(String, Keys)>> = match keyed {
+            false if out.partitions.is_empty() => Err(None),
+            false => Ok(0),
+            true => {
                 let keys = (
                     std::mem::take(&mut s.query_keys),
                     std::mem::take(&mut s.lambda_keys),
@@ -310,7 +328,7 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
                 if let Some(&slot) = slots_by_keys.get(&keys) {
                     Ok(slot)
                 } else {
-                    let rendered = match partition_prefix(pieces, &keys.0, &keys.1) {
+                    let rendered = match render(&keys) {
                         Ok(v) => v,
                         Err((code, m)) => {
                             failures.add(
@@ -385,6 +403,7 @@ pub fn run(job: &Job<'_>, records: &[Record]) -> Processed {
         let p = &mut out.partitions[slot];
         p.bytes += data.len() as u64;
         p.records.push(data);
+        p.indexes.push(s.index);
     }
     // Records share their request's buffer. A partition's buffer may wait a while for more
     // records, and one record kept from every request would keep every request's buffer (12
@@ -427,6 +446,7 @@ fn empty_partition(prefix: Option<String>) -> Partition {
     Partition {
         prefix,
         records: Vec::new(),
+        indexes: Vec::new(),
         bytes: 0,
     }
 }
