@@ -199,17 +199,7 @@ impl<C: Catalog> Catalog for Counted<C> {
     }
     async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
         let name = table_label(commit.identifier());
-        // Test builds: a conflict injected as the catalog would report one.
-        let injected = (|| {
-            fail::fail_point!("iceberg-update-table", |_| Some(
-                iceberg::Error::new(
-                    ErrorKind::CatalogCommitConflicts,
-                    "failpoint: commit conflict"
-                )
-                .with_retryable(true)
-            ));
-            None
-        })();
+        let injected = injected_conflict();
         let result = match injected {
             Some(e) => Err(e),
             None => self.inner.update_table(commit).await,
@@ -225,6 +215,18 @@ impl<C: Catalog> Catalog for Counted<C> {
         }
         result
     }
+}
+
+/// Test builds: a conflict injected (`iceberg-update-table`) as the catalog would report one.
+fn injected_conflict() -> Option<iceberg::Error> {
+    fail::fail_point!("iceberg-update-table", |_| Some(
+        iceberg::Error::new(
+            ErrorKind::CatalogCommitConflicts,
+            "failpoint: commit conflict"
+        )
+        .with_retryable(true)
+    ));
+    None
 }
 
 pub fn table_label(ident: &TableIdent) -> String {
