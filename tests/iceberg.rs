@@ -434,3 +434,164 @@ async fn records_are_routed_to_tables_by_their_metadata() {
         "{failed:?}"
     );
 }
+
+/// A private PostgreSQL cluster from Debian's package (tests/run.sh installs it), on a free
+/// port, stopped when dropped. As root, it runs as the package's `postgres` user.
+struct Postgres {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL is not installed: run the test command (bash tests/run.sh)")
+            .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+            .find(|b| b.join("initdb").exists())
+            .expect("no initdb under /usr/lib/postgresql");
+        let dir = tempfile::tempdir().unwrap();
+        let pg = Postgres {
+            dir,
+            bin,
+            port: free_port(),
+        };
+        if unsafe { libc::geteuid() } == 0 {
+            let ok = std::process::Command::new("chown")
+                .args(["-R", "postgres:", pg.dir.path().to_str().unwrap()])
+                .status()
+                .unwrap();
+            assert!(ok.success());
+        }
+        let data = pg.dir.path().join("data");
+        pg.run(
+            "initdb",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-A",
+                "trust",
+                "-U",
+                "spillway",
+            ],
+        );
+        let opts = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            pg.port,
+            pg.dir.path().display()
+        );
+        pg.run(
+            "pg_ctl",
+            &[
+                "-D",
+                data.to_str().unwrap(),
+                "-o",
+                &opts,
+                "-w",
+                "-l",
+                pg.dir.path().join("log").to_str().unwrap(),
+                "start",
+            ],
+        );
+        pg
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let tool = self.bin.join(tool);
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&tool);
+            c
+        } else {
+            std::process::Command::new(&tool)
+        };
+        let out = cmd.args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{} {args:?}: {}{}",
+            tool.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn uri(&self) -> String {
+        format!("postgres://spillway@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let data = self.dir.path().join("data");
+        let tool = self.bin.join("pg_ctl");
+        let mut cmd = if unsafe { libc::geteuid() } == 0 {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(&tool);
+            c
+        } else {
+            std::process::Command::new(&tool)
+        };
+        let _ = cmd
+            .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+/// A PostgreSQL catalog (`[iceberg.catalogs.pg]`, `CatalogARN ...:catalog/pg`): the table's
+/// rows through pyiceberg's SQL catalog on the same database.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_postgresql_catalog_holds_the_table() {
+    let pg = Postgres::start();
+    let d = Daemon::start(&format!("[iceberg.catalogs.pg]\nuri = \"{}\"\n", pg.uri()));
+    let mut body: Value = serde_json::from_slice(&create_body(
+        "pg-events",
+        "errors",
+        &json!({"DestinationDatabaseName": "iot", "DestinationTableName": "events"}),
+        json!({}),
+    ))
+    .unwrap();
+    body["IcebergDestinationConfiguration"]["CatalogConfiguration"]["CatalogARN"] =
+        json!("arn:aws:glue:us-east-1:000000000000:catalog/pg");
+    let (status, resp) = d.raw(Some("CreateDeliveryStream"), body.to_string().as_bytes());
+    assert_eq!(status, 200, "{resp}");
+    // A catalog that is not configured is refused when the stream is created.
+    body["DeliveryStreamName"] = json!("nowhere");
+    body["IcebergDestinationConfiguration"]["CatalogConfiguration"]["CatalogARN"] =
+        json!("arn:aws:glue:us-east-1:000000000000:catalog/nope");
+    let (status, resp) = d.raw(Some("CreateDeliveryStream"), body.to_string().as_bytes());
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("not configured"), "{resp}");
+
+    let records: Vec<Vec<u8>> = (0..30)
+        .map(|i| {
+            json!({"id": i, "temp": 20.5 + i as f64})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    put_all(&d.firehose(), "pg-events", &records).await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"pg-events\",table=\"iot.events\"}",
+        30.0,
+    )
+    .await;
+    let warehouse = format!(
+        "file://{}/buckets/iceberg/warehouse",
+        d.data_dir.canonicalize().unwrap().display()
+    );
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iceberg_read.py");
+    let out = stdout_of(
+        std::process::Command::new(venv_python())
+            .env("CATALOG_NAME", "pg")
+            .arg(script)
+            .arg(format!(
+                "postgresql+psycopg2://spillway@127.0.0.1:{}/postgres",
+                pg.port
+            ))
+            .arg(warehouse)
+            .arg("iot.events"),
+    );
+    let read: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(ids(&read), (0..30).collect::<Vec<_>>(), "{read}");
+}

@@ -5,6 +5,7 @@ Prints one JSON object: rows (sorted by id), snapshots (their spillway.batch), f
 for local tables, duckdb_rows (DuckDB reading the data files pyiceberg lists).
 """
 import json
+import os
 import sys
 
 from pyiceberg.catalog.sql import SqlCatalog
@@ -18,7 +19,7 @@ if len(sys.argv) > 4:
         "s3.secret-access-key": "spillway-test-secret",
         "s3.region": "us-east-1",
     })
-catalog = SqlCatalog("default", **props)
+catalog = SqlCatalog(os.environ.get("CATALOG_NAME", "default"), **props)
 table = catalog.load_table(table_name)
 rows = table.scan().to_arrow().to_pylist()
 for r in rows:

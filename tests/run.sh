@@ -36,6 +36,8 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || debian_dep
 command -v clang >/dev/null || debian_deps+=(clang)
 command -v wasm-ld >/dev/null || debian_deps+=(lld)
 command -v npm >/dev/null || debian_deps+=(nodejs npm)
+# PostgreSQL for the Iceberg catalog test (tests/iceberg.rs starts a private cluster).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || debian_deps+=(postgresql)
 if [ ${#debian_deps[@]} -gt 0 ]; then
   step "installing ${debian_deps[*]} (Debian packages)"
   sudo=""
@@ -46,9 +48,9 @@ if [ ${#debian_deps[@]} -gt 0 ]; then
 fi
 
 venv=target/test-venv
-python_deps=('awscli==1.46.3' 'boto3==1.44.5' 'PyYAML==6.0.3' 'kubernetes-validate==1.37.0' 'componentize-py==0.25.0' 'pyarrow==26.0.1' 'python-snappy==0.7.3' 'aws-kinesis-agg==1.2.3' 'duckdb==1.4.2' 'pyiceberg[sql-sqlite,pyarrow]==0.10.0')
+python_deps=('awscli==1.46.3' 'boto3==1.44.5' 'PyYAML==6.0.3' 'kubernetes-validate==1.37.0' 'componentize-py==0.25.0' 'pyarrow==26.0.1' 'python-snappy==0.7.3' 'aws-kinesis-agg==1.2.3' 'duckdb==1.4.2' 'pyiceberg[sql-sqlite,sql-postgres,pyarrow]==0.10.0')
 if [ ! -x "$venv/bin/aws" ] || [ ! -x "$venv/bin/componentize-py" ] \
-  || ! "$venv/bin/python" -c 'import boto3, yaml, kubernetes_validate, pyarrow, snappy, aws_kinesis_agg, duckdb, pyiceberg.catalog.sql' 2>/dev/null; then
+  || ! "$venv/bin/python" -c 'import boto3, yaml, kubernetes_validate, pyarrow, snappy, aws_kinesis_agg, duckdb, pyiceberg.catalog.sql, psycopg2' 2>/dev/null; then
   step "installing the AWS CLI, boto3, PyYAML, kubernetes-validate, componentize-py, pyarrow, python-snappy, aws-kinesis-agg, DuckDB and pyiceberg (PyPI) into $venv"
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${python_deps[@]}"
