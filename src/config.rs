@@ -368,6 +368,74 @@ struct RawStream {
     file_extension: Option<String>,
     /// `S3BackupMode: Enabled` with this `S3BackupConfiguration`.
     s3_backup: Option<RawBackup>,
+    /// `IcebergDestinationConfiguration`: records go into these tables; `bucket_arn` and
+    /// `error_output_prefix` are where failed records go.
+    iceberg: Option<RawIcebergStream>,
+}
+
+/// `[stream.iceberg]`: an Iceberg destination, snake_case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIcebergStream {
+    /// A catalog of `[iceberg.catalogs]`; `default`.
+    catalog: Option<String>,
+    tables: Vec<RawIcebergTable>,
+    /// `TableCreationConfiguration.Enabled`.
+    create_tables: Option<bool>,
+    /// `SchemaEvolutionConfiguration.Enabled`.
+    schema_evolution: Option<bool>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIcebergTable {
+    database: String,
+    table: String,
+    /// `PartitionSpec.Identity[].SourceName`: `col`, `day(col)`, ...
+    partition: Option<Vec<String>>,
+    /// `S3ErrorOutputPrefix`.
+    error_output_prefix: Option<String>,
+}
+
+impl RawIcebergStream {
+    /// The Iceberg members the API would take, under the member spillway keeps them in.
+    fn into_api(self) -> (String, serde_json::Value) {
+        let catalog = match self.catalog.as_deref() {
+            None | Some("default") => "catalog".to_owned(),
+            Some(name) => format!("catalog/{name}"),
+        };
+        let tables: Vec<serde_json::Value> = self
+            .tables
+            .into_iter()
+            .map(|t| {
+                let mut v = serde_json::json!({
+                    "DestinationDatabaseName": t.database,
+                    "DestinationTableName": t.table,
+                });
+                if let Some(p) = t.partition {
+                    v["PartitionSpec"] = serde_json::json!({
+                        "Identity": p.into_iter().map(|s| serde_json::json!({"SourceName": s})).collect::<Vec<_>>()
+                    });
+                }
+                if let Some(e) = t.error_output_prefix {
+                    v["S3ErrorOutputPrefix"] = e.into();
+                }
+                v
+            })
+            .collect();
+        (
+            definition::iceberg::ICEBERG_MEMBER.to_owned(),
+            serde_json::json!({
+                "CatalogConfiguration": {
+                    "CatalogARN": format!("arn:aws:glue:us-east-1:000000000000:{catalog}")
+                },
+                "DestinationTableConfigurationList": tables,
+                "TableCreationConfiguration": {"Enabled": self.create_tables.unwrap_or(false)},
+                "SchemaEvolutionConfiguration": {"Enabled": self.schema_evolution.unwrap_or(false)},
+                "S3BackupMode": "FailedDataOnly",
+            }),
+        )
+    }
 }
 
 /// `S3BackupConfiguration`, snake_case.
@@ -993,6 +1061,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             ]
             .into_iter()
             .flatten()
+            .chain(s.iceberg.map(RawIcebergStream::into_api))
             .chain(s.s3_backup.into_iter().flat_map(|b| {
                 [
                     (

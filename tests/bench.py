@@ -44,6 +44,7 @@ CASES = {
     "paced-gzip": (["--rate", "PACED"], ["--compression", "GZIP"], "GZIP, paced at 0.5x the baseline"),
     "partition": ([], ["--partition-by-location"], "dynamic partitioning (jq, 12 partitions)"),
     "parquet": ([], ["--parquet", "ZSTD", "--parquet-table"], "Parquet ZSTD, table schema"),
+    "iceberg": ([], ["--iceberg"], "Iceberg append (Parquet ZSTD, SQLite catalog)"),
 }
 
 # The load generator's records as a table (`--parquet-table`): the one the README's Parquet
@@ -166,6 +167,8 @@ allow_http = true
 """)
         if sign:
             f.write('[[auth.keys]]\naccess_key_id = "AKIDBENCH"\nsecret = "bench-secret"\n')
+        # Iceberg tables in the bench bucket (the default SQLite catalog under the data dir).
+        f.write('[iceberg.catalogs.default]\nwarehouse = "s3://bench/warehouse"\n')
         f.write(PARQUET_TABLE)
     data = os.path.join(work, "spillway")
     log = open(os.path.join(work, "spillway.log"), "w")

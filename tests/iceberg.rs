@@ -595,3 +595,49 @@ async fn a_postgresql_catalog_holds_the_table() {
     let read: Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(ids(&read), (0..30).collect::<Vec<_>>(), "{read}");
 }
+
+/// An Iceberg stream declared in the config file (`[stream.iceberg]`): described as an Iceberg
+/// destination, its records in the table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_file_declares_an_iceberg_stream() {
+    let d = Daemon::start(
+        r#"
+[[stream]]
+name = "declared"
+bucket_arn = "arn:aws:s3:::errors"
+buffering_hints = { size_in_mbs = 1, interval_in_seconds = 1 }
+
+[stream.iceberg]
+create_tables = true
+tables = [{ database = "game", table = "declared" }]
+"#,
+    );
+    let client = d.firehose();
+    let described = client
+        .describe_delivery_stream()
+        .delivery_stream_name("declared")
+        .send()
+        .await
+        .unwrap();
+    let dest = &described
+        .delivery_stream_description()
+        .unwrap()
+        .destinations()[0];
+    assert!(dest.iceberg_destination_description().is_some(), "{dest:?}");
+    let records: Vec<Vec<u8>> = (0..20)
+        .map(|i| json!({"id": i}).to_string().into_bytes())
+        .collect();
+    put_all(&client, "declared", &records).await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"declared\",table=\"game.declared\"}",
+        20.0,
+    )
+    .await;
+    let warehouse = format!(
+        "file://{}/buckets/iceberg/warehouse",
+        d.data_dir.canonicalize().unwrap().display()
+    );
+    let read = read_table(&d, &warehouse, "game.declared", None);
+    assert_eq!(ids(&read), (0..20).collect::<Vec<_>>(), "{read}");
+}

@@ -143,6 +143,12 @@ struct Args {
     #[arg(long, requires = "parquet")]
     parquet_table: bool,
 
+    /// Create an Iceberg stream instead (IcebergDestinationConfiguration): the table
+    /// `bench.<stream>` of the daemon's default catalog, created from the first records, with
+    /// failed records under --bucket
+    #[arg(long, requires = "create_stream", conflicts_with_all = ["parquet", "partition_by_location", "transform"])]
+    iceberg: bool,
+
     /// Number of concurrent connections, one closed-loop worker each
     #[arg(long, value_name = "N", default_value_t = 8,
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
@@ -589,6 +595,39 @@ fn make_body(rng: &mut impl Rng, stream_json: &str, records: usize, size: usize)
 }
 
 fn create_stream_body(args: &Args) -> Bytes {
+    if args.iceberg {
+        let table: String = args
+            .stream
+            .chars()
+            .map(|c| match c.is_ascii_alphanumeric() {
+                true => c.to_ascii_lowercase(),
+                false => '_',
+            })
+            .collect();
+        let role = "arn:aws:iam::000000000000:role/spillway";
+        let body = serde_json::json!({
+            "DeliveryStreamName": args.stream,
+            "DeliveryStreamType": "DirectPut",
+            "IcebergDestinationConfiguration": {
+                "RoleARN": role,
+                "CatalogConfiguration": { "CatalogARN": "arn:aws:glue:us-east-1:000000000000:catalog" },
+                "DestinationTableConfigurationList": [
+                    { "DestinationDatabaseName": "bench", "DestinationTableName": table },
+                ],
+                "TableCreationConfiguration": { "Enabled": true },
+                "BufferingHints": {
+                    "SizeInMBs": args.buffer_mib,
+                    "IntervalInSeconds": args.buffer_seconds,
+                },
+                "S3Configuration": {
+                    "RoleARN": role,
+                    "BucketARN": format!("arn:aws:s3:::{}", args.bucket),
+                    "ErrorOutputPrefix": "errors/",
+                },
+            },
+        });
+        return Bytes::from(body.to_string());
+    }
     let mut body = serde_json::json!({
         "DeliveryStreamName": args.stream,
         "DeliveryStreamType": "DirectPut",

@@ -218,7 +218,13 @@ impl Catalog {
                 version: 1,
                 created_ms: now,
                 updated_ms: now,
-                shape: DestinationShape::ExtendedS3,
+                shape: match dest
+                    .other
+                    .contains_key(crate::definition::iceberg::ICEBERG_MEMBER)
+                {
+                    true => DestinationShape::Iceberg,
+                    false => DestinationShape::ExtendedS3,
+                },
                 destination: dest.clone(),
                 tags: tags.clone(),
                 encryption: None,
