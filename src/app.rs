@@ -182,6 +182,14 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let catalog = Arc::new(opened.context("cannot open the delivery streams")?);
     api.serve_catalog(catalog.clone());
     tracing::info!(streams = catalog.list().len(), "ready");
+    if let Some(m) = settings.iceberg_maintenance.clone() {
+        tokio::spawn(crate::iceberg::run_maintenance(
+            m,
+            catalog.clone(),
+            ctx.clone(),
+            stop.clone(),
+        ));
+    }
 
     shutdown.await;
     tracing::info!("shutting down: not ready, refusing new records; flushing every stream");

@@ -155,6 +155,20 @@ struct RawConfig {
 struct RawIceberg {
     #[serde(default)]
     catalogs: std::collections::BTreeMap<String, RawCatalog>,
+    maintenance: Option<RawMaintenance>,
+}
+
+/// `[iceberg.maintenance]`: a background job that expires the old snapshots of the tables
+/// this daemon's streams write to. Off unless `expire_snapshots_after_seconds` is set.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMaintenance {
+    /// Snapshots older than this are expired (the newest `retain_snapshots` always stay).
+    expire_snapshots_after_seconds: Option<u64>,
+    /// Snapshots always kept, however old. 100; at least 1.
+    retain_snapshots: Option<u64>,
+    /// Time between runs; the first runs one interval after the start. 3600; at least 1.
+    interval_seconds: Option<u64>,
 }
 
 /// `[iceberg.catalogs.NAME]`: a SQL catalog.
@@ -647,6 +661,8 @@ pub struct Settings {
     /// `[iceberg.catalogs]`, with `default` always present; `None`s are resolved at start
     /// (they depend on where the data directory and the local store are).
     pub iceberg_catalogs: std::collections::BTreeMap<String, IcebergCatalog>,
+    /// `[iceberg.maintenance]`, if on.
+    pub iceberg_maintenance: Option<crate::iceberg::Maintenance>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -1141,6 +1157,32 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
         );
     }
 
+    let iceberg_maintenance = match raw.iceberg.maintenance {
+        Some(RawMaintenance {
+            expire_snapshots_after_seconds: Some(after),
+            retain_snapshots,
+            interval_seconds,
+        }) => {
+            let retain = retain_snapshots.unwrap_or(100);
+            let interval = interval_seconds.unwrap_or(3600);
+            for (key, v) in [("retain_snapshots", retain), ("interval_seconds", interval)] {
+                if v == 0 {
+                    problems.push(format!("iceberg.maintenance.{key}: must be greater than 0"));
+                }
+            }
+            Some(crate::iceberg::Maintenance {
+                expire_after: Duration::from_secs(after),
+                retain: retain.min(1 << 20) as usize,
+                interval: Duration::from_secs(interval),
+            })
+        }
+        Some(_) => {
+            problems.push("iceberg.maintenance: set expire_snapshots_after_seconds (or remove the table: maintenance is off without it)".into());
+            None
+        }
+        None => None,
+    };
+
     let auth = auth_keys(raw.auth, &mut problems);
     let tls = raw.tls.map(|t| crate::api::tls::TlsFiles {
         cert_file: t.cert_file,
@@ -1176,6 +1218,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
             streams,
             tables,
             iceberg_catalogs,
+            iceberg_maintenance,
         }),
         _ => Err(problems),
     }

@@ -65,6 +65,8 @@ pub struct IcebergMetrics {
     pub data_files: IntCounterVec,
     pub rows: IntCounterVec,
     pub skipped_replays: IntCounterVec,
+    pub maintenance_runs: IntCounterVec,
+    pub snapshots_expired: IntCounterVec,
 }
 
 /// The handles one delivery stream updates, resolved once.
@@ -513,6 +515,18 @@ impl Metrics {
                     "spillway_iceberg_replays_skipped_total",
                     "Replayed batches not appended again because the table already has their snapshot (exactly once across restarts).",
                     &["stream", "table"],
+                ),
+                maintenance_runs: counter(
+                    &r,
+                    "spillway_iceberg_maintenance_runs_total",
+                    "Runs of the Iceberg maintenance job ([iceberg.maintenance]) per table, by outcome (ok, failed).",
+                    &["table", "outcome"],
+                ),
+                snapshots_expired: counter(
+                    &r,
+                    "spillway_iceberg_snapshots_expired_total",
+                    "Snapshots the Iceberg maintenance job expired.",
+                    &["table"],
                 ),
             },
             registry: r,

@@ -641,3 +641,47 @@ tables = [{ database = "game", table = "declared" }]
     let read = read_table(&d, &warehouse, "game.declared", None);
     assert_eq!(ids(&read), (0..20).collect::<Vec<_>>(), "{read}");
 }
+
+/// `[iceberg.maintenance]` expires all but the newest snapshots; the table keeps every row.
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_expires_old_snapshots_and_keeps_the_rows() {
+    let d = Daemon::start(
+        "[iceberg.maintenance]\nexpire_snapshots_after_seconds = 0\nretain_snapshots = 2\ninterval_seconds = 1\n",
+    );
+    let (status, body) = d.raw(
+        Some("CreateDeliveryStream"),
+        &create_body(
+            "kept",
+            "errors",
+            &json!({"DestinationDatabaseName": "game", "DestinationTableName": "kept"}),
+            json!({}),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let client = d.firehose();
+    for round in 0..5 {
+        let records: Vec<Vec<u8>> = (0..10)
+            .map(|i| json!({"id": round * 10 + i}).to_string().into_bytes())
+            .collect();
+        put_all(&client, "kept", &records).await;
+        wait_metric(
+            &d,
+            "spillway_iceberg_commits_total{stream=\"kept\",table=\"game.kept\"}",
+            (round + 1) as f64,
+        )
+        .await;
+    }
+    wait_metric(
+        &d,
+        "spillway_iceberg_snapshots_expired_total{table=\"game.kept\"}",
+        3.0,
+    )
+    .await;
+    let warehouse = format!(
+        "file://{}/buckets/iceberg/warehouse",
+        d.data_dir.canonicalize().unwrap().display()
+    );
+    let read = read_table(&d, &warehouse, "game.kept", None);
+    assert_eq!(ids(&read), (0..50).collect::<Vec<_>>(), "{read}");
+    assert_eq!(read["snapshots"].as_array().unwrap().len(), 2, "{read}");
+}

@@ -11,7 +11,10 @@
 //!   library on the new table state, and counted; any other failure is retried with the
 //!   uploads' backoff for as long as it takes.
 
+mod maintenance;
 pub mod storage;
+
+pub use maintenance::{Maintenance, run as run_maintenance};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
