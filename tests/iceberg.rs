@@ -685,3 +685,227 @@ async fn maintenance_expires_old_snapshots_and_keeps_the_rows() {
     assert_eq!(ids(&read), (0..50).collect::<Vec<_>>(), "{read}");
     assert_eq!(read["snapshots"].as_array().unwrap().len(), 2, "{read}");
 }
+
+/// Records built to break a table, from the attacker review of this destination: a first
+/// batch with nothing to make a column of, nesting deep enough to overflow the Parquet
+/// writer's stack, a timestamp past year 9999 on a day-partitioned column, partition values
+/// that are not path segments, more partitions than may be open at once, and nested fields
+/// that schema evolution must add. The daemon stays up, every valid record is in the table,
+/// every other is in the error output.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
+    let d = Daemon::start("[partitioning]\nmax_active_partitions = 3\n");
+    let table = json!({
+        "DestinationDatabaseName": "game",
+        "DestinationTableName": "hostile",
+        "PartitionSpec": {"Identity": [{"SourceName": "region"}, {"SourceName": "day(ts)"}]},
+    });
+    let (status, body) = d.raw(
+        Some("CreateDeliveryStream"),
+        &create_body(
+            "hostile",
+            "errors",
+            &table,
+            json!({"SchemaEvolutionConfiguration": {"Enabled": true}}),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let client = d.firehose();
+    let errors = |d: &Daemon| -> Vec<Value> {
+        walk(&d.data_dir.join("buckets/errors"))
+            .iter()
+            .flat_map(|f| {
+                std::fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    // Nothing to make a column of: both fail, no table yet.
+    put_all(&client, "hostile", &[b"\"hello\"".to_vec(), b"{}".to_vec()]).await;
+    let failed = wait_for(Duration::from_secs(60), || async {
+        (errors(&d).len() == 2).then_some(())
+    })
+    .await;
+    assert!(failed.is_some(), "{:?}", errors(&d));
+
+    let mut deep = json!(1);
+    for _ in 0..48 {
+        deep = json!([deep]);
+    }
+    let ts = "2026-12-06T10:00:00Z";
+    let mut records = vec![
+        json!({"id": 0, "region": "kr", "ts": ts, "deep": deep}),
+        json!({"id": 1, "region": "a/../../b", "ts": ts}),
+        json!({"id": 2, "region": "line\nbreak#frag?q", "ts": ts}),
+        json!({"id": 3, "region": "x".repeat(300), "ts": ts}),
+        // Year 290,000: refused for this record only.
+        json!({"id": 99, "region": "kr", "ts": 9.1e15}),
+    ];
+    records.extend((4..12).map(|i| json!({"id": i, "region": format!("r{i}"), "ts": ts})));
+    let records: Vec<Vec<u8>> = records.iter().map(|r| r.to_string().into_bytes()).collect();
+    put_all(&client, "hostile", &records).await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"hostile\",table=\"game.hostile\"}",
+        12.0,
+    )
+    .await;
+    // Evolution: nested fields become columns of their own types.
+    let nested =
+        json!({"id": 12, "region": "kr", "ts": ts, "o": {"a": 1}, "l": [1, 2], "lo": [{"x": 1}]});
+    put_all(&client, "hostile", &[nested.to_string().into_bytes()]).await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"hostile\",table=\"game.hostile\"}",
+        13.0,
+    )
+    .await;
+
+    let warehouse = format!(
+        "file://{}/buckets/iceberg/warehouse",
+        d.data_dir.canonicalize().unwrap().display()
+    );
+    let read = read_table(&d, &warehouse, "game.hostile", None);
+    assert_eq!(ids(&read), (0..13).collect::<Vec<_>>(), "{read}");
+    for column in ["o", "l", "lo", "deep"] {
+        assert!(
+            read["columns"].as_array().unwrap().contains(&json!(column)),
+            "{column}: {read}"
+        );
+    }
+    assert_eq!(read["rows"][12]["o"]["a"], 1, "{read}");
+    assert_eq!(read["rows"][2]["region"], "line\nbreak#frag?q", "{read}");
+    assert_eq!(read["duckdb_rows"], 13, "{read}");
+    for f in read["files"].as_array().unwrap() {
+        let path = f.as_str().unwrap();
+        assert!(
+            !path.split('/').any(|seg| seg == "..") && !path.contains('\n') && !path.contains('#'),
+            "{path}"
+        );
+    }
+    let codes: Vec<String> = errors(&d)
+        .iter()
+        .map(|e| e["errorCode"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(codes.len(), 3, "{codes:?}");
+    assert!(
+        codes
+            .iter()
+            .all(|c| c == "DataFormatConversion.MalformedData"),
+        "{codes:?}"
+    );
+}
+
+/// A SQLite catalog pyiceberg created (its tables lack a column iceberg-catalog-sql reads):
+/// spillway adds the column and appends to pyiceberg's table.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_catalog_pyiceberg_created_takes_appends() {
+    let dir = tempfile::tempdir().unwrap();
+    let warehouse = format!(
+        "file://{}/buckets/iceberg/warehouse",
+        dir.path().join("data").display()
+    );
+    std::fs::create_dir_all(dir.path().join("data/buckets/iceberg/warehouse")).unwrap();
+    let db = dir.path().join("catalog.db");
+    let made = std::process::Command::new(venv_python())
+        .arg("-c")
+        .arg(format!(
+            r#"
+import pyarrow as pa
+from pyiceberg.catalog.sql import SqlCatalog
+c = SqlCatalog("default", uri="sqlite:///{db}", warehouse="{warehouse}")
+c.create_namespace("game")
+c.create_table("game.made", schema=pa.schema([("id", pa.int64()), ("name", pa.string())]))
+"#,
+            db = db.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let config = format!(
+        "[iceberg.catalogs.default]\nuri = \"sqlite://{}?mode=rwc\"\nwarehouse = \"{warehouse}\"\n",
+        db.display()
+    );
+    let d = Daemon::start_in(&config, &dir.path().join("data"));
+    let (status, body) = d.raw(
+        Some("CreateDeliveryStream"),
+        &create_body(
+            "made",
+            "errors",
+            &json!({"DestinationDatabaseName": "game", "DestinationTableName": "made"}),
+            json!({"TableCreationConfiguration": {"Enabled": false}}),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let records: Vec<Vec<u8>> = (0..5)
+        .map(|i| {
+            json!({"id": i, "name": format!("n{i}")})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    put_all(&d.firehose(), "made", &records).await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"made\",table=\"game.made\"}",
+        5.0,
+    )
+    .await;
+    let read = read_catalog(
+        &format!("sqlite:///{}", db.display()),
+        &warehouse,
+        "game.made",
+        None,
+    );
+    assert_eq!(ids(&read), (0..5).collect::<Vec<_>>(), "{read}");
+}
+
+/// A panic while a batch is written to its table (injected) fails that batch to
+/// processing-failed, as received; the stream goes on, and the daemon shuts down cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_the_iceberg_path_fails_the_batch_and_the_stream_goes_on() {
+    let mut d = Daemon::start_with("", &[], &[("FAILPOINTS", "iceberg-write=1*panic")]);
+    let (status, body) = d.raw(
+        Some("CreateDeliveryStream"),
+        &create_body(
+            "panicky",
+            "errors",
+            &json!({"DestinationDatabaseName": "game", "DestinationTableName": "panicky"}),
+            json!({}),
+        ),
+    );
+    assert_eq!(status, 200, "{body}");
+    let client = d.firehose();
+    put_all(
+        &client,
+        "panicky",
+        &[json!({"id": 0}).to_string().into_bytes()],
+    )
+    .await;
+    wait_metric(
+        &d,
+        "spillway_error_records_total{stream=\"panicky\",type=\"processing-failed\"}",
+        1.0,
+    )
+    .await;
+    put_all(
+        &client,
+        "panicky",
+        &[json!({"id": 1}).to_string().into_bytes()],
+    )
+    .await;
+    wait_metric(
+        &d,
+        "spillway_iceberg_rows_total{stream=\"panicky\",table=\"game.panicky\"}",
+        1.0,
+    )
+    .await;
+    assert!(d.terminate().success(), "clean shutdown");
+}

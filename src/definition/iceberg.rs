@@ -17,6 +17,9 @@ pub const ICEBERG_MEMBER: &str = "IcebergDestinationConfiguration";
 /// Most tables one stream writes to (`DestinationTableConfigurationList`).
 pub const MAX_TABLES: usize = 100;
 
+/// Most partition fields of a table spillway creates.
+pub const MAX_PARTITION_FIELDS: usize = 16;
+
 /// A checked Iceberg destination.
 #[derive(Clone, Debug, PartialEq)]
 pub struct IcebergTarget {
@@ -139,9 +142,14 @@ fn partition_field(source: &str) -> Result<PartitionField, String> {
             (t, column)
         }
     };
-    if column.is_empty() || column.len() > 255 || column.contains(['(', ')', '.']) {
+    if column.is_empty()
+        || column.len() > 255
+        || !column
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+    {
         return Err(format!(
-            "PartitionSpec SourceName {source:?}: not a top-level column name"
+            "PartitionSpec SourceName {source:?}: the column must be a top-level column as spillway names it (lower-case letters, digits and _; record keys are matched case-insensitively and a dot becomes _)"
         ));
     }
     Ok(PartitionField {
@@ -186,26 +194,52 @@ fn route(v: &Value) -> Result<TableRoute, String> {
             if let Some(k) = spec.keys().find(|k| *k != "Identity") {
                 return Err(format!("PartitionSpec.{k} is not a setting spillway knows"));
             }
-            if let Some(Value::Array(fields)) = spec.get("Identity") {
-                for f in fields {
-                    match f.get("SourceName") {
-                        Some(Value::String(s)) => partition.push(partition_field(s)?),
-                        _ => {
-                            return Err(
-                                "PartitionSpec.Identity entries need a SourceName string".into()
-                            );
-                        }
+            let fields = match spec.get("Identity") {
+                None | Some(Value::Null) => Vec::new(),
+                Some(Value::Array(fields)) => fields.clone(),
+                Some(other) => {
+                    return Err(format!(
+                        "PartitionSpec.Identity must be a list, got {other}"
+                    ));
+                }
+            };
+            if fields.len() > MAX_PARTITION_FIELDS {
+                return Err(format!(
+                    "PartitionSpec.Identity has {} fields; at most {MAX_PARTITION_FIELDS}",
+                    fields.len()
+                ));
+            }
+            for f in &fields {
+                match f.get("SourceName") {
+                    Some(Value::String(s)) => partition.push(partition_field(s)?),
+                    _ => {
+                        return Err(
+                            "PartitionSpec.Identity entries need a SourceName string".into()
+                        );
                     }
                 }
             }
         }
         Some(other) => return Err(format!("PartitionSpec must be an object, got {other}")),
     }
-    let error_prefix = match m.get("S3ErrorOutputPrefix") {
+    for (i, p) in partition.iter().enumerate() {
+        if partition[..i]
+            .iter()
+            .any(|q| q.source == p.source && q.transform == p.transform)
+        {
+            return Err(format!(
+                "PartitionSpec lists {}({}) twice",
+                p.transform.name(),
+                p.source
+            ));
+        }
+    }
+    let error_prefix: Option<String> = match m.get("S3ErrorOutputPrefix") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(other) => {
-            return Err(format!("S3ErrorOutputPrefix must be a string, got {other}"));
+        Some(_) => {
+            return Err(
+                "S3ErrorOutputPrefix (per table) is not supported yet: S3Configuration.ErrorOutputPrefix is where every table's failed records go".into(),
+            );
         }
     };
     if let Some(k) = m.keys().find(|k| {
@@ -296,10 +330,23 @@ pub fn validate(v: &Value) -> Result<IcebergTarget, String> {
             ));
         }
     }
-    if m.get("AppendOnly")
-        .is_some_and(|v| v == &Value::Bool(false))
-    {
-        return Err("AppendOnly false (update and delete operations) is not supported: the Iceberg library spillway uses cannot commit row-level deletes yet".into());
+    match m.get("AppendOnly") {
+        None | Some(Value::Null) | Some(Value::Bool(true)) => {}
+        Some(Value::Bool(false)) => return Err("AppendOnly false (update and delete operations) is not supported: the Iceberg library spillway uses cannot commit row-level deletes yet".into()),
+        Some(other) => return Err(format!("AppendOnly must be a boolean, got {other}")),
+    }
+    match m.get("RetryOptions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(r)) => match r.get("DurationInSeconds") {
+            None | Some(Value::Null) => {}
+            Some(Value::Number(n)) if n.as_i64().is_some_and(|d| (0..=7200).contains(&d)) => {}
+            Some(other) => {
+                return Err(format!(
+                    "RetryOptions.DurationInSeconds must be between 0 and 7200, got {other}"
+                ));
+            }
+        },
+        Some(other) => return Err(format!("RetryOptions must be an object, got {other}")),
     }
     Ok(IcebergTarget {
         catalog,

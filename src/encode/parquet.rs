@@ -38,6 +38,10 @@ const MILLIS_FROM: f64 = 1e11;
 /// Nesting deeper than this is refused before it reaches the recursive conversion.
 const MAX_DEPTH: usize = 64;
 
+/// 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999999Z in microseconds since the epoch.
+const MIN_ZONED_MICROS: i64 = -62_135_596_800_000_000;
+const MAX_ZONED_MICROS: i64 = 253_402_300_799_999_999;
+
 /// Reads records against one stream's conversion settings.
 pub struct Converter {
     input: JsonInput,
@@ -260,7 +264,14 @@ impl Converter {
                     None => refuse("expected a number"),
                 }
             }
-            DataType::Timestamp(TimeUnit::Microsecond, _) => match self.timestamp_micros(v) {
+            DataType::Timestamp(TimeUnit::Microsecond, zone) => match self.timestamp_micros(v) {
+                // Zoned columns are Iceberg's: years 1 to 9999, what its readers (and its
+                // partition transforms) handle.
+                Some(us)
+                    if zone.is_some() && !(MIN_ZONED_MICROS..=MAX_ZONED_MICROS).contains(&us) =>
+                {
+                    refuse("a timestamp outside the years 1 to 9999")
+                }
                 Some(us) => Ok(Value::from(us)),
                 None => {
                     refuse("expected a timestamp (ISO-8601 text, or epoch seconds or milliseconds)")

@@ -60,6 +60,24 @@ pub struct Catalogs {
     stores: Arc<Stores>,
     metrics: Arc<Metrics>,
     connected: tokio::sync::Mutex<HashMap<String, Arc<dyn Catalog>>>,
+    /// Appends waiting for each table (by catalog and table), committed together.
+    appends: std::sync::Mutex<HashMap<String, Arc<TableAppends>>>,
+}
+
+/// One table's group commit: batches whose files are written queue here; whoever holds
+/// `commit` takes every queued batch and commits them as one snapshot. Batches of this daemon
+/// never race each other for the table (no self-inflicted conflicts), and while one commit is
+/// in flight the next batches gather into the following one.
+#[derive(Default)]
+struct TableAppends {
+    queue: std::sync::Mutex<Vec<Pending>>,
+    commit: tokio::sync::Mutex<()>,
+}
+
+struct Pending {
+    batch: String,
+    files: Vec<DataFile>,
+    done: tokio::sync::oneshot::Sender<Result<bool, (ErrorKind, String)>>,
 }
 
 impl Catalogs {
@@ -73,6 +91,73 @@ impl Catalogs {
             stores,
             metrics,
             connected: Default::default(),
+            appends: Default::default(),
+        }
+    }
+
+    /// Appends a batch's data files to the table, grouped with the other batches waiting for
+    /// it into one snapshot whose summary names them all. True if this call made the commit
+    /// (for counting commits once).
+    pub async fn append(
+        &self,
+        catalog: &dyn Catalog,
+        ident: &TableIdent,
+        batch: &str,
+        files: Vec<DataFile>,
+    ) -> iceberg::Result<bool> {
+        let key = format!("{}\u{0}{}", catalog_key(catalog), table_label(ident));
+        let table = self
+            .appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        let (done, mut answer) = tokio::sync::oneshot::channel();
+        table
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Pending {
+                batch: batch.to_owned(),
+                files,
+                done,
+            });
+        let _turn = table.commit.lock().await;
+        // The previous holder may have committed this batch with its group.
+        if let Ok(result) = answer.try_recv() {
+            return result
+                .map(|_| false)
+                .map_err(|(k, m)| iceberg::Error::new(k, m));
+        }
+        let group = std::mem::take(&mut *table.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        let names: Vec<&str> = group.iter().map(|p| p.batch.as_str()).collect();
+        let files: Vec<DataFile> = group.iter().flat_map(|p| p.files.iter().cloned()).collect();
+        let started = std::time::Instant::now();
+        let result = match catalog.load_table(ident).await {
+            Ok(current) => {
+                let loaded_ms = started.elapsed().as_millis() as u64;
+                let r = append(catalog, &current, &names.join(" "), files)
+                    .await
+                    .map(drop);
+                tracing::debug!(table = %table_label(ident), batches = names.len(), loaded_ms, ms = started.elapsed().as_millis() as u64, "group commit");
+                r
+            }
+            Err(e) => Err(e),
+        };
+        let shared = result
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| (e.kind(), e.to_string()));
+        let mut led = false;
+        for p in group {
+            let mine = p.batch == batch && !led;
+            led |= mine;
+            let _ = p.done.send(shared.clone().map(|_| mine));
+        }
+        match answer.await {
+            Ok(r) => r.map_err(|(k, m)| iceberg::Error::new(k, m)),
+            Err(_) => result.map(|_| true),
         }
     }
 
@@ -107,6 +192,7 @@ impl Catalogs {
                 .with_source(e)
             })?;
         }
+        migrate(&settings.uri).await;
         let catalog = SqlCatalogBuilder::default()
             .uri(settings.uri.clone())
             .warehouse_location(settings.warehouse.clone())
@@ -123,6 +209,40 @@ impl Catalogs {
         connected.insert(name.to_owned(), counted.clone());
         Ok(counted)
     }
+}
+
+/// Catalogs that pyiceberg (or another tool) created lack the column iceberg-catalog-sql 0.10
+/// reads (`iceberg_type`): add it, as nullable, which both read alike. Any failure (no such
+/// table yet, the column exists already) is no concern of this step: the catalog's own
+/// connection reports real problems.
+async fn migrate(uri: &str) {
+    sqlx::any::install_default_drivers();
+    let Ok(pool) = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(uri)
+        .await
+    else {
+        return;
+    };
+    let has = sqlx::query("SELECT iceberg_type FROM iceberg_tables WHERE 1 = 0")
+        .execute(&pool)
+        .await;
+    if let Err(e) = has
+        && e.to_string().contains("iceberg_type")
+    {
+        match sqlx::query("ALTER TABLE iceberg_tables ADD COLUMN iceberg_type VARCHAR(5)")
+            .execute(&pool)
+            .await
+        {
+            Ok(_) => tracing::info!(
+                "added the column iceberg_type to the catalog's iceberg_tables (a catalog another tool created)"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot add iceberg_type to the catalog's iceberg_tables")
+            }
+        }
+    }
+    pool.close().await;
 }
 
 /// A catalog that counts the commits it refuses for a conflict (the library retries them).
@@ -203,10 +323,12 @@ impl<C: Catalog> Catalog for Counted<C> {
     async fn update_table(&self, commit: TableCommit) -> iceberg::Result<Table> {
         let name = table_label(commit.identifier());
         let injected = injected_conflict();
+        let started = std::time::Instant::now();
         let result = match injected {
             Some(e) => Err(e),
             None => self.inner.update_table(commit).await,
         };
+        tracing::debug!(table = %name, ms = started.elapsed().as_millis() as u64, "catalog update");
         if let Err(e) = &result
             && e.kind() == ErrorKind::CatalogCommitConflicts
         {
@@ -243,14 +365,20 @@ pub fn ident(route: &TableRoute) -> TableIdent {
     )
 }
 
-/// Whether the table's history has the snapshot that appended `batch`.
+/// Whether the table's history has the snapshot that appended `batch` (a snapshot names
+/// the batches it appended, separated by spaces).
 pub fn has_batch(table: &Table, batch: &str) -> bool {
     table.metadata().snapshots().any(|s| {
         s.summary()
             .additional_properties
             .get(BATCH_PROPERTY)
-            .is_some_and(|b| b == batch)
+            .is_some_and(|b| b.split(' ').any(|b| b == batch))
     })
+}
+
+/// Tells catalogs apart for the group commits (their debug text names them).
+fn catalog_key(catalog: &dyn Catalog) -> String {
+    format!("{:p}", catalog as *const dyn Catalog as *const ())
 }
 
 /// The table, or `None` if it does not exist.
@@ -273,13 +401,79 @@ pub async fn load(catalog: &dyn Catalog, ident: &TableIdent) -> iceberg::Result<
     }
 }
 
+/// Deepest nesting (structs and lists inside each other) of a table spillway writes: the
+/// Parquet writer recurses per level, and records built to nest deeper must not exhaust a
+/// thread's stack. Inferred types nested deeper become JSON text.
+pub const MAX_NESTING: usize = 16;
+
+/// An inferred field with its types nested deeper than [`MAX_NESTING`] as text.
+fn shallow(field: &arrow_schema::Field, depth: usize) -> arrow_schema::Field {
+    use arrow_schema::{DataType, Field};
+    let text = || Field::new(field.name(), DataType::Utf8, true);
+    match field.data_type() {
+        DataType::Struct(_) | DataType::List(_) if depth >= MAX_NESTING => text(),
+        DataType::Struct(fields) => Field::new(
+            field.name(),
+            DataType::Struct(fields.iter().map(|f| shallow(f, depth + 1)).collect()),
+            true,
+        ),
+        DataType::List(item) => Field::new(
+            field.name(),
+            DataType::List(Arc::new(shallow(item, depth + 1))),
+            true,
+        ),
+        _ => field.clone(),
+    }
+}
+
+/// How deep a table's types nest.
+pub fn nesting(schema: &Schema) -> usize {
+    fn depth(ty: &Type) -> usize {
+        match ty {
+            Type::Primitive(_) => 0,
+            Type::Struct(s) => {
+                1 + s
+                    .fields()
+                    .iter()
+                    .map(|f| depth(&f.field_type))
+                    .max()
+                    .unwrap_or(0)
+            }
+            Type::List(l) => 1 + depth(&l.element_field.field_type),
+            Type::Map(m) => {
+                1 + depth(&m.key_field.field_type).max(depth(&m.value_field.field_type))
+            }
+        }
+    }
+    schema
+        .as_struct()
+        .fields()
+        .iter()
+        .map(|f| depth(&f.field_type))
+        .max()
+        .unwrap_or(0)
+}
+
+/// The columns a table spillway creates takes from records' inferred schema: nesting capped,
+/// no overflow column (a table's columns are its schema; keys past the cap are not written).
+pub fn table_fields(inferred: &arrow_schema::Schema) -> Vec<arrow_schema::Field> {
+    inferred
+        .fields()
+        .iter()
+        .filter(|f| f.name() != crate::encode::parquet::OVERFLOW_COLUMN)
+        .map(|f| shallow(f, 1))
+        .collect()
+}
+
 /// Creates a table from an Arrow schema inferred from records, partitioned as `route` says.
-/// Time transforms need a time column: their source columns are made timestamps.
+/// Time transforms need a time column: their source columns are made timestamps; a source
+/// column the records lack is added (nullable), and identity on a nested column makes it text.
 pub async fn create(
     catalog: &dyn Catalog,
     route: &TableRoute,
     inferred: &arrow_schema::Schema,
 ) -> iceberg::Result<Table> {
+    use arrow_schema::{DataType, Field, TimeUnit};
     let ns = NamespaceIdent::new(route.database.clone());
     if !catalog.namespace_exists(&ns).await? {
         match catalog.create_namespace(&ns, HashMap::new()).await {
@@ -289,34 +483,28 @@ pub async fn create(
             Err(e) => return Err(e),
         }
     }
-    let mut fields: Vec<arrow_schema::Field> = inferred
-        .fields()
-        .iter()
-        .map(|f| f.as_ref().clone())
-        .collect();
+    let mut fields = table_fields(inferred);
     for p in &route.partition {
-        let timed = p.transform != Transform::Identity;
+        let wanted = match p.transform {
+            Transform::Identity => None,
+            _ => Some(DataType::Timestamp(
+                TimeUnit::Microsecond,
+                Some("+00:00".into()),
+            )),
+        };
         match fields.iter_mut().find(|f| f.name() == &p.source) {
-            Some(f) if timed => {
-                *f = arrow_schema::Field::new(
-                    &p.source,
-                    arrow_schema::DataType::Timestamp(
-                        arrow_schema::TimeUnit::Microsecond,
-                        Some("+00:00".into()),
-                    ),
-                    true,
-                )
-            }
-            Some(_) => {}
-            None => {
-                return Err(iceberg::Error::new(
-                    ErrorKind::DataInvalid,
-                    format!(
-                        "partition source column {:?} is not in the records' schema",
-                        p.source
-                    ),
-                ));
-            }
+            Some(f) => match &wanted {
+                Some(ty) => *f = Field::new(&p.source, ty.clone(), true),
+                None if f.data_type().is_nested() => {
+                    *f = Field::new(&p.source, DataType::Utf8, true)
+                }
+                None => {}
+            },
+            None => fields.push(Field::new(
+                &p.source,
+                wanted.unwrap_or(DataType::Utf8),
+                true,
+            )),
         }
     }
     let schema =
@@ -379,8 +567,19 @@ pub fn new_columns(
         .filter(|f| f.name() != crate::encode::parquet::OVERFLOW_COLUMN)
         .filter(|f| !existing.iter().any(|e| same(e, f.name())))
         .filter_map(|f| {
-            let ty = iceberg::arrow::arrow_type_to_type(f.data_type()).ok()?;
-            Some((f.name().clone(), ty))
+            // Nested types need field ids to convert; the commit assigns the real ones.
+            let one = arrow_schema::Schema::new(vec![shallow(f, 1)]);
+            match iceberg::arrow::arrow_schema_to_schema_auto_assign_ids(&one) {
+                Ok(schema) => schema
+                    .as_struct()
+                    .fields()
+                    .first()
+                    .map(|c| (f.name().clone(), (*c.field_type).clone())),
+                Err(e) => {
+                    tracing::warn!(column = %f.name(), error = %e, "a new column's type has no Iceberg equivalent; its values are not written");
+                    None
+                }
+            }
         })
         .take(room)
         .collect()
@@ -411,6 +610,11 @@ pub async fn append(
     let tx = Transaction::new(table);
     let action = tx
         .fast_append()
+        // The library's duplicate check reads every manifest of the table on each commit
+        // (one request per manifest, so commits slow down as the table grows). A batch's
+        // files are new by construction: their names are the batch's, and a batch whose
+        // snapshot exists is never appended again.
+        .with_check_duplicate(false)
         .add_data_files(files)
         .set_snapshot_properties(HashMap::from([(
             BATCH_PROPERTY.to_owned(),

@@ -31,6 +31,63 @@ use crate::sink::Stores;
 pub struct StoreStorage {
     #[serde(skip)]
     stores: Option<Arc<Stores>>,
+    #[serde(skip)]
+    cache: MetadataCache,
+}
+
+/// Table metadata files (`.../metadata/...`: table metadata, manifest lists, manifests) as
+/// written or last read, up to [`CACHE_BYTES`]. Iceberg never rewrites such a file (each
+/// version has a new name), so a copy stays right; each commit reads the table's metadata
+/// three times, and an S3 round trip for each is most of a commit's time.
+#[derive(Clone, Default)]
+struct MetadataCache(Arc<std::sync::Mutex<CacheInner>>);
+
+#[derive(Default)]
+struct CacheInner {
+    files: std::collections::HashMap<String, Bytes>,
+    order: std::collections::VecDeque<String>,
+    bytes: usize,
+}
+
+/// The cache's cap: metadata of the few tables a daemon writes.
+const CACHE_BYTES: usize = 8 << 20;
+
+impl MetadataCache {
+    fn cacheable(path: &str) -> bool {
+        path.contains("/metadata/")
+    }
+
+    fn get(&self, path: &str) -> Option<Bytes> {
+        if !Self::cacheable(path) {
+            return None;
+        }
+        let inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        inner.files.get(path).cloned()
+    }
+
+    fn put(&self, path: &str, bytes: &Bytes) {
+        if !Self::cacheable(path) || bytes.len() > CACHE_BYTES / 4 {
+            return;
+        }
+        let mut inner = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.files.contains_key(path) {
+            return;
+        }
+        // Owned copy: a slice of a larger buffer would keep the whole buffer alive.
+        inner
+            .files
+            .insert(path.to_owned(), Bytes::copy_from_slice(bytes));
+        inner.order.push_back(path.to_owned());
+        inner.bytes += bytes.len();
+        while inner.bytes > CACHE_BYTES {
+            let Some(old) = inner.order.pop_front() else {
+                break;
+            };
+            if let Some(b) = inner.files.remove(&old) {
+                inner.bytes -= b.len();
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreStorage {
@@ -43,6 +100,7 @@ impl StoreStorage {
     pub fn new(stores: Arc<Stores>) -> Self {
         StoreStorage {
             stores: Some(stores),
+            cache: MetadataCache::default(),
         }
     }
 
@@ -125,9 +183,14 @@ impl Storage for StoreStorage {
     }
 
     async fn read(&self, path: &str) -> Result<Bytes> {
+        if let Some(hit) = self.cache.get(path) {
+            return Ok(hit);
+        }
         let (store, key) = self.store(path)?;
         let got = store.get(&key).await.map_err(|e| store_error(e, path))?;
-        got.bytes().await.map_err(|e| store_error(e, path))
+        let bytes = got.bytes().await.map_err(|e| store_error(e, path))?;
+        self.cache.put(path, &bytes);
+        Ok(bytes)
     }
 
     async fn reader(&self, path: &str) -> Result<Box<dyn FileRead>> {
@@ -142,9 +205,11 @@ impl Storage for StoreStorage {
     async fn write(&self, path: &str, bs: Bytes) -> Result<()> {
         let (bucket, key) = self.locate(path)?;
         self.stores()?
-            .put_durable(&bucket, &key, PutPayload::from(bs))
+            .put_durable(&bucket, &key, PutPayload::from(bs.clone()))
             .await
-            .map_err(|e| store_error(e, path))
+            .map_err(|e| store_error(e, path))?;
+        self.cache.put(path, &bs);
+        Ok(())
     }
 
     async fn writer(&self, path: &str) -> Result<Box<dyn FileWrite>> {
@@ -232,12 +297,24 @@ impl FileWrite for Writer {
         }
         self.closed = true;
         let (bucket, key) = self.storage.locate(&self.location)?;
-        let payload: PutPayload = std::mem::take(&mut self.chunks).into_iter().collect();
+        let chunks = std::mem::take(&mut self.chunks);
+        let whole = match MetadataCache::cacheable(&self.location) {
+            true => Some(Bytes::from(chunks.concat())),
+            false => None,
+        };
+        let payload: PutPayload = match &whole {
+            Some(b) => PutPayload::from(b.clone()),
+            None => chunks.into_iter().collect(),
+        };
         self.storage
             .stores()?
             .put_durable(&bucket, &key, payload)
             .await
-            .map_err(|e| store_error(e, &self.location))
+            .map_err(|e| store_error(e, &self.location))?;
+        if let Some(b) = whole {
+            self.storage.cache.put(&self.location, &b);
+        }
+        Ok(())
     }
 }
 

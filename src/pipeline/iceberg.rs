@@ -8,12 +8,11 @@ use std::sync::Arc;
 use arrow_json::ReaderBuilder;
 use iceberg::arrow::{RecordBatchPartitionSplitter, schema_to_arrow_schema};
 use iceberg::spec::DataFile;
+use iceberg::spec::PartitionKey;
 use iceberg::table::Table;
 use iceberg::writer::base_writer::data_file_writer::DataFileWriterBuilder;
 use iceberg::writer::file_writer::ParquetWriterBuilder;
-use iceberg::writer::file_writer::location_generator::{
-    DefaultLocationGenerator, FileNameGenerator,
-};
+use iceberg::writer::file_writer::location_generator::{FileNameGenerator, LocationGenerator};
 use iceberg::writer::file_writer::rolling_writer::RollingFileWriterBuilder;
 use iceberg::writer::partitioning::PartitioningWriter;
 use iceberg::writer::partitioning::fanout_writer::FanoutWriter;
@@ -78,7 +77,29 @@ pub async fn deliver(
     drop(batch);
     let mut delay = ctx.upload.retry_initial;
     loop {
-        let attempt = attempt(shared, &input, &plan, &layout, &definition, &target).await;
+        // In a task of its own: a panic in the Iceberg library (a value it cannot handle)
+        // fails this batch to the error output instead of leaving it pending forever.
+        let job = {
+            let (shared, input, plan, layout, definition, target) = (
+                shared.clone(),
+                input.clone(),
+                plan.clone(),
+                layout.clone(),
+                definition.clone(),
+                target.clone(),
+            );
+            tokio::spawn(async move {
+                attempt(&shared, &input, &plan, &layout, &definition, &target).await
+            })
+        };
+        let attempt = match job.await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::error!(stream = %shared.name, error = %e, "writing this batch to its tables panicked; its records go to processing-failed");
+                shared.metrics.delivery_failure("process");
+                Attempt::Unprocessable
+            }
+        };
         match attempt {
             Attempt::Done => {
                 shared.uploads_landed();
@@ -228,7 +249,8 @@ enum TableOutcome {
 }
 
 struct Rows {
-    table: Table,
+    /// `None` when no table could be made of the records (all of them are misfits).
+    table: Option<Table>,
     catalog: Arc<dyn iceberg::Catalog>,
     batches: Vec<arrow_array::RecordBatch>,
     rows: u64,
@@ -341,21 +363,33 @@ async fn attempt(
             rows,
             ..
         } = *r;
-        if rows == 0 {
+        let Some(table) = table.filter(|_| rows > 0) else {
             continue;
-        }
-        let files = match write_files(&table, &batch_name, batches).await {
+        };
+        let started = std::time::Instant::now();
+        let files = match write_files(&table, &batch_name, batches, ctx.max_active_partitions).await
+        {
             Ok(f) => f,
             Err(e) => return classify(shared, e),
         };
         let file_count = files.len() as u64;
+        let written_ms = started.elapsed().as_millis() as u64;
         fail::fail_point!("iceberg-before-commit");
-        if let Err(e) = ice::append(catalog.as_ref(), &table, &batch_name, files).await {
-            return classify(shared, e);
-        }
+        let ident = table.identifier().clone();
+        let led = match ctx
+            .iceberg
+            .append(catalog.as_ref(), &ident, &batch_name, files)
+            .await
+        {
+            Ok(led) => led,
+            Err(e) => return classify(shared, e),
+        };
         fail::fail_point!("iceberg-after-commit");
+        tracing::debug!(stream = %shared.name, table = %name, rows, written_ms, ms = started.elapsed().as_millis() as u64, led, "appended");
         let m = &ctx.metrics.iceberg;
-        m.commits.with_label_values(&labels).inc();
+        if led {
+            m.commits.with_label_values(&labels).inc();
+        }
         m.data_files.with_label_values(&labels).inc_by(file_count);
         m.rows.with_label_values(&labels).inc_by(rows);
         shared.metrics.delivered_records.inc_by(rows);
@@ -399,9 +433,26 @@ async fn prepare_table(
     };
     let mut table = match ice::load(catalog.as_ref(), &ident).await {
         Ok(Some(t)) => t,
-        Ok(None) if target.create_tables => ice::create(catalog.as_ref(), route, &inferred())
-            .await
-            .map_err(|e| classify(shared, e))?,
+        Ok(None) if target.create_tables => {
+            let schema = inferred();
+            if ice::table_fields(&schema).is_empty() {
+                // Nothing to make a column of (no record is an object with keys): the
+                // records fail, and a later batch creates the table.
+                let why = "no column can be made of this record (the table does not exist yet, and TableCreationConfiguration infers its columns from objects with keys)";
+                return Ok(TableOutcome::Rows(Box::new(Rows {
+                    table: None,
+                    catalog,
+                    batches: Vec::new(),
+                    rows: 0,
+                    misfits: (0..group.records.len())
+                        .map(|i| (i, why.to_owned()))
+                        .collect(),
+                })));
+            }
+            ice::create(catalog.as_ref(), route, &schema)
+                .await
+                .map_err(|e| classify(shared, e))?
+        }
         Ok(None) => {
             return Err(Attempt::Retry(format!(
                 "table {name} does not exist and TableCreationConfiguration is not enabled"
@@ -411,6 +462,10 @@ async fn prepare_table(
     };
     if ice::has_batch(&table, batch_name) {
         return Ok(TableOutcome::Committed);
+    }
+    if ice::nesting(table.metadata().current_schema()) > ice::MAX_NESTING {
+        tracing::error!(stream = %shared.name, table = %name, "the table's types nest deeper than {} levels, which spillway does not write; this batch goes to processing-failed", ice::MAX_NESTING);
+        return Err(Attempt::Unprocessable);
     }
     if target.schema_evolution {
         let columns = ice::new_columns(table.metadata().current_schema(), &inferred(), |a, b| {
@@ -437,7 +492,7 @@ async fn prepare_table(
         Attempt::Unprocessable
     })?;
     Ok(TableOutcome::Rows(Box::new(Rows {
-        table,
+        table: Some(table),
         catalog,
         batches,
         rows,
@@ -495,23 +550,12 @@ fn decode(
     Ok((out, rows, misfits))
 }
 
-/// Data file names of one batch: the batch's name and a counter, so a replay writes the same
-/// names (each partition's writer counts from 0 in its own directory).
-#[derive(Debug)]
+/// Data file names of one batch: the batch's name and a counter shared by every writer of the
+/// batch, so no two of its files share a name, whichever partition they are in.
+#[derive(Clone, Debug)]
 struct BatchFileNames {
     batch: String,
-    next: std::sync::atomic::AtomicU64,
-}
-
-impl Clone for BatchFileNames {
-    fn clone(&self) -> Self {
-        BatchFileNames {
-            batch: self.batch.clone(),
-            next: std::sync::atomic::AtomicU64::new(
-                self.next.load(std::sync::atomic::Ordering::Relaxed),
-            ),
-        }
-    }
+    next: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl FileNameGenerator for BatchFileNames {
@@ -521,12 +565,81 @@ impl FileNameGenerator for BatchFileNames {
     }
 }
 
-/// Writes the batches as the table's data files (split by its partition spec).
+/// Data file locations with partition values made safe: Iceberg's Rust library puts values
+/// into paths as they are, so a value with `/`, `..`, a newline, `#` or 300 bytes would make a
+/// path that cannot be written or read back. A value (or field name) of `[A-Za-z0-9._-]` only
+/// and at most [`MAX_SEGMENT`] bytes stays as it is; any other has its other characters made
+/// `_`, is cut to 96 bytes and gets `-` and 16 hex digits of a SHA-256 of the whole, so
+/// different values stay apart. (No `%` escapes: readers such as pyarrow decode them in
+/// paths.) Readers take partition values from the manifests, not from paths.
+#[derive(Clone, Debug)]
+struct EscapedLocations {
+    data: String,
+}
+
+/// Longest partition value kept as it is in a path (file systems allow 255 bytes a segment).
+const MAX_SEGMENT: usize = 128;
+
+fn escape(text: &str) -> String {
+    use std::fmt::Write;
+    let safe = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-');
+    if text.len() <= MAX_SEGMENT
+        && !text.is_empty()
+        && text.bytes().all(safe)
+        && text != "."
+        && text != ".."
+    {
+        return text.to_owned();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let mut out: String = text
+        .bytes()
+        .take(96)
+        .map(|b| if safe(b) { b as char } else { '_' })
+        .collect();
+    out.push('-');
+    for b in &digest[..8] {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+impl LocationGenerator for EscapedLocations {
+    fn generate_location(&self, key: Option<&PartitionKey>, file_name: &str) -> String {
+        let Some(key) = key.filter(|k| !PartitionKey::is_effectively_none(Some(*k))) else {
+            return format!("{}/{file_name}", self.data);
+        };
+        let types = key.spec().partition_type(key.schema()).ok();
+        let path: Vec<String> = key
+            .spec()
+            .fields()
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let value = key.data().fields().get(i).and_then(|v| v.as_ref());
+                let human = match types.as_ref().and_then(|t| t.fields().get(i)) {
+                    Some(t) => f.transform.to_human_string(&t.field_type, value),
+                    None => "null".to_owned(),
+                };
+                format!("{}={}", escape(&f.name), escape(&human))
+            })
+            .collect();
+        format!("{}/{}/{file_name}", self.data, path.join("/"))
+    }
+}
+
+/// Writes the batches as the table's data files (split by its partition spec). At most
+/// `max_open` partitions' writers are open at once (each holds a Parquet writer's buffers):
+/// past that, the open ones are closed into files and new ones start.
 async fn write_files(
     table: &Table,
     batch: &str,
     batches: Vec<arrow_array::RecordBatch>,
+    max_open: usize,
 ) -> iceberg::Result<Vec<DataFile>> {
+    // A panic in the library while writing (test builds: `iceberg-write=1*panic`).
+    fail::fail_point!("iceberg-write");
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let props = WriterProperties::builder()
@@ -547,16 +660,18 @@ async fn write_files(
             .collect(),
         next: Default::default(),
     };
+    let locations = EscapedLocations {
+        data: format!("{}/data", metadata.location().trim_end_matches('/')),
+    };
     let rolling = RollingFileWriterBuilder::new_with_default_file_size(
         ParquetWriterBuilder::new(props, schema.clone()),
         table.file_io().clone(),
-        DefaultLocationGenerator::new(metadata)?,
+        locations,
         names,
     );
-    let builder = DataFileWriterBuilder::new(rolling);
     let spec = metadata.default_partition_spec();
     if spec.is_unpartitioned() {
-        let mut writer = builder.build(None).await?;
+        let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
         for b in batches {
             writer.write(b).await?;
         }
@@ -564,11 +679,23 @@ async fn write_files(
     }
     let splitter =
         RecordBatchPartitionSplitter::try_new_with_computed_values(schema.clone(), spec.clone())?;
-    let mut fanout = FanoutWriter::new(builder);
+    let mut files = Vec::new();
+    let mut fanout = FanoutWriter::new(DataFileWriterBuilder::new(rolling.clone()));
+    let mut open = std::collections::HashSet::new();
     for b in batches {
         for (key, part) in splitter.split(&b)? {
+            if !open.contains(key.data()) && open.len() >= max_open.max(1) {
+                let full = std::mem::replace(
+                    &mut fanout,
+                    FanoutWriter::new(DataFileWriterBuilder::new(rolling.clone())),
+                );
+                files.extend(full.close().await?);
+                open.clear();
+            }
+            open.insert(key.data().clone());
             fanout.write(key, part).await?;
         }
     }
-    fanout.close().await
+    files.extend(fanout.close().await?);
+    Ok(files)
 }
