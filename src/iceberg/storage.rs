@@ -50,7 +50,7 @@ struct CacheInner {
 }
 
 /// The cache's cap: metadata of the few tables a daemon writes.
-const CACHE_BYTES: usize = 8 << 20;
+const CACHE_BYTES: usize = 4 << 20;
 
 impl MetadataCache {
     fn cacheable(path: &str) -> bool {

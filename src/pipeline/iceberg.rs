@@ -252,7 +252,8 @@ struct Rows {
     /// `None` when no table could be made of the records (all of them are misfits).
     table: Option<Table>,
     catalog: Arc<dyn iceberg::Catalog>,
-    batches: Vec<arrow_array::RecordBatch>,
+    /// The data files written (once [`write_table`] ran).
+    files: Vec<DataFile>,
     rows: u64,
     misfits: Vec<(usize, String)>,
 }
@@ -301,6 +302,13 @@ async fn attempt(
         match prepare_table(shared, target, group, &batch_name).await {
             Ok(o) => outcomes.push(o),
             Err(a) => return a,
+        }
+    }
+    for (group, outcome) in groups.iter().zip(outcomes.iter_mut()) {
+        if let TableOutcome::Rows(r) = outcome
+            && let Err(a) = write_table(shared, group, r, &batch_name).await
+        {
+            return a;
         }
     }
     // Records that do not fit their table, in the usual envelope.
@@ -359,7 +367,7 @@ async fn attempt(
         let Rows {
             table,
             catalog,
-            batches,
+            files,
             rows,
             ..
         } = *r;
@@ -367,13 +375,7 @@ async fn attempt(
             continue;
         };
         let started = std::time::Instant::now();
-        let files = match write_files(&table, &batch_name, batches, ctx.max_active_partitions).await
-        {
-            Ok(f) => f,
-            Err(e) => return classify(shared, e),
-        };
         let file_count = files.len() as u64;
-        let written_ms = started.elapsed().as_millis() as u64;
         fail::fail_point!("iceberg-before-commit");
         let ident = table.identifier().clone();
         let led = match ctx
@@ -385,7 +387,7 @@ async fn attempt(
             Err(e) => return classify(shared, e),
         };
         fail::fail_point!("iceberg-after-commit");
-        tracing::debug!(stream = %shared.name, table = %name, rows, written_ms, ms = started.elapsed().as_millis() as u64, led, "appended");
+        tracing::debug!(stream = %shared.name, table = %name, rows, ms = started.elapsed().as_millis() as u64, led, "appended");
         let m = &ctx.metrics.iceberg;
         if led {
             m.commits.with_label_values(&labels).inc();
@@ -442,7 +444,7 @@ async fn prepare_table(
                 return Ok(TableOutcome::Rows(Box::new(Rows {
                     table: None,
                     catalog,
-                    batches: Vec::new(),
+                    files: Vec::new(),
                     rows: 0,
                     misfits: (0..group.records.len())
                         .map(|i| (i, why.to_owned()))
@@ -478,26 +480,70 @@ async fn prepare_table(
                 .map_err(|e| classify(shared, e))?;
         }
     }
+    Ok(TableOutcome::Rows(Box::new(Rows {
+        table: Some(table),
+        catalog,
+        files: Vec::new(),
+        rows: 0,
+        misfits: Vec::new(),
+    })))
+}
+
+/// Converts one table's records against its schema and writes them as its data files, in an
+/// encode slot on a blocking thread (CPU work, like every other stream's encoding, kept off
+/// the runtime's workers that serve the API; and the Arrow and Parquet buffers of at most one
+/// batch per core exist at a time).
+async fn write_table(
+    shared: &Arc<Shared>,
+    group: &TableRecords,
+    rows: &mut Rows,
+    batch_name: &str,
+) -> Result<(), Attempt> {
+    let ctx = &shared.ctx;
+    let Some(table) = rows.table.clone() else {
+        return Ok(());
+    };
     let arrow = Arc::new(
         schema_to_arrow_schema(table.metadata().current_schema())
             .map_err(|e| classify(shared, e))?,
     );
-    let converter = Converter::with_schema(json_input(), arrow.clone());
+    let Ok(slot) = ctx.encode_slots.clone().acquire_owned().await else {
+        return Err(Attempt::Abandoned);
+    };
+    let (runtime, max_open, batch) = (
+        tokio::runtime::Handle::current(),
+        ctx.max_active_partitions,
+        batch_name.to_owned(),
+    );
     let records = group.records.clone();
-    let converted = tokio::task::spawn_blocking(move || decode(&converter, arrow, &records))
-        .await
-        .map_err(|_| Attempt::Unprocessable)?;
-    let (batches, rows, misfits) = converted.map_err(|e| {
-        tracing::error!(stream = %shared.name, table = %name, error = %e, "records that fit the table's schema did not decode");
-        Attempt::Unprocessable
-    })?;
-    Ok(TableOutcome::Rows(Box::new(Rows {
-        table: Some(table),
-        catalog,
-        batches,
-        rows,
-        misfits,
-    })))
+    let written = tokio::task::spawn_blocking(move || {
+        let converter = Converter::with_schema(json_input(), arrow.clone());
+        let out = match decode(&converter, arrow, &records) {
+            Ok((batches, count, misfits)) if count > 0 => runtime
+                .block_on(write_files(&table, &batch, batches, max_open))
+                .map(|files| Ok((files, count, misfits))),
+            Ok((_, count, misfits)) => Ok(Ok((Vec::new(), count, misfits))),
+            Err(e) => Ok(Err(e)),
+        };
+        drop(slot);
+        out
+    })
+    .await;
+    let (files, count, misfits) = match written {
+        Ok(Ok(Ok(w))) => w,
+        Ok(Ok(Err(e))) => {
+            tracing::error!(stream = %shared.name, table = %label(&group.route), error = %e, "records that fit the table's schema did not decode");
+            return Err(Attempt::Unprocessable);
+        }
+        Ok(Err(e)) => return Err(classify(shared, e)),
+        // A panic while writing: the batch fails as a whole (see `deliver`).
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => return Err(Attempt::Abandoned),
+    };
+    rows.files = files;
+    rows.rows = count;
+    rows.misfits = misfits;
+    Ok(())
 }
 
 fn error_chain(e: &iceberg::Error) -> String {
