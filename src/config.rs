@@ -407,8 +407,6 @@ struct RawIcebergTable {
     table: String,
     /// `PartitionSpec.Identity[].SourceName`: `col`, `day(col)`, ...
     partition: Option<Vec<String>>,
-    /// `S3ErrorOutputPrefix`.
-    error_output_prefix: Option<String>,
 }
 
 impl RawIcebergStream {
@@ -430,9 +428,6 @@ impl RawIcebergStream {
                     v["PartitionSpec"] = serde_json::json!({
                         "Identity": p.into_iter().map(|s| serde_json::json!({"SourceName": s})).collect::<Vec<_>>()
                     });
-                }
-                if let Some(e) = t.error_output_prefix {
-                    v["S3ErrorOutputPrefix"] = e.into();
                 }
                 v
             })

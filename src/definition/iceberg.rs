@@ -41,8 +41,6 @@ pub struct TableRoute {
     /// `PartitionSpec.Identity[].SourceName` for tables spillway creates: a column (identity)
     /// or `year(col)`, `month(col)`, `day(col)`, `hour(col)`.
     pub partition: Vec<PartitionField>,
-    /// `S3ErrorOutputPrefix`: this table's failed records, over `S3Configuration`'s.
-    pub error_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,8 +232,8 @@ fn route(v: &Value) -> Result<TableRoute, String> {
             ));
         }
     }
-    let error_prefix: Option<String> = match m.get("S3ErrorOutputPrefix") {
-        None | Some(Value::Null) => None,
+    match m.get("S3ErrorOutputPrefix") {
+        None | Some(Value::Null) => {}
         Some(_) => {
             return Err(
                 "S3ErrorOutputPrefix (per table) is not supported yet: S3Configuration.ErrorOutputPrefix is where every table's failed records go".into(),
@@ -260,7 +258,6 @@ fn route(v: &Value) -> Result<TableRoute, String> {
         database,
         table,
         partition,
-        error_prefix,
     })
 }
 

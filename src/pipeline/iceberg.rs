@@ -745,3 +745,88 @@ async fn write_files(
     files.extend(fanout.close().await?);
     Ok(files)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::definition::iceberg::TableRoute;
+
+    fn tables() -> Vec<TableRoute> {
+        ["players", "sessions"]
+            .iter()
+            .map(|t| TableRoute {
+                database: "game".into(),
+                table: (*t).into(),
+                partition: Vec::new(),
+            })
+            .collect()
+    }
+
+    fn keys(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn records_route_by_the_transforms_keys_first_then_the_querys() {
+        let tables = tables();
+        let route = router(&tables);
+        // Nothing named: the first listed table.
+        assert_eq!(route(&[], &[]).unwrap(), "game.players");
+        // The query's keys.
+        let query = keys(&[("destinationTableName", "sessions")]);
+        assert_eq!(route(&query, &[]).unwrap(), "game.sessions");
+        // The transform's keys win over the query's.
+        let lambda = keys(&[("destinationTableName", "players")]);
+        assert_eq!(route(&query, &lambda).unwrap(), "game.players");
+        // A table the stream does not list, and operations other than insert.
+        let unlisted = keys(&[
+            ("destinationDatabaseName", "other"),
+            ("destinationTableName", "players"),
+        ]);
+        assert_eq!(
+            route(&[], &unlisted).unwrap_err().0,
+            codes::TABLE_NOT_LISTED
+        );
+        for op in ["update", "delete", "UPSERT"] {
+            let op = keys(&[("operation", op)]);
+            assert_eq!(
+                route(&op, &[]).unwrap_err().0,
+                codes::OPERATION_NOT_SUPPORTED
+            );
+        }
+        assert!(route(&keys(&[("operation", "INSERT")]), &[]).is_ok());
+    }
+
+    #[test]
+    fn partition_values_become_safe_path_segments() {
+        assert_eq!(escape("kr"), "kr");
+        assert_eq!(escape("2026-12-06"), "2026-12-06");
+        for hostile in [
+            "a/b",
+            "..",
+            ".",
+            "",
+            "line\nbreak",
+            "a#b?c",
+            &"x".repeat(300),
+            "é",
+        ] {
+            let safe = escape(hostile);
+            assert!(
+                !safe.is_empty()
+                    && safe.len() <= MAX_SEGMENT
+                    && safe != "."
+                    && safe != ".."
+                    && safe
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b)),
+                "{hostile:?} -> {safe:?}"
+            );
+        }
+        // Values that only differ where they are made safe stay apart.
+        assert_ne!(escape("a/b"), escape("a#b"));
+    }
+}
