@@ -35,6 +35,34 @@ fn create_body(stream: &str, bucket: &str, table: &Value, extra: Value) -> Vec<u
     .into_bytes()
 }
 
+/// Creates a stream from a `CreateDeliveryStream` body; it must be accepted.
+fn create(d: &Daemon, body: &[u8]) {
+    let (status, answer) = d.raw(Some("CreateDeliveryStream"), body);
+    assert_eq!(status, 200, "{answer}");
+}
+
+/// The default catalog's warehouse with the local store, as a `file://` location.
+fn local_warehouse(d: &Daemon) -> String {
+    format!(
+        "file://{}/buckets/iceberg/warehouse",
+        d.data_dir.canonicalize().unwrap().display()
+    )
+}
+
+/// Every error record under the local store's `errors` bucket.
+fn error_records(d: &Daemon) -> Vec<Value> {
+    walk(&d.data_dir.join("buckets/errors"))
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
 fn read_table(d: &Daemon, warehouse: &str, table: &str, s3: Option<&str>) -> Value {
     let uri = format!(
         "sqlite:///{}/iceberg/catalog.db",
@@ -81,11 +109,7 @@ async fn records_land_in_an_iceberg_table_on_s3_that_pyiceberg_reads() {
     );
     let d = Daemon::start(&config);
     let table = json!({"DestinationDatabaseName": "game", "DestinationTableName": "players"});
-    let (status, body) = d.raw(
-        Some("CreateDeliveryStream"),
-        &create_body("players", "failed", &table, json!({})),
-    );
-    assert_eq!(status, 200, "{body}");
+    create(&d, &create_body("players", "failed", &table, json!({})));
 
     // Described as Firehose describes an Iceberg destination, read by the Rust SDK's types.
     let client = d.firehose();
@@ -186,8 +210,8 @@ async fn iceberg_appends_are_exactly_once_across_kill_9_around_the_commit() {
             "DestinationTableName": "readings",
             "PartitionSpec": {"Identity": [{"SourceName": "day(ts)"}]},
         });
-        let (status, body) = d.raw(
-            Some("CreateDeliveryStream"),
+        create(
+            &d,
             &create_body(
                 "readings",
                 "errors",
@@ -195,7 +219,6 @@ async fn iceberg_appends_are_exactly_once_across_kill_9_around_the_commit() {
                 json!({"SchemaEvolutionConfiguration": {"Enabled": true}}),
             ),
         );
-        assert_eq!(status, 200, "{body}");
         let client = d.firehose();
         let records: Vec<Vec<u8>> = (0..50)
             .map(|i| {
@@ -288,11 +311,7 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
     let d2 = Daemon::start(&config);
     let table = json!({"DestinationDatabaseName": "game", "DestinationTableName": "events"});
     for d in [&d1, &d2] {
-        let (status, body) = d.raw(
-            Some("CreateDeliveryStream"),
-            &create_body("events", "failed", &table, json!({})),
-        );
-        assert_eq!(status, 200, "{body}");
+        create(d, &create_body("events", "failed", &table, json!({})));
     }
     let send = |d: &Daemon, from: i64| {
         let client = d.firehose();
@@ -399,10 +418,7 @@ async fn records_are_routed_to_tables_by_their_metadata() {
         10.0,
     )
     .await;
-    let warehouse = format!(
-        "file://{}/buckets/iceberg/warehouse",
-        d.data_dir.canonicalize().unwrap().display()
-    );
+    let warehouse = local_warehouse(&d);
     let players = read_table(&d, &warehouse, "game.players", None);
     let sessions = read_table(&d, &warehouse, "game.sessions", None);
     assert_eq!(
@@ -413,16 +429,7 @@ async fn records_are_routed_to_tables_by_their_metadata() {
         ids(&sessions),
         (0..40).filter(|i| i % 4 == 0).collect::<Vec<_>>()
     );
-    let failed: Vec<Value> = walk(&d.data_dir.join("buckets/errors"))
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let failed = error_records(&d);
     let mut codes: Vec<&str> = failed
         .iter()
         .map(|e| e["errorCode"].as_str().unwrap())
@@ -576,10 +583,7 @@ async fn a_postgresql_catalog_holds_the_table() {
         30.0,
     )
     .await;
-    let warehouse = format!(
-        "file://{}/buckets/iceberg/warehouse",
-        d.data_dir.canonicalize().unwrap().display()
-    );
+    let warehouse = local_warehouse(&d);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iceberg_read.py");
     let out = stdout_of(
         std::process::Command::new(venv_python())
@@ -634,10 +638,7 @@ tables = [{ database = "game", table = "declared" }]
         20.0,
     )
     .await;
-    let warehouse = format!(
-        "file://{}/buckets/iceberg/warehouse",
-        d.data_dir.canonicalize().unwrap().display()
-    );
+    let warehouse = local_warehouse(&d);
     let read = read_table(&d, &warehouse, "game.declared", None);
     assert_eq!(ids(&read), (0..20).collect::<Vec<_>>(), "{read}");
 }
@@ -648,8 +649,8 @@ async fn maintenance_expires_old_snapshots_and_keeps_the_rows() {
     let d = Daemon::start(
         "[iceberg.maintenance]\nexpire_snapshots_after_seconds = 0\nretain_snapshots = 2\ninterval_seconds = 1\n",
     );
-    let (status, body) = d.raw(
-        Some("CreateDeliveryStream"),
+    create(
+        &d,
         &create_body(
             "kept",
             "errors",
@@ -657,7 +658,6 @@ async fn maintenance_expires_old_snapshots_and_keeps_the_rows() {
             json!({}),
         ),
     );
-    assert_eq!(status, 200, "{body}");
     let client = d.firehose();
     for round in 0..5 {
         let records: Vec<Vec<u8>> = (0..10)
@@ -677,10 +677,7 @@ async fn maintenance_expires_old_snapshots_and_keeps_the_rows() {
         3.0,
     )
     .await;
-    let warehouse = format!(
-        "file://{}/buckets/iceberg/warehouse",
-        d.data_dir.canonicalize().unwrap().display()
-    );
+    let warehouse = local_warehouse(&d);
     let read = read_table(&d, &warehouse, "game.kept", None);
     assert_eq!(ids(&read), (0..50).collect::<Vec<_>>(), "{read}");
     assert_eq!(read["snapshots"].as_array().unwrap().len(), 2, "{read}");
@@ -700,8 +697,8 @@ async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
         "DestinationTableName": "hostile",
         "PartitionSpec": {"Identity": [{"SourceName": "region"}, {"SourceName": "day(ts)"}]},
     });
-    let (status, body) = d.raw(
-        Some("CreateDeliveryStream"),
+    create(
+        &d,
         &create_body(
             "hostile",
             "errors",
@@ -709,27 +706,14 @@ async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
             json!({"SchemaEvolutionConfiguration": {"Enabled": true}}),
         ),
     );
-    assert_eq!(status, 200, "{body}");
     let client = d.firehose();
-    let errors = |d: &Daemon| -> Vec<Value> {
-        walk(&d.data_dir.join("buckets/errors"))
-            .iter()
-            .flat_map(|f| {
-                std::fs::read_to_string(f)
-                    .unwrap()
-                    .lines()
-                    .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                    .collect::<Vec<_>>()
-            })
-            .collect()
-    };
     // Nothing to make a column of: both fail, no table yet.
     put_all(&client, "hostile", &[b"\"hello\"".to_vec(), b"{}".to_vec()]).await;
     let failed = wait_for(Duration::from_secs(60), || async {
-        (errors(&d).len() == 2).then_some(())
+        (error_records(&d).len() == 2).then_some(())
     })
     .await;
-    assert!(failed.is_some(), "{:?}", errors(&d));
+    assert!(failed.is_some(), "{:?}", error_records(&d));
 
     let mut deep = json!(1);
     for _ in 0..48 {
@@ -764,10 +748,7 @@ async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
     )
     .await;
 
-    let warehouse = format!(
-        "file://{}/buckets/iceberg/warehouse",
-        d.data_dir.canonicalize().unwrap().display()
-    );
+    let warehouse = local_warehouse(&d);
     let read = read_table(&d, &warehouse, "game.hostile", None);
     assert_eq!(ids(&read), (0..13).collect::<Vec<_>>(), "{read}");
     for column in ["o", "l", "lo", "deep"] {
@@ -786,7 +767,7 @@ async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
             "{path}"
         );
     }
-    let codes: Vec<String> = errors(&d)
+    let codes: Vec<String> = error_records(&d)
         .iter()
         .map(|e| e["errorCode"].as_str().unwrap().to_owned())
         .collect();
@@ -834,8 +815,8 @@ c.create_table("game.made", schema=pa.schema([("id", pa.int64()), ("name", pa.st
         db.display()
     );
     let d = Daemon::start_in(&config, &dir.path().join("data"));
-    let (status, body) = d.raw(
-        Some("CreateDeliveryStream"),
+    create(
+        &d,
         &create_body(
             "made",
             "errors",
@@ -843,7 +824,6 @@ c.create_table("game.made", schema=pa.schema([("id", pa.int64()), ("name", pa.st
             json!({"TableCreationConfiguration": {"Enabled": false}}),
         ),
     );
-    assert_eq!(status, 200, "{body}");
     let records: Vec<Vec<u8>> = (0..5)
         .map(|i| {
             json!({"id": i, "name": format!("n{i}")})
@@ -872,8 +852,8 @@ c.create_table("game.made", schema=pa.schema([("id", pa.int64()), ("name", pa.st
 #[tokio::test(flavor = "multi_thread")]
 async fn a_panic_in_the_iceberg_path_fails_the_batch_and_the_stream_goes_on() {
     let mut d = Daemon::start_with("", &[], &[("FAILPOINTS", "iceberg-write=1*panic")]);
-    let (status, body) = d.raw(
-        Some("CreateDeliveryStream"),
+    create(
+        &d,
         &create_body(
             "panicky",
             "errors",
@@ -881,7 +861,6 @@ async fn a_panic_in_the_iceberg_path_fails_the_batch_and_the_stream_goes_on() {
             json!({}),
         ),
     );
-    assert_eq!(status, 200, "{body}");
     let client = d.firehose();
     put_all(
         &client,
