@@ -35,6 +35,26 @@ fn create_body(stream: &str, bucket: &str, table: &Value, extra: Value) -> Vec<u
     .into_bytes()
 }
 
+/// The stream's destination as the Rust SDK reads `IcebergDestinationDescription`.
+async fn iceberg_description(
+    client: &aws_sdk_firehose::Client,
+    stream: &str,
+) -> aws_sdk_firehose::types::IcebergDestinationDescription {
+    let described = client
+        .describe_delivery_stream()
+        .delivery_stream_name(stream)
+        .send()
+        .await
+        .unwrap();
+    let dest = &described
+        .delivery_stream_description()
+        .unwrap()
+        .destinations()[0];
+    dest.iceberg_destination_description()
+        .cloned()
+        .unwrap_or_else(|| panic!("no Iceberg description: {dest:?}"))
+}
+
 /// Creates a stream from a `CreateDeliveryStream` body; it must be accepted.
 fn create(d: &Daemon, body: &[u8]) {
     let (status, answer) = d.raw(Some("CreateDeliveryStream"), body);
@@ -113,19 +133,7 @@ async fn records_land_in_an_iceberg_table_on_s3_that_pyiceberg_reads() {
 
     // Described as Firehose describes an Iceberg destination, read by the Rust SDK's types.
     let client = d.firehose();
-    let described = client
-        .describe_delivery_stream()
-        .delivery_stream_name("players")
-        .send()
-        .await
-        .unwrap();
-    let dest = &described
-        .delivery_stream_description()
-        .unwrap()
-        .destinations()[0];
-    let iceberg = dest
-        .iceberg_destination_description()
-        .expect("an Iceberg description");
+    let iceberg = iceberg_description(&client, "players").await;
     assert_eq!(
         iceberg.destination_table_configuration_list()[0].destination_table_name(),
         "players"
@@ -617,17 +625,11 @@ tables = [{ database = "game", table = "declared" }]
 "#,
     );
     let client = d.firehose();
-    let described = client
-        .describe_delivery_stream()
-        .delivery_stream_name("declared")
-        .send()
-        .await
-        .unwrap();
-    let dest = &described
-        .delivery_stream_description()
-        .unwrap()
-        .destinations()[0];
-    assert!(dest.iceberg_destination_description().is_some(), "{dest:?}");
+    let iceberg = iceberg_description(&client, "declared").await;
+    assert_eq!(
+        iceberg.destination_table_configuration_list()[0].destination_table_name(),
+        "declared"
+    );
     let records: Vec<Vec<u8>> = (0..20)
         .map(|i| json!({"id": i}).to_string().into_bytes())
         .collect();
