@@ -183,6 +183,7 @@ impl Catalogs {
         })?;
         if let Some(path) = settings.uri.strip_prefix("sqlite://")
             && let Some(dir) = std::path::Path::new(path.split('?').next().unwrap_or(path)).parent()
+            && !dir.as_os_str().is_empty()
         {
             std::fs::create_dir_all(dir).map_err(|e| {
                 iceberg::Error::new(

@@ -301,14 +301,15 @@ async fn attempt(
     for group in &groups {
         match prepare_table(shared, target, group, &batch_name).await {
             Ok(o) => outcomes.push(o),
-            Err(a) => return a,
+            Err(a) => return once_delivered(a, partly(&outcomes)),
         }
     }
+    let delivered = partly(&outcomes);
     for (group, outcome) in groups.iter().zip(outcomes.iter_mut()) {
         if let TableOutcome::Rows(r) = outcome
             && let Err(a) = write_table(shared, group, r, &batch_name).await
         {
-            return a;
+            return once_delivered(a, delivered);
         }
     }
     // Records that do not fit their table, in the usual envelope.
@@ -351,7 +352,7 @@ async fn attempt(
                 return Attempt::Abandoned;
             }
         }
-        Err(_) => return Attempt::Unprocessable,
+        Err(_) => return once_delivered(Attempt::Unprocessable, delivered),
     }
     for (group, outcome) in groups.iter().zip(outcomes) {
         let name = label(&group.route);
@@ -384,7 +385,8 @@ async fn attempt(
             .await
         {
             Ok(led) => led,
-            Err(e) => return classify(shared, e),
+            // Failed records are written by now.
+            Err(e) => return once_delivered(classify(shared, e), true),
         };
         fail::fail_point!("iceberg-after-commit");
         tracing::debug!(stream = %shared.name, table = %name, rows, ms = started.elapsed().as_millis() as u64, led, "appended");
@@ -397,6 +399,26 @@ async fn attempt(
         shared.metrics.delivered_records.inc_by(rows);
     }
     Attempt::Done
+}
+
+/// A batch part of which is delivered already (a table has its snapshot, or its failed
+/// records were written) cannot go to the error output as a whole without delivering those
+/// records twice: a failure about its data is retried instead (the stream stalls, counted and
+/// logged, until the table takes it).
+fn once_delivered(a: Attempt, partly: bool) -> Attempt {
+    match a {
+        Attempt::Unprocessable if partly => Attempt::Retry(
+            "a table refused part of a batch whose other part is already delivered; retrying rather than delivering records twice".into(),
+        ),
+        a => a,
+    }
+}
+
+/// Whether a table already has this batch's snapshot (an earlier attempt committed it).
+fn partly(outcomes: &[TableOutcome]) -> bool {
+    outcomes
+        .iter()
+        .any(|o| matches!(o, TableOutcome::Committed))
 }
 
 /// Errors about the data itself (a schema the library refuses, say) would fail every
