@@ -1119,12 +1119,7 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     iceberg_catalogs.insert("default".to_owned(), IcebergCatalog::default());
     for (name, c) in raw.iceberg.catalogs {
         let at = format!("iceberg.catalogs.{name}");
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-        {
+        if !definition::iceberg::valid_catalog_name(&name) {
             problems.push(format!(
                 "{at}: a catalog name is 1-64 letters, digits, _ or -"
             ));

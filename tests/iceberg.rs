@@ -110,6 +110,12 @@ fn ids(read: &Value) -> Vec<i64> {
         .collect()
 }
 
+/// Waits until the stream has added at least `rows` rows to the table.
+async fn wait_rows(d: &Daemon, stream: &str, table: &str, rows: f64) {
+    let series = format!("spillway_iceberg_rows_total{{stream=\"{stream}\",table=\"{table}\"}}");
+    wait_metric(d, &series, rows).await;
+}
+
 async fn wait_metric(d: &Daemon, series: &str, at_least: f64) {
     let found = wait_for(Duration::from_secs(60), || async {
         (d.metric_if_any(series).unwrap_or(0.0) >= at_least).then_some(())
@@ -153,12 +159,7 @@ async fn records_land_in_an_iceberg_table_on_s3_that_pyiceberg_reads() {
     // Not an object: it cannot become a row, so it goes to the error output.
     records.push(b"[1, 2, 3]".to_vec());
     put_all(&client, "players", &records).await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"players\",table=\"game.players\"}",
-        200.0,
-    )
-    .await;
+    wait_rows(&d, "players", "game.players", 200.0).await;
 
     let read = read_table(
         &d,
@@ -339,12 +340,7 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
     };
     tokio::join!(send(&d1, 0), send(&d2, 300));
     for d in [&d1, &d2] {
-        wait_metric(
-            d,
-            "spillway_iceberg_rows_total{stream=\"events\",table=\"game.events\"}",
-            300.0,
-        )
-        .await;
+        wait_rows(d, "events", "game.events", 300.0).await;
     }
     let read = read_catalog(
         &format!("sqlite:///{}/catalog.db", shared.path().display()),
@@ -414,18 +410,8 @@ async fn records_are_routed_to_tables_by_their_metadata() {
             .into_bytes(),
     );
     put_all(&d.firehose(), "routed", &records).await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"routed\",table=\"game.players\"}",
-        30.0,
-    )
-    .await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"routed\",table=\"game.sessions\"}",
-        10.0,
-    )
-    .await;
+    wait_rows(&d, "routed", "game.players", 30.0).await;
+    wait_rows(&d, "routed", "game.sessions", 10.0).await;
     let warehouse = local_warehouse(&d);
     let players = read_table(&d, &warehouse, "game.players", None);
     let sessions = read_table(&d, &warehouse, "game.sessions", None);
@@ -585,12 +571,7 @@ async fn a_postgresql_catalog_holds_the_table() {
         })
         .collect();
     put_all(&d.firehose(), "pg-events", &records).await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"pg-events\",table=\"iot.events\"}",
-        30.0,
-    )
-    .await;
+    wait_rows(&d, "pg-events", "iot.events", 30.0).await;
     let warehouse = local_warehouse(&d);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/iceberg_read.py");
     let out = stdout_of(
@@ -634,12 +615,7 @@ tables = [{ database = "game", table = "declared" }]
         .map(|i| json!({"id": i}).to_string().into_bytes())
         .collect();
     put_all(&client, "declared", &records).await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"declared\",table=\"game.declared\"}",
-        20.0,
-    )
-    .await;
+    wait_rows(&d, "declared", "game.declared", 20.0).await;
     let warehouse = local_warehouse(&d);
     let read = read_table(&d, &warehouse, "game.declared", None);
     assert_eq!(ids(&read), (0..20).collect::<Vec<_>>(), "{read}");
@@ -733,22 +709,12 @@ async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
     records.extend((4..12).map(|i| json!({"id": i, "region": format!("r{i}"), "ts": ts})));
     let records: Vec<Vec<u8>> = records.iter().map(|r| r.to_string().into_bytes()).collect();
     put_all(&client, "hostile", &records).await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"hostile\",table=\"game.hostile\"}",
-        12.0,
-    )
-    .await;
+    wait_rows(&d, "hostile", "game.hostile", 12.0).await;
     // Evolution: nested fields become columns of their own types.
     let nested =
         json!({"id": 12, "region": "kr", "ts": ts, "o": {"a": 1}, "l": [1, 2], "lo": [{"x": 1}]});
     put_all(&client, "hostile", &[nested.to_string().into_bytes()]).await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"hostile\",table=\"game.hostile\"}",
-        13.0,
-    )
-    .await;
+    wait_rows(&d, "hostile", "game.hostile", 13.0).await;
 
     let warehouse = local_warehouse(&d);
     let read = read_table(&d, &warehouse, "game.hostile", None);
@@ -834,12 +800,7 @@ c.create_table("game.made", schema=pa.schema([("id", pa.int64()), ("name", pa.st
         })
         .collect();
     put_all(&d.firehose(), "made", &records).await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"made\",table=\"game.made\"}",
-        5.0,
-    )
-    .await;
+    wait_rows(&d, "made", "game.made", 5.0).await;
     let read = read_catalog(
         &format!("sqlite:///{}", db.display()),
         &warehouse,
@@ -882,11 +843,6 @@ async fn a_panic_in_the_iceberg_path_fails_the_batch_and_the_stream_goes_on() {
         &[json!({"id": 1}).to_string().into_bytes()],
     )
     .await;
-    wait_metric(
-        &d,
-        "spillway_iceberg_rows_total{stream=\"panicky\",table=\"game.panicky\"}",
-        1.0,
-    )
-    .await;
+    wait_rows(&d, "panicky", "game.panicky", 1.0).await;
     assert!(d.terminate().success(), "clean shutdown");
 }

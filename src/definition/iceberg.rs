@@ -82,7 +82,7 @@ pub fn catalog_name(arn: &str) -> Result<String, String> {
     match parts[5] {
         "catalog" => Ok("default".into()),
         r => match r.strip_prefix("catalog/") {
-            Some(name) if valid_name(name) => Ok(name.to_owned()),
+            Some(name) if valid_catalog_name(name) => Ok(name.to_owned()),
             _ => Err(format!(
                 "CatalogConfiguration.CatalogARN must end in catalog or catalog/NAME (letters, digits, _ and -), got {arn:?}"
             )),
@@ -99,7 +99,9 @@ fn valid_identifier(s: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
 }
 
-fn valid_name(s: &str) -> bool {
+/// A configured catalog's name: 1-64 letters, digits, `_` or `-` (the config file's
+/// `[iceberg.catalogs.NAME]` and the `catalog/NAME` of a CatalogARN).
+pub fn valid_catalog_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()

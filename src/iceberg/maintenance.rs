@@ -7,10 +7,10 @@
 //! journal's replays run first), so only a batch committed longer ago than
 //! `expire_snapshots_after_seconds` whose journal commit was lost could be appended again.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use iceberg::TableIdent;
 use iceberg::transaction::{ApplyTransactionAction, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -38,20 +38,22 @@ pub async fn run(
             _ = tokio::time::sleep(settings.interval) => {}
         }
         // The tables of the streams that exist now, each once.
-        let tables: BTreeSet<(String, String, String)> = streams
-            .list()
-            .iter()
-            .filter_map(|e| e.runtime.definition().destination.iceberg.clone())
-            .flat_map(|t| {
-                t.tables
-                    .into_iter()
-                    .map(move |r| (t.catalog.clone(), r.database, r.table))
-            })
-            .collect();
-        for (catalog, database, table) in tables {
-            let label = format!("{database}.{table}");
+        let mut tables: Vec<(String, TableIdent)> = Vec::new();
+        for entry in streams.list() {
+            let Some(target) = entry.runtime.definition().destination.iceberg.clone() else {
+                continue;
+            };
+            for route in &target.tables {
+                let table = (target.catalog.clone(), super::ident(route));
+                if !tables.contains(&table) {
+                    tables.push(table);
+                }
+            }
+        }
+        for (catalog, ident) in tables {
+            let label = super::table_label(&ident);
             let m = &ctx.metrics.iceberg;
-            match expire(&ctx, &settings, &catalog, &database, &table).await {
+            match expire(&ctx, &settings, &catalog, &ident).await {
                 Ok(expired) => {
                     m.maintenance_runs.with_label_values(&[&label, "ok"]).inc();
                     m.snapshots_expired
@@ -74,15 +76,10 @@ async fn expire(
     ctx: &Context,
     settings: &Maintenance,
     catalog: &str,
-    database: &str,
-    table: &str,
+    ident: &TableIdent,
 ) -> iceberg::Result<u64> {
     let catalog = ctx.iceberg.get(catalog).await?;
-    let ident = iceberg::TableIdent::new(
-        iceberg::NamespaceIdent::new(database.to_owned()),
-        table.to_owned(),
-    );
-    let Some(current) = super::load(catalog.as_ref(), &ident).await? else {
+    let Some(current) = super::load(catalog.as_ref(), ident).await? else {
         return Ok(0);
     };
     let before = current.metadata().snapshots().count();

@@ -197,7 +197,7 @@ fn router(tables: &[TableRoute]) -> impl Fn(&Keys, &Keys) -> RouteResult + Sync 
 }
 
 fn label(t: &TableRoute) -> String {
-    format!("{}.{}", t.database, t.table)
+    ice::table_label(&ice::ident(t))
 }
 
 /// Processes the batch in a slot, its records routed to the stream's tables.
@@ -455,11 +455,13 @@ async fn prepare_table(
         let keys = Converter::inferring(json_input());
         crate::encode::parquet::infer(group.records.iter().filter_map(|r| keys.normalize(r).ok()))
     };
+    // Inferred once, for creation and evolution alike.
+    let mut schema = None;
     let mut table = match ice::load(catalog.as_ref(), &ident).await {
         Ok(Some(t)) => t,
         Ok(None) if target.create_tables => {
-            let schema = inferred();
-            if ice::table_fields(&schema).is_empty() {
+            let schema = schema.get_or_insert_with(inferred);
+            if ice::table_fields(schema).is_empty() {
                 // Nothing to make a column of (no record is an object with keys): the
                 // records fail, and a later batch creates the table.
                 let why = "no column can be made of this record (the table does not exist yet, and TableCreationConfiguration infers its columns from objects with keys)";
@@ -473,7 +475,7 @@ async fn prepare_table(
                         .collect(),
                 })));
             }
-            ice::create(catalog.as_ref(), route, &schema)
+            ice::create(catalog.as_ref(), route, schema)
                 .await
                 .map_err(|e| classify(shared, e))?
         }
@@ -492,7 +494,8 @@ async fn prepare_table(
         return Err(Attempt::Unprocessable);
     }
     if target.schema_evolution {
-        let columns = ice::new_columns(table.metadata().current_schema(), &inferred(), |a, b| {
+        let schema = schema.get_or_insert_with(inferred);
+        let columns = ice::new_columns(table.metadata().current_schema(), schema, |a, b| {
             a.eq_ignore_ascii_case(b)
         });
         if !columns.is_empty() {
