@@ -300,7 +300,10 @@ async fn iceberg_appends_are_exactly_once_across_kill_9_around_the_commit() {
 
 /// Two daemons append to one table through one catalog: commits that lose the race (and two
 /// conflicts injected into the first daemon's catalog) are retried on the new table state,
-/// counted, and every record of both is in the table once.
+/// counted, and every record of both is in the table once. Each batch also brings a column
+/// of its own (schema evolution), added in the commit of its rows: both daemons evolve the
+/// table at once, so a batch whose new columns' ids were taken by the other daemon's commit
+/// is written again, and every value lands in its own column.
 #[tokio::test(flavor = "multi_thread")]
 async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
     let s3 = S3Server::start();
@@ -320,7 +323,8 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
     let d2 = Daemon::start(&config);
     let table = json!({"DestinationDatabaseName": "game", "DestinationTableName": "events"});
     for d in [&d1, &d2] {
-        create(d, &create_body("events", "failed", &table, json!({})));
+        let evolving = json!({"SchemaEvolutionConfiguration": {"Enabled": true}});
+        create(d, &create_body("events", "failed", &table, evolving));
     }
     let send = |d: &Daemon, from: i64| {
         let client = d.firehose();
@@ -328,9 +332,10 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
             for chunk in 0..6 {
                 let records: Vec<Vec<u8>> = (0..50)
                     .map(|i| {
-                        json!({"id": from + chunk * 50 + i, "k": "v"})
-                            .to_string()
-                            .into_bytes()
+                        let id = from + chunk * 50 + i;
+                        let mut r = json!({"id": id, "k": "v"});
+                        r[column_of(id)] = json!(id);
+                        r.to_string().into_bytes()
                     })
                     .collect();
                 put_all(&client, "events", &records).await;
@@ -349,6 +354,16 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
         Some(&s3.endpoint()),
     );
     assert_eq!(ids(&read), (0..600).collect::<Vec<_>>(), "{read}");
+    for row in read["rows"].as_array().unwrap() {
+        let id = row["id"].as_i64().unwrap();
+        assert_eq!(row[column_of(id)], id, "{row}");
+    }
+    // Evolution made no commits of its own: creation, then one metadata file per snapshot.
+    assert_eq!(
+        read["metadata_versions"].as_u64().unwrap(),
+        1 + read["snapshots"].as_array().unwrap().len() as u64,
+        "{read}"
+    );
     let conflicts = d1.metric("spillway_iceberg_commit_conflicts_total{table=\"game.events\"}");
     assert!(conflicts >= 2.0, "conflicts counted: {conflicts}");
     let commits: f64 = [&d1, &d2]
@@ -362,6 +377,11 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
         commits,
         "one snapshot per commit: {read}"
     );
+}
+
+/// The column of its own a record of the two-daemon test carries: one per daemon and batch.
+fn column_of(id: i64) -> String {
+    format!("{}{}", if id < 300 { "a" } else { "b" }, (id % 300) / 50)
 }
 
 /// Records routed by their metadata (a MetadataExtraction query) to the stream's two tables;

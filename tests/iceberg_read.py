@@ -1,7 +1,8 @@
 """Reads an Iceberg table the way a user would: pyiceberg on the same SQL catalog.
 
 Usage: iceberg_read.py CATALOG_URI WAREHOUSE TABLE [S3_ENDPOINT]
-Prints one JSON object: rows (sorted by id), snapshots (their spillway.batch), files, and,
+Prints one JSON object: rows (sorted by id), snapshots (their spillway.batch), files, the
+number of metadata versions, and,
 for local tables, duckdb_rows (DuckDB reading the data files pyiceberg lists).
 """
 import json
@@ -34,6 +35,8 @@ out = {
     "partition_fields": [str(f.transform) + ":" + f.name for f in table.spec().fields],
     "snapshots": [s.summary.additional_properties.get("spillway.batch") for s in table.snapshots()],
     "files": files,
+    # Metadata files the table has had: one at creation, then one per commit.
+    "metadata_versions": len(table.metadata.metadata_log) + 1,
 }
 if files and all(f.startswith("file://") for f in files):
     import duckdb

@@ -11,8 +11,11 @@
 //!   library on the new table state, and counted; any other failure is retried with the
 //!   uploads' backoff for as long as it takes.
 
+mod evolution;
 mod maintenance;
 pub mod storage;
+
+pub use evolution::{Evolution, evolved, schema_moved};
 
 pub use maintenance::{Maintenance, run as run_maintenance};
 
@@ -77,6 +80,7 @@ struct TableAppends {
 struct Pending {
     batch: String,
     files: Vec<DataFile>,
+    evolution: Option<Evolution>,
     done: tokio::sync::oneshot::Sender<Result<bool, (ErrorKind, String)>>,
 }
 
@@ -95,15 +99,19 @@ impl Catalogs {
         }
     }
 
-    /// Appends a batch's data files to the table, grouped with the other batches waiting for
-    /// it into one snapshot whose summary names them all. True if this call made the commit
-    /// (for counting commits once).
+    /// Appends a batch's data files to the table (and adds the columns they were written
+    /// with, if it evolves the schema), grouped with the other batches waiting for it into one
+    /// snapshot whose summary names them all. True if this call made the commit (for counting
+    /// commits once). A group takes at most one batch's new columns, and only if the table's
+    /// schema is still the one they were derived from: any other evolving batch of the group
+    /// fails with [`evolution::SCHEMA_MOVED`] and is written again.
     pub async fn append(
         &self,
         catalog: &dyn Catalog,
         ident: &TableIdent,
         batch: &str,
         files: Vec<DataFile>,
+        evolution: Option<Evolution>,
     ) -> iceberg::Result<bool> {
         let key = format!("{}\u{0}{}", catalog_key(catalog), table_label(ident));
         let table = self
@@ -121,6 +129,7 @@ impl Catalogs {
             .push(Pending {
                 batch: batch.to_owned(),
                 files,
+                evolution,
                 done,
             });
         let _turn = table.commit.lock().await;
@@ -130,35 +139,81 @@ impl Catalogs {
                 .map(|_| false)
                 .map_err(|(k, m)| iceberg::Error::new(k, m));
         }
-        let group = std::mem::take(&mut *table.queue.lock().unwrap_or_else(|p| p.into_inner()));
-        let names: Vec<&str> = group.iter().map(|p| p.batch.as_str()).collect();
-        let files: Vec<DataFile> = group.iter().flat_map(|p| p.files.iter().cloned()).collect();
-        let started = std::time::Instant::now();
-        let result = match catalog.load_table(ident).await {
-            Ok(current) => {
-                let loaded_ms = started.elapsed().as_millis() as u64;
-                let r = append(catalog, &current, &names.join(" "), files)
-                    .await
-                    .map(drop);
-                tracing::debug!(table = %table_label(ident), batches = names.len(), loaded_ms, ms = started.elapsed().as_millis() as u64, "group commit");
-                r
-            }
-            Err(e) => Err(e),
+        let mut group = std::mem::take(&mut *table.queue.lock().unwrap_or_else(|p| p.into_inner()));
+        while !group.is_empty() {
+            group = self.commit_group(catalog, ident, batch, group).await;
+        }
+        match answer.await {
+            Ok(r) => r.map_err(|(k, m)| iceberg::Error::new(k, m)),
+            Err(_) => Err(iceberg::Error::new(
+                ErrorKind::Unexpected,
+                "a group commit ended without an answer for this batch",
+            )),
+        }
+    }
+
+    /// Commits one group; returns the members to commit again (the group without its
+    /// evolving batch, when that batch's schema moved during the commit).
+    async fn commit_group(
+        &self,
+        catalog: &dyn Catalog,
+        ident: &TableIdent,
+        batch: &str,
+        group: Vec<Pending>,
+    ) -> Vec<Pending> {
+        let moved = |p: Pending| {
+            let _ = p.done.send(Err((
+                ErrorKind::PreconditionFailed,
+                evolution::SCHEMA_MOVED.into(),
+            )));
         };
-        let shared = result
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| (e.kind(), e.to_string()));
-        let mut led = false;
+        let current = match catalog.load_table(ident).await {
+            Ok(t) => t,
+            Err(e) => {
+                for p in group {
+                    let _ = p.done.send(Err((e.kind(), e.to_string())));
+                }
+                return Vec::new();
+            }
+        };
+        let base = evolution::base_of(&current);
+        let mut adds: Option<usize> = None;
+        let mut members = Vec::with_capacity(group.len());
         for p in group {
+            match &p.evolution {
+                None => members.push(p),
+                Some(e) if adds.is_none() && e.base == base => {
+                    adds = Some(members.len());
+                    members.push(p);
+                }
+                Some(_) => moved(p),
+            }
+        }
+        let names: Vec<&str> = members.iter().map(|p| p.batch.as_str()).collect();
+        let files: Vec<DataFile> = members
+            .iter()
+            .flat_map(|p| p.files.iter().cloned())
+            .collect();
+        let evolution = adds.and_then(|i| members[i].evolution.as_ref());
+        let started = std::time::Instant::now();
+        let result = append(catalog, &current, &names.join(" "), files, evolution).await;
+        tracing::debug!(table = %table_label(ident), batches = names.len(), ms = started.elapsed().as_millis() as u64, "group commit");
+        if let (Err(e), Some(i)) = (&result, adds)
+            && evolution::schema_moved(e)
+        {
+            // The schema moved under the evolving batch: it is written again; the others
+            // (written against any schema with their columns) commit without it.
+            moved(members.remove(i));
+            return members;
+        }
+        let shared = result.map(drop).map_err(|e| (e.kind(), e.to_string()));
+        let mut led = false;
+        for p in members {
             let mine = p.batch == batch && !led;
             led |= mine;
             let _ = p.done.send(shared.clone().map(|_| mine));
         }
-        match answer.await {
-            Ok(r) => r.map_err(|(k, m)| iceberg::Error::new(k, m)),
-            Err(_) => result.map(|_| true),
-        }
+        Vec::new()
     }
 
     pub fn is_configured(&self, name: &str) -> bool {
@@ -300,7 +355,7 @@ impl<C: Catalog> Catalog for Counted<C> {
         self.inner.create_table(namespace, creation).await
     }
     async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
-        self.inner.load_table(table).await
+        evolution::check(self.inner.load_table(table).await?)
     }
     async fn drop_table(&self, table: &TableIdent) -> iceberg::Result<()> {
         self.inner.drop_table(table).await
@@ -586,29 +641,20 @@ pub fn new_columns(
         .collect()
 }
 
-/// Adds `columns` as optional columns in one commit.
-pub async fn evolve(
-    catalog: &dyn Catalog,
-    table: &Table,
-    columns: Vec<(String, Type)>,
-) -> iceberg::Result<Table> {
-    let tx = Transaction::new(table);
-    let mut action = tx.update_schema();
-    for (name, ty) in columns {
-        action = action.add_column(iceberg::transaction::AddColumn::optional(name, ty));
-    }
-    let tx = action.apply(tx)?;
-    tx.commit(catalog).await
-}
-
-/// Appends data files as one snapshot carrying `batch` in its summary.
+/// Appends data files as one snapshot carrying `batch` in its summary, in the commit that
+/// adds the columns of `evolution` (whose ids the files were written with).
 pub async fn append(
     catalog: &dyn Catalog,
     table: &Table,
     batch: &str,
     files: Vec<DataFile>,
+    evolution: Option<&Evolution>,
 ) -> iceberg::Result<Table> {
     let tx = Transaction::new(table);
+    let tx = match evolution {
+        Some(e) => evolution::add_columns(tx, &e.columns)?,
+        None => tx,
+    };
     let action = tx
         .fast_append()
         // The library's duplicate check reads every manifest of the table on each commit
@@ -622,5 +668,5 @@ pub async fn append(
             batch.to_owned(),
         )]));
     let tx = action.apply(tx)?;
-    tx.commit(catalog).await
+    evolution::guarded(evolution.map(|e| e.base), tx.commit(catalog)).await
 }

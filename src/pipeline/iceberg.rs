@@ -48,7 +48,14 @@ enum Attempt {
     Unprocessable,
     /// The catalog or the store failed: try again later.
     Retry(String),
+    /// The table's schema moved while the batch's new columns were being committed: write it
+    /// again against the new schema, now.
+    Again,
 }
+
+/// Attempts in a row that may end in [`Attempt::Again`] before the next waits as a failure
+/// does (a table whose schema keeps moving under the batch).
+const MAX_AGAIN: u32 = 8;
 
 /// Delivers a batch to the stream's table; false only when shutdown gave up.
 pub async fn deliver(
@@ -76,6 +83,7 @@ pub async fn deliver(
     let input = Arc::new((batch.start, batch.records.clone(), batch.arrivals.clone()));
     drop(batch);
     let mut delay = ctx.upload.retry_initial;
+    let mut again = 0;
     loop {
         // In a task of its own: a panic in the Iceberg library (a value it cannot handle)
         // fails this batch to the error output instead of leaving it pending forever.
@@ -106,6 +114,19 @@ pub async fn deliver(
                 return true;
             }
             Attempt::Abandoned => return false,
+            Attempt::Again if again < MAX_AGAIN => {
+                again += 1;
+                tracing::info!(stream = %shared.name, table = %label, "the table's schema moved under this batch's new columns; writing it again");
+                continue;
+            }
+            Attempt::Again => {
+                again = 0;
+                shared.uploads_failed();
+                tracing::warn!(stream = %shared.name, table = %label, "the table's schema keeps changing under this batch's new columns; will retry");
+                if !sink::backoff(&mut delay, &ctx.upload, &ctx.abandon).await {
+                    return false;
+                }
+            }
             Attempt::Unprocessable => {
                 return match unprocessed.objects(shared).await {
                     Some(objects) => write_all(shared, objects).await,
@@ -254,6 +275,8 @@ struct Rows {
     catalog: Arc<dyn iceberg::Catalog>,
     /// The data files written (once [`write_table`] ran).
     files: Vec<DataFile>,
+    /// Columns the files were written with that the commit adds to the table.
+    evolution: Option<ice::Evolution>,
     rows: u64,
     misfits: Vec<(usize, String)>,
 }
@@ -369,6 +392,7 @@ async fn attempt(
             table,
             catalog,
             files,
+            evolution,
             rows,
             ..
         } = *r;
@@ -381,10 +405,15 @@ async fn attempt(
         let ident = table.identifier().clone();
         let led = match ctx
             .iceberg
-            .append(catalog.as_ref(), &ident, &batch_name, files)
+            .append(catalog.as_ref(), &ident, &batch_name, files, evolution)
             .await
         {
             Ok(led) => led,
+            Err(e) if ice::schema_moved(&e) => {
+                // A conflict on the schema: counted with the catalog's conflicts.
+                count_conflict(shared, &name);
+                return Attempt::Again;
+            }
             // Failed records are written by now.
             Err(e) => return once_delivered(classify(shared, e), true),
         };
@@ -399,6 +428,16 @@ async fn attempt(
         shared.metrics.delivered_records.inc_by(rows);
     }
     Attempt::Done
+}
+
+fn count_conflict(shared: &Shared, table: &str) {
+    shared
+        .ctx
+        .metrics
+        .iceberg
+        .commit_conflicts
+        .with_label_values(&[table])
+        .inc();
 }
 
 /// A batch part of which is delivered already (a table has its snapshot, or its failed
@@ -469,6 +508,7 @@ async fn prepare_table(
                     table: None,
                     catalog,
                     files: Vec::new(),
+                    evolution: None,
                     rows: 0,
                     misfits: (0..group.records.len())
                         .map(|i| (i, why.to_owned()))
@@ -493,6 +533,7 @@ async fn prepare_table(
         tracing::error!(stream = %shared.name, table = %name, "the table's types nest deeper than {} levels, which spillway does not write; this batch goes to processing-failed", ice::MAX_NESTING);
         return Err(Attempt::Unprocessable);
     }
+    let mut evolution = None;
     if target.schema_evolution {
         let schema = schema.get_or_insert_with(inferred);
         let columns = ice::new_columns(table.metadata().current_schema(), schema, |a, b| {
@@ -500,15 +541,19 @@ async fn prepare_table(
         });
         if !columns.is_empty() {
             tracing::info!(stream = %shared.name, table = %name, columns = ?columns.iter().map(|c| &c.0).collect::<Vec<_>>(), "adding columns (SchemaEvolutionConfiguration)");
-            table = ice::evolve(catalog.as_ref(), &table, columns)
+            // The files are written with the ids the commit will give the new columns.
+            let (planned, adds) = ice::evolved(&table, columns)
                 .await
                 .map_err(|e| classify(shared, e))?;
+            table = planned;
+            evolution = Some(adds);
         }
     }
     Ok(TableOutcome::Rows(Box::new(Rows {
         table: Some(table),
         catalog,
         files: Vec::new(),
+        evolution,
         rows: 0,
         misfits: Vec::new(),
     })))
