@@ -407,6 +407,8 @@ struct RawIcebergTable {
     table: String,
     /// `PartitionSpec.Identity[].SourceName`: `col`, `day(col)`, ...
     partition: Option<Vec<String>>,
+    /// `S3ErrorOutputPrefix`: where this table's failed records go.
+    error_output_prefix: Option<String>,
 }
 
 impl RawIcebergStream {
@@ -424,6 +426,9 @@ impl RawIcebergStream {
                     "DestinationDatabaseName": t.database,
                     "DestinationTableName": t.table,
                 });
+                if let Some(p) = t.error_output_prefix {
+                    v["S3ErrorOutputPrefix"] = serde_json::json!(p);
+                }
                 if let Some(p) = t.partition {
                     v["PartitionSpec"] = serde_json::json!({
                         "Identity": p.into_iter().map(|s| serde_json::json!({"SourceName": s})).collect::<Vec<_>>()
@@ -1415,6 +1420,26 @@ processors = [{ type = "Bogus" }]
         ] {
             assert!(err.contains(needle), "{needle} in {err}");
         }
+    }
+
+    #[test]
+    fn an_iceberg_tables_error_prefix_is_checked_as_the_apis() {
+        let stream = |prefix: &str| {
+            format!(
+                "[[stream]]\nname = \"p\"\nbucket_arn = \"arn:aws:s3:::failed\"\n[stream.iceberg]\ntables = [{{ database = \"g\", table = \"t\", error_output_prefix = \"{prefix}\" }}]\n"
+            )
+        };
+        let s = parse(&stream("t-errors/!{firehose:error-output-type}/")).unwrap();
+        let own = &s.streams[0].destination.other[crate::definition::iceberg::ICEBERG_MEMBER];
+        let tables = crate::definition::iceberg::validate(own).unwrap().tables;
+        assert_eq!(
+            tables[0].error_prefix.as_deref(),
+            Some("t-errors/!{firehose:error-output-type}/")
+        );
+        let err = parse(&stream("t/!{timestamp:yyyy}/"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("S3ErrorOutputPrefix"), "{err}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ mod common;
 
 use std::time::Duration;
 
+use base64::Engine;
 use common::*;
 use serde_json::{Value, json};
 
@@ -71,14 +72,26 @@ fn local_warehouse(d: &Daemon) -> String {
 
 /// Every error record under the local store's `errors` bucket.
 fn error_records(d: &Daemon) -> Vec<Value> {
-    walk(&d.data_dir.join("buckets/errors"))
+    error_objects(d).into_iter().flat_map(|(_, r)| r).collect()
+}
+
+/// The error objects under the local store's `errors` bucket: key and records.
+fn error_objects(d: &Daemon) -> Vec<(String, Vec<Value>)> {
+    let bucket = d.data_dir.join("buckets/errors");
+    walk(&bucket)
         .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
+        .map(|f| {
+            let key = f
+                .strip_prefix(&bucket)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
+            let records = std::fs::read_to_string(f)
                 .unwrap()
                 .lines()
                 .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .collect::<Vec<_>>()
+                .collect();
+            (key, records)
         })
         .collect()
 }
@@ -386,12 +399,14 @@ fn column_of(id: i64) -> String {
 
 /// Records routed by their metadata (a MetadataExtraction query) to the stream's two tables;
 /// a record naming an unlisted table and one asking for `delete` go to the error output with
-/// their codes.
+/// their codes. Records that do not fit `players` go under its own `S3ErrorOutputPrefix`,
+/// those that do not fit `sessions` under the stream's `ErrorOutputPrefix`.
 #[tokio::test(flavor = "multi_thread")]
 async fn records_are_routed_to_tables_by_their_metadata() {
     let d = Daemon::start("");
     let tables = json!([
-        {"DestinationDatabaseName": "game", "DestinationTableName": "players"},
+        {"DestinationDatabaseName": "game", "DestinationTableName": "players",
+         "S3ErrorOutputPrefix": "players-failed/!{firehose:error-output-type}/!{firehose:random-string}/"},
         {"DestinationDatabaseName": "game", "DestinationTableName": "sessions"},
     ]);
     let mut body: Value = serde_json::from_slice(&create_body(
@@ -454,6 +469,61 @@ async fn records_are_routed_to_tables_by_their_metadata() {
         ["Iceberg.OperationNotSupported", "Iceberg.TableNotListed"],
         "{failed:?}"
     );
+
+    // The tables exist now: an id that is not a number fits neither.
+    let misfits: Vec<Vec<u8>> = ["players", "sessions"]
+        .iter()
+        .map(|kind| {
+            json!({"id": format!("not-{kind}"), "kind": kind})
+                .to_string()
+                .into_bytes()
+        })
+        .collect();
+    put_all(&d.firehose(), "routed", &misfits).await;
+    let objects = wait_for(Duration::from_secs(60), || async {
+        let objects = error_objects(&d);
+        (objects.len() == 3).then_some(objects)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{:?}", error_objects(&d)));
+    let under = |id: &str| {
+        objects
+            .iter()
+            .find(|(_, records)| {
+                records.iter().any(|r| {
+                    let data = base64::engine::general_purpose::STANDARD
+                        .decode(r["rawData"].as_str().unwrap())
+                        .unwrap();
+                    serde_json::from_slice::<Value>(&data).unwrap()["id"] == id
+                })
+            })
+            .map(|(key, records)| (key.clone(), records.len()))
+            .unwrap()
+    };
+    let (key, count) = under("not-players");
+    assert_eq!(count, 1, "{objects:?}");
+    let parts: Vec<&str> = key.split('/').collect();
+    assert_eq!(
+        parts[..2],
+        ["players-failed", "format-conversion-failed"],
+        "{key}"
+    );
+    assert!(
+        parts[2].len() == 11 && parts[2].bytes().all(|b| b.is_ascii_alphanumeric()),
+        "a random string: {key}"
+    );
+    let (key, count) = under("not-sessions");
+    assert_eq!(count, 1, "{objects:?}");
+    assert!(key.starts_with("errors/format-conversion-failed/"), "{key}");
+
+    // A table's error prefix is checked as an ErrorOutputPrefix is.
+    let mut bad = body.clone();
+    bad["DeliveryStreamName"] = json!("bad-prefix");
+    bad["IcebergDestinationConfiguration"]["DestinationTableConfigurationList"][0]["S3ErrorOutputPrefix"] =
+        json!("p/!{timestamp:yyyy}/");
+    let (status, resp) = d.raw(Some("CreateDeliveryStream"), bad.to_string().as_bytes());
+    assert_eq!(status, 400, "{resp}");
+    assert!(resp.contains("S3ErrorOutputPrefix"), "{resp}");
 }
 
 /// A private PostgreSQL cluster from Debian's package (tests/run.sh installs it), on a free

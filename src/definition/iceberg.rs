@@ -41,6 +41,9 @@ pub struct TableRoute {
     /// `PartitionSpec.Identity[].SourceName` for tables spillway creates: a column (identity)
     /// or `year(col)`, `month(col)`, `day(col)`, `hour(col)`.
     pub partition: Vec<PartitionField>,
+    /// `S3ErrorOutputPrefix`: where this table's failed records go (in `S3Configuration`'s
+    /// bucket) instead of the stream's `ErrorOutputPrefix`; a valid `ErrorOutputPrefix`.
+    pub error_prefix: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -234,12 +237,18 @@ fn route(v: &Value) -> Result<TableRoute, String> {
             ));
         }
     }
-    match m.get("S3ErrorOutputPrefix") {
-        None | Some(Value::Null) => {}
-        Some(_) => {
-            return Err(
-                "S3ErrorOutputPrefix (per table) is not supported yet: S3Configuration.ErrorOutputPrefix is where every table's failed records go".into(),
-            );
+    let error_prefix = match m.get("S3ErrorOutputPrefix") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.is_empty() => None,
+        Some(Value::String(s)) => {
+            super::prefix::PrefixTemplate::parse_error_prefix(s)
+                .map_err(|e| format!("S3ErrorOutputPrefix (table {database}.{table}): {e}"))?;
+            Some(s.clone())
+        }
+        Some(other) => {
+            return Err(format!(
+                "S3ErrorOutputPrefix (table {database}.{table}) must be a string, got {other}"
+            ));
         }
     };
     if let Some(k) = m.keys().find(|k| {
@@ -260,6 +269,7 @@ fn route(v: &Value) -> Result<TableRoute, String> {
         database,
         table,
         partition,
+        error_prefix,
     })
 }
 

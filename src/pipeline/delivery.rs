@@ -685,6 +685,20 @@ pub(super) fn error_objects(
     layout: &Layout,
     errors: Vec<(ErrorOutput, Vec<Bytes>)>,
 ) -> std::io::Result<Vec<Output>> {
+    error_objects_at(shared, start, plan, layout, errors, ERROR_OBJECT_BASE)
+}
+
+/// [`error_objects`] with the objects' names tagged by `base` (plus the error output type)
+/// instead of [`ERROR_OBJECT_BASE`]: error objects of one batch under different prefixes
+/// that may render alike keep different names.
+pub(super) fn error_objects_at(
+    shared: &Shared,
+    start: Position,
+    plan: &ObjectPlan,
+    layout: &Layout,
+    errors: Vec<(ErrorOutput, Vec<Bytes>)>,
+    base: u64,
+) -> std::io::Result<Vec<Output>> {
     let level = shared.ctx.upload.gzip_level_for(shared.name.as_str());
     let mut objects = Vec::new();
     for (t, lines) in errors {
@@ -694,7 +708,7 @@ pub(super) fn error_objects(
             layout.at_ms,
             start,
             &prefix,
-            ERROR_OBJECT_BASE + t as u64,
+            base + t as u64,
             &layout.settings.naming,
         );
         let key = format!("{key}{}", plan.compression.suffix());

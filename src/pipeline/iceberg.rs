@@ -23,6 +23,7 @@ use parquet::file::properties::WriterProperties;
 use crate::definition::StreamDefinition;
 use crate::definition::conversion::{JsonInput, SerDe};
 use crate::definition::iceberg::TableRoute;
+use crate::definition::prefix::PrefixTemplate;
 use crate::encode::parquet::Converter;
 use crate::iceberg as ice;
 use crate::process::ErrorOutput;
@@ -30,9 +31,10 @@ use crate::sink::{self, Layout, ObjectPlan};
 
 use super::Shared;
 use super::delivery::{
-    Input, Slot, Unprocessed, error_objects, in_slot, process_records, write_all,
+    Input, Slot, Unprocessed, error_objects, error_objects_at, in_slot, process_records, write_all,
 };
 use super::intake::Batch;
+use super::naming;
 
 /// Rows decoded into one Arrow batch at a time.
 const DECODE_ROWS: usize = 4096;
@@ -335,27 +337,34 @@ async fn attempt(
             return once_delivered(a, delivered);
         }
     }
-    // Records that do not fit their table, in the usual envelope.
+    // Records that do not fit their table, in the usual envelope: under the table's own
+    // S3ErrorOutputPrefix if it has one, else with the stream's failed records.
     let ended_ms = super::now_ms();
     let mut misfit_lines = Vec::new();
+    let mut own_prefixes = Vec::new();
     for (group, outcome) in groups.iter().zip(&outcomes) {
-        if let TableOutcome::Rows(r) = outcome {
-            for (i, why) in &r.misfits {
-                let at = group.indexes[*i];
-                let record = crate::process::Record {
-                    id: shared.record_id(crate::journal::Position(input.0.0 + at as u64)),
-                    arrival_ms: input.2[at],
-                    data: input.1[at].clone(),
-                };
-                misfit_lines.push(crate::process::error_record(
-                    &record,
-                    1,
-                    crate::process::codes::CONVERSION_FAILED,
-                    why,
-                    None,
-                    ended_ms,
-                ));
-            }
+        let TableOutcome::Rows(r) = outcome else {
+            continue;
+        };
+        let lines = r.misfits.iter().map(|(i, why)| {
+            let at = group.indexes[*i];
+            let record = crate::process::Record {
+                id: shared.record_id(crate::journal::Position(input.0.0 + at as u64)),
+                arrival_ms: input.2[at],
+                data: input.1[at].clone(),
+            };
+            crate::process::error_record(
+                &record,
+                1,
+                crate::process::codes::CONVERSION_FAILED,
+                why,
+                None,
+                ended_ms,
+            )
+        });
+        match own_error_prefix(target, &group.route) {
+            Some(own) if !r.misfits.is_empty() => own_prefixes.push((own, lines.collect())),
+            _ => misfit_lines.extend(lines),
         }
     }
     if !misfit_lines.is_empty() {
@@ -369,7 +378,17 @@ async fn attempt(
         }
     }
     // Failed records land before any commit: a batch whose snapshots exist is complete.
-    match error_objects(shared, input.0, plan, layout, errors) {
+    let mut objects = error_objects(shared, input.0, plan, layout, errors);
+    for ((index, template), lines) in own_prefixes {
+        let own = table_error_layout(layout, &template, &plan.key, index);
+        let base = naming::ERROR_OBJECT_BASE + ((index as u64 + 1) << 8);
+        let more = vec![(ErrorOutput::FormatConversionFailed, lines)];
+        objects = objects.and_then(|mut all| {
+            all.extend(error_objects_at(shared, input.0, plan, &own, more, base)?);
+            Ok(all)
+        });
+    }
+    match objects {
         Ok(objects) => {
             if !write_all(shared, objects).await {
                 return Attempt::Abandoned;
@@ -438,6 +457,41 @@ fn count_conflict(shared: &Shared, table: &str) {
         .commit_conflicts
         .with_label_values(&[table])
         .inc();
+}
+
+/// The table's `S3ErrorOutputPrefix`, parsed, with its place in the stream's list.
+fn own_error_prefix(
+    target: &crate::definition::iceberg::IcebergTarget,
+    route: &TableRoute,
+) -> Option<(usize, PrefixTemplate)> {
+    let text = route.error_prefix.as_deref()?;
+    let index = target.tables.iter().position(|t| t == route)?;
+    // Checked when the stream was created.
+    PrefixTemplate::parse_error_prefix(text)
+        .ok()
+        .map(|t| (index, t))
+}
+
+/// The batch's layout with a table's own error prefix rendered in place of the stream's: at
+/// the batch's instant, with random strings drawn from a generator seeded by the batch's name
+/// and the table, so a replay names the table's error objects as the first attempt did.
+fn table_error_layout(
+    layout: &Layout,
+    template: &PrefixTemplate,
+    batch: &str,
+    index: usize,
+) -> Layout {
+    use rand::SeedableRng;
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{batch}\u{0}{index}"));
+    let mut seed = [0u8; 32];
+    seed.copy_from_slice(&digest);
+    let mut rng = rand::rngs::StdRng::from_seed(seed);
+    let at = layout.settings.naming.local_time(layout.at_ms);
+    Layout {
+        error_prefix: template.render_pieces(at, &mut rng),
+        ..layout.clone()
+    }
 }
 
 /// A batch part of which is delivered already (a table has its snapshot, or its failed
@@ -820,6 +874,7 @@ async fn write_files(
 mod tests {
     use super::*;
     use crate::definition::iceberg::TableRoute;
+    use crate::definition::prefix::PrefixTemplate;
 
     fn tables() -> Vec<TableRoute> {
         ["players", "sessions"]
@@ -828,6 +883,7 @@ mod tests {
                 database: "game".into(),
                 table: (*t).into(),
                 partition: Vec::new(),
+                error_prefix: None,
             })
             .collect()
     }
@@ -837,6 +893,41 @@ mod tests {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect()
+    }
+
+    #[test]
+    fn a_tables_error_prefix_renders_the_same_for_a_replay_and_apart_per_table() {
+        let template = PrefixTemplate::parse_error_prefix(
+            "t/!{firehose:error-output-type}/!{timestamp:yyyy}/!{firehose:random-string}/",
+        )
+        .unwrap();
+        let layout = Layout {
+            prefix: Vec::new(),
+            error_prefix: Vec::new(),
+            at_ms: 1_767_225_600_000,
+            version: 1,
+            buffered: false,
+            settings: crate::sink::SealedSettings {
+                processing: None,
+                dynamic_partitioning: false,
+                transform_sha256: None,
+                conversion: None,
+                naming: Default::default(),
+            },
+        };
+        let render = |batch: &str, index| {
+            let l = table_error_layout(&layout, &template, batch, index);
+            crate::definition::prefix::fill(&l.error_prefix, &[], &[], "format-conversion-failed")
+        };
+        let first = render("batch-1", 0);
+        assert!(
+            first.starts_with("t/format-conversion-failed/2026/"),
+            "{first}"
+        );
+        assert_eq!(first.len(), "t/format-conversion-failed/2026/".len() + 12);
+        assert_eq!(render("batch-1", 0), first);
+        assert_ne!(render("batch-1", 1), first);
+        assert_ne!(render("batch-2", 0), first);
     }
 
     #[test]
