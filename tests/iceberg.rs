@@ -526,6 +526,83 @@ async fn records_are_routed_to_tables_by_their_metadata() {
     assert!(resp.contains("S3ErrorOutputPrefix"), "{resp}");
 }
 
+/// Records routed by a WebAssembly transform's metadata (`examples/transforms/iceberg-router`):
+/// its keys win over the MetadataExtraction query's, which names the table of the records the
+/// transform gives no table; an unlisted table and `delete` fail with their codes.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transform_routes_records_to_tables_before_the_query() {
+    let wasm = component("iceberg-router");
+    let d = Daemon::start("");
+    let mut body: Value = serde_json::from_slice(&create_body(
+        "events",
+        "errors",
+        &json!({}),
+        json!({
+            "ProcessingConfiguration": {"Enabled": true, "Processors": [
+                {"Type": "Lambda", "Parameters": [
+                    {"ParameterName": "LambdaArn",
+                     "ParameterValue": format!("file://{}", wasm.display())},
+                ]},
+                {"Type": "MetadataExtraction", "Parameters": [
+                    {"ParameterName": "MetadataExtractionQuery",
+                     "ParameterValue": "{destinationTableName: \"sessions\"}"},
+                    {"ParameterName": "JsonParsingEngine", "ParameterValue": "JQ-1.6"},
+                ]},
+            ]},
+        }),
+    ))
+    .unwrap();
+    body["IcebergDestinationConfiguration"]["DestinationTableConfigurationList"] = json!([
+        {"DestinationDatabaseName": "game", "DestinationTableName": "players"},
+        {"DestinationDatabaseName": "game", "DestinationTableName": "sessions"},
+    ]);
+    create(&d, body.to_string().as_bytes());
+    let mut records: Vec<Value> = (0..30)
+        .map(|i| match i % 3 {
+            // The transform names the table.
+            0 => json!({"id": i, "event": "players"}),
+            // The transform names none: the query's.
+            1 => json!({"id": i}),
+            _ => json!({"id": i, "event": "sessions", "op": "insert"}),
+        })
+        .collect();
+    records.push(json!({"id": 100, "event": "secrets"}));
+    records.push(json!({"id": 101, "event": "players", "op": "delete"}));
+    let records: Vec<Vec<u8>> = records.iter().map(|r| r.to_string().into_bytes()).collect();
+    put_all(&d.firehose(), "events", &records).await;
+    wait_rows(&d, "events", "game.players", 10.0).await;
+    wait_rows(&d, "events", "game.sessions", 20.0).await;
+    let warehouse = local_warehouse(&d);
+    let players = read_table(&d, &warehouse, "game.players", None);
+    let sessions = read_table(&d, &warehouse, "game.sessions", None);
+    assert_eq!(
+        ids(&players),
+        (0..30).step_by(3).collect::<Vec<_>>(),
+        "{players}"
+    );
+    assert_eq!(
+        ids(&sessions),
+        (0..30).filter(|i| i % 3 != 0).collect::<Vec<_>>(),
+        "{sessions}"
+    );
+    let failed = wait_for(Duration::from_secs(60), || async {
+        let failed = error_records(&d);
+        (failed.len() == 2).then_some(failed)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{:?}", error_records(&d)));
+    let mut codes: Vec<&str> = failed
+        .iter()
+        .map(|e| e["errorCode"].as_str().unwrap())
+        .collect();
+    codes.sort();
+    assert_eq!(
+        codes,
+        ["Iceberg.OperationNotSupported", "Iceberg.TableNotListed"],
+        "{failed:?}"
+    );
+}
+
 /// A private PostgreSQL cluster from Debian's package (tests/run.sh installs it), on a free
 /// port, stopped when dropped. As root, it runs as the package's `postgres` user.
 struct Postgres {
