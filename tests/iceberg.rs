@@ -371,6 +371,11 @@ async fn two_daemons_append_to_one_table_and_retry_their_conflicts() {
         let id = row["id"].as_i64().unwrap();
         assert_eq!(row[column_of(id)], id, "{row}");
     }
+    // A batch written again (its schema moved) was processed once.
+    for d in [&d1, &d2] {
+        let ok = d.metric("spillway_processed_records_total{result=\"ok\",stream=\"events\"}");
+        assert_eq!(ok, 300.0, "records processed once");
+    }
     // Evolution made no commits of its own: creation, then one metadata file per snapshot.
     assert_eq!(
         read["metadata_versions"].as_u64().unwrap(),

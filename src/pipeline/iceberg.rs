@@ -84,23 +84,34 @@ pub async fn deliver(
     let unprocessed = Unprocessed::of(&batch, &plan, &layout);
     let input = Arc::new((batch.start, batch.records.clone(), batch.arrivals.clone()));
     drop(batch);
+    let tables = Arc::new(target.tables.clone());
+    let routed = match processed(shared, &input, &layout, &definition, tables).await {
+        Slot::Done(p) => Arc::new(Routed::of(p, &target)),
+        Slot::Failed => {
+            return match unprocessed.objects(shared).await {
+                Some(objects) => write_all(shared, objects).await,
+                None => false,
+            };
+        }
+        Slot::Abandoned => return false,
+    };
     let mut delay = ctx.upload.retry_initial;
     let mut again = 0;
     loop {
         // In a task of its own: a panic in the Iceberg library (a value it cannot handle)
         // fails this batch to the error output instead of leaving it pending forever.
         let job = {
-            let (shared, input, plan, layout, definition, target) = (
+            let (shared, input, plan, layout, target, routed) = (
                 shared.clone(),
                 input.clone(),
                 plan.clone(),
                 layout.clone(),
-                definition.clone(),
                 target.clone(),
+                routed.clone(),
             );
-            tokio::spawn(async move {
-                attempt(&shared, &input, &plan, &layout, &definition, &target).await
-            })
+            tokio::spawn(
+                async move { attempt(&shared, &input, &plan, &layout, &target, &routed).await },
+            )
         };
         let attempt = match job.await {
             Ok(a) => a,
@@ -257,6 +268,7 @@ async fn processed(
 }
 
 /// The records of one table, as processing left them, with their positions in the batch.
+#[derive(Clone)]
 struct TableRecords {
     route: TableRoute,
     records: Vec<bytes::Bytes>,
@@ -283,47 +295,54 @@ struct Rows {
     misfits: Vec<(usize, String)>,
 }
 
+/// A processed batch, its records grouped by table: processed once per delivery (the
+/// transform runs and the processing metrics count once, however many attempts it takes).
+struct Routed {
+    groups: Vec<TableRecords>,
+    errors: Vec<(ErrorOutput, Vec<bytes::Bytes>)>,
+}
+
+impl Routed {
+    fn of(
+        processed: crate::process::Processed,
+        target: &crate::definition::iceberg::IcebergTarget,
+    ) -> Routed {
+        let groups = processed
+            .partitions
+            .into_iter()
+            .filter_map(|p| {
+                let route = match &p.prefix {
+                    Some(name) => target.tables.iter().find(|t| &label(t) == name)?,
+                    None => &target.tables[0],
+                };
+                Some(TableRecords {
+                    route: route.clone(),
+                    records: p.records,
+                    indexes: p.indexes,
+                })
+            })
+            .collect();
+        Routed {
+            groups,
+            errors: processed.errors,
+        }
+    }
+}
+
 async fn attempt(
     shared: &Arc<Shared>,
     input: &Shared3,
     plan: &ObjectPlan,
     layout: &Layout,
-    definition: &Arc<StreamDefinition>,
     target: &crate::definition::iceberg::IcebergTarget,
+    routed: &Routed,
 ) -> Attempt {
     let ctx = &shared.ctx;
-    let processed = match processed(
-        shared,
-        input,
-        layout,
-        definition,
-        Arc::new(target.tables.clone()),
-    )
-    .await
-    {
-        Slot::Done(p) => p,
-        Slot::Failed => return Attempt::Unprocessable,
-        Slot::Abandoned => return Attempt::Abandoned,
-    };
-    let mut errors = processed.errors;
-    let groups: Vec<TableRecords> = processed
-        .partitions
-        .into_iter()
-        .filter_map(|p| {
-            let route = match &p.prefix {
-                Some(name) => target.tables.iter().find(|t| &label(t) == name)?,
-                None => &target.tables[0],
-            };
-            Some(TableRecords {
-                route: route.clone(),
-                records: p.records,
-                indexes: p.indexes,
-            })
-        })
-        .collect();
+    let mut errors = routed.errors.clone();
+    let groups = &routed.groups;
     let batch_name = plan.key.clone();
     let mut outcomes = Vec::with_capacity(groups.len());
-    for group in &groups {
+    for group in groups {
         match prepare_table(shared, target, group, &batch_name).await {
             Ok(o) => outcomes.push(o),
             Err(a) => return once_delivered(a, partly(&outcomes)),
