@@ -699,7 +699,8 @@ fn the_readme_table_of_create_members_is_what_the_daemon_does() {
             ),
             "S3BackupMode" | "S3BackupConfiguration" => (
                 dest(json!({"S3BackupMode": "Enabled", "S3BackupConfiguration": {
-                    "RoleARN": role, "BucketARN": "arn:aws:s3:::members-source", "Prefix": "raw/"}})),
+                    "RoleARN": role, "BucketARN": "arn:aws:s3:::members-source", "Prefix": "raw/",
+                    "BufferingHints": {"SizeInMBs": 10}}})),
                 Some(if member == "S3BackupMode" {
                     "S3BackupMode"
                 } else {
@@ -752,6 +753,14 @@ columns = [{ name = "k", type = "string" }]
                         _ => &ext[field],
                     };
                     assert_eq!(got, expected, "{member}: described {ext}");
+                    if field == "S3BackupDescription" {
+                        // A hint left out is described with its default.
+                        assert_eq!(
+                            ext[field]["BufferingHints"],
+                            json!({"SizeInMBs": 10, "IntervalInSeconds": 300}),
+                            "{ext}"
+                        );
+                    }
                 }
             }
             "refused" => {

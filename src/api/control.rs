@@ -165,7 +165,20 @@ fn description(catalog: &Catalog, entry: &StreamEntry) -> Value {
                 "EncryptionConfiguration": { "NoEncryptionConfig": "NoEncryption" },
             });
             if let Some(d) = described.as_object_mut() {
-                d.extend(backup);
+                for (k, v) in backup {
+                    match (d.get_mut(&k), v) {
+                        // A hint left out keeps its default (`SizeInMBs` alone is described
+                        // with the default `IntervalInSeconds`).
+                        (Some(Value::Object(hints)), Value::Object(given))
+                            if k == "BufferingHints" =>
+                        {
+                            hints.extend(given)
+                        }
+                        (_, v) => {
+                            d.insert(k, v);
+                        }
+                    }
+                }
             }
             map.insert("S3BackupDescription".into(), described);
         }
