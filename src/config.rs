@@ -165,6 +165,14 @@ struct RawIceberg {
 struct RawMaintenance {
     /// Snapshots older than this are expired (the newest `retain_snapshots` always stay).
     expire_snapshots_after_seconds: Option<u64>,
+    /// Rewrite the small files of closed time partitions into larger ones.
+    rewrite_small_files: Option<bool>,
+    /// The size rewritten files aim at; files under half of it are small. 64; 1-1024.
+    target_file_mib: Option<u64>,
+    /// Small files a partition needs before it is rewritten. 4; at least 2.
+    min_files: Option<u64>,
+    /// How long after its period ends a time partition is closed. 3600.
+    closed_after_seconds: Option<u64>,
     /// Snapshots always kept, however old. 100; at least 1.
     retain_snapshots: Option<u64>,
     /// Time between runs; the first runs one interval after the start. 3600; at least 1.
@@ -1153,27 +1161,39 @@ fn validate(raw: RawConfig, cli: &Cli) -> Result<Settings, Vec<String>> {
     }
 
     let iceberg_maintenance = match raw.iceberg.maintenance {
-        Some(RawMaintenance {
-            expire_snapshots_after_seconds: Some(after),
-            retain_snapshots,
-            interval_seconds,
-        }) => {
-            let retain = retain_snapshots.unwrap_or(100);
-            let interval = interval_seconds.unwrap_or(3600);
+        Some(m)
+            if m.expire_snapshots_after_seconds.is_none()
+                && m.rewrite_small_files != Some(true) =>
+        {
+            problems.push("iceberg.maintenance: set expire_snapshots_after_seconds or rewrite_small_files = true (or remove the table: maintenance is off without them)".into());
+            None
+        }
+        Some(m) => {
+            let retain = m.retain_snapshots.unwrap_or(100);
+            let interval = m.interval_seconds.unwrap_or(3600);
+            let target = m.target_file_mib.unwrap_or(64);
+            let min_files = m.min_files.unwrap_or(4);
             for (key, v) in [("retain_snapshots", retain), ("interval_seconds", interval)] {
                 if v == 0 {
                     problems.push(format!("iceberg.maintenance.{key}: must be greater than 0"));
                 }
             }
+            if !(1..=1024).contains(&target) {
+                problems.push("iceberg.maintenance.target_file_mib: must be 1 to 1024".into());
+            }
+            if min_files < 2 {
+                problems.push("iceberg.maintenance.min_files: must be at least 2".into());
+            }
             Some(crate::iceberg::Maintenance {
-                expire_after: Duration::from_secs(after),
+                expire_after: m.expire_snapshots_after_seconds.map(Duration::from_secs),
                 retain: retain.min(1 << 20) as usize,
                 interval: Duration::from_secs(interval),
+                rewrite: (m.rewrite_small_files == Some(true)).then(|| crate::iceberg::Rewrite {
+                    target_bytes: target.clamp(1, 1024) * MIB,
+                    min_files: min_files.clamp(2, 1 << 20) as usize,
+                    closed_after: Duration::from_secs(m.closed_after_seconds.unwrap_or(3600)),
+                }),
             })
-        }
-        Some(_) => {
-            problems.push("iceberg.maintenance: set expire_snapshots_after_seconds (or remove the table: maintenance is off without it)".into());
-            None
         }
         None => None,
     };

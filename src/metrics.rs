@@ -67,6 +67,7 @@ pub struct IcebergMetrics {
     pub skipped_replays: IntCounterVec,
     pub maintenance_runs: IntCounterVec,
     pub snapshots_expired: IntCounterVec,
+    pub files_rewritten: IntCounterVec,
 }
 
 /// The handles one delivery stream updates, resolved once.
@@ -526,6 +527,12 @@ impl Metrics {
                     &r,
                     "spillway_iceberg_snapshots_expired_total",
                     "Snapshots the Iceberg maintenance job expired.",
+                    &["table"],
+                ),
+                files_rewritten: counter(
+                    &r,
+                    "spillway_iceberg_small_files_rewritten_total",
+                    "Small data files the Iceberg maintenance job rewrote into larger ones (files removed from the table).",
                     &["table"],
                 ),
             },

@@ -833,6 +833,80 @@ async fn maintenance_expires_old_snapshots_and_keeps_the_rows() {
     assert_eq!(read["snapshots"].as_array().unwrap().len(), 2, "{read}");
 }
 
+/// The maintenance job rewrites a closed day's small files (one per flush) into one file in
+/// a `replace` snapshot; the open day's files stay; every row is read once before and after,
+/// by pyiceberg and DuckDB; appends go on after the rewrite.
+#[tokio::test(flavor = "multi_thread")]
+async fn maintenance_rewrites_a_closed_days_small_files() {
+    let d = Daemon::start(
+        "[iceberg.maintenance]\nrewrite_small_files = true\nmin_files = 5\nclosed_after_seconds = 0\ninterval_seconds = 1\n",
+    );
+    let table = json!({
+        "DestinationDatabaseName": "iot",
+        "DestinationTableName": "small",
+        "PartitionSpec": {"Identity": [{"SourceName": "day(ts)"}]},
+    });
+    create(&d, &create_body("small", "errors", &table, json!({})));
+    let client = d.firehose();
+    let today = chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z").to_string();
+    let send = |round: i64| {
+        let records: Vec<Vec<u8>> = (0..20)
+            .map(|i| {
+                let ts = if i % 2 == 0 {
+                    "2026-12-01T10:00:00Z"
+                } else {
+                    today.as_str()
+                };
+                json!({"id": round * 20 + i, "ts": ts})
+                    .to_string()
+                    .into_bytes()
+            })
+            .collect();
+        let client = client.clone();
+        async move { put_all(&client, "small", &records).await }
+    };
+    let commits = "spillway_iceberg_commits_total{stream=\"small\",table=\"iot.small\"}";
+    for round in 0..5 {
+        send(round).await;
+        wait_metric(&d, commits, (round + 1) as f64).await;
+    }
+    wait_metric(
+        &d,
+        "spillway_iceberg_small_files_rewritten_total{table=\"iot.small\"}",
+        5.0,
+    )
+    .await;
+    let warehouse = local_warehouse(&d);
+    let files_of = |read: &Value, day: &str| {
+        read["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f.as_str().unwrap().contains(&format!("ts_day={day}")))
+            .count()
+    };
+    let read = read_table(&d, &warehouse, "iot.small", None);
+    assert_eq!(ids(&read), (0..100).collect::<Vec<_>>(), "{read}");
+    assert_eq!(read["duckdb_rows"], 100, "{read}");
+    assert_eq!(files_of(&read, "2026-12-01"), 1, "{read}");
+    assert_eq!(files_of(&read, &today[..10]), 5, "{read}");
+    // Snapshots are listed in no particular order.
+    let operations = read["operations"].as_array().unwrap();
+    assert_eq!(
+        operations.iter().filter(|o| *o == "replace").count(),
+        1,
+        "{read}"
+    );
+
+    // Appends go on on top of the rewrite.
+    send(5).await;
+    wait_metric(&d, commits, 6.0).await;
+    let read = read_table(&d, &warehouse, "iot.small", None);
+    assert_eq!(ids(&read), (0..120).collect::<Vec<_>>(), "{read}");
+    assert_eq!(read["duckdb_rows"], 120, "{read}");
+    assert_eq!(files_of(&read, "2026-12-01"), 2, "{read}");
+}
+
 /// Records built to break a table, from the attacker review of this destination: a first
 /// batch with nothing to make a column of, nesting deep enough to overflow the Parquet
 /// writer's stack, a timestamp past year 9999 on a day-partitioned column, partition values

@@ -35,6 +35,7 @@ out = {
     "partition_fields": [str(f.transform) + ":" + f.name for f in table.spec().fields],
     "snapshots": [s.summary.additional_properties.get("spillway.batch") for s in table.snapshots()],
     "files": files,
+    "operations": [s.summary.operation.value for s in table.snapshots()],
     # Metadata files the table has had: one at creation, then one per commit.
     "metadata_versions": len(table.metadata.metadata_log) + 1,
 }

@@ -1,5 +1,7 @@
 //! `[iceberg.maintenance]`: a background job that expires old snapshots of the tables this
-//! daemon's streams write to, so table metadata does not grow with every flush forever.
+//! daemon's streams write to, so table metadata does not grow with every flush forever, and
+//! rewrites the small files of their closed time partitions into larger ones
+//! ([`super::compaction`]).
 //!
 //! A snapshot carries the batch it appended (`spillway.batch`); a batch still pending in a
 //! journal is recognized as committed only while its snapshot exists. The newest
@@ -20,9 +22,12 @@ use crate::pipeline::Context;
 /// The job's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Maintenance {
-    pub expire_after: Duration,
+    /// Snapshots older than this are expired; `None`: none are.
+    pub expire_after: Option<Duration>,
     pub retain: usize,
     pub interval: Duration,
+    /// Small files of closed time partitions are rewritten; `None`: they are not.
+    pub rewrite: Option<super::Rewrite>,
 }
 
 /// Runs the job every `interval` until `stop`.
@@ -53,20 +58,53 @@ pub async fn run(
         for (catalog, ident) in tables {
             let label = super::table_label(&ident);
             let m = &ctx.metrics.iceberg;
-            match expire(&ctx, &settings, &catalog, &ident).await {
-                Ok(expired) => {
-                    m.maintenance_runs.with_label_values(&[&label, "ok"]).inc();
-                    m.snapshots_expired
-                        .with_label_values(&[&label])
-                        .inc_by(expired);
-                }
-                Err(e) => {
-                    m.maintenance_runs
-                        .with_label_values(&[&label, "failed"])
-                        .inc();
-                    tracing::warn!(table = %label, error = %e, "Iceberg maintenance failed; it runs again next interval");
+            let mut outcome = "ok";
+            if let Some(after) = settings.expire_after {
+                match expire(&ctx, after, settings.retain, &catalog, &ident).await {
+                    Ok(expired) => {
+                        m.snapshots_expired
+                            .with_label_values(&[&label])
+                            .inc_by(expired);
+                    }
+                    Err(e) => {
+                        outcome = "failed";
+                        tracing::warn!(table = %label, error = %e, "expiring the Iceberg table's snapshots failed; it runs again next interval");
+                    }
                 }
             }
+            if let Some(rewrite) = &settings.rewrite {
+                let done = match ctx.iceberg.get(&catalog).await {
+                    Ok(c) => {
+                        super::compaction::run(
+                            &ctx.iceberg,
+                            &catalog,
+                            c.as_ref(),
+                            &ident,
+                            rewrite,
+                            ctx.max_active_partitions,
+                        )
+                        .await
+                    }
+                    Err(e) => Err(e),
+                };
+                match done {
+                    Ok(done) => {
+                        if done.files_removed > 0 {
+                            tracing::info!(table = %label, removed = done.files_removed, added = done.files_added, "rewrote small files");
+                        }
+                        m.files_rewritten
+                            .with_label_values(&[&label])
+                            .inc_by(done.files_removed);
+                    }
+                    Err(e) => {
+                        outcome = "failed";
+                        tracing::warn!(table = %label, error = %e, "rewriting the Iceberg table's small files failed; it runs again next interval");
+                    }
+                }
+            }
+            m.maintenance_runs
+                .with_label_values(&[&label, outcome])
+                .inc();
         }
     }
 }
@@ -74,7 +112,8 @@ pub async fn run(
 /// Expires the table's old snapshots; returns how many.
 async fn expire(
     ctx: &Context,
-    settings: &Maintenance,
+    expire_after: Duration,
+    retain: usize,
     catalog: &str,
     ident: &TableIdent,
 ) -> iceberg::Result<u64> {
@@ -83,15 +122,15 @@ async fn expire(
         return Ok(0);
     };
     let before = current.metadata().snapshots().count();
-    if before <= settings.retain {
+    if before <= retain {
         return Ok(0);
     }
-    let cutoff = crate::pipeline::now_ms() as i64 - settings.expire_after.as_millis() as i64;
+    let cutoff = crate::pipeline::now_ms() as i64 - expire_after.as_millis() as i64;
     let tx = Transaction::new(&current);
     let action = tx
         .expire_snapshots()
         .expire_older_than_ms(cutoff)
-        .retain_last(settings.retain);
+        .retain_last(retain);
     let tx = action.apply(tx)?;
     let after = tx.commit(catalog.as_ref()).await?;
     Ok(before.saturating_sub(after.metadata().snapshots().count()) as u64)

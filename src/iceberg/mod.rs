@@ -11,12 +11,14 @@
 //!   library on the new table state, and counted; any other failure is retried with the
 //!   uploads' backoff for as long as it takes.
 
+mod compaction;
 mod evolution;
 mod maintenance;
 pub mod storage;
 
 pub use evolution::{Evolution, evolved, schema_moved};
 
+pub use compaction::Rewrite;
 pub use maintenance::{Maintenance, run as run_maintenance};
 
 use std::collections::{BTreeMap, HashMap};
@@ -65,6 +67,8 @@ pub struct Catalogs {
     connected: tokio::sync::Mutex<HashMap<String, Arc<dyn Catalog>>>,
     /// Appends waiting for each table (by catalog and table), committed together.
     appends: std::sync::Mutex<HashMap<String, Arc<TableAppends>>>,
+    /// Each connected catalog's database, for location queries and the rewrite's commit.
+    locations: tokio::sync::Mutex<HashMap<String, Arc<Locations>>>,
 }
 
 /// One table's group commit: batches whose files are written queue here; whoever holds
@@ -74,7 +78,7 @@ pub struct Catalogs {
 #[derive(Default)]
 struct TableAppends {
     queue: std::sync::Mutex<Vec<Pending>>,
-    commit: tokio::sync::Mutex<()>,
+    commit: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Pending {
@@ -96,6 +100,7 @@ impl Catalogs {
             metrics,
             connected: Default::default(),
             appends: Default::default(),
+            locations: Default::default(),
         }
     }
 
@@ -216,6 +221,43 @@ impl Catalogs {
         Vec::new()
     }
 
+    /// The lock this daemon's commits to the table take (the group commit's), for another
+    /// commit to the table (the small-file rewrite) to take too.
+    pub fn table_lock(
+        &self,
+        catalog: &dyn Catalog,
+        ident: &TableIdent,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!("{}\u{0}{}", catalog_key(catalog), table_label(ident));
+        let table = self
+            .appends
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone();
+        table.commit.clone()
+    }
+
+    /// Points the catalog's entry for the table from metadata `old` to `new`, if it still
+    /// points at `old` (a compare-and-set, as the SQL catalog commits); false if it did not.
+    pub async fn swap_location(
+        &self,
+        catalog: &str,
+        ident: &TableIdent,
+        old: &str,
+        new: &str,
+    ) -> iceberg::Result<bool> {
+        let locations = self.locations.lock().await.get(catalog).cloned();
+        let Some(locations) = locations else {
+            return Err(iceberg::Error::new(
+                ErrorKind::Unexpected,
+                format!("the catalog {catalog:?} cannot be updated apart from its library"),
+            ));
+        };
+        locations.swap(ident, old, new).await
+    }
+
     pub fn is_configured(&self, name: &str) -> bool {
         self.settings.contains_key(name)
     }
@@ -258,11 +300,18 @@ impl Catalogs {
             )))
             .load(name, HashMap::new())
             .await?;
+        let locations = Locations::connect(name, settings).await.map(Arc::new);
+        if let Some(l) = &locations {
+            self.locations
+                .lock()
+                .await
+                .insert(name.to_owned(), l.clone());
+        }
         let counted: Arc<dyn Catalog> = Arc::new(Counted {
             inner: catalog,
             metrics: self.metrics.clone(),
             tables: Default::default(),
-            locations: Locations::connect(name, settings).await,
+            locations,
         });
         connected.insert(name.to_owned(), counted.clone());
         Ok(counted)
@@ -330,13 +379,14 @@ struct Counted<C> {
     tables: std::sync::Mutex<HashMap<TableIdent, Table>>,
     /// The catalog's own database, for the location queries; `None` if it could not be
     /// reached apart from the catalog (every load then loads).
-    locations: Option<Locations>,
+    locations: Option<Arc<Locations>>,
 }
 
 /// Current metadata locations, read from the SQL catalog's table.
 struct Locations {
     pool: sqlx::AnyPool,
     query: String,
+    swap: String,
     catalog: String,
 }
 
@@ -359,9 +409,20 @@ impl Locations {
             p(2),
             p(3)
         );
+        // Its commit's compare-and-set, as the library's SQL catalog makes it.
+        let swap = format!(
+            "UPDATE iceberg_tables SET metadata_location = {}, previous_metadata_location = {} WHERE catalog_name = {} AND table_name = {} AND table_namespace = {} AND (iceberg_type = 'TABLE' OR iceberg_type IS NULL) AND metadata_location = {}",
+            p(1),
+            p(2),
+            p(3),
+            p(4),
+            p(5),
+            p(6)
+        );
         Some(Locations {
             pool,
             query,
+            swap,
             catalog: name.to_owned(),
         })
     }
@@ -376,6 +437,24 @@ impl Locations {
             .await
             .ok()??;
         sqlx::Row::try_get::<String, _>(&row, 0).ok()
+    }
+
+    /// Points the table's entry from `old` to `new` if it is at `old`.
+    async fn swap(&self, ident: &TableIdent, old: &str, new: &str) -> iceberg::Result<bool> {
+        let done = sqlx::query(&self.swap)
+            .bind(new.to_owned())
+            .bind(old.to_owned())
+            .bind(self.catalog.clone())
+            .bind(ident.name().to_owned())
+            .bind(ident.namespace().join("."))
+            .bind(old.to_owned())
+            .execute(&self.pool)
+            .await
+            .map_err(|e| {
+                iceberg::Error::new(ErrorKind::Unexpected, "the catalog's update failed")
+                    .with_source(e)
+            })?;
+        Ok(done.rows_affected() == 1)
     }
 }
 

@@ -663,7 +663,13 @@ async fn write_table(
         let converter = Converter::with_schema(json_input(), arrow.clone());
         let out = match decode(&converter, arrow, &records) {
             Ok((batches, count, misfits)) if count > 0 => runtime
-                .block_on(write_files(&table, &batch, batches, max_open))
+                .block_on(write_files(
+                    &table,
+                    &batch,
+                    futures::stream::iter(batches.into_iter().map(Ok)),
+                    max_open,
+                    None,
+                ))
                 .map(|files| Ok((files, count, misfits))),
             Ok((_, count, misfits)) => Ok(Ok((Vec::new(), count, misfits))),
             Err(e) => Ok(Err(e)),
@@ -821,18 +827,25 @@ impl LocationGenerator for EscapedLocations {
 /// Writes the batches as the table's data files (split by its partition spec). At most
 /// `max_open` partitions' writers are open at once (each holds a Parquet writer's buffers):
 /// past that, the open ones are closed into files and new ones start.
-async fn write_files(
+/// Writes record batches as the table's data files (split by its partition spec, rolled at
+/// `target_size` bytes), named after `batch`; what the pipeline and the small-file rewrite
+/// both write with.
+pub(crate) async fn write_files(
     table: &Table,
     batch: &str,
-    batches: Vec<arrow_array::RecordBatch>,
+    mut batches: impl futures::Stream<Item = iceberg::Result<arrow_array::RecordBatch>> + Unpin,
     max_open: usize,
+    target_size: Option<usize>,
 ) -> iceberg::Result<Vec<DataFile>> {
+    use futures::StreamExt;
     // A panic in the library while writing (test builds: `iceberg-write=1*panic`).
     fail::fail_point!("iceberg-write");
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        // Bounds what a rewrite of many files buffers before a row group is written.
+        .set_max_row_group_row_count(Some(64 * 1024))
         .set_created_by(format!("spillway {}", env!("CARGO_PKG_VERSION")))
         .build();
     let names = BatchFileNames {
@@ -852,17 +865,17 @@ async fn write_files(
     let locations = EscapedLocations {
         data: format!("{}/data", metadata.location().trim_end_matches('/')),
     };
-    let rolling = RollingFileWriterBuilder::new_with_default_file_size(
-        ParquetWriterBuilder::new(props, schema.clone()),
-        table.file_io().clone(),
-        locations,
-        names,
-    );
+    let parquet = ParquetWriterBuilder::new(props, schema.clone());
+    let io = table.file_io().clone();
+    let rolling = match target_size {
+        Some(size) => RollingFileWriterBuilder::new(parquet, size, io, locations, names),
+        None => RollingFileWriterBuilder::new_with_default_file_size(parquet, io, locations, names),
+    };
     let spec = metadata.default_partition_spec();
     if spec.is_unpartitioned() {
         let mut writer = DataFileWriterBuilder::new(rolling).build(None).await?;
-        for b in batches {
-            writer.write(b).await?;
+        while let Some(b) = batches.next().await {
+            writer.write(b?).await?;
         }
         return writer.close().await;
     }
@@ -871,8 +884,8 @@ async fn write_files(
     let mut files = Vec::new();
     let mut fanout = FanoutWriter::new(DataFileWriterBuilder::new(rolling.clone()));
     let mut open = std::collections::HashSet::new();
-    for b in batches {
-        for (key, part) in splitter.split(&b)? {
+    while let Some(b) = batches.next().await {
+        for (key, part) in splitter.split(&b?)? {
             if !open.contains(key.data()) && open.len() >= max_open.max(1) {
                 let full = std::mem::replace(
                     &mut fanout,

@@ -17,7 +17,7 @@ mod delivery;
 pub(crate) mod entries;
 mod group_commit;
 mod holds;
-mod iceberg;
+pub(crate) mod iceberg;
 mod intake;
 mod naming;
 mod partitions;
