@@ -845,7 +845,7 @@ pub(crate) async fn write_files(
     let props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         // Bounds what a rewrite of many files buffers before a row group is written.
-        .set_max_row_group_row_count(Some(64 * 1024))
+        .set_max_row_group_row_count(Some(16 * 1024))
         .set_created_by(format!("spillway {}", env!("CARGO_PKG_VERSION")))
         .build();
     let names = BatchFileNames {
