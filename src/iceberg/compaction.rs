@@ -438,10 +438,10 @@ mod tests {
     #[test]
     fn time_partitions_end_where_their_period_does() {
         let int = |v| Literal::Primitive(PrimitiveLiteral::Int(v));
-        // 2026-12-01 is day 20423 since the epoch.
+        // 2026-12-01 is day 20788 since the epoch; its partition closes on 2026-12-02.
         assert_eq!(
-            period_end_ms(Transform::Day, Some(&int(20423))),
-            Some(20424 * 86_400_000)
+            period_end_ms(Transform::Day, Some(&int(20788))),
+            Some(1_796_169_600_000)
         );
         assert_eq!(
             period_end_ms(Transform::Hour, Some(&int(10))),

@@ -118,14 +118,7 @@ impl Catalogs {
         files: Vec<DataFile>,
         evolution: Option<Evolution>,
     ) -> iceberg::Result<bool> {
-        let key = format!("{}\u{0}{}", catalog_key(catalog), table_label(ident));
-        let table = self
-            .appends
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
-            .clone();
+        let table = self.table(catalog, ident);
         let (done, mut answer) = tokio::sync::oneshot::channel();
         table
             .queue
@@ -228,15 +221,18 @@ impl Catalogs {
         catalog: &dyn Catalog,
         ident: &TableIdent,
     ) -> Arc<tokio::sync::Mutex<()>> {
+        self.table(catalog, ident).commit.clone()
+    }
+
+    /// The table's group commit (by catalog and table).
+    fn table(&self, catalog: &dyn Catalog, ident: &TableIdent) -> Arc<TableAppends> {
         let key = format!("{}\u{0}{}", catalog_key(catalog), table_label(ident));
-        let table = self
-            .appends
+        self.appends
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .entry(key)
             .or_default()
-            .clone();
-        table.commit.clone()
+            .clone()
     }
 
     /// Points the catalog's entry for the table from metadata `old` to `new`, if it still
