@@ -454,9 +454,44 @@ impl Locations {
     }
 }
 
-impl<C> Counted<C> {
+impl<C: Catalog> Counted<C> {
     fn kept(&self) -> std::sync::MutexGuard<'_, HashMap<TableIdent, Table>> {
         self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Commits as the library's SQL catalog does (the commit applied to the table as it is,
+    /// its requirements checked, the next metadata file written, the catalog's entry moved
+    /// to it by a compare-and-set), but on the kept table when the catalog still points at its
+    /// metadata: the catalog would load and parse that same metadata again. Otherwise the
+    /// library commits.
+    async fn commit(&self, commit: TableCommit) -> iceberg::Result<Table> {
+        let ident = commit.identifier().clone();
+        let kept = self.kept().get(&ident).cloned();
+        let (Some(locations), Some(kept)) = (&self.locations, kept) else {
+            return self.inner.update_table(commit).await;
+        };
+        let current = locations.current(&ident).await;
+        let Some(current) = current.filter(|c| Some(c.as_str()) == kept.metadata_location()) else {
+            return self.inner.update_table(commit).await;
+        };
+        let staged = commit.apply(kept)?;
+        let location = std::str::FromStr::from_str(staged.metadata_location_result()?)?;
+        staged
+            .metadata()
+            .write_to(staged.file_io(), &location)
+            .await?;
+        if locations
+            .swap(&ident, &current, &location.to_string())
+            .await?
+        {
+            Ok(staged)
+        } else {
+            Err(iceberg::Error::new(
+                ErrorKind::CatalogCommitConflicts,
+                format!("Commit conflicted for table: {ident}"),
+            )
+            .with_retryable(true))
+        }
     }
 }
 
@@ -560,7 +595,7 @@ impl<C: Catalog> Catalog for Counted<C> {
         let started = std::time::Instant::now();
         let result = match injected {
             Some(e) => Err(e),
-            None => self.inner.update_table(commit).await,
+            None => self.commit(commit).await,
         };
         tracing::debug!(table = %name, ms = started.elapsed().as_millis() as u64, "catalog update");
         match &result {
