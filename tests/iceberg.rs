@@ -829,8 +829,8 @@ async fn maintenance_expires_old_snapshots_and_keeps_the_rows() {
     assert_eq!(read["snapshots"].as_array().unwrap().len(), 2, "{read}");
 }
 
-/// The maintenance job rewrites a closed day's small files (one per flush) into one file in
-/// a `replace` snapshot; the open day's files stay; every row is read once before and after,
+/// The maintenance job rewrites each closed day's small files (one per flush, two days per
+/// flush) into one file, a `replace` snapshot per day; the open day's files stay; every row is read once before and after,
 /// by pyiceberg and DuckDB; appends go on after the rewrite.
 #[tokio::test(flavor = "multi_thread")]
 async fn maintenance_rewrites_a_closed_days_small_files() {
@@ -846,12 +846,13 @@ async fn maintenance_rewrites_a_closed_days_small_files() {
     let client = d.firehose();
     let today = chrono::Utc::now().format("%Y-%m-%dT%H:00:00Z").to_string();
     let send = |round: i64| {
+        // Two closed days and today, in every flush (the flush's files share a manifest).
         let records: Vec<Vec<u8>> = (0..20)
             .map(|i| {
-                let ts = if i % 2 == 0 {
-                    "2026-12-01T10:00:00Z"
-                } else {
-                    today.as_str()
+                let ts = match i % 4 {
+                    0 => "2026-12-01T10:00:00Z",
+                    2 => "2026-12-02T10:00:00Z",
+                    _ => today.as_str(),
                 };
                 json!({"id": round * 20 + i, "ts": ts})
                     .to_string()
@@ -869,7 +870,7 @@ async fn maintenance_rewrites_a_closed_days_small_files() {
     wait_metric(
         &d,
         "spillway_iceberg_small_files_rewritten_total{table=\"iot.small\"}",
-        5.0,
+        10.0,
     )
     .await;
     let warehouse = local_warehouse(&d);
@@ -885,13 +886,16 @@ async fn maintenance_rewrites_a_closed_days_small_files() {
     assert_eq!(ids(&read), (0..100).collect::<Vec<_>>(), "{read}");
     assert_eq!(read["duckdb_rows"], 100, "{read}");
     assert_eq!(files_of(&read, "2026-12-01"), 1, "{read}");
+    assert_eq!(files_of(&read, "2026-12-02"), 1, "{read}");
+    // The second day's rewrite commits after the first moved their shared manifests.
+    assert!(!d.log().contains("the rewrite is dropped"), "{}", d.log());
     assert_eq!(files_of(&read, &today[..10]), 5, "{read}");
     // Snapshots are listed in no particular order.
     let operations = read["operations"].as_array().unwrap();
     assert_eq!(
         operations.iter().filter(|o| *o == "replace").count(),
-        1,
-        "{read}"
+        2,
+        "one per day: {read}"
     );
 
     // Appends go on on top of the rewrite.

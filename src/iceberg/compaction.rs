@@ -97,6 +97,15 @@ async fn live_files(table: &Table) -> iceberg::Result<Option<(Vec<ManifestFile>,
             .consume_entries()
             .into_iter()
             .collect();
+    // Rows read now must be the rows when the rewrite commits: a delete committed in between
+    // (by another engine) would not apply to the new files. spillway writes no deletes, so a
+    // table with delete files is left to that engine's own maintenance.
+    if manifests
+        .iter()
+        .any(|m| m.content != iceberg::spec::ManifestContentType::Data)
+    {
+        return Ok(None);
+    }
     let mut live = Vec::new();
     for m in &manifests {
         if m.partition_spec_id != metadata.default_partition_spec_id() {
@@ -110,7 +119,9 @@ async fn live_files(table: &Table) -> iceberg::Result<Option<(Vec<ManifestFile>,
                     manifest: m.manifest_path.clone(),
                     snapshot_id: entry.snapshot_id().unwrap_or(m.added_snapshot_id),
                     sequence_number: entry.sequence_number().unwrap_or(0),
-                    file_sequence_number: entry.file_sequence_number,
+                    // Entries older writers left without one (it was not inherited): the data
+                    // sequence number, which the manifest writer accepts.
+                    file_sequence_number: entry.file_sequence_number.or(entry.sequence_number()),
                 });
             }
         }
@@ -197,16 +208,29 @@ pub async fn run(
     let now_ms = crate::pipeline::now_ms() as i64;
     for group in choose(&table, &live, rewrite, now_ms) {
         let written = write_group(&table, &group, rewrite, max_open).await?;
-        let lock = catalogs.table_lock(catalog, ident);
-        let _turn = lock.lock().await;
-        // The table as it is now: the commit is made on it, or not at all.
-        let current = catalog.load_table(ident).await?;
-        match commit(catalogs, catalog_name, &current, &group, &written).await? {
-            true => {
+        let committed = {
+            let lock = catalogs.table_lock(catalog, ident);
+            let _turn = lock.lock().await;
+            // The table as it is now: the commit is made on it, or not at all.
+            match catalog.load_table(ident).await {
+                Ok(current) => commit(catalogs, catalog_name, &current, &group, &written).await,
+                Err(e) => Err(e),
+            }
+        };
+        match committed {
+            Ok(true) => {
                 done.files_removed += group.len() as u64;
                 done.files_added += written.len() as u64;
             }
-            false => {
+            other => {
+                // The new files are in no snapshot: remove them (what is left behind, if
+                // this fails or the daemon stops here, is an orphan no reader sees).
+                for f in &written {
+                    if let Err(e) = table.file_io().delete(f.file_path()).await {
+                        tracing::debug!(file = f.file_path(), error = %e, "cannot remove a rewrite's unused file");
+                    }
+                }
+                other?;
                 tracing::info!(table = %super::table_label(ident), "the table changed while its small files were rewritten; the rewrite is dropped and tried again next run");
                 break;
             }
@@ -268,13 +292,15 @@ async fn commit(
     let Some((manifests, live)) = live_files(current).await? else {
         return Ok(false);
     };
-    let still: std::collections::HashSet<(&str, &str)> = live
+    // Each replaced file must still be live; the manifests that list it now (an earlier
+    // rewrite of this run may have moved it to a new one) are the ones rewritten.
+    let now_in: HashMap<&str, &str> = live
         .iter()
         .map(|l| (l.file.file_path(), l.manifest.as_str()))
         .collect();
     if !group
         .iter()
-        .all(|l| still.contains(&(l.file.file_path(), l.manifest.as_str())))
+        .all(|l| now_in.contains_key(l.file.file_path()))
     {
         return Ok(false);
     }
@@ -286,8 +312,10 @@ async fn commit(
     let meta_dir = format!("{}/metadata", metadata.location().trim_end_matches('/'));
     let removed: std::collections::HashSet<&str> =
         group.iter().map(|l| l.file.file_path()).collect();
-    let touched: std::collections::HashSet<&str> =
-        group.iter().map(|l| l.manifest.as_str()).collect();
+    let touched: std::collections::HashSet<&str> = group
+        .iter()
+        .filter_map(|l| now_in.get(l.file.file_path()).copied())
+        .collect();
     let manifest_path = |n: usize| format!("{meta_dir}/{}-m{n}.avro", unique());
     let mut list = Vec::new();
     let mut n = 0;
@@ -315,17 +343,19 @@ async fn commit(
         }
         list.push(writer.write_manifest_file().await?);
     }
-    let mut added = ManifestWriterBuilder::new(
-        io.new_output(manifest_path(n))?,
-        Some(snapshot_id),
-        schema.clone(),
-        spec,
-    )
-    .build_v2_data();
-    for f in written {
-        added.add_file(f.clone(), sequence_number)?;
+    if !written.is_empty() {
+        let mut added = ManifestWriterBuilder::new(
+            io.new_output(manifest_path(n))?,
+            Some(snapshot_id),
+            schema.clone(),
+            spec,
+        )
+        .build_v2_data();
+        for f in written {
+            added.add_file(f.clone(), sequence_number)?;
+        }
+        list.push(added.write_manifest_file().await?);
     }
-    list.push(added.write_manifest_file().await?);
     let list_path = format!("{meta_dir}/snap-{snapshot_id}-1-{}.avro", unique());
     let mut list_writer = ManifestListWriter::v2(
         io.new_output(&list_path)?.writer().await?,

@@ -139,7 +139,7 @@ impl Catalogs {
         }
         let mut group = std::mem::take(&mut *table.queue.lock().unwrap_or_else(|p| p.into_inner()));
         while !group.is_empty() {
-            group = self.commit_group(catalog, ident, batch, group).await;
+            group = self.commit_group(catalog, ident, group).await;
         }
         match answer.await {
             Ok(r) => r.map_err(|(k, m)| iceberg::Error::new(k, m)),
@@ -156,7 +156,6 @@ impl Catalogs {
         &self,
         catalog: &dyn Catalog,
         ident: &TableIdent,
-        batch: &str,
         group: Vec<Pending>,
     ) -> Vec<Pending> {
         let moved = |p: Pending| {
@@ -205,11 +204,9 @@ impl Catalogs {
             return members;
         }
         let shared = result.map(drop).map_err(|e| (e.kind(), e.to_string()));
-        let mut led = false;
-        for p in members {
-            let mine = p.batch == batch && !led;
-            led |= mine;
-            let _ = p.done.send(shared.clone().map(|_| mine));
+        // One member's caller counts the commit: the first's.
+        for (i, p) in members.into_iter().enumerate() {
+            let _ = p.done.send(shared.clone().map(|_| i == 0));
         }
         Vec::new()
     }

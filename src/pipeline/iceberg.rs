@@ -300,6 +300,10 @@ struct Rows {
 struct Routed {
     groups: Vec<TableRecords>,
     errors: Vec<(ErrorOutput, Vec<bytes::Bytes>)>,
+    /// Each table's records written to the error output by an attempt (their index in the
+    /// table's records, and why): a later attempt keeps them out of the table, whatever the
+    /// table's schema has become, so no record is both in the table and in the error output.
+    misfits: std::sync::Mutex<std::collections::HashMap<String, Vec<(usize, String)>>>,
 }
 
 impl Routed {
@@ -325,6 +329,7 @@ impl Routed {
         Routed {
             groups,
             errors: processed.errors,
+            misfits: Default::default(),
         }
     }
 }
@@ -338,7 +343,7 @@ async fn attempt(
     routed: &Routed,
 ) -> Attempt {
     let ctx = &shared.ctx;
-    let mut errors = routed.errors.clone();
+    let errors = routed.errors.clone();
     let groups = &routed.groups;
     let batch_name = plan.key.clone();
     let mut outcomes = Vec::with_capacity(groups.len());
@@ -350,60 +355,70 @@ async fn attempt(
     }
     let delivered = partly(&outcomes);
     for (group, outcome) in groups.iter().zip(outcomes.iter_mut()) {
+        let written = routed
+            .misfits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&label(&group.route))
+            .cloned()
+            .unwrap_or_default();
         if let TableOutcome::Rows(r) = outcome
-            && let Err(a) = write_table(shared, group, r, &batch_name).await
+            && let Err(a) = write_table(shared, group, r, &batch_name, written).await
         {
             return once_delivered(a, delivered);
         }
     }
-    // Records that do not fit their table, in the usual envelope: under the table's own
-    // S3ErrorOutputPrefix if it has one, else with the stream's failed records.
+    // Records that do not fit their table, in the usual envelope: one object per table (so
+    // an attempt after a table committed neither drops nor repeats its misfits), under the
+    // table's own S3ErrorOutputPrefix if it has one, else the stream's ErrorOutputPrefix.
     let ended_ms = super::now_ms();
-    let mut misfit_lines = Vec::new();
-    let mut own_prefixes = Vec::new();
+    let mut objects = error_objects(shared, input.0, plan, layout, errors);
     for (group, outcome) in groups.iter().zip(&outcomes) {
         let TableOutcome::Rows(r) = outcome else {
             continue;
         };
-        let lines = r.misfits.iter().map(|(i, why)| {
-            let at = group.indexes[*i];
-            let record = crate::process::Record {
-                id: shared.record_id(crate::journal::Position(input.0.0 + at as u64)),
-                arrival_ms: input.2[at],
-                data: input.1[at].clone(),
-            };
-            crate::process::error_record(
-                &record,
-                1,
-                crate::process::codes::CONVERSION_FAILED,
-                why,
-                None,
-                ended_ms,
-            )
-        });
-        match own_error_prefix(target, &group.route) {
-            Some(own) if !r.misfits.is_empty() => own_prefixes.push((own, lines.collect())),
-            _ => misfit_lines.extend(lines),
+        if r.misfits.is_empty() {
+            continue;
         }
-    }
-    if !misfit_lines.is_empty() {
-        let t = ErrorOutput::FormatConversionFailed;
-        match errors.iter_mut().find(|(o, _)| *o == t) {
-            Some((_, lines)) => lines.extend(misfit_lines),
-            None => {
-                errors.push((t, misfit_lines));
-                errors.sort_by_key(|(o, _)| ErrorOutput::ALL.iter().position(|a| a == o));
-            }
-        }
-    }
-    // Failed records land before any commit: a batch whose snapshots exist is complete.
-    let mut objects = error_objects(shared, input.0, plan, layout, errors);
-    for ((index, template), lines) in own_prefixes {
-        let own = table_error_layout(layout, &template, &plan.key, index);
+        let lines = r
+            .misfits
+            .iter()
+            .map(|(i, why)| {
+                let at = group.indexes[*i];
+                let record = crate::process::Record {
+                    id: shared.record_id(crate::journal::Position(input.0.0 + at as u64)),
+                    arrival_ms: input.2[at],
+                    data: input.1[at].clone(),
+                };
+                crate::process::error_record(
+                    &record,
+                    1,
+                    crate::process::codes::CONVERSION_FAILED,
+                    why,
+                    None,
+                    ended_ms,
+                )
+            })
+            .collect();
+        let index = target
+            .tables
+            .iter()
+            .position(|t| *t == group.route)
+            .unwrap_or(0);
+        let own = own_error_prefix(&group.route)
+            .map(|template| table_error_layout(layout, &template, &plan.key, &label(&group.route)));
         let base = naming::ERROR_OBJECT_BASE + ((index as u64 + 1) << 8);
-        let more = vec![(ErrorOutput::FormatConversionFailed, lines)];
+        let lines = vec![(ErrorOutput::FormatConversionFailed, lines)];
+        let table_layout = own.as_ref().unwrap_or(layout);
         objects = objects.and_then(|mut all| {
-            all.extend(error_objects_at(shared, input.0, plan, &own, more, base)?);
+            all.extend(error_objects_at(
+                shared,
+                input.0,
+                plan,
+                table_layout,
+                lines,
+                base,
+            )?);
             Ok(all)
         });
     }
@@ -414,6 +429,15 @@ async fn attempt(
             }
         }
         Err(_) => return once_delivered(Attempt::Unprocessable, delivered),
+    }
+    // Written: these records stay misfits in any later attempt at this batch.
+    {
+        let mut written = routed.misfits.lock().unwrap_or_else(|p| p.into_inner());
+        for (group, outcome) in groups.iter().zip(&outcomes) {
+            if let TableOutcome::Rows(r) = outcome {
+                written.insert(label(&group.route), r.misfits.clone());
+            }
+        }
     }
     for (group, outcome) in groups.iter().zip(outcomes) {
         let name = label(&group.route);
@@ -478,37 +502,45 @@ fn count_conflict(shared: &Shared, table: &str) {
         .inc();
 }
 
-/// The table's `S3ErrorOutputPrefix`, parsed, with its place in the stream's list.
-fn own_error_prefix(
-    target: &crate::definition::iceberg::IcebergTarget,
-    route: &TableRoute,
-) -> Option<(usize, PrefixTemplate)> {
-    let text = route.error_prefix.as_deref()?;
-    let index = target.tables.iter().position(|t| t == route)?;
-    // Checked when the stream was created.
-    PrefixTemplate::parse_error_prefix(text)
-        .ok()
-        .map(|t| (index, t))
+/// The table's `S3ErrorOutputPrefix`, parsed (it was checked when the stream was created).
+fn own_error_prefix(route: &TableRoute) -> Option<PrefixTemplate> {
+    PrefixTemplate::parse_error_prefix(route.error_prefix.as_deref()?).ok()
 }
 
-/// The batch's layout with a table's own error prefix rendered in place of the stream's: at
-/// the batch's instant, with random strings drawn from a generator seeded by the batch's name
-/// and the table, so a replay names the table's error objects as the first attempt did.
+/// The batch's layout with a table's own error prefix rendered in place of the stream's, at
+/// the batch's instant. Its random strings are derived from the batch's name, the table and
+/// their place (SHA-256, mapped to letters and digits), so a replay names the table's error
+/// objects as the first attempt did, whatever version of a random number library renders
+/// them.
 fn table_error_layout(
     layout: &Layout,
     template: &PrefixTemplate,
     batch: &str,
-    index: usize,
+    table: &str,
 ) -> Layout {
-    use rand::SeedableRng;
+    use crate::definition::prefix::{Piece, RANDOM_STRING_LEN};
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(format!("{batch}\u{0}{index}"));
-    let mut seed = [0u8; 32];
-    seed.copy_from_slice(&digest);
-    let mut rng = rand::rngs::StdRng::from_seed(seed);
+    const ALPHANUMERIC: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
     let at = layout.settings.naming.local_time(layout.at_ms);
+    let error_prefix = template
+        .partition_pieces(at)
+        .into_iter()
+        .enumerate()
+        .map(|(n, piece)| match piece {
+            Piece::RandomString => {
+                let digest = sha2::Sha256::digest(format!("{batch}\u{0}{table}\u{0}{n}"));
+                Piece::Text(
+                    digest[..RANDOM_STRING_LEN]
+                        .iter()
+                        .map(|b| char::from(ALPHANUMERIC[usize::from(*b) % ALPHANUMERIC.len()]))
+                        .collect(),
+                )
+            }
+            other => other,
+        })
+        .collect();
     Layout {
-        error_prefix: template.render_pieces(at, &mut rng),
+        error_prefix,
         ..layout.clone()
     }
 }
@@ -641,6 +673,7 @@ async fn write_table(
     group: &TableRecords,
     rows: &mut Rows,
     batch_name: &str,
+    written_misfits: Vec<(usize, String)>,
 ) -> Result<(), Attempt> {
     let ctx = &shared.ctx;
     let Some(table) = rows.table.clone() else {
@@ -661,7 +694,7 @@ async fn write_table(
     let records = group.records.clone();
     let written = tokio::task::spawn_blocking(move || {
         let converter = Converter::with_schema(json_input(), arrow.clone());
-        let out = match decode(&converter, arrow, &records) {
+        let out = match decode(&converter, arrow, &records, written_misfits) {
             Ok((batches, count, misfits)) if count > 0 => runtime
                 .block_on(write_files(
                     &table,
@@ -713,7 +746,9 @@ fn decode(
     converter: &Converter,
     schema: arrow_schema::SchemaRef,
     records: &[bytes::Bytes],
+    written_misfits: Vec<(usize, String)>,
 ) -> Result<(Vec<arrow_array::RecordBatch>, u64, Vec<(usize, String)>), String> {
+    let written: std::collections::HashMap<usize, String> = written_misfits.into_iter().collect();
     let mut decoder = ReaderBuilder::new(schema)
         .with_batch_size(DECODE_ROWS)
         .build_decoder()
@@ -722,6 +757,10 @@ fn decode(
     let mut misfits = Vec::new();
     let mut rows = 0u64;
     for (i, r) in records.iter().enumerate() {
+        if let Some(why) = written.get(&i) {
+            misfits.push((i, why.clone()));
+            continue;
+        }
         let row = match converter.fit(r) {
             Ok(row) => row,
             Err(why) => {
@@ -842,12 +881,16 @@ pub(crate) async fn write_files(
     fail::fail_point!("iceberg-write");
     let metadata = table.metadata();
     let schema = metadata.current_schema().clone();
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        // Bounds what a rewrite of many files buffers before a row group is written.
-        .set_max_row_group_row_count(Some(16 * 1024))
-        .set_created_by(format!("spillway {}", env!("CARGO_PKG_VERSION")))
-        .build();
+        .set_created_by(format!("spillway {}", env!("CARGO_PKG_VERSION")));
+    if target_size.is_some() {
+        // A rewrite reads many files into one: bound what it buffers before a row group is
+        // written. (A batch's files hold one batch: its row groups are as the default makes
+        // them.)
+        props = props.set_max_row_group_row_count(Some(16 * 1024));
+    }
+    let props = props.build();
     let names = BatchFileNames {
         // Object names may hold characters a file name should not: keep it plain.
         batch: batch
@@ -948,7 +991,7 @@ mod tests {
             },
         };
         let render = |batch: &str, index| {
-            let l = table_error_layout(&layout, &template, batch, index);
+            let l = table_error_layout(&layout, &template, batch, &format!("game.t{index}"));
             crate::definition::prefix::fill(&l.error_prefix, &[], &[], "format-conversion-failed")
         };
         let first = render("batch-1", 0);
