@@ -68,7 +68,7 @@ pub struct Catalogs {
     /// Appends waiting for each table (by catalog and table), committed together.
     appends: std::sync::Mutex<HashMap<String, Arc<TableAppends>>>,
     /// Each connected catalog's database, for location queries and the rewrite's commit.
-    locations: tokio::sync::Mutex<HashMap<String, Arc<Locations>>>,
+    locations: tokio::sync::Mutex<HashMap<String, Arc<LocationsCell>>>,
 }
 
 /// One table's group commit: batches whose files are written queue here; whoever holds
@@ -241,11 +241,14 @@ impl Catalogs {
         old: &str,
         new: &str,
     ) -> iceberg::Result<bool> {
-        let locations = self.locations.lock().await.get(catalog).cloned();
-        let Some(locations) = locations else {
+        let cell = self.locations.lock().await.get(catalog).cloned();
+        let Some(locations) = (match cell {
+            Some(cell) => cell.get().await,
+            None => None,
+        }) else {
             return Err(iceberg::Error::new(
                 ErrorKind::Unexpected,
-                format!("the catalog {catalog:?} cannot be updated apart from its library"),
+                format!("the catalog {catalog:?}'s database cannot be reached"),
             ));
         };
         locations.swap(ident, old, new).await
@@ -293,13 +296,16 @@ impl Catalogs {
             )))
             .load(name, HashMap::new())
             .await?;
-        let locations = Locations::connect(name, settings).await.map(Arc::new);
-        if let Some(l) = &locations {
-            self.locations
-                .lock()
-                .await
-                .insert(name.to_owned(), l.clone());
-        }
+        // Connected when first needed, and again after a failure.
+        let locations = Arc::new(LocationsCell {
+            name: name.to_owned(),
+            settings: settings.clone(),
+            slot: Default::default(),
+        });
+        self.locations
+            .lock()
+            .await
+            .insert(name.to_owned(), locations.clone());
         let counted: Arc<dyn Catalog> = Arc::new(Counted {
             inner: catalog,
             metrics: self.metrics.clone(),
@@ -370,9 +376,37 @@ struct Counted<C> {
     inner: C,
     metrics: Arc<Metrics>,
     tables: std::sync::Mutex<HashMap<TableIdent, Table>>,
-    /// The catalog's own database, for the location queries; `None` if it could not be
-    /// reached apart from the catalog (every load then loads).
-    locations: Option<Arc<Locations>>,
+    /// The catalog's own database, for the location queries (while it cannot be reached
+    /// apart from the catalog, every load loads).
+    locations: Arc<LocationsCell>,
+}
+
+/// A catalog's [`Locations`], connected when first asked for; a failed connection is tried
+/// again at most every ten seconds (meanwhile loads load, and rewrites wait).
+struct LocationsCell {
+    name: String,
+    settings: CatalogSettings,
+    slot: tokio::sync::Mutex<(Option<Arc<Locations>>, Option<std::time::Instant>)>,
+}
+
+impl LocationsCell {
+    async fn get(&self) -> Option<Arc<Locations>> {
+        let mut slot = self.slot.lock().await;
+        if let Some(l) = &slot.0 {
+            return Some(l.clone());
+        }
+        if slot
+            .1
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(10))
+        {
+            return None;
+        }
+        slot.1 = Some(std::time::Instant::now());
+        slot.0 = Locations::connect(&self.name, &self.settings)
+            .await
+            .map(Arc::new);
+        slot.0.clone()
+    }
 }
 
 /// Current metadata locations, read from the SQL catalog's table.
@@ -387,6 +421,7 @@ impl Locations {
     async fn connect(name: &str, settings: &CatalogSettings) -> Option<Locations> {
         let pool = sqlx::any::AnyPoolOptions::new()
             .max_connections(2)
+            .acquire_timeout(std::time::Duration::from_secs(5))
             .connect(&settings.uri)
             .await
             .inspect_err(|e| tracing::warn!(catalog = name, error = %e, "cannot open the catalog's database for location queries; every load reads the table's metadata"))
@@ -464,7 +499,11 @@ impl<C: Catalog> Counted<C> {
     async fn commit(&self, commit: TableCommit) -> iceberg::Result<Table> {
         let ident = commit.identifier().clone();
         let kept = self.kept().get(&ident).cloned();
-        let (Some(locations), Some(kept)) = (&self.locations, kept) else {
+        let locations = match kept {
+            Some(_) => self.locations.get().await,
+            None => None,
+        };
+        let (Some(locations), Some(kept)) = (locations, kept) else {
             return self.inner.update_table(commit).await;
         };
         let current = locations.current(&ident).await;
@@ -541,7 +580,11 @@ impl<C: Catalog> Catalog for Counted<C> {
     }
     async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
         let kept = self.kept().get(table).cloned();
-        let fresh = match (kept, &self.locations) {
+        let locations = match kept {
+            Some(_) => self.locations.get().await,
+            None => None,
+        };
+        let fresh = match (kept, locations) {
             (Some(t), Some(locations)) => {
                 let current = locations.current(table).await;
                 (current.as_deref() == t.metadata_location()).then_some(t)
