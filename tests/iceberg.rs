@@ -770,7 +770,7 @@ buffering_hints = { size_in_mbs = 1, interval_in_seconds = 1 }
 
 [stream.iceberg]
 create_tables = true
-tables = [{ database = "game", table = "declared" }]
+tables = [{ database = "game", table = "declared", partition = ["day(arrival)"] }]
 "#,
     );
     let client = d.firehose();
@@ -780,13 +780,48 @@ tables = [{ database = "game", table = "declared" }]
         "declared"
     );
     let records: Vec<Vec<u8>> = (0..20)
-        .map(|i| json!({"id": i}).to_string().into_bytes())
+        .map(|i| match i {
+            0 => json!({"id": i, "arrival": "2026-11-30T08:00:00Z"}),
+            _ => json!({"id": i}),
+        })
+        .map(|r| r.to_string().into_bytes())
         .collect();
     put_all(&client, "declared", &records).await;
     wait_rows(&d, "declared", "game.declared", 20.0).await;
     let warehouse = local_warehouse(&d);
     let read = read_table(&d, &warehouse, "game.declared", None);
     assert_eq!(ids(&read), (0..20).collect::<Vec<_>>(), "{read}");
+    // Partitioned by the day the records arrived: spillway fills `arrival`, which they lack
+    // (record 0 sets its own).
+    assert_eq!(
+        read["partition_fields"],
+        json!(["day:arrival_day"]),
+        "{read}"
+    );
+    assert_eq!(
+        read["rows"][0]["arrival"], "2026-11-30T08:00:00+00:00",
+        "{read}"
+    );
+    let today = chrono::Utc::now().date_naive().to_string();
+    for row in &read["rows"].as_array().unwrap()[1..] {
+        let at = row["arrival"].as_str().unwrap_or_default();
+        let day = chrono::DateTime::parse_from_rfc3339(at)
+            .map(|t| t.date_naive().to_string())
+            .unwrap_or_default();
+        // Arrived today (or yesterday, if the test ran across midnight).
+        let yesterday = (chrono::Utc::now() - chrono::Duration::days(1))
+            .date_naive()
+            .to_string();
+        assert!(day == today || day == yesterday, "{row}");
+    }
+    assert!(
+        read["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f.as_str().unwrap().contains("/arrival_day=2026-11-30/")),
+        "{read}"
+    );
 }
 
 /// `[iceberg.maintenance]` expires all but the newest snapshots; the table keeps every row.

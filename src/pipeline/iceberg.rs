@@ -36,6 +36,11 @@ use super::delivery::{
 use super::intake::Batch;
 use super::naming;
 
+/// A timestamp column of this name that a record leaves out (or sets to null) is filled with
+/// the record's arrival time: a table created with `day(arrival)` is partitioned by the day
+/// records arrived.
+pub const ARRIVAL_COLUMN: &str = "arrival";
+
 /// Rows decoded into one Arrow batch at a time.
 const DECODE_ROWS: usize = 4096;
 
@@ -363,7 +368,7 @@ async fn attempt(
             .cloned()
             .unwrap_or_default();
         if let TableOutcome::Rows(r) = outcome
-            && let Err(a) = write_table(shared, group, r, &batch_name, written).await
+            && let Err(a) = write_table(shared, group, r, &batch_name, written, &input.2).await
         {
             return once_delivered(a, delivered);
         }
@@ -674,6 +679,7 @@ async fn write_table(
     rows: &mut Rows,
     batch_name: &str,
     written_misfits: Vec<(usize, String)>,
+    arrivals: &[u64],
 ) -> Result<(), Attempt> {
     let ctx = &shared.ctx;
     let Some(table) = rows.table.clone() else {
@@ -692,9 +698,26 @@ async fn write_table(
         batch_name.to_owned(),
     );
     let records = group.records.clone();
+    // A timestamp column named `arrival` that a record leaves out holds its arrival time.
+    let arrivals = arrow
+        .field_with_name(ARRIVAL_COLUMN)
+        .is_ok_and(|f| matches!(f.data_type(), arrow_schema::DataType::Timestamp(_, _)))
+        .then(|| {
+            group
+                .indexes
+                .iter()
+                .map(|&i| arrivals[i])
+                .collect::<Vec<u64>>()
+        });
     let written = tokio::task::spawn_blocking(move || {
         let converter = Converter::with_schema(json_input(), arrow.clone());
-        let out = match decode(&converter, arrow, &records, written_misfits) {
+        let out = match decode(
+            &converter,
+            arrow,
+            &records,
+            written_misfits,
+            arrivals.as_deref(),
+        ) {
             Ok((batches, count, misfits)) if count > 0 => runtime
                 .block_on(write_files(
                     &table,
@@ -747,6 +770,7 @@ fn decode(
     schema: arrow_schema::SchemaRef,
     records: &[bytes::Bytes],
     written_misfits: Vec<(usize, String)>,
+    arrivals: Option<&[u64]>,
 ) -> Result<(Vec<arrow_array::RecordBatch>, u64, Vec<(usize, String)>), String> {
     let written: std::collections::HashMap<usize, String> = written_misfits.into_iter().collect();
     let mut decoder = ReaderBuilder::new(schema)
@@ -761,13 +785,24 @@ fn decode(
             misfits.push((i, why.clone()));
             continue;
         }
-        let row = match converter.fit(r) {
+        let mut row = match converter.fit(r) {
             Ok(row) => row,
             Err(why) => {
                 misfits.push((i, why.0));
                 continue;
             }
         };
+        if let (Some(arrivals), serde_json::Value::Object(map)) = (arrivals, &mut row)
+            && map.get(ARRIVAL_COLUMN).is_none_or(|v| v.is_null())
+            && let Some(at) = arrivals
+                .get(i)
+                .and_then(|ms| chrono::DateTime::from_timestamp_millis(*ms as i64))
+        {
+            map.insert(
+                ARRIVAL_COLUMN.to_owned(),
+                serde_json::Value::String(at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+            );
+        }
         decoder
             .serialize(std::slice::from_ref(&row))
             .map_err(|e| e.to_string())?;
