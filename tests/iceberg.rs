@@ -991,9 +991,18 @@ async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
     let records: Vec<Vec<u8>> = records.iter().map(|r| r.to_string().into_bytes()).collect();
     put_all(&client, "hostile", &records).await;
     wait_rows(&d, "hostile", "game.hostile", 12.0).await;
-    // Evolution: nested fields become columns of their own types.
-    let nested =
+    // Evolution: nested fields become columns of their own types; keys no engine takes as a
+    // column name (empty, control characters, over 255 bytes) do not.
+    let mut nested =
         json!({"id": 12, "region": "kr", "ts": ts, "o": {"a": 1}, "l": [1, 2], "lo": [{"x": 1}]});
+    for bad in [
+        String::new(),
+        "\u{0}".into(),
+        "a\nb".into(),
+        "k".repeat(300),
+    ] {
+        nested[bad] = json!(1);
+    }
     put_all(&client, "hostile", &[nested.to_string().into_bytes()]).await;
     wait_rows(&d, "hostile", "game.hostile", 13.0).await;
 
@@ -1004,6 +1013,13 @@ async fn hostile_records_neither_crash_nor_wedge_nor_lose() {
         assert!(
             read["columns"].as_array().unwrap().contains(&json!(column)),
             "{column}: {read}"
+        );
+    }
+    for column in read["columns"].as_array().unwrap() {
+        let column = column.as_str().unwrap();
+        assert!(
+            !column.is_empty() && column.len() <= 255 && !column.contains(['\0', '\n']),
+            "{column:?}: {read}"
         );
     }
     assert_eq!(read["rows"][12]["o"]["a"], 1, "{read}");

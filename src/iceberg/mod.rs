@@ -778,8 +778,17 @@ pub fn table_fields(inferred: &arrow_schema::Schema) -> Vec<arrow_schema::Field>
         .fields()
         .iter()
         .filter(|f| f.name() != crate::encode::parquet::OVERFLOW_COLUMN)
+        .filter(|f| column_name_ok(f.name()))
         .map(|f| shallow(f, 1))
         .collect()
+}
+
+/// Whether a record's key may name a column of a table spillway creates or evolves: 1-255
+/// bytes, no control characters. Other engines (Glue, Hive, Spark, Trino) refuse empty names,
+/// and a NUL or a newline in a column name breaks tools; such keys are not written, as any
+/// key without a column.
+pub fn column_name_ok(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 255 && !name.chars().any(char::is_control)
 }
 
 /// Creates a table from an Arrow schema inferred from records, partitioned as `route` says.
@@ -882,6 +891,7 @@ pub fn new_columns(
         .fields()
         .iter()
         .filter(|f| f.name() != crate::encode::parquet::OVERFLOW_COLUMN)
+        .filter(|f| column_name_ok(f.name()))
         .filter(|f| !existing.iter().any(|e| same(e, f.name())))
         .filter_map(|f| {
             // Nested types need field ids to convert; the commit assigns the real ones.
