@@ -7,9 +7,9 @@
 //! catalog commits.
 //!
 //! The rows stay the same rows: a file is rewritten only while it is live in the table when
-//! the commit is made (the manifests that list it are still the table's), under the lock this
-//! daemon's appends to the table take, and another writer's commit in between makes the
-//! compare-and-set fail (the rewrite is then dropped, and tried again next run).
+//! the commit is made, under the lock this daemon's appends to the table take; another
+//! writer's commit in between makes the compare-and-set fail (the rewrite is then dropped,
+//! and tried again next run); a table with delete files is not rewritten.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -222,7 +222,10 @@ pub async fn run(
                 done.files_removed += group.len() as u64;
                 done.files_added += written.len() as u64;
             }
-            other => {
+            // Whether the catalog took the commit is not known (its update may have failed
+            // after it was made): the new files stay, unused or not.
+            Err(e) => return Err(e),
+            Ok(false) => {
                 // The new files are in no snapshot: remove them (what is left behind, if
                 // this fails or the daemon stops here, is an orphan no reader sees).
                 for f in &written {
@@ -230,7 +233,6 @@ pub async fn run(
                         tracing::debug!(file = f.file_path(), error = %e, "cannot remove a rewrite's unused file");
                     }
                 }
-                other?;
                 tracing::info!(table = %super::table_label(ident), "the table changed while its small files were rewritten; the rewrite is dropped and tried again next run");
                 break;
             }
@@ -276,8 +278,8 @@ async fn write_group(
     .await
 }
 
-/// Commits the rewrite on `current` if every file of `group` is still live in it (listed by
-/// the same manifests); false if not, or if another commit won the compare-and-set.
+/// Commits the rewrite on `current` if every file of `group` is still live in it; false if
+/// not, or if another commit won the compare-and-set.
 async fn commit(
     catalogs: &Catalogs,
     catalog_name: &str,

@@ -186,6 +186,9 @@ impl Catalogs {
                 Some(_) => moved(p),
             }
         }
+        if members.is_empty() {
+            return Vec::new();
+        }
         let names: Vec<&str> = members.iter().map(|p| p.batch.as_str()).collect();
         let files: Vec<DataFile> = members
             .iter()

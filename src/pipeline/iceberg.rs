@@ -120,6 +120,10 @@ pub async fn deliver(
         };
         let attempt = match job.await {
             Ok(a) => a,
+            // Part of it is in a table or the error output: not all of it can go there.
+            Err(e) if routed.partly_delivered() => Attempt::Retry(format!(
+                "writing this batch to its tables panicked after part of it was delivered: {e}"
+            )),
             Err(e) => {
                 tracing::error!(stream = %shared.name, error = %e, "writing this batch to its tables panicked; its records go to processing-failed");
                 shared.metrics.delivery_failure("process");
@@ -309,6 +313,20 @@ struct Routed {
     /// table's records, and why): a later attempt keeps them out of the table, whatever the
     /// table's schema has become, so no record is both in the table and in the error output.
     misfits: std::sync::Mutex<std::collections::HashMap<String, Vec<(usize, String)>>>,
+    /// An attempt wrote error objects or committed to a table: the batch is partly
+    /// delivered, so it can no longer go to the error output as a whole.
+    wrote_errors: std::sync::atomic::AtomicBool,
+}
+
+impl Routed {
+    fn partly_delivered(&self) -> bool {
+        self.wrote_errors.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn delivered_part(&self) {
+        self.wrote_errors
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 impl Routed {
@@ -335,6 +353,7 @@ impl Routed {
             groups,
             errors: processed.errors,
             misfits: Default::default(),
+            wrote_errors: Default::default(),
         }
     }
 }
@@ -351,14 +370,20 @@ async fn attempt(
     let errors = routed.errors.clone();
     let groups = &routed.groups;
     let batch_name = plan.key.clone();
+    let wrote_errors = || routed.partly_delivered();
     let mut outcomes = Vec::with_capacity(groups.len());
     for group in groups {
         match prepare_table(shared, target, group, &batch_name).await {
-            Ok(o) => outcomes.push(o),
-            Err(a) => return once_delivered(a, partly(&outcomes)),
+            Ok(o) => {
+                if matches!(o, TableOutcome::Committed) {
+                    routed.delivered_part();
+                }
+                outcomes.push(o);
+            }
+            Err(a) => return once_delivered(a, partly(&outcomes) || wrote_errors()),
         }
     }
-    let delivered = partly(&outcomes);
+    let delivered = partly(&outcomes) || wrote_errors();
     for (group, outcome) in groups.iter().zip(outcomes.iter_mut()) {
         let written = routed
             .misfits
@@ -429,8 +454,12 @@ async fn attempt(
     }
     match objects {
         Ok(objects) => {
+            let any = !objects.is_empty();
             if !write_all(shared, objects).await {
                 return Attempt::Abandoned;
+            }
+            if any {
+                routed.delivered_part();
             }
         }
         Err(_) => return once_delivered(Attempt::Unprocessable, delivered),
@@ -475,7 +504,10 @@ async fn attempt(
             .append(catalog.as_ref(), &ident, &batch_name, files, evolution)
             .await
         {
-            Ok(led) => led,
+            Ok(led) => {
+                routed.delivered_part();
+                led
+            }
             Err(e) if ice::schema_moved(&e) => {
                 // A conflict on the schema: counted with the catalog's conflicts.
                 count_conflict(shared, &name);
