@@ -499,18 +499,21 @@ impl<C: Catalog> Counted<C> {
     /// to it by a compare-and-set), but on the kept table when the catalog still points at its
     /// metadata: the catalog would load and parse that same metadata again. Otherwise the
     /// library commits.
+    /// The kept table if the catalog still points at its metadata, with the catalog's
+    /// database and that location.
+    async fn current_kept(&self, ident: &TableIdent) -> Option<(Table, Arc<Locations>, String)> {
+        let kept = self.kept().get(ident).cloned()?;
+        let locations = self.locations.get().await?;
+        let current = locations
+            .current(ident)
+            .await
+            .filter(|c| Some(c.as_str()) == kept.metadata_location())?;
+        Some((kept, locations, current))
+    }
+
     async fn commit(&self, commit: TableCommit) -> iceberg::Result<Table> {
         let ident = commit.identifier().clone();
-        let kept = self.kept().get(&ident).cloned();
-        let locations = match kept {
-            Some(_) => self.locations.get().await,
-            None => None,
-        };
-        let (Some(locations), Some(kept)) = (locations, kept) else {
-            return self.inner.update_table(commit).await;
-        };
-        let current = locations.current(&ident).await;
-        let Some(current) = current.filter(|c| Some(c.as_str()) == kept.metadata_location()) else {
+        let Some((kept, locations, current)) = self.current_kept(&ident).await else {
             return self.inner.update_table(commit).await;
         };
         let staged = commit.apply(kept)?;
@@ -582,20 +585,8 @@ impl<C: Catalog> Catalog for Counted<C> {
         self.inner.create_table(namespace, creation).await
     }
     async fn load_table(&self, table: &TableIdent) -> iceberg::Result<Table> {
-        let kept = self.kept().get(table).cloned();
-        let locations = match kept {
-            Some(_) => self.locations.get().await,
-            None => None,
-        };
-        let fresh = match (kept, locations) {
-            (Some(t), Some(locations)) => {
-                let current = locations.current(table).await;
-                (current.as_deref() == t.metadata_location()).then_some(t)
-            }
-            _ => None,
-        };
-        let loaded = match fresh {
-            Some(t) => t,
+        let loaded = match self.current_kept(table).await {
+            Some((t, _, _)) => t,
             None => {
                 let t = self.inner.load_table(table).await?;
                 self.kept().insert(table.clone(), t.clone());

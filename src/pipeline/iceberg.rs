@@ -313,23 +313,21 @@ struct Routed {
     /// table's records, and why): a later attempt keeps them out of the table, whatever the
     /// table's schema has become, so no record is both in the table and in the error output.
     misfits: std::sync::Mutex<std::collections::HashMap<String, Vec<(usize, String)>>>,
-    /// An attempt wrote error objects or committed to a table: the batch is partly
-    /// delivered, so it can no longer go to the error output as a whole.
-    wrote_errors: std::sync::atomic::AtomicBool,
+    /// An attempt wrote error objects, committed to a table or found a table committed: the
+    /// batch is partly delivered, so it can no longer go to the error output as a whole.
+    delivered: std::sync::atomic::AtomicBool,
 }
 
 impl Routed {
     fn partly_delivered(&self) -> bool {
-        self.wrote_errors.load(std::sync::atomic::Ordering::Relaxed)
+        self.delivered.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn delivered_part(&self) {
-        self.wrote_errors
+        self.delivered
             .store(true, std::sync::atomic::Ordering::Relaxed);
     }
-}
 
-impl Routed {
     fn of(
         processed: crate::process::Processed,
         target: &crate::definition::iceberg::IcebergTarget,
@@ -353,7 +351,7 @@ impl Routed {
             groups,
             errors: processed.errors,
             misfits: Default::default(),
-            wrote_errors: Default::default(),
+            delivered: Default::default(),
         }
     }
 }
@@ -370,7 +368,6 @@ async fn attempt(
     let errors = routed.errors.clone();
     let groups = &routed.groups;
     let batch_name = plan.key.clone();
-    let wrote_errors = || routed.partly_delivered();
     let mut outcomes = Vec::with_capacity(groups.len());
     for group in groups {
         match prepare_table(shared, target, group, &batch_name).await {
@@ -380,10 +377,9 @@ async fn attempt(
                 }
                 outcomes.push(o);
             }
-            Err(a) => return once_delivered(a, partly(&outcomes) || wrote_errors()),
+            Err(a) => return once_delivered(a, routed.partly_delivered()),
         }
     }
-    let delivered = partly(&outcomes) || wrote_errors();
     for (group, outcome) in groups.iter().zip(outcomes.iter_mut()) {
         let written = routed
             .misfits
@@ -395,7 +391,7 @@ async fn attempt(
         if let TableOutcome::Rows(r) = outcome
             && let Err(a) = write_table(shared, group, r, &batch_name, written, &input.2).await
         {
-            return once_delivered(a, delivered);
+            return once_delivered(a, routed.partly_delivered());
         }
     }
     // Records that do not fit their table, in the usual envelope: one object per table (so
@@ -462,7 +458,7 @@ async fn attempt(
                 routed.delivered_part();
             }
         }
-        Err(_) => return once_delivered(Attempt::Unprocessable, delivered),
+        Err(_) => return once_delivered(Attempt::Unprocessable, routed.partly_delivered()),
     }
     // Written: these records stay misfits in any later attempt at this batch.
     {
@@ -593,13 +589,6 @@ fn once_delivered(a: Attempt, partly: bool) -> Attempt {
         ),
         a => a,
     }
-}
-
-/// Whether a table already has this batch's snapshot (an earlier attempt committed it).
-fn partly(outcomes: &[TableOutcome]) -> bool {
-    outcomes
-        .iter()
-        .any(|o| matches!(o, TableOutcome::Committed))
 }
 
 /// Errors about the data itself (a schema the library refuses, say) would fail every
